@@ -1,0 +1,61 @@
+//! Job kinds and their arguments: the one serialized contract between the API and the workers.
+//!
+//! A kind is a stable string that names both the apalis queue and the job in the API; it never
+//! changes when Rust types are renamed. Arguments are small (ids, not payloads): the data a job
+//! works on lives in Postgres, so a job can be retried or re-run on any worker.
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Every job kind trainyard knows, in one registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Selects documents, computes consensus labels and splits, fans out `embed` jobs.
+    DatasetBuild,
+    /// Embeds one batch of a dataset's texts and upserts the vectors.
+    Embed,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [JobKind::DatasetBuild, JobKind::Embed];
+
+    /// The apalis queue name (`apalis.jobs.job_type`) for this kind.
+    pub const fn queue(self) -> &'static str {
+        match self {
+            JobKind::DatasetBuild => "dataset_build",
+            JobKind::Embed => "embed",
+        }
+    }
+
+    pub fn from_queue(name: &str) -> Option<JobKind> {
+        Self::ALL.into_iter().find(|k| k.queue() == name)
+    }
+}
+
+/// Arguments of a `dataset_build` job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetBuildArgs {
+    pub dataset_id: Uuid,
+}
+
+/// Arguments of an `embed` job: one stored batch of one dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbedArgs {
+    pub dataset_id: Uuid,
+    pub batch_no: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_are_stable_strings() {
+        assert_eq!(JobKind::DatasetBuild.queue(), "dataset_build");
+        assert_eq!(JobKind::Embed.queue(), "embed");
+        for kind in JobKind::ALL {
+            assert_eq!(JobKind::from_queue(kind.queue()), Some(kind));
+        }
+        assert_eq!(JobKind::from_queue("train"), None);
+    }
+}

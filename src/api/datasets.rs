@@ -1,0 +1,419 @@
+//! `/api/v1/datasets`: build (as a job), inspect, page through records, export, delete.
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::{Binary, Json, PlainText};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
+use trainyard_jobs::{DatasetBuildArgs, JobKind};
+use uuid::Uuid;
+
+use super::errors::ApiError;
+use super::{page_bounds, AppState};
+use crate::config::TieRule;
+use crate::datasets::{store, DatasetSpec, Selection, SplitRatios, TaskType};
+use crate::queue::{self, NewJob};
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Built, embedded, versioned datasets.
+    Datasets,
+}
+
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum LabelTaskType {
+    Binary,
+    MultiClass,
+    MultiLabel,
+}
+
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum TieRuleIn {
+    Positive,
+    Negative,
+    Exclude,
+}
+
+/// Which documents to take: whole sources, trainyard ids, or external ids in one source.
+#[derive(Debug, Object, Default)]
+pub struct SelectionIn {
+    #[oai(default)]
+    pub sources: Vec<String>,
+    #[oai(default)]
+    pub document_ids: Vec<i64>,
+    pub source: Option<String>,
+    #[oai(default)]
+    pub external_ids: Vec<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct LabelSchemaIn {
+    /// binary (one label), multi_label (independent labels) or multi_class (one of the labels).
+    #[oai(rename = "type")]
+    pub task_type: LabelTaskType,
+    pub labels: Vec<String>,
+    /// What a tied majority vote becomes (binary / multi-label). Default from config.
+    pub tie_rule: Option<TieRuleIn>,
+}
+
+#[derive(Debug, Object)]
+pub struct SplitsIn {
+    #[oai(default = "default_train")]
+    pub train: f64,
+    #[oai(default = "default_held_out")]
+    pub validation: f64,
+    #[oai(default = "default_held_out")]
+    pub test: f64,
+    pub seed: Option<u64>,
+}
+
+fn default_train() -> f64 {
+    0.8
+}
+fn default_held_out() -> f64 {
+    0.1
+}
+
+#[derive(Debug, Object)]
+pub struct CreateDataset {
+    pub name: String,
+    #[oai(default)]
+    pub description: String,
+    pub selection: SelectionIn,
+    /// A model from embedding_models.toml; default from config (the local MiniLM).
+    pub embedding_model: Option<String>,
+    /// Embed every text again even when a vector is stored.
+    #[oai(default)]
+    pub force_regenerate: bool,
+    pub label_schema: LabelSchemaIn,
+    /// Default 80/10/10, seed from config.
+    pub splits: Option<SplitsIn>,
+}
+
+#[derive(Debug, Object)]
+pub struct DatasetProgress {
+    pub batches_done: i32,
+    pub batches_total: i32,
+}
+
+#[derive(Debug, Object)]
+pub struct Dataset {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    /// pending | building | embedding | ready | failed | cancelled
+    pub status: String,
+    pub embedding_model: String,
+    pub dimensions: i32,
+    pub build_job_id: Option<String>,
+    pub error: Option<String>,
+    pub progress: DatasetProgress,
+    /// Embeddings this dataset computed.
+    pub new_embeddings: i32,
+    /// Embeddings it found already stored.
+    pub reused_embeddings: i32,
+    /// Records, exclusions, inconsistent labels, label distribution per split.
+    pub stats: Option<serde_json::Value>,
+    /// The request the dataset was built from.
+    pub spec: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub ready_at: Option<DateTime<Utc>>,
+}
+
+impl From<store::DatasetRow> for Dataset {
+    fn from(r: store::DatasetRow) -> Self {
+        Dataset {
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            status: r.status,
+            embedding_model: r.embedding_model,
+            dimensions: r.dimensions,
+            build_job_id: r.build_job_id,
+            error: r.error,
+            progress: DatasetProgress { batches_done: r.batches_done, batches_total: r.batches_total },
+            new_embeddings: r.new_embeddings,
+            reused_embeddings: r.reused_embeddings,
+            stats: r.stats,
+            spec: r.request,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            ready_at: r.ready_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct DatasetPage {
+    pub items: Vec<Dataset>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Object)]
+pub struct Record {
+    pub position: i32,
+    pub document_id: i64,
+    pub source: String,
+    pub external_id: String,
+    pub checksum: String,
+    pub text: String,
+    /// train | validation | test
+    pub split: String,
+    /// label -> 0/1, or null where the label is masked (not annotated for this record).
+    pub labels: BTreeMap<String, Option<u8>>,
+    /// label -> latest votes {positive, negative}.
+    pub votes: serde_json::Value,
+    /// The annotators' latest votes disagree on some label.
+    pub disagreement: bool,
+    pub embedding: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Object)]
+pub struct RecordPage {
+    pub items: Vec<Record>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Object)]
+pub struct Deleted {
+    pub id: Uuid,
+    pub deleted: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum ExportResponse {
+    /// JSON Lines: one record per line, with its embedding.
+    #[oai(status = 200, content_type = "application/x-ndjson")]
+    Jsonl(PlainText<String>),
+    /// Apache Parquet.
+    #[oai(status = 200, content_type = "application/vnd.apache.parquet")]
+    Parquet(Binary<Vec<u8>>),
+}
+
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum ExportFormat {
+    Jsonl,
+    Parquet,
+}
+
+/// Validates a create request against config; returns the stored spec.
+pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<DatasetSpec, ApiError> {
+    if req.name.trim().is_empty() || req.name.len() > 200 {
+        return Err(ApiError::bad_request("name must be 1 to 200 characters", Some("name")));
+    }
+    let sel = &req.selection;
+    if sel.sources.is_empty() && sel.document_ids.is_empty() && sel.external_ids.is_empty() {
+        return Err(ApiError::bad_request(
+            "selection is empty: give sources, document_ids, or source + external_ids",
+            Some("selection"),
+        ));
+    }
+    if !sel.external_ids.is_empty() && sel.source.is_none() {
+        return Err(ApiError::bad_request("selection.external_ids needs selection.source", Some("selection.source")));
+    }
+    if sel.document_ids.iter().any(|&id| id <= 0) {
+        return Err(ApiError::bad_request("document ids are positive integers", Some("selection.document_ids")));
+    }
+    let model = req.embedding_model.clone().unwrap_or_else(|| state.settings.datasets.default_embedding_model.clone());
+    if !state.settings.embedding_models.contains_key(&model) {
+        let known: Vec<&String> = state.settings.embedding_models.keys().collect();
+        return Err(ApiError::unprocessable(
+            "unknown_model",
+            format!("unknown embedding model `{model}`; configured: {known:?}"),
+            Some("embedding_model"),
+        ));
+    }
+    let schema = &req.label_schema;
+    let mut labels = schema.labels.clone();
+    labels.sort();
+    labels.dedup();
+    if labels.len() != schema.labels.len() || labels.iter().any(|l| l.trim().is_empty()) {
+        return Err(ApiError::bad_request("labels must be distinct, non-empty names", Some("label_schema.labels")));
+    }
+    let task_type = match schema.task_type {
+        LabelTaskType::Binary => TaskType::Binary,
+        LabelTaskType::MultiClass => TaskType::MultiClass,
+        LabelTaskType::MultiLabel => TaskType::MultiLabel,
+    };
+    let needed = match task_type {
+        TaskType::Binary => (1, 1),
+        TaskType::MultiClass => (2, 1000),
+        TaskType::MultiLabel => (1, 1000),
+    };
+    if labels.len() < needed.0 || labels.len() > needed.1 {
+        return Err(ApiError::bad_request(
+            format!("{:?} needs {} to {} labels, got {}", schema.task_type, needed.0, needed.1, labels.len()),
+            Some("label_schema.labels"),
+        ));
+    }
+    let splits = req.splits.as_ref();
+    let (train, validation, test) = splits.map_or((0.8, 0.1, 0.1), |s| (s.train, s.validation, s.test));
+    let sum = train + validation + test;
+    if [train, validation, test].iter().any(|r| !r.is_finite() || *r < 0.0) || (sum - 1.0).abs() > 1e-6 || train <= 0.0 {
+        return Err(ApiError::bad_request(
+            format!("split ratios must be >= 0, train > 0, and sum to 1 (got {train} + {validation} + {test})"),
+            Some("splits"),
+        ));
+    }
+    let tie_rule = match schema.tie_rule {
+        Some(TieRuleIn::Positive) => TieRule::Positive,
+        Some(TieRuleIn::Negative) => TieRule::Negative,
+        Some(TieRuleIn::Exclude) => TieRule::Exclude,
+        None => state.settings.datasets.tie_rule,
+    };
+    Ok(DatasetSpec {
+        selection: Selection {
+            sources: sel.sources.clone(),
+            document_ids: sel.document_ids.clone(),
+            source: sel.source.clone(),
+            external_ids: sel.external_ids.clone(),
+        },
+        embedding_model: model,
+        force_regenerate: req.force_regenerate,
+        task_type,
+        labels: schema.labels.clone(),
+        splits: SplitRatios {
+            train,
+            validation,
+            test,
+            seed: splits.and_then(|s| s.seed).unwrap_or(state.settings.datasets.split_seed),
+        },
+        tie_rule,
+        max_text_chars: state.settings.server.max_text_chars,
+    })
+}
+
+/// Creates the dataset row and its build job in one transaction.
+pub async fn create_dataset(state: &AppState, name: &str, description: &str, spec: DatasetSpec) -> Result<store::DatasetRow, ApiError> {
+    let dims = state.settings.embedding_models[&spec.embedding_model].dimensions as i32;
+    let id = Uuid::new_v4();
+    let mut tx = state.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO datasets (id, name, description, embedding_model, dimensions, request) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(description)
+    .bind(&spec.embedding_model)
+    .bind(dims)
+    .bind(serde_json::to_value(&spec).map_err(ApiError::internal)?)
+    .execute(&mut *tx)
+    .await?;
+    let job = NewJob { kind: JobKind::DatasetBuild, args: DatasetBuildArgs { dataset_id: id }, dataset_id: Some(id), progress_total: 1 };
+    let ids = queue::enqueue(&mut tx, vec![job], state.settings.queue.max_attempts).await?;
+    sqlx::query("UPDATE datasets SET build_job_id = $2 WHERE id = $1").bind(id).bind(&ids[0]).execute(&mut *tx).await?;
+    tx.commit().await?;
+    store::get(&state.pool, id).await?.ok_or_else(|| ApiError::internal("dataset vanished after insert"))
+}
+
+async fn load(state: &AppState, id: &str) -> Result<store::DatasetRow, ApiError> {
+    let uuid = Uuid::parse_str(id).map_err(|_| ApiError::bad_request(format!("`{id}` is not a dataset id (UUID)"), Some("id")))?;
+    store::get(&state.pool, uuid).await?.ok_or_else(|| ApiError::not_found("dataset", uuid))
+}
+
+fn to_record(r: store::RecordRow) -> Record {
+    Record {
+        position: r.position,
+        document_id: r.document_id,
+        source: r.source,
+        external_id: r.external_id,
+        checksum: r.checksum,
+        text: r.text,
+        split: r.split,
+        labels: serde_json::from_value(r.labels).unwrap_or_default(),
+        votes: r.votes,
+        disagreement: r.disagreement,
+        embedding: r.embedding,
+    }
+}
+
+pub struct DatasetsApi;
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Datasets")]
+impl DatasetsApi {
+    /// Build a dataset (asynchronously): answers 202 with the dataset and its build job id.
+    #[oai(path = "/datasets", method = "post")]
+    async fn create(&self, state: Data<&AppState>, body: Json<CreateDataset>) -> Result<Json<Dataset>, ApiError> {
+        let spec = validate_request(&state, &body)?;
+        let row = create_dataset(&state, body.name.trim(), &body.description, spec).await?;
+        Ok(Json(row.into()))
+    }
+
+    /// Datasets, newest first.
+    #[oai(path = "/datasets", method = "get")]
+    async fn list(&self, state: Data<&AppState>, limit: Query<Option<i64>>, offset: Query<Option<i64>>) -> Result<Json<DatasetPage>, ApiError> {
+        let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
+        let (rows, total) = store::list(&state.pool, limit, offset).await?;
+        Ok(Json(DatasetPage { items: rows.into_iter().map(Dataset::from).collect(), total, limit, offset }))
+    }
+
+    /// One dataset: status, progress and stats.
+    #[oai(path = "/datasets/:id", method = "get")]
+    async fn get(&self, state: Data<&AppState>, id: Path<String>) -> Result<Json<Dataset>, ApiError> {
+        Ok(Json(load(&state, &id).await?.into()))
+    }
+
+    /// Records in order, optionally one split, optionally with their embeddings.
+    #[oai(path = "/datasets/:id/records", method = "get")]
+    async fn records(
+        &self,
+        state: Data<&AppState>,
+        id: Path<String>,
+        /// train | validation | test
+        split: Query<Option<String>>,
+        #[oai(default)] with_embeddings: Query<bool>,
+        limit: Query<Option<i64>>,
+        offset: Query<Option<i64>>,
+    ) -> Result<Json<RecordPage>, ApiError> {
+        let dataset = load(&state, &id).await?;
+        if let Some(s) = split.0.as_deref() {
+            if !["train", "validation", "test"].contains(&s) {
+                return Err(ApiError::bad_request(format!("unknown split `{s}` (train, validation, test)"), Some("split")));
+            }
+        }
+        let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
+        let (rows, total) = store::records(&state.pool, &dataset, split.0.as_deref(), with_embeddings.0, limit, offset).await?;
+        Ok(Json(RecordPage { items: rows.into_iter().map(to_record).collect(), total, limit, offset }))
+    }
+
+    /// Export every record with its embedding, as JSON Lines or Parquet. The dataset must be ready.
+    #[oai(path = "/datasets/:id/export", method = "get")]
+    async fn export(&self, state: Data<&AppState>, id: Path<String>, format: Query<Option<ExportFormat>>) -> Result<ExportResponse, ApiError> {
+        let dataset = load(&state, &id).await?;
+        if dataset.status != "ready" {
+            return Err(ApiError::conflict(format!("dataset {} is {}; export needs it ready", dataset.id, dataset.status)));
+        }
+        let (rows, _) = store::records(&state.pool, &dataset, None, true, i64::MAX, 0).await?;
+        match format.0.unwrap_or(ExportFormat::Jsonl) {
+            ExportFormat::Jsonl => {
+                let mut out = String::new();
+                for r in rows {
+                    out.push_str(&serde_json::to_string(&r).map_err(ApiError::internal)?);
+                    out.push('\n');
+                }
+                Ok(ExportResponse::Jsonl(PlainText(out)))
+            }
+            ExportFormat::Parquet => {
+                let bytes = crate::datasets::export::to_parquet(&dataset, &rows).map_err(ApiError::internal)?;
+                Ok(ExportResponse::Parquet(Binary(bytes)))
+            }
+        }
+    }
+
+    /// Delete a dataset and its records. Shared embeddings stay for other datasets.
+    #[oai(path = "/datasets/:id", method = "delete")]
+    async fn delete(&self, state: Data<&AppState>, id: Path<String>) -> Result<Json<Deleted>, ApiError> {
+        let dataset = load(&state, &id).await?;
+        let deleted = store::delete(&state.pool, dataset.id).await?;
+        Ok(Json(Deleted { id: dataset.id, deleted }))
+    }
+}

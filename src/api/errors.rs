@@ -1,0 +1,141 @@
+//! The one HTTP error type: every failure becomes `{"error": {code, message, type, param}}`.
+//!
+//! The shape is OpenAI's error object (so `/v1/embeddings` clients understand it) with a
+//! machine-readable `code`. A server fault is logged once here and answered without internals.
+use poem::http::StatusCode;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+
+#[derive(Debug, Clone, Object)]
+pub struct ErrorDetail {
+    /// Machine-readable error code, e.g. `not_found`, `invalid_request`, `unknown_model`.
+    pub code: String,
+    /// What is wrong, for a person.
+    pub message: String,
+    /// OpenAI-style error class: `invalid_request_error`, `not_found_error`, `conflict_error`,
+    /// `server_error`.
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// The request field at fault, when there is one.
+    pub param: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// The request is malformed or a value is out of range.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The resource's state does not allow this action.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    #[oai(status = 413)]
+    TooLarge(Json<ErrorBody>),
+    /// Well-formed but semantically invalid (unknown model, unknown label, ...).
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// A dependency (database, model) is not available right now; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn body(code: &str, kind: &str, message: impl Into<String>, param: Option<&str>) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        error: ErrorDetail { code: code.into(), message: message.into(), kind: kind.into(), param: param.map(str::to_string) },
+    })
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError::BadRequest(body("invalid_request", "invalid_request_error", message, param))
+    }
+    pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
+        ApiError::NotFound(body("not_found", "not_found_error", format!("{what} {id} not found"), None))
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError::Conflict(body("conflict", "conflict_error", message, None))
+    }
+    pub fn too_large(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError::TooLarge(body("too_large", "invalid_request_error", message, param))
+    }
+    pub fn unprocessable(code: &str, message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError::Unprocessable(body(code, "invalid_request_error", message, param))
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::Unavailable(body("unavailable", "server_error", message, None))
+    }
+    /// Logs the cause once and answers without it.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        let id = uuid::Uuid::new_v4();
+        tracing::error!(error_id = %id, "server fault: {cause}");
+        ApiError::Internal(body("internal", "server_error", format!("internal server error (reference {id})"), None))
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::warn!("database unavailable: {e}");
+                ApiError::unavailable("the database is not reachable right now; retry shortly")
+            }
+            _ => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<crate::queue::QueueError> for ApiError {
+    fn from(e: crate::queue::QueueError) -> Self {
+        use crate::queue::QueueError;
+        match e {
+            QueueError::NotFound(id) => ApiError::not_found("job", id),
+            QueueError::Conflict { .. } => ApiError::conflict(e.to_string()),
+            QueueError::Database(db) => db.into(),
+            QueueError::Apalis(m) => ApiError::internal(m),
+        }
+    }
+}
+
+/// Turns errors raised outside handlers (unparseable JSON, unknown route, body limit) into the
+/// same JSON shape.
+pub async fn poem_error_to_json(err: poem::Error) -> poem::Response {
+    let status = err.status();
+    let (code, kind) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "not_found_error"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "invalid_request_error"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too_large", "invalid_request_error"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "invalid_request_error"),
+        s if s.is_server_error() => ("internal", "server_error"),
+        _ => ("invalid_request", "invalid_request_error"),
+    };
+    let message = if status.is_server_error() {
+        tracing::error!("server fault: {err}");
+        "internal server error".to_string()
+    } else if status == StatusCode::NOT_FOUND {
+        "no such route".to_string()
+    } else {
+        err.to_string()
+    };
+    let json = serde_json::json!({"error": {"code": code, "message": message, "type": kind, "param": null}});
+    poem::Response::builder().status(status).content_type("application/json").body(json.to_string())
+}
+
+impl ApiError {
+    /// OpenAI's answer for an unknown model: 404 `model_not_found`.
+    pub fn model_not_found(model: &str) -> Self {
+        ApiError::NotFound(body(
+            "model_not_found",
+            "invalid_request_error",
+            format!("The model `{model}` does not exist or is not served here"),
+            Some("model"),
+        ))
+    }
+}

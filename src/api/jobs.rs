@@ -1,0 +1,167 @@
+//! `/api/v1/jobs`: list, inspect, cancel and retry jobs of every kind.
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi, Tags};
+
+use super::errors::ApiError;
+use super::{page_bounds, AppState};
+use crate::queue::{self, JobView};
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Background jobs: dataset builds, embedding batches.
+    Jobs,
+}
+
+#[derive(Debug, Object)]
+pub struct Progress {
+    pub done: i64,
+    pub total: i64,
+}
+
+#[derive(Debug, Object)]
+pub struct Job {
+    /// ULID of the job.
+    pub id: String,
+    /// Job kind (= queue name): `dataset_build` or `embed`.
+    pub kind: String,
+    /// queued | running | retrying | succeeded | failed | cancelled
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub progress: Progress,
+    pub dataset_id: Option<uuid::Uuid>,
+    /// The job's result when it succeeded.
+    pub result: Option<serde_json::Value>,
+    /// The last attempt's error, if it failed.
+    pub last_error: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When the job may run next (later than now while it waits out a retry backoff).
+    pub run_at: Option<DateTime<Utc>>,
+    /// The worker holding the job.
+    pub worker: Option<String>,
+}
+
+impl From<JobView> for Job {
+    fn from(v: JobView) -> Self {
+        Job {
+            id: v.id,
+            kind: v.kind,
+            status: v.status,
+            attempts: v.attempts,
+            max_attempts: v.max_attempts,
+            progress: Progress { done: v.progress_done, total: v.progress_total },
+            dataset_id: v.dataset_id,
+            result: v.result,
+            last_error: v.last_error.map(|e| e.trim_start_matches("AbortError: ").to_string()),
+            created_at: v.created_at,
+            started_at: v.started_at,
+            finished_at: v.finished_at,
+            run_at: v.run_at,
+            worker: v.worker,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct JobPage {
+    pub items: Vec<Job>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+const STATUSES: [&str; 6] = ["queued", "running", "retrying", "succeeded", "failed", "cancelled"];
+
+fn check_job_id(id: &str) -> Result<(), ApiError> {
+    ulid::Ulid::from_string(id)
+        .map(|_| ())
+        .map_err(|_| ApiError::bad_request(format!("`{id}` is not a job id (a 26-character ULID)"), Some("id")))
+}
+
+pub struct JobsApi;
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Jobs")]
+impl JobsApi {
+    /// List jobs, newest first, optionally filtered by kind and status.
+    #[oai(path = "/jobs", method = "get")]
+    async fn list_jobs(
+        &self,
+        state: Data<&AppState>,
+        /// `dataset_build` or `embed`
+        kind: Query<Option<String>>,
+        /// queued | running | retrying | succeeded | failed | cancelled
+        status: Query<Option<String>>,
+        limit: Query<Option<i64>>,
+        offset: Query<Option<i64>>,
+    ) -> Result<Json<JobPage>, ApiError> {
+        if let Some(k) = kind.0.as_deref() {
+            if trainyard_jobs::JobKind::from_queue(k).is_none() {
+                return Err(ApiError::bad_request(format!("unknown job kind `{k}` (dataset_build, embed)"), Some("kind")));
+            }
+        }
+        if let Some(s) = status.0.as_deref() {
+            if !STATUSES.contains(&s) {
+                return Err(ApiError::bad_request(format!("unknown status `{s}` ({})", STATUSES.join(", ")), Some("status")));
+            }
+        }
+        let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
+        let (jobs, total) = queue::list_jobs(&state.pool, kind.0.as_deref(), status.0.as_deref(), limit, offset).await?;
+        Ok(Json(JobPage { items: jobs.into_iter().map(Job::from).collect(), total, limit, offset }))
+    }
+
+    /// One job: status, attempts, progress, result or last error, times.
+    #[oai(path = "/jobs/:id", method = "get")]
+    async fn get_job(&self, state: Data<&AppState>, id: Path<String>) -> Result<Json<Job>, ApiError> {
+        check_job_id(&id)?;
+        Ok(Json(queue::get_job(&state.pool, &id).await?.into()))
+    }
+
+    /// Cancel a job: a queued one never runs; a running one stops at its next checkpoint.
+    /// Cancelling a dataset build cancels the dataset and its embedding jobs.
+    #[oai(path = "/jobs/:id/cancel", method = "post")]
+    async fn cancel_job(&self, state: Data<&AppState>, id: Path<String>) -> Result<Json<Job>, ApiError> {
+        check_job_id(&id)?;
+        let job = queue::cancel_job(&state.pool, &id).await?;
+        if job.kind == trainyard_jobs::JobKind::DatasetBuild.queue() {
+            if let Some(dataset) = job.dataset_id {
+                let mut tx = state.pool.begin().await?;
+                sqlx::query("UPDATE datasets SET status = 'cancelled', updated_at = now() WHERE id = $1 AND status <> 'ready'")
+                    .bind(dataset)
+                    .execute(&mut *tx)
+                    .await?;
+                queue::cancel_dataset_jobs(&mut tx, dataset).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(Json(queue::get_job(&state.pool, &id).await?.into()))
+    }
+
+    /// Put a failed or cancelled job back in its queue with a fresh attempt budget.
+    #[oai(path = "/jobs/:id/retry", method = "post")]
+    async fn retry_job(&self, state: Data<&AppState>, id: Path<String>) -> Result<Json<Job>, ApiError> {
+        check_job_id(&id)?;
+        let job = queue::retry_job(&state.pool, &id).await?;
+        if let Some(dataset) = job.dataset_id {
+            if job.kind == trainyard_jobs::JobKind::DatasetBuild.queue() {
+                sqlx::query(
+                    "UPDATE datasets SET status = 'pending', error = NULL, updated_at = now()
+                     WHERE id = $1 AND status IN ('failed', 'cancelled')",
+                )
+                .bind(dataset)
+                .execute(&state.pool)
+                .await?;
+            } else {
+                sqlx::query("UPDATE datasets SET status = 'embedding', error = NULL WHERE id = $1 AND status = 'failed'")
+                    .bind(dataset)
+                    .execute(&state.pool)
+                    .await?;
+            }
+        }
+        Ok(Json(job.into()))
+    }
+}

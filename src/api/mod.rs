@@ -1,0 +1,86 @@
+//! Only this module knows HTTP: the poem-openapi service, Swagger UI, and the error mapping.
+pub mod datasets;
+pub mod documents;
+pub mod errors;
+pub mod health;
+pub mod jobs;
+pub mod legacy_v1;
+pub mod openai_embeddings;
+
+use std::sync::Arc;
+
+use poem::middleware::{SizeLimit, Tracing};
+use poem::{Endpoint, EndpointExt, Route};
+use poem_openapi::OpenApiService;
+use sqlx::PgPool;
+
+use crate::config::Settings;
+use crate::embedding::Embedders;
+use errors::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    pub embedders: Embedders,
+}
+
+/// Validated (limit, offset); limit defaults to 50.
+pub fn page_bounds(state: &AppState, limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), ApiError> {
+    let max = state.settings.server.page_size_max;
+    let limit = limit.unwrap_or(50);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit must be between 1 and {max}"), Some("limit")));
+    }
+    let offset = offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::bad_request("offset must be >= 0", Some("offset")));
+    }
+    Ok((limit, offset))
+}
+
+type Apis = (
+    health::HealthApi,
+    jobs::JobsApi,
+    documents::DocumentsApi,
+    datasets::DatasetsApi,
+    openai_embeddings::OpenAiEmbeddingsApi,
+    legacy_v1::LegacyV1Api,
+);
+
+pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (
+            health::HealthApi,
+            jobs::JobsApi,
+            documents::DocumentsApi,
+            datasets::DatasetsApi,
+            openai_embeddings::OpenAiEmbeddingsApi,
+            legacy_v1::LegacyV1Api,
+        ),
+        "trainyard",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Labelled text in, served classifiers out: documents, annotations, datasets, embeddings and jobs.")
+    .server(server_url)
+}
+
+/// The OpenAPI document as committed under `openapi/` (stable server URL).
+pub fn openapi_json() -> String {
+    openapi_service("http://127.0.0.1:8322").spec()
+}
+
+pub fn app(state: AppState) -> impl Endpoint {
+    let api = openapi_service("/");
+    let docs = api.swagger_ui();
+    let spec = api.spec_endpoint();
+    let limit = state.settings.server.max_body_bytes;
+    Route::new()
+        .nest("/", api)
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .data(state)
+        .with(SizeLimit::new(limit))
+        .with(Tracing)
+        .catch_all_error(errors::poem_error_to_json)
+}

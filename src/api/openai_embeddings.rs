@@ -1,0 +1,143 @@
+//! `POST /v1/embeddings`: the OpenAI embeddings API, served from the local model.
+//!
+//! `input` is a string or an array of strings; `encoding_format` is `float` (default) or
+//! `base64` (little-endian f32, what the official SDK asks for). Errors are OpenAI-shaped.
+use base64::Engine;
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{Enum, Object, OpenApi, Tags};
+
+use super::errors::ApiError;
+use super::AppState;
+use crate::config::ProviderType;
+
+#[derive(Tags)]
+enum ApiTags {
+    /// OpenAI-compatible endpoints.
+    OpenAi,
+}
+
+#[derive(Debug, Clone, Copy, Enum, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    Float,
+    Base64,
+}
+
+#[derive(Debug, Object)]
+pub struct EmbeddingsRequest {
+    /// A string or an array of strings (token arrays are not supported).
+    pub input: serde_json::Value,
+    /// The local model's name, e.g. `all-MiniLM-L6-v2`.
+    pub model: String,
+    pub encoding_format: Option<EncodingFormat>,
+    /// Must equal the model's dimensions when given (no truncation).
+    pub dimensions: Option<usize>,
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct EmbeddingData {
+    pub object: String,
+    pub index: usize,
+    /// Array of floats, or a base64 string of little-endian f32 values.
+    pub embedding: serde_json::Value,
+}
+
+#[derive(Debug, Object)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Object)]
+pub struct EmbeddingsResponse {
+    pub object: String,
+    pub data: Vec<EmbeddingData>,
+    pub model: String,
+    pub usage: Usage,
+}
+
+fn parse_input(value: serde_json::Value, max_items: usize, max_chars: usize) -> Result<Vec<String>, ApiError> {
+    let texts = match value {
+        serde_json::Value::String(s) => vec![s],
+        serde_json::Value::Array(items) => {
+            if items.is_empty() {
+                return Err(ApiError::bad_request("'input' must not be an empty array", Some("input")));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    serde_json::Value::String(s) => Ok(s),
+                    _ => Err(ApiError::bad_request(
+                        format!("'input[{i}]' must be a string (token arrays are not supported)"),
+                        Some("input"),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        _ => return Err(ApiError::bad_request("'input' must be a string or an array of strings", Some("input"))),
+    };
+    if texts.len() > max_items {
+        return Err(ApiError::bad_request(format!("'input' has {} items; at most {max_items} are allowed", texts.len()), Some("input")));
+    }
+    for (i, t) in texts.iter().enumerate() {
+        if t.is_empty() {
+            return Err(ApiError::bad_request(format!("'input[{i}]' is an empty string"), Some("input")));
+        }
+        if t.chars().count() > max_chars {
+            return Err(ApiError::bad_request(format!("'input[{i}]' is longer than {max_chars} characters"), Some("input")));
+        }
+    }
+    Ok(texts)
+}
+
+pub struct OpenAiEmbeddingsApi;
+
+#[OpenApi(tag = "ApiTags::OpenAi")]
+impl OpenAiEmbeddingsApi {
+    /// Create embeddings (OpenAI-compatible) with the local model.
+    #[oai(path = "/v1/embeddings", method = "post")]
+    async fn create_embeddings(&self, state: Data<&AppState>, body: Json<EmbeddingsRequest>) -> Result<Json<EmbeddingsResponse>, ApiError> {
+        let req = body.0;
+        let model = state
+            .settings
+            .embedding_models
+            .get(&req.model)
+            .or_else(|| state.settings.embedding_models.values().find(|m| m.name == req.model || req.model.ends_with(&format!("/{}", m.name))))
+            .filter(|m| m.provider == ProviderType::Local)
+            .ok_or_else(|| ApiError::model_not_found(&req.model))?;
+        if let Some(d) = req.dimensions {
+            if d != model.dimensions {
+                return Err(ApiError::bad_request(format!("'dimensions' must be {} for {}", model.dimensions, model.name), Some("dimensions")));
+            }
+        }
+        let server = &state.settings.server;
+        let texts = parse_input(req.input, server.max_inputs_per_request, server.max_text_chars)?;
+        let encoder = state.embedders.local_encoder().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let encoded = encoder.encode(texts).await.map_err(ApiError::internal)?;
+        let base64 = req.encoding_format == Some(EncodingFormat::Base64);
+        let tokens: usize = encoded.token_counts.iter().sum();
+        let data = encoded
+            .vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, v)| EmbeddingData {
+                object: "embedding".into(),
+                index,
+                embedding: if base64 {
+                    serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(crate::embedding::vector_to_bytes(&v)))
+                } else {
+                    serde_json::json!(v)
+                },
+            })
+            .collect();
+        Ok(Json(EmbeddingsResponse {
+            object: "list".into(),
+            data,
+            model: model.name.clone(),
+            usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
+        }))
+    }
+}

@@ -1,0 +1,144 @@
+//! Client verbs that talk to a running API: build a dataset and watch it, list jobs.
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+#[derive(clap::Args)]
+pub struct Api {
+    /// Base URL of the trainyard API.
+    #[arg(long, env = "TRAINYARD_URL", default_value = "http://127.0.0.1:8322")]
+    pub url: String,
+}
+
+#[derive(clap::Args)]
+pub struct BuildDatasetArgs {
+    #[command(flatten)]
+    pub api: Api,
+    #[arg(long)]
+    pub name: String,
+    /// Comma-separated whole sources.
+    #[arg(long, value_delimiter = ',')]
+    pub sources: Vec<String>,
+    /// Comma-separated label names.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// binary | multi_label | multi_class
+    #[arg(long = "type", default_value = "multi_label")]
+    pub task_type: String,
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub force_regenerate: bool,
+    /// Return at once instead of watching.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(clap::Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub api: Api,
+    pub dataset_id: String,
+}
+
+#[derive(clap::Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub api: Api,
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+}
+
+async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = body["error"]["message"].as_str().unwrap_or("no message");
+        anyhow::bail!("API answered {status}: {message}");
+    }
+    Ok(body)
+}
+
+pub async fn build_dataset(args: BuildDatasetArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let mut body = json!({
+        "name": args.name,
+        "selection": {"sources": args.sources},
+        "label_schema": {"type": args.task_type, "labels": args.labels},
+        "force_regenerate": args.force_regenerate,
+    });
+    if let Some(model) = args.model {
+        body["embedding_model"] = json!(model);
+    }
+    let created = check(client.post(format!("{}/api/v1/datasets", args.api.url)).json(&body).send().await.context("is `trainyard serve` running?")?).await?;
+    let id = created["id"].as_str().context("no dataset id in the answer")?.to_string();
+    println!("dataset {id} (build job {})", created["build_job_id"].as_str().unwrap_or("?"));
+    if args.no_wait {
+        return Ok(());
+    }
+    watch(WatchArgs { api: args.api, dataset_id: id }).await
+}
+
+pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:10} [{elapsed_precise}] [{bar:40}] {pos}/{len} batches ({eta})")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    let dataset = loop {
+        let d = check(client.get(format!("{}/api/v1/datasets/{}", args.api.url, args.dataset_id)).send().await?).await?;
+        let status = d["status"].as_str().unwrap_or("?").to_string();
+        bar.set_length(d["progress"]["batches_total"].as_u64().unwrap_or(0));
+        bar.set_position(d["progress"]["batches_done"].as_u64().unwrap_or(0));
+        bar.set_message(status.clone());
+        if matches!(status.as_str(), "ready" | "failed" | "cancelled") {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        bar.tick();
+    };
+    bar.finish();
+    println!("{}", serde_json::to_string_pretty(&json!({
+        "id": dataset["id"], "status": dataset["status"], "error": dataset["error"],
+        "new_embeddings": dataset["new_embeddings"], "reused_embeddings": dataset["reused_embeddings"],
+        "stats": dataset["stats"],
+    }))?);
+    anyhow::ensure!(dataset["status"] == "ready", "dataset ended {}", dataset["status"]);
+    Ok(())
+}
+
+pub async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let mut query = vec![("limit", args.limit.to_string())];
+    if let Some(k) = args.kind {
+        query.push(("kind", k));
+    }
+    if let Some(s) = args.status {
+        query.push(("status", s));
+    }
+    let page = check(client.get(format!("{}/api/v1/jobs", args.api.url)).query(&query).send().await?).await?;
+    println!("{:<28} {:<14} {:<10} {:>8} {:>12}  error", "id", "kind", "status", "attempts", "progress");
+    for job in page["items"].as_array().into_iter().flatten() {
+        println!(
+            "{:<28} {:<14} {:<10} {:>5}/{:<2} {:>6}/{:<6} {}",
+            job["id"].as_str().unwrap_or(""),
+            job["kind"].as_str().unwrap_or(""),
+            job["status"].as_str().unwrap_or(""),
+            job["attempts"],
+            job["max_attempts"],
+            job["progress"]["done"],
+            job["progress"]["total"],
+            job["last_error"].as_str().unwrap_or("")
+        );
+    }
+    println!("{} jobs in all", page["total"]);
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `trainyard migrate` and `trainyard doctor`.
+use crate::config::{ProviderType, Settings};
+
+pub async fn migrate() -> anyhow::Result<()> {
+    let (_, pool) = crate::start(true).await?;
+    let (applied, known) = crate::db::migration_state(&pool).await?;
+    println!("migrations applied: {applied}/{known} (plus apalis's in schema apalis)");
+    Ok(())
+}
+
+pub async fn doctor() -> anyhow::Result<()> {
+    let settings = Settings::load(&Settings::default_dir())?;
+    println!("config       {}", Settings::default_dir().display());
+    println!("libtorch     {}", crate::ml::libtorch_version());
+    let cuda = crate::ml::cuda_devices();
+    if cuda > 0 {
+        println!("cuda         {cuda} device(s); cudnn {}", tch::Cuda::cudnn_is_available());
+    } else {
+        println!("cuda         none (CPU only)");
+    }
+    let mut healthy = true;
+    match crate::db::connect(&settings.database).await {
+        Ok(pool) => {
+            let version: String = sqlx::query_scalar("SHOW server_version").fetch_one(&pool).await.unwrap_or_default();
+            println!("database     ok (PostgreSQL {version})");
+            match crate::db::migration_state(&pool).await {
+                Ok((applied, known)) if applied == known => println!("migrations   {applied}/{known} applied"),
+                Ok((applied, known)) => {
+                    healthy = false;
+                    println!("migrations   {applied}/{known} applied: run `trainyard migrate`")
+                }
+                Err(e) => println!("migrations   unknown: {e}"),
+            }
+        }
+        Err(e) => {
+            healthy = false;
+            println!("database     UNREACHABLE: {e:#}");
+        }
+    }
+    for (key, m) in &settings.embedding_models {
+        let detail = match m.provider {
+            ProviderType::Local => {
+                let dir = std::path::Path::new(&settings.local_model.dir);
+                let ok = dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists();
+                if !ok {
+                    healthy = false;
+                }
+                format!("local, weights {}", if ok { format!("found in {}", dir.display()) } else { format!("MISSING in `{}`", dir.display()) })
+            }
+            ProviderType::OpenAiCompatible => format!(
+                "openai-compatible {}, key {}",
+                m.api_endpoint.as_deref().unwrap_or("?"),
+                match &m.api_key_env {
+                    Some(var) if std::env::var(var).is_ok() => format!("${var} set"),
+                    Some(var) => format!("${var} not set"),
+                    None => "not needed".into(),
+                }
+            ),
+        };
+        println!("model        {key}: {} dims, {detail}", m.dimensions);
+    }
+    if !healthy {
+        anyhow::bail!("doctor found problems (see above)");
+    }
+    Ok(())
+}

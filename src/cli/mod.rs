@@ -1,0 +1,5 @@
+//! Command-line verbs; each file is one group of them.
+pub mod client;
+pub mod doctor;
+pub mod import;
+pub mod serve;

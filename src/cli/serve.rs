@@ -1,0 +1,96 @@
+//! `trainyard serve` and `trainyard worker`.
+use std::time::Duration;
+
+use anyhow::Context;
+use trainyard_jobs::JobKind;
+
+use crate::api::{self, AppState};
+use crate::embedding::Embedders;
+use crate::queue::worker::{run_workers, shutdown_signal, WorkerOptions, WorkerState};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Listen address (default from config: 127.0.0.1:8322).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Also run a worker on every queue with this concurrency, in this process (quick start).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+}
+
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// Comma-separated queues: dataset_build, embed.
+    #[arg(long, value_delimiter = ',', default_value = "dataset_build,embed")]
+    pub queues: Vec<String>,
+    /// Jobs run at once per queue.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Jobs claimed per fetch (default: the concurrency).
+    #[arg(long)]
+    pub fetch_batch: Option<usize>,
+    /// Prefix of the worker's unique name.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+fn parse_queues(names: &[String]) -> anyhow::Result<Vec<JobKind>> {
+    names
+        .iter()
+        .map(|n| JobKind::from_queue(n.trim()).with_context(|| format!("unknown queue `{n}` (dataset_build, embed)")))
+        .collect()
+}
+
+/// Deletes old finished jobs now and then.
+fn spawn_pruner(pool: sqlx::PgPool, hours: f64) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            match crate::queue::prune_finished(&pool, hours).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pruned = n, "old finished jobs deleted"),
+                Err(e) => tracing::warn!("pruning finished jobs failed: {e}"),
+            }
+        }
+    });
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (settings, pool) = crate::start(true).await?;
+    let listen = args.listen.unwrap_or_else(|| settings.server.listen.clone());
+    let embedders = Embedders::new(settings.clone());
+    let state = AppState { pool: pool.clone(), settings: settings.clone(), embedders: embedders.clone() };
+    spawn_pruner(pool.clone(), settings.queue.retention_hours);
+    if args.workers > 0 {
+        let worker_state = WorkerState { pool: pool.clone(), settings: settings.clone(), embedders };
+        let options =
+            WorkerOptions { queues: JobKind::ALL.to_vec(), concurrency: args.workers, fetch_batch: None, name_prefix: Some("serve".into()) };
+        tokio::spawn(async move {
+            if let Err(e) = run_workers(worker_state, options, std::future::pending()).await {
+                tracing::error!("in-process worker stopped: {e:#}");
+            }
+        });
+    }
+    let listener = poem::listener::TcpListener::bind(listen.clone());
+    tracing::info!("trainyard listening on http://{listen} (Swagger UI at /docs)");
+    poem::Server::new(listener)
+        .run_with_graceful_shutdown(
+            api::app(state),
+            async {
+                let _ = shutdown_signal().await;
+            },
+            Some(Duration::from_secs(10)),
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let queues = parse_queues(&args.queues)?;
+    let (settings, pool) = crate::start(true).await?;
+    spawn_pruner(pool.clone(), settings.queue.retention_hours);
+    let state = WorkerState { pool, settings: settings.clone(), embedders: Embedders::new(settings) };
+    let options = WorkerOptions { queues, concurrency: args.concurrency, fetch_batch: args.fetch_batch, name_prefix: args.name };
+    run_workers(state, options, shutdown_signal()).await
+}

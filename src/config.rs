@@ -1,0 +1,282 @@
+//! Typed configuration: `config/trainyard.toml`, then `TRAINYARD_*` environment variables.
+//!
+//! Loaded once at start-up; a missing or bad value stops the process with a message that
+//! names the key. Embedding models come from `config/embedding_models.toml` (first seed's
+//! `[models.NAME]` format).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Figment(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub queue: QueueSettings,
+    pub datasets: DatasetSettings,
+    pub local_model: LocalModelSettings,
+    #[serde(default)]
+    pub sources: BTreeMap<String, ExternalSource>,
+    /// Filled from `embedding_models.toml`, not from `trainyard.toml`.
+    #[serde(default)]
+    pub embedding_models: BTreeMap<String, EmbeddingModelConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub max_inputs_per_request: usize,
+    pub max_text_chars: usize,
+    pub page_size_max: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub heartbeat_secs: u64,
+    pub missed_heartbeats: usize,
+    pub fetch_batch: usize,
+    pub poll_interval_ms: u64,
+    pub max_attempts: i32,
+    pub retry_base_secs: f64,
+    pub retry_max_secs: f64,
+    pub retention_hours: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TieRule {
+    Positive,
+    Negative,
+    Exclude,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSettings {
+    pub embed_batch_size: usize,
+    pub default_embedding_model: String,
+    pub tie_rule: TieRule,
+    pub split_seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalModelSettings {
+    pub dir: String,
+    pub threads: i32,
+    pub max_tokens_per_batch: usize,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalSource {
+    pub documents_sql: String,
+    pub annotations_sql: String,
+    #[serde(default)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProviderType {
+    #[serde(rename = "local")]
+    Local,
+    #[serde(rename = "openai-compatible")]
+    OpenAiCompatible,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingModelConfig {
+    pub name: String,
+    pub dimensions: usize,
+    #[serde(rename = "type")]
+    pub provider: ProviderType,
+    #[serde(default)]
+    pub api_endpoint: Option<String>,
+    pub max_tokens: usize,
+    pub max_batch_size: usize,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Concurrent requests to the provider from one worker.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// Attempts per batch, including the first.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: f64,
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+fn default_attempts() -> u32 {
+    5
+}
+fn default_timeout() -> f64 {
+    60.0
+}
+
+#[derive(Deserialize)]
+struct ModelsFile {
+    models: BTreeMap<String, EmbeddingModelConfig>,
+}
+
+impl Settings {
+    /// Loads `DIR/trainyard.toml` and `DIR/embedding_models.toml`, then the environment.
+    pub fn load(config_dir: &Path) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::new().merge(Toml::file(config_dir.join("trainyard.toml")));
+        figment = figment.merge(Env::prefixed("TRAINYARD_").split("__").filter(|key| {
+            // Variables the scripts set for themselves are not settings.
+            !matches!(
+                key.as_str().to_ascii_lowercase().as_str(),
+                "root" | "venv" | "torch_lib" | "local_model_dir" | "data_dir" | "config_dir" | "bin"
+            )
+        }));
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            figment = figment.merge(Serialized::default("database.url", url));
+        }
+        if let Ok(dir) = std::env::var("TRAINYARD_LOCAL_MODEL_DIR") {
+            let current: String = figment.extract_inner("local_model.dir").unwrap_or_default();
+            if current.is_empty() {
+                figment = figment.merge(Serialized::default("local_model.dir", dir));
+            }
+        }
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        let models_path = config_dir.join("embedding_models.toml");
+        let text = std::fs::read_to_string(&models_path)
+            .map_err(|e| invalid("embedding_models", format!("{}: {e}", models_path.display())))?;
+        let models: ModelsFile = toml::from_str(&text)
+            .map_err(|e| invalid("embedding_models", format!("{}: {e}", models_path.display())))?;
+        settings.embedding_models = models.models;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The config folder: `TRAINYARD_CONFIG_DIR`, else `./config`, else the one beside the repo.
+    pub fn default_dir() -> PathBuf {
+        if let Ok(dir) = std::env::var("TRAINYARD_CONFIG_DIR") {
+            return PathBuf::from(dir);
+        }
+        let here = PathBuf::from("config");
+        if here.join("trainyard.toml").exists() {
+            return here;
+        }
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("server.listen", format!("`{}` is not host:port", self.server.listen)));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if !self.database.url.starts_with("postgres") {
+            return Err(invalid("database.url", "must be a postgres:// URL"));
+        }
+        if self.queue.heartbeat_secs == 0 || self.queue.missed_heartbeats == 0 {
+            return Err(invalid("queue.heartbeat_secs", "heartbeat and missed_heartbeats must be > 0"));
+        }
+        if self.queue.fetch_batch == 0 {
+            return Err(invalid("queue.fetch_batch", "must be > 0"));
+        }
+        if self.queue.max_attempts < 1 {
+            return Err(invalid("queue.max_attempts", "must be >= 1"));
+        }
+        if !(self.queue.retry_base_secs >= 0.0 && self.queue.retry_max_secs >= self.queue.retry_base_secs) {
+            return Err(invalid("queue.retry_base_secs", "need 0 <= retry_base_secs <= retry_max_secs"));
+        }
+        if self.datasets.embed_batch_size == 0 {
+            return Err(invalid("datasets.embed_batch_size", "must be > 0"));
+        }
+        if !self.embedding_models.contains_key(&self.datasets.default_embedding_model) {
+            return Err(invalid(
+                "datasets.default_embedding_model",
+                format!("`{}` is not in embedding_models.toml", self.datasets.default_embedding_model),
+            ));
+        }
+        if !matches!(self.local_model.device.as_str(), "auto" | "cpu" | "cuda") {
+            return Err(invalid("local_model.device", "must be auto, cpu or cuda"));
+        }
+        for (key, model) in &self.embedding_models {
+            let at = |field: &str| format!("embedding_models.{key}.{field}");
+            if model.dimensions == 0 {
+                return Err(invalid(&at("dimensions"), "must be > 0"));
+            }
+            if model.max_batch_size == 0 {
+                return Err(invalid(&at("max_batch_size"), "must be > 0"));
+            }
+            if model.provider == ProviderType::OpenAiCompatible && model.api_endpoint.is_none() {
+                return Err(invalid(&at("api_endpoint"), "required for type openai-compatible"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_config(dir: &Path, extra: &str) {
+        let base = std::fs::read_to_string(Settings::default_dir().join("trainyard.toml")).unwrap();
+        std::fs::write(dir.join("trainyard.toml"), format!("{base}\n{extra}")).unwrap();
+        std::fs::copy(
+            Settings::default_dir().join("embedding_models.toml"),
+            dir.join("embedding_models.toml"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn shipped_config_loads() {
+        let settings = Settings::load(&Settings::default_dir()).unwrap();
+        assert_eq!(settings.embedding_models["all-MiniLM-L6-v2"].dimensions, 384);
+        assert!(settings.sources.contains_key("bilibili"));
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let dir = std::env::temp_dir().join(format!("ty-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = std::fs::read_to_string(Settings::default_dir().join("trainyard.toml")).unwrap();
+        std::fs::write(dir.join("trainyard.toml"), text.replace("heartbeat_secs = 5", "heartbeat_secs = \"soon\""))
+            .unwrap();
+        write_config(&dir, "");
+        std::fs::write(dir.join("trainyard.toml"), text.replace("heartbeat_secs = 5", "heartbeat_secs = \"soon\""))
+            .unwrap();
+        let err = Settings::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("heartbeat_secs"), "{err}");
+        std::fs::write(dir.join("trainyard.toml"), text.replace("tie_rule = \"exclude\"", "tie_rule = \"coin\""))
+            .unwrap();
+        let err = Settings::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("tie_rule"), "{err}");
+    }
+}

@@ -1,0 +1,130 @@
+//! The `embed` job: embeds one stored batch with the dataset's model and upserts the vectors.
+//!
+//! Idempotent: vectors are unique per (model, dimensions, checksum) and inserted with
+//! ON CONFLICT; the batch is marked done and the dataset's counter advanced in the same
+//! transaction, guarded by `NOT done`, so a batch counts once however often it runs. The
+//! transaction that brings `batches_done` to `batches_total` marks the dataset ready.
+use serde_json::json;
+use sqlx::Row;
+use trainyard_jobs::EmbedArgs;
+
+use super::store;
+use crate::embedding::{vector_to_bytes, EmbedError};
+use crate::queue::worker::{JobError, WorkerState};
+use crate::queue;
+
+pub async fn run_embed(state: &WorkerState, job_id: &str, args: &EmbedArgs) -> Result<serde_json::Value, JobError> {
+    let pool = &state.pool;
+    if queue::cancel_requested(pool, job_id).await? {
+        return Err(JobError::Cancelled);
+    }
+    let Some(dataset) = store::get(pool, args.dataset_id).await? else {
+        return Err(JobError::Fatal(format!("dataset {} no longer exists", args.dataset_id)));
+    };
+    if dataset.status == "cancelled" {
+        return Err(JobError::Cancelled);
+    }
+    let spec = dataset.spec().map_err(|e| JobError::Fatal(e.to_string()))?;
+    let row = sqlx::query("SELECT checksums, texts, done FROM embed_batches WHERE dataset_id = $1 AND batch_no = $2")
+        .bind(args.dataset_id)
+        .bind(args.batch_no)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| JobError::Fatal(format!("batch {} of dataset {} does not exist", args.batch_no, args.dataset_id)))?;
+    if row.get::<bool, _>("done") {
+        return Ok(json!({"batch_no": args.batch_no, "already_done": true}));
+    }
+    let checksums: Vec<String> = row.get("checksums");
+    let texts: Vec<String> = row.get("texts");
+    let model = state.embedders.model(&spec.embedding_model).map_err(|e| JobError::Fatal(e.to_string()))?.clone();
+
+    // Another dataset may have embedded some of these since the build.
+    let todo: Vec<usize> = if spec.force_regenerate {
+        (0..checksums.len()).collect()
+    } else {
+        let present: std::collections::HashSet<String> = sqlx::query_scalar(
+            "SELECT checksum FROM embeddings WHERE model = $1 AND dimensions = $2 AND checksum = ANY($3)",
+        )
+        .bind(&model.name)
+        .bind(model.dimensions as i32)
+        .bind(&checksums)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+        (0..checksums.len()).filter(|&i| !present.contains(&checksums[i])).collect()
+    };
+    let vectors = if todo.is_empty() {
+        Vec::new()
+    } else {
+        state.embedders.embed(&model.name, todo.iter().map(|&i| texts[i].clone()).collect()).await.map_err(|e| match e {
+            EmbedError::Retryable(m) => JobError::Retryable(m),
+            other => JobError::Fatal(other.to_string()),
+        })?
+    };
+    if vectors.len() != todo.len() || vectors.iter().any(|v| v.len() != model.dimensions) {
+        return Err(JobError::Fatal(format!(
+            "provider returned {} vectors for {} texts or a wrong dimension count",
+            vectors.len(),
+            todo.len()
+        )));
+    }
+    if queue::cancel_requested(pool, job_id).await? {
+        return Err(JobError::Cancelled);
+    }
+
+    let mut tx = pool.begin().await?;
+    let conflict = if spec.force_regenerate {
+        "ON CONFLICT (model, dimensions, checksum) DO UPDATE SET vector = EXCLUDED.vector, created_at = now()"
+    } else {
+        "ON CONFLICT (model, dimensions, checksum) DO NOTHING"
+    };
+    let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO embeddings (model, dimensions, checksum, vector)
+         SELECT $1, $2, * FROM UNNEST($3::text[], $4::bytea[]) {conflict}"
+    )))
+    .bind(&model.name)
+    .bind(model.dimensions as i32)
+    .bind(todo.iter().map(|&i| checksums[i].as_str()).collect::<Vec<_>>())
+    .bind(vectors.iter().map(|v| vector_to_bytes(v)).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected() as i32;
+    let first_time = sqlx::query(
+        "UPDATE embed_batches SET done = true, new_count = $3 WHERE dataset_id = $1 AND batch_no = $2 AND NOT done",
+    )
+    .bind(args.dataset_id)
+    .bind(args.batch_no)
+    .bind(inserted)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let mut ready = false;
+    if first_time {
+        let reused = checksums.len() as i32 - inserted;
+        let (done, total): (i32, i32) = sqlx::query_as(
+            "UPDATE datasets SET batches_done = batches_done + 1, new_embeddings = new_embeddings + $2,
+                    reused_embeddings = reused_embeddings + $3, updated_at = now()
+             WHERE id = $1 RETURNING batches_done, batches_total",
+        )
+        .bind(args.dataset_id)
+        .bind(inserted)
+        .bind(reused)
+        .fetch_one(&mut *tx)
+        .await?;
+        if done >= total {
+            sqlx::query("UPDATE datasets SET status = 'ready', ready_at = now() WHERE id = $1 AND status = 'embedding'")
+                .bind(args.dataset_id)
+                .execute(&mut *tx)
+                .await?;
+            ready = true;
+        }
+    }
+    sqlx::query("UPDATE job_info SET progress_done = progress_total WHERE job_id = $1").bind(job_id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    if ready {
+        tracing::info!(dataset = %args.dataset_id, "dataset ready");
+    }
+    Ok(json!({"batch_no": args.batch_no, "texts": checksums.len(), "new_embeddings": inserted, "dataset_ready": ready}))
+}

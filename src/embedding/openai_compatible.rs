@@ -1,0 +1,174 @@
+//! Client for OpenAI-compatible `/embeddings` endpoints: batching, bounded concurrency,
+//! retries with exponential backoff that honour `Retry-After`, strict response checks.
+//!
+//! Retried: connection errors, timeouts, 408/409/429/5xx and unparseable bodies. Not retried:
+//! other 4xx and well-formed answers of the wrong shape (count or dimensions), which mean a
+//! misconfiguration. A batch that still fails fails the whole call; nothing is ever replaced
+//! by a zero vector.
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+
+use super::EmbedError;
+use crate::config::EmbeddingModelConfig;
+
+#[derive(Clone)]
+pub struct OpenAiCompatibleClient {
+    http: reqwest::Client,
+    url: String,
+    api_key: Option<String>,
+    model: EmbeddingModelConfig,
+    /// First retry delay; doubles each time up to `max_delay`.
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingResponse {
+    data: Vec<EmbeddingItem>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingItem {
+    index: usize,
+    embedding: Vec<f32>,
+}
+
+#[derive(Debug)]
+struct AttemptError {
+    error: EmbedError,
+    retry_after: Option<Duration>,
+}
+
+impl OpenAiCompatibleClient {
+    pub fn new(model: EmbeddingModelConfig) -> Result<Self, EmbedError> {
+        let endpoint = model
+            .api_endpoint
+            .clone()
+            .ok_or_else(|| EmbedError::Fatal(format!("model {} has no api_endpoint", model.name)))?;
+        let api_key = match &model.api_key_env {
+            Some(var) => std::env::var(var).ok(),
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(model.timeout_secs))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| EmbedError::Fatal(format!("http client: {e}")))?;
+        Ok(OpenAiCompatibleClient {
+            http,
+            url: format!("{}/embeddings", endpoint.trim_end_matches('/')),
+            api_key,
+            model,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        })
+    }
+
+    /// Embeds all texts, `max_batch_size` per request, `max_concurrency` requests at a time.
+    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        // Each request future owns its batch and client, so the stream's futures borrow
+        // nothing (and stay `Send` for any lifetime).
+        let batches: Vec<Vec<String>> = texts.chunks(self.model.max_batch_size).map(|c| c.to_vec()).collect();
+        let results: Vec<Vec<Vec<f32>>> = futures::stream::iter(batches)
+            .map(|batch| {
+                let client = self.clone();
+                async move { client.embed_batch_with_retries(&batch).await }
+            })
+            .buffered(self.model.max_concurrency.max(1))
+            .try_collect()
+            .await?;
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    async fn embed_batch_with_retries(&self, batch: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.model.max_attempts.saturating_sub(1) as usize)
+            .with_jitter();
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let result = (|| async {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.embed_batch_once(batch).await
+        })
+        .retry(backoff)
+        .when(|e: &AttemptError| e.error.is_retryable())
+        .adjust(|e: &AttemptError, planned| planned.map(|d| e.retry_after.map_or(d, |ra| ra.min(self.max_delay * 4))))
+        .notify(|e: &AttemptError, wait| {
+            tracing::warn!(model = %self.model.name, error = %e.error, ?wait, "embedding request failed; retrying")
+        })
+        .await;
+        result.map_err(|e| match e.error {
+            EmbedError::Retryable(message) => EmbedError::Retryable(format!(
+                "{message} (gave up after {} attempts)",
+                attempts.load(std::sync::atomic::Ordering::Relaxed)
+            )),
+            other => other,
+        })
+    }
+
+    async fn embed_batch_once(&self, batch: &[String]) -> Result<Vec<Vec<f32>>, AttemptError> {
+        let retryable = |m: String| AttemptError { error: EmbedError::Retryable(m), retry_after: None };
+        let mut request = self.http.post(&self.url).json(&serde_json::json!({
+            "model": self.model.name,
+            "input": batch,
+            "encoding_format": "float",
+        }));
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| {
+            retryable(if e.is_timeout() { "provider timed out".to_string() } else { format!("provider unreachable: {e}") })
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map(Duration::from_secs_f64);
+            let body = response.text().await.unwrap_or_default();
+            let snippet: String = body.chars().take(200).collect();
+            let message = format!("provider answered HTTP {}: {snippet}", status.as_u16());
+            let code = status.as_u16();
+            return Err(if code == 408 || code == 409 || code == 429 || status.is_server_error() {
+                AttemptError { error: EmbedError::Retryable(message), retry_after }
+            } else {
+                AttemptError { error: EmbedError::Fatal(message), retry_after: None }
+            });
+        }
+        let body = response.bytes().await.map_err(|e| retryable(format!("reading provider body: {e}")))?;
+        let parsed: EmbeddingResponse = serde_json::from_slice(&body)
+            .map_err(|e| retryable(format!("provider sent an unparseable body: {e}")))?;
+        self.check(batch.len(), parsed).map_err(|m| AttemptError { error: EmbedError::Fatal(m), retry_after: None })
+    }
+
+    fn check(&self, expected: usize, parsed: EmbeddingResponse) -> Result<Vec<Vec<f32>>, String> {
+        if parsed.data.len() != expected {
+            return Err(format!("provider returned {} embeddings for {expected} inputs", parsed.data.len()));
+        }
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; expected];
+        for item in parsed.data {
+            if item.embedding.len() != self.model.dimensions {
+                return Err(format!(
+                    "provider returned {} dimensions, model {} is configured for {}",
+                    item.embedding.len(),
+                    self.model.name,
+                    self.model.dimensions
+                ));
+            }
+            if item.embedding.iter().any(|x| !x.is_finite()) {
+                return Err("provider returned a non-finite value".into());
+            }
+            match out.get_mut(item.index) {
+                Some(slot @ None) => *slot = Some(item.embedding),
+                _ => return Err(format!("provider returned a bad or repeated index {}", item.index)),
+            }
+        }
+        Ok(out.into_iter().map(|v| v.expect("every index filled once")).collect())
+    }
+}

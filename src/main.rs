@@ -1,0 +1,56 @@
+//! The `trainyard` binary: serve, worker, migrate, doctor, import, and client verbs.
+use clap::{Parser, Subcommand};
+use trainyard::cli;
+
+#[derive(Parser)]
+#[command(name = "trainyard", version, about = "Labelled text in, served classifiers out.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// HTTP API and Swagger UI (add --workers N for a one-process quick start).
+    Serve(cli::serve::ServeArgs),
+    /// Consume jobs from the given queues.
+    Worker(cli::serve::WorkerArgs),
+    /// Apply database migrations (apalis's and trainyard's).
+    Migrate,
+    /// Report libtorch, CUDA, database, migrations and embedding models.
+    Doctor,
+    /// Import documents and annotations from JSONL or CSV.
+    Import(cli::import::ImportArgs),
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Build a dataset through the API and watch it with a progress bar.
+    BuildDataset(cli::client::BuildDatasetArgs),
+    /// Watch a dataset until it is ready (or failed).
+    Watch(cli::client::WatchArgs),
+    /// List recent jobs through the API.
+    Jobs(cli::client::JobsArgs),
+}
+
+#[tokio::main]
+async fn main() {
+    trainyard::init_process();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => cli::serve::serve(args).await,
+        Command::Worker(args) => cli::serve::worker(args).await,
+        Command::Migrate => cli::doctor::migrate().await,
+        Command::Doctor => cli::doctor::doctor().await,
+        Command::Import(args) => cli::import::import(args).await,
+        Command::Openapi => {
+            println!("{}", trainyard::api::openapi_json());
+            Ok(())
+        }
+        Command::BuildDataset(args) => cli::client::build_dataset(args).await,
+        Command::Watch(args) => cli::client::watch(args).await,
+        Command::Jobs(args) => cli::client::jobs(args).await,
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,191 @@
+//! A BERT encoder in tch (the all-MiniLM-L6-v2 shape) with mean pooling and L2 normalisation.
+//!
+//! Parameter paths match the safetensors names of sentence-transformers' BERT checkpoints
+//! (`embeddings.word_embeddings.weight`, `encoder.layer.N.attention.self.query.weight`, ...),
+//! so `VarStore::load` fills the model directly. Pipeline: token types all 0, erf GELU,
+//! LayerNorm eps from config (1e-12), mean over the attention mask (denominator clamped at
+//! 1e-9), L2 normalise.
+use std::path::Path;
+
+use serde::Deserialize;
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub hidden_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub intermediate_size: i64,
+    pub vocab_size: i64,
+    pub max_position_embeddings: i64,
+    pub type_vocab_size: i64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+}
+
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+
+impl BertConfig {
+    pub fn from_file(path: &Path) -> anyhow::Result<BertConfig> {
+        let text = std::fs::read_to_string(path)?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+fn layer_norm(path: nn::Path, size: i64, eps: f64) -> nn::LayerNorm {
+    nn::layer_norm(path, vec![size], nn::LayerNormConfig { eps, ..Default::default() })
+}
+
+struct Embeddings {
+    word: nn::Embedding,
+    position: nn::Embedding,
+    token_type: nn::Embedding,
+    norm: nn::LayerNorm,
+}
+
+impl Embeddings {
+    fn new(p: nn::Path, c: &BertConfig) -> Self {
+        let cfg = Default::default();
+        Embeddings {
+            word: nn::embedding(&p / "word_embeddings", c.vocab_size, c.hidden_size, cfg),
+            position: nn::embedding(&p / "position_embeddings", c.max_position_embeddings, c.hidden_size, cfg),
+            token_type: nn::embedding(&p / "token_type_embeddings", c.type_vocab_size, c.hidden_size, cfg),
+            norm: layer_norm(&p / "LayerNorm", c.hidden_size, c.layer_norm_eps),
+        }
+    }
+
+    fn forward(&self, input_ids: &Tensor) -> Tensor {
+        let seq = input_ids.size()[1];
+        let positions = Tensor::arange(seq, (Kind::Int64, input_ids.device())).unsqueeze(0);
+        let token_types = input_ids.zeros_like();
+        let x = self.word.forward(input_ids) + self.position.forward(&positions) + self.token_type.forward(&token_types);
+        self.norm.forward(&x)
+    }
+}
+
+struct Layer {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    attn_out: nn::Linear,
+    attn_norm: nn::LayerNorm,
+    intermediate: nn::Linear,
+    output: nn::Linear,
+    out_norm: nn::LayerNorm,
+    heads: i64,
+    gelu: &'static str,
+}
+
+impl Layer {
+    fn new(p: nn::Path, c: &BertConfig) -> Self {
+        let h = c.hidden_size;
+        let lin = Default::default();
+        let att = &p / "attention";
+        Layer {
+            query: nn::linear(&att / "self" / "query", h, h, lin),
+            key: nn::linear(&att / "self" / "key", h, h, lin),
+            value: nn::linear(&att / "self" / "value", h, h, lin),
+            attn_out: nn::linear(&att / "output" / "dense", h, h, lin),
+            attn_norm: layer_norm(&att / "output" / "LayerNorm", h, c.layer_norm_eps),
+            intermediate: nn::linear(&p / "intermediate" / "dense", h, c.intermediate_size, lin),
+            output: nn::linear(&p / "output" / "dense", c.intermediate_size, h, lin),
+            out_norm: layer_norm(&p / "output" / "LayerNorm", h, c.layer_norm_eps),
+            heads: c.num_attention_heads,
+            gelu: if c.hidden_act == "gelu_new" { "tanh" } else { "none" },
+        }
+    }
+
+    /// `mask_bias`: [batch, 1, 1, seq], 0 where attended and a large negative where padded.
+    fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Tensor {
+        let (b, s, h) = x.size3().expect("hidden states are [batch, seq, hidden]");
+        let d = h / self.heads;
+        let split = |t: Tensor| t.view([b, s, self.heads, d]).transpose(1, 2);
+        let q = split(self.query.forward(x));
+        let k = split(self.key.forward(x));
+        let v = split(self.value.forward(x));
+        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask_bias), 0.0, false, None, false);
+        let ctx = ctx.transpose(1, 2).contiguous().view([b, s, h]);
+        let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
+        let inner = self.intermediate.forward(&x).gelu(self.gelu);
+        self.out_norm.forward(&(self.output.forward(&inner) + x))
+    }
+}
+
+/// The encoder; parameters live in the `VarStore` it was built on.
+pub struct BertEncoder {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pub config: BertConfig,
+}
+
+impl BertEncoder {
+    pub fn new(root: &nn::Path, config: BertConfig) -> Self {
+        let embeddings = Embeddings::new(root / "embeddings", &config);
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::new(root / "encoder" / "layer" / i, &config))
+            .collect();
+        BertEncoder { embeddings, layers, config }
+    }
+
+    /// Token-level hidden states, [batch, seq, hidden]. `attention_mask` is 1/0, [batch, seq].
+    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let mut x = self.embeddings.forward(input_ids);
+        let dtype = x.kind();
+        let mask_bias = ((attention_mask.to_kind(dtype).ones_like() - attention_mask.to_kind(dtype)) * -1e4)
+            .view([attention_mask.size()[0], 1, 1, attention_mask.size()[1]]);
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask_bias);
+        }
+        x
+    }
+
+    /// Sentence embeddings: mean over attended tokens, then L2-normalised. [batch, hidden], f32.
+    pub fn sentence_embeddings(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let hidden = self.hidden_states(input_ids, attention_mask).to_kind(Kind::Float);
+        mean_pool_normalize(&hidden, attention_mask)
+    }
+}
+
+/// Mean pooling over the mask (denominator clamped at 1e-9) followed by L2 normalisation.
+pub fn mean_pool_normalize(hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
+    let mask = attention_mask.to_kind(Kind::Float).unsqueeze(-1);
+    let summed = (hidden * &mask).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    let counts = mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Float).clamp_min(1e-9);
+    let mean = summed / counts;
+    let norm = mean.norm_scalaropt_dim(2.0, [1i64].as_slice(), true).clamp_min(1e-12);
+    mean / norm
+}
+
+/// Builds the encoder on `device` and loads `model.safetensors` from `dir`.
+pub fn load_encoder(dir: &Path, device: Device) -> anyhow::Result<(nn::VarStore, BertEncoder)> {
+    let config = BertConfig::from_file(&dir.join("config.json"))?;
+    let mut vs = nn::VarStore::new(device);
+    let encoder = BertEncoder::new(&vs.root(), config);
+    vs.load(dir.join("model.safetensors"))
+        .map_err(|e| anyhow::anyhow!("loading {}: {e}", dir.join("model.safetensors").display()))?;
+    vs.freeze();
+    Ok((vs, encoder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_pooling_ignores_padding_and_normalises() {
+        // Two tokens [3,4] and [0,0] with the second padded: mean is [3,4], normalised [0.6,0.8].
+        let hidden = Tensor::from_slice(&[3.0f32, 4.0, 100.0, 100.0]).view([1, 2, 2]);
+        let mask = Tensor::from_slice(&[1i64, 0]).view([1, 2]);
+        let out = mean_pool_normalize(&hidden, &mask);
+        let v: Vec<f32> = Vec::<f32>::try_from(out.view([-1])).unwrap();
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6, "{v:?}");
+    }
+}

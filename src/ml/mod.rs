@@ -1,0 +1,22 @@
+//! Everything that knows tch: the BERT encoder and the thread that serves it.
+pub mod bert;
+pub mod text_encoder;
+
+/// The libtorch in use: read from the torch wheel's `version.py` beside its `lib/` folder.
+pub fn libtorch_version() -> String {
+    let from_wheel = std::env::var("TRAINYARD_TORCH_LIB").ok().and_then(|lib| {
+        let text = std::fs::read_to_string(std::path::Path::new(&lib).join("../version.py")).ok()?;
+        let line = text.lines().find(|l| l.starts_with("__version__"))?;
+        Some(line.split(['"', '\'']).nth(1)?.to_string())
+    });
+    from_wheel.unwrap_or_else(|| "2.11.0 (the version tch 0.24 is built for)".to_string())
+}
+
+/// Number of CUDA devices tch can use (0 when none or when libtorch has no CUDA).
+pub fn cuda_devices() -> i64 {
+    if tch::Cuda::is_available() {
+        tch::Cuda::device_count()
+    } else {
+        0
+    }
+}

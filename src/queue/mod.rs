@@ -1,0 +1,311 @@
+//! Only this module knows apalis: enqueueing, job state, cancel/retry, pruning.
+//!
+//! Jobs live in `apalis.jobs` (one queue per job kind, named by `JobKind::queue`); what apalis
+//! does not track (progress, cancellation, the dataset a job belongs to) lives in `job_info`.
+//! Backoff between attempts is set in the database by a trigger (see migrations), so a retry
+//! survives any worker restart.
+pub mod worker;
+
+use apalis::prelude::{TaskBuilder, TaskId};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, Row};
+use trainyard_jobs::JobKind;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("queue: {0}")]
+    Apalis(String),
+    #[error("job {0} not found")]
+    NotFound(String),
+    #[error("job {id} is {status}: {action} is not possible")]
+    Conflict { id: String, status: String, action: &'static str },
+}
+
+/// One job to enqueue: kind, serialized arguments, and what it belongs to.
+pub struct NewJob<A: Serialize> {
+    pub kind: JobKind,
+    pub args: A,
+    pub dataset_id: Option<Uuid>,
+    pub progress_total: i64,
+}
+
+/// Enqueues jobs inside the caller's transaction (so jobs and the rows they need commit
+/// together). Returns the job ids in order.
+pub async fn enqueue<A: Serialize>(
+    conn: &mut PgConnection,
+    jobs: Vec<NewJob<A>>,
+    max_attempts: i32,
+) -> Result<Vec<String>, QueueError> {
+    let Some(first) = jobs.first() else { return Ok(Vec::new()) };
+    let kind = first.kind;
+    let mut tasks = Vec::with_capacity(jobs.len());
+    let mut ids = Vec::with_capacity(jobs.len());
+    let mut datasets = Vec::with_capacity(jobs.len());
+    let mut totals = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        assert_eq!(job.kind, kind, "one enqueue call per job kind");
+        let id = ulid::Ulid::generate();
+        let bytes = serde_json::to_vec(&job.args).map_err(|e| QueueError::Apalis(e.to_string()))?;
+        tasks.push(TaskBuilder::new(bytes).task_id(TaskId::from_ulid(id)).max_attempts(max_attempts as usize).build());
+        ids.push(id.to_string());
+        datasets.push(job.dataset_id);
+        totals.push(job.progress_total);
+    }
+    sqlx::query(
+        "INSERT INTO job_info (job_id, kind, dataset_id, progress_total)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::bigint[])",
+    )
+    .bind(&ids)
+    .bind(vec![kind.queue(); ids.len()])
+    .bind(&datasets)
+    .bind(&totals)
+    .execute(&mut *conn)
+    .await?;
+    apalis_postgres::queries::push_tasks(conn, kind.queue(), tasks)
+        .await
+        .map_err(|e| QueueError::Apalis(e.to_string()))?;
+    Ok(ids)
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub id: String,
+    pub kind: String,
+    /// queued | running | retrying | succeeded | failed | cancelled
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub progress_done: i64,
+    pub progress_total: i64,
+    pub dataset_id: Option<Uuid>,
+    pub result: Option<serde_json::Value>,
+    pub last_error: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub run_at: Option<DateTime<Utc>>,
+    pub worker: Option<String>,
+}
+
+const SELECT_JOBS: &str = "
+SELECT j.id, j.job_type, j.status, j.attempts, j.max_attempts, j.run_at, j.lock_at, j.done_at,
+       j.last_result, j.lock_by, i.progress_done, i.progress_total, i.cancel_requested,
+       i.dataset_id, i.created_at
+FROM apalis.jobs j LEFT JOIN job_info i ON i.job_id = j.id";
+
+/// Maps apalis's raw status to the API's.
+pub fn api_status(raw: &str, attempts: i32, max_attempts: i32, cancel_requested: bool) -> &'static str {
+    match raw {
+        "Done" => "succeeded",
+        "Running" => "running",
+        "Killed" if cancel_requested => "cancelled",
+        "Killed" => "failed",
+        "Failed" if attempts >= max_attempts => "failed",
+        "Failed" => "retrying",
+        _ => "queued",
+    }
+}
+
+fn row_to_view(row: &sqlx::postgres::PgRow) -> Result<JobView, sqlx::Error> {
+    let raw: String = row.try_get("status")?;
+    let attempts: i32 = row.try_get("attempts")?;
+    let max_attempts: i32 = row.try_get("max_attempts")?;
+    let cancel: Option<bool> = row.try_get("cancel_requested")?;
+    let last: Option<serde_json::Value> = row.try_get("last_result")?;
+    let (result, last_error) = match last {
+        Some(serde_json::Value::Object(map)) if map.contains_key("Err") => {
+            (None, map.get("Err").map(|e| e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string())))
+        }
+        Some(serde_json::Value::Object(map)) if map.contains_key("Ok") => (map.get("Ok").cloned(), None),
+        other => (other, None),
+    };
+    let status = api_status(&raw, attempts, max_attempts, cancel.unwrap_or(false));
+    let running = matches!(status, "running" | "queued");
+    Ok(JobView {
+        id: row.try_get("id")?,
+        kind: row.try_get("job_type")?,
+        status: status.to_string(),
+        attempts,
+        max_attempts,
+        progress_done: row.try_get::<Option<i64>, _>("progress_done")?.unwrap_or(0),
+        progress_total: row.try_get::<Option<i64>, _>("progress_total")?.unwrap_or(0),
+        dataset_id: row.try_get("dataset_id")?,
+        result: if status == "succeeded" { result } else { None },
+        last_error: if status == "succeeded" { None } else { last_error },
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("lock_at")?,
+        finished_at: if running { None } else { row.try_get("done_at")? },
+        run_at: row.try_get("run_at")?,
+        worker: row.try_get("lock_by")?,
+    })
+}
+
+pub async fn get_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT_JOBS} WHERE j.id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+    Ok(row_to_view(&row)?)
+}
+
+/// Lists jobs newest first; `status` is an API status.
+pub async fn list_jobs(
+    pool: &PgPool,
+    kind: Option<&str>,
+    status: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<JobView>, i64), QueueError> {
+    // API statuses map to conditions on apalis's columns.
+    let status_sql = match status {
+        None => "true",
+        Some("queued") => "j.status IN ('Pending', 'Queued')",
+        Some("running") => "j.status = 'Running'",
+        Some("retrying") => "(j.status = 'Failed' AND j.attempts < j.max_attempts)",
+        Some("succeeded") => "j.status = 'Done'",
+        Some("failed") => {
+            "((j.status = 'Failed' AND j.attempts >= j.max_attempts) OR (j.status = 'Killed' AND NOT coalesce(i.cancel_requested, false)))"
+        }
+        Some("cancelled") => "(j.status = 'Killed' AND coalesce(i.cancel_requested, false))",
+        Some(_) => "false",
+    };
+    let filter = format!("WHERE ($1::text IS NULL OR j.job_type = $1) AND {status_sql}");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{SELECT_JOBS} {filter} ORDER BY coalesce(i.created_at, j.run_at) DESC, j.id DESC LIMIT $2 OFFSET $3"
+    )))
+    .bind(kind)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?;
+    let total: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM apalis.jobs j LEFT JOIN job_info i ON i.job_id = j.id {filter}")))
+            .bind(kind)
+            .fetch_one(pool)
+            .await?;
+    let jobs = rows.iter().map(row_to_view).collect::<Result<Vec<_>, _>>()?;
+    Ok((jobs, total))
+}
+
+/// Cancels a job: a pending one never runs; a running one stops at its next checkpoint.
+pub async fn cancel_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> {
+    let job = get_job(pool, id).await?;
+    if matches!(job.status.as_str(), "succeeded" | "failed" | "cancelled") {
+        return Err(QueueError::Conflict { id: id.into(), status: job.status, action: "cancel" });
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO job_info (job_id, kind, cancel_requested) VALUES ($1, $2, true)
+         ON CONFLICT (job_id) DO UPDATE SET cancel_requested = true",
+    )
+    .bind(id)
+    .bind(&job.kind)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Killed', done_at = now(), last_result = '{\"Err\": \"cancelled\"}'::jsonb
+         WHERE id = $1 AND status IN ('Pending', 'Failed')",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    get_job(pool, id).await
+}
+
+/// Cancels every unfinished job that belongs to a dataset (used when its build is cancelled).
+pub async fn cancel_dataset_jobs(conn: &mut PgConnection, dataset_id: Uuid) -> Result<u64, QueueError> {
+    sqlx::query("UPDATE job_info SET cancel_requested = true WHERE dataset_id = $1").bind(dataset_id).execute(&mut *conn).await?;
+    let done = sqlx::query(
+        "UPDATE apalis.jobs j SET status = 'Killed', done_at = now(), last_result = '{\"Err\": \"cancelled\"}'::jsonb
+         FROM job_info i WHERE i.job_id = j.id AND i.dataset_id = $1 AND j.status IN ('Pending', 'Failed')",
+    )
+    .bind(dataset_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Puts a failed (or cancelled) job back in its queue with a fresh attempt budget.
+pub async fn retry_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> {
+    let job = get_job(pool, id).await?;
+    if !matches!(job.status.as_str(), "failed" | "cancelled") {
+        return Err(QueueError::Conflict { id: id.into(), status: job.status, action: "retry" });
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE job_info SET cancel_requested = false WHERE job_id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Pending', attempts = 0, run_at = now(), done_at = NULL,
+                lock_by = NULL, lock_at = NULL, last_result = NULL
+         WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    get_job(pool, id).await
+}
+
+/// Whether a running job has been asked to stop (checked by handlers at checkpoints).
+pub async fn cancel_requested(pool: &PgPool, id: &str) -> Result<bool, QueueError> {
+    let flag: Option<bool> = sqlx::query_scalar("SELECT cancel_requested FROM job_info WHERE job_id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(flag.unwrap_or(false))
+}
+
+pub async fn set_progress(pool: &PgPool, id: &str, done: i64, total: i64) -> Result<(), QueueError> {
+    sqlx::query("UPDATE job_info SET progress_done = $2, progress_total = $3 WHERE job_id = $1")
+        .bind(id)
+        .bind(done)
+        .bind(total)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Deletes finished jobs older than `hours`. Returns how many went.
+pub async fn prune_finished(pool: &PgPool, hours: f64) -> Result<u64, QueueError> {
+    let deleted = sqlx::query(
+        "WITH gone AS (
+            DELETE FROM apalis.jobs
+            WHERE (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts))
+              AND done_at < now() - make_interval(secs => $1)
+            RETURNING id)
+         DELETE FROM job_info WHERE job_id IN (SELECT id FROM gone)",
+    )
+    .bind(hours * 3600.0)
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// Jobs waiting per queue, and workers seen within the orphan window.
+pub async fn queue_depths(pool: &PgPool) -> Result<Vec<(String, i64, i64)>, QueueError> {
+    let rows = sqlx::query(
+        "SELECT job_type,
+                count(*) FILTER (WHERE status IN ('Pending', 'Queued') OR (status = 'Failed' AND attempts < max_attempts)),
+                count(*) FILTER (WHERE status = 'Running')
+         FROM apalis.jobs GROUP BY job_type ORDER BY job_type",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+}
+
+pub async fn live_workers(pool: &PgPool, within_secs: f64) -> Result<Vec<(String, String)>, QueueError> {
+    let rows = sqlx::query(
+        "SELECT id, worker_type FROM apalis.workers WHERE last_seen > now() - make_interval(secs => $1) ORDER BY id",
+    )
+    .bind(within_secs)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
