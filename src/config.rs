@@ -19,7 +19,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,13 +155,13 @@ impl Settings {
     /// Loads `DIR/trainyard.toml` and `DIR/embedding_models.toml`, then the environment.
     pub fn load(config_dir: &Path) -> Result<Settings, ConfigError> {
         let mut figment = Figment::new().merge(Toml::file(config_dir.join("trainyard.toml")));
-        figment = figment.merge(Env::prefixed("TRAINYARD_").split("__").filter(|key| {
-            // Variables the scripts set for themselves are not settings.
-            !matches!(
-                key.as_str().to_ascii_lowercase().as_str(),
-                "root" | "venv" | "torch_lib" | "local_model_dir" | "data_dir" | "config_dir" | "bin"
-            )
-        }));
+        // Only TRAINYARD_<SECTION>__<KEY> variables are settings; the scripts' own
+        // TRAINYARD_ROOT, TRAINYARD_URL, ... are not.
+        figment = figment.merge(
+            Env::prefixed("TRAINYARD_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
         if let Ok(url) = std::env::var("DATABASE_URL") {
             figment = figment.merge(Serialized::default("database.url", url));
         }
@@ -170,10 +173,18 @@ impl Settings {
         }
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
         let models_path = config_dir.join("embedding_models.toml");
-        let text = std::fs::read_to_string(&models_path)
-            .map_err(|e| invalid("embedding_models", format!("{}: {e}", models_path.display())))?;
-        let models: ModelsFile = toml::from_str(&text)
-            .map_err(|e| invalid("embedding_models", format!("{}: {e}", models_path.display())))?;
+        let text = std::fs::read_to_string(&models_path).map_err(|e| {
+            invalid(
+                "embedding_models",
+                format!("{}: {e}", models_path.display()),
+            )
+        })?;
+        let models: ModelsFile = toml::from_str(&text).map_err(|e| {
+            invalid(
+                "embedding_models",
+                format!("{}: {e}", models_path.display()),
+            )
+        })?;
         settings.embedding_models = models.models;
         settings.validate()?;
         Ok(settings)
@@ -193,7 +204,10 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid("server.listen", format!("`{}` is not host:port", self.server.listen)));
+            return Err(invalid(
+                "server.listen",
+                format!("`{}` is not host:port", self.server.listen),
+            ));
         }
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
@@ -202,7 +216,10 @@ impl Settings {
             return Err(invalid("database.url", "must be a postgres:// URL"));
         }
         if self.queue.heartbeat_secs == 0 || self.queue.missed_heartbeats == 0 {
-            return Err(invalid("queue.heartbeat_secs", "heartbeat and missed_heartbeats must be > 0"));
+            return Err(invalid(
+                "queue.heartbeat_secs",
+                "heartbeat and missed_heartbeats must be > 0",
+            ));
         }
         if self.queue.fetch_batch == 0 {
             return Err(invalid("queue.fetch_batch", "must be > 0"));
@@ -210,16 +227,27 @@ impl Settings {
         if self.queue.max_attempts < 1 {
             return Err(invalid("queue.max_attempts", "must be >= 1"));
         }
-        if !(self.queue.retry_base_secs >= 0.0 && self.queue.retry_max_secs >= self.queue.retry_base_secs) {
-            return Err(invalid("queue.retry_base_secs", "need 0 <= retry_base_secs <= retry_max_secs"));
+        if !(self.queue.retry_base_secs >= 0.0
+            && self.queue.retry_max_secs >= self.queue.retry_base_secs)
+        {
+            return Err(invalid(
+                "queue.retry_base_secs",
+                "need 0 <= retry_base_secs <= retry_max_secs",
+            ));
         }
         if self.datasets.embed_batch_size == 0 {
             return Err(invalid("datasets.embed_batch_size", "must be > 0"));
         }
-        if !self.embedding_models.contains_key(&self.datasets.default_embedding_model) {
+        if !self
+            .embedding_models
+            .contains_key(&self.datasets.default_embedding_model)
+        {
             return Err(invalid(
                 "datasets.default_embedding_model",
-                format!("`{}` is not in embedding_models.toml", self.datasets.default_embedding_model),
+                format!(
+                    "`{}` is not in embedding_models.toml",
+                    self.datasets.default_embedding_model
+                ),
             ));
         }
         if !matches!(self.local_model.device.as_str(), "auto" | "cpu" | "cuda") {
@@ -234,7 +262,10 @@ impl Settings {
                 return Err(invalid(&at("max_batch_size"), "must be > 0"));
             }
             if model.provider == ProviderType::OpenAiCompatible && model.api_endpoint.is_none() {
-                return Err(invalid(&at("api_endpoint"), "required for type openai-compatible"));
+                return Err(invalid(
+                    &at("api_endpoint"),
+                    "required for type openai-compatible",
+                ));
             }
         }
         Ok(())
@@ -258,7 +289,10 @@ mod tests {
     #[test]
     fn shipped_config_loads() {
         let settings = Settings::load(&Settings::default_dir()).unwrap();
-        assert_eq!(settings.embedding_models["all-MiniLM-L6-v2"].dimensions, 384);
+        assert_eq!(
+            settings.embedding_models["all-MiniLM-L6-v2"].dimensions,
+            384
+        );
         assert!(settings.sources.contains_key("bilibili"));
     }
 
@@ -267,15 +301,24 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ty-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let text = std::fs::read_to_string(Settings::default_dir().join("trainyard.toml")).unwrap();
-        std::fs::write(dir.join("trainyard.toml"), text.replace("heartbeat_secs = 5", "heartbeat_secs = \"soon\""))
-            .unwrap();
+        std::fs::write(
+            dir.join("trainyard.toml"),
+            text.replace("heartbeat_secs = 5", "heartbeat_secs = \"soon\""),
+        )
+        .unwrap();
         write_config(&dir, "");
-        std::fs::write(dir.join("trainyard.toml"), text.replace("heartbeat_secs = 5", "heartbeat_secs = \"soon\""))
-            .unwrap();
+        std::fs::write(
+            dir.join("trainyard.toml"),
+            text.replace("heartbeat_secs = 5", "heartbeat_secs = \"soon\""),
+        )
+        .unwrap();
         let err = Settings::load(&dir).unwrap_err().to_string();
         assert!(err.contains("heartbeat_secs"), "{err}");
-        std::fs::write(dir.join("trainyard.toml"), text.replace("tie_rule = \"exclude\"", "tie_rule = \"coin\""))
-            .unwrap();
+        std::fs::write(
+            dir.join("trainyard.toml"),
+            text.replace("tie_rule = \"exclude\"", "tie_rule = \"coin\""),
+        )
+        .unwrap();
         let err = Settings::load(&dir).unwrap_err().to_string();
         assert!(err.contains("tie_rule"), "{err}");
     }

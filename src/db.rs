@@ -26,8 +26,12 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
 
 /// Applies apalis's migrations (schema `apalis`) and then ours. Idempotent.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::query("CREATE EXTENSION IF NOT EXISTS hstore").execute(pool).await?;
-    sqlx::query("CREATE EXTENSION IF NOT EXISTS pgcrypto").execute(pool).await?;
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS hstore")
+        .execute(pool)
+        .await?;
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pgcrypto")
+        .execute(pool)
+        .await?;
     apalis_postgres::PostgresStorage::<()>::setup(pool)
         .await
         .map_err(|e| anyhow::anyhow!("apalis migrations: {e}"))?;

@@ -3,7 +3,11 @@ use clap::{Parser, Subcommand};
 use trainyard::cli;
 
 #[derive(Parser)]
-#[command(name = "trainyard", version, about = "Labelled text in, served classifiers out.")]
+#[command(
+    name = "trainyard",
+    version,
+    about = "Labelled text in, served classifiers out."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -135,7 +135,10 @@ impl From<store::DatasetRow> for Dataset {
             dimensions: r.dimensions,
             build_job_id: r.build_job_id,
             error: r.error,
-            progress: DatasetProgress { batches_done: r.batches_done, batches_total: r.batches_total },
+            progress: DatasetProgress {
+                batches_done: r.batches_done,
+                batches_total: r.batches_total,
+            },
             new_embeddings: r.new_embeddings,
             reused_embeddings: r.reused_embeddings,
             stats: r.stats,
@@ -208,7 +211,10 @@ pub enum ExportFormat {
 /// Validates a create request against config; returns the stored spec.
 pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<DatasetSpec, ApiError> {
     if req.name.trim().is_empty() || req.name.len() > 200 {
-        return Err(ApiError::bad_request("name must be 1 to 200 characters", Some("name")));
+        return Err(ApiError::bad_request(
+            "name must be 1 to 200 characters",
+            Some("name"),
+        ));
     }
     let sel = &req.selection;
     if sel.sources.is_empty() && sel.document_ids.is_empty() && sel.external_ids.is_empty() {
@@ -218,12 +224,21 @@ pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<Dataset
         ));
     }
     if !sel.external_ids.is_empty() && sel.source.is_none() {
-        return Err(ApiError::bad_request("selection.external_ids needs selection.source", Some("selection.source")));
+        return Err(ApiError::bad_request(
+            "selection.external_ids needs selection.source",
+            Some("selection.source"),
+        ));
     }
     if sel.document_ids.iter().any(|&id| id <= 0) {
-        return Err(ApiError::bad_request("document ids are positive integers", Some("selection.document_ids")));
+        return Err(ApiError::bad_request(
+            "document ids are positive integers",
+            Some("selection.document_ids"),
+        ));
     }
-    let model = req.embedding_model.clone().unwrap_or_else(|| state.settings.datasets.default_embedding_model.clone());
+    let model = req
+        .embedding_model
+        .clone()
+        .unwrap_or_else(|| state.settings.datasets.default_embedding_model.clone());
     if !state.settings.embedding_models.contains_key(&model) {
         let known: Vec<&String> = state.settings.embedding_models.keys().collect();
         return Err(ApiError::unprocessable(
@@ -237,7 +252,10 @@ pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<Dataset
     labels.sort();
     labels.dedup();
     if labels.len() != schema.labels.len() || labels.iter().any(|l| l.trim().is_empty()) {
-        return Err(ApiError::bad_request("labels must be distinct, non-empty names", Some("label_schema.labels")));
+        return Err(ApiError::bad_request(
+            "labels must be distinct, non-empty names",
+            Some("label_schema.labels"),
+        ));
     }
     let task_type = match schema.task_type {
         LabelTaskType::Binary => TaskType::Binary,
@@ -251,14 +269,26 @@ pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<Dataset
     };
     if labels.len() < needed.0 || labels.len() > needed.1 {
         return Err(ApiError::bad_request(
-            format!("{:?} needs {} to {} labels, got {}", schema.task_type, needed.0, needed.1, labels.len()),
+            format!(
+                "{:?} needs {} to {} labels, got {}",
+                schema.task_type,
+                needed.0,
+                needed.1,
+                labels.len()
+            ),
             Some("label_schema.labels"),
         ));
     }
     let splits = req.splits.as_ref();
-    let (train, validation, test) = splits.map_or((0.8, 0.1, 0.1), |s| (s.train, s.validation, s.test));
+    let (train, validation, test) =
+        splits.map_or((0.8, 0.1, 0.1), |s| (s.train, s.validation, s.test));
     let sum = train + validation + test;
-    if [train, validation, test].iter().any(|r| !r.is_finite() || *r < 0.0) || (sum - 1.0).abs() > 1e-6 || train <= 0.0 {
+    if [train, validation, test]
+        .iter()
+        .any(|r| !r.is_finite() || *r < 0.0)
+        || (sum - 1.0).abs() > 1e-6
+        || train <= 0.0
+    {
         return Err(ApiError::bad_request(
             format!("split ratios must be >= 0, train > 0, and sum to 1 (got {train} + {validation} + {test})"),
             Some("splits"),
@@ -285,7 +315,9 @@ pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<Dataset
             train,
             validation,
             test,
-            seed: splits.and_then(|s| s.seed).unwrap_or(state.settings.datasets.split_seed),
+            seed: splits
+                .and_then(|s| s.seed)
+                .unwrap_or(state.settings.datasets.split_seed),
         },
         tie_rule,
         max_text_chars: state.settings.server.max_text_chars,
@@ -293,7 +325,12 @@ pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<Dataset
 }
 
 /// Creates the dataset row and its build job in one transaction.
-pub async fn create_dataset(state: &AppState, name: &str, description: &str, spec: DatasetSpec) -> Result<store::DatasetRow, ApiError> {
+pub async fn create_dataset(
+    state: &AppState,
+    name: &str,
+    description: &str,
+    spec: DatasetSpec,
+) -> Result<store::DatasetRow, ApiError> {
     let dims = state.settings.embedding_models[&spec.embedding_model].dimensions as i32;
     let id = Uuid::new_v4();
     let mut tx = state.pool.begin().await?;
@@ -308,16 +345,31 @@ pub async fn create_dataset(state: &AppState, name: &str, description: &str, spe
     .bind(serde_json::to_value(&spec).map_err(ApiError::internal)?)
     .execute(&mut *tx)
     .await?;
-    let job = NewJob { kind: JobKind::DatasetBuild, args: DatasetBuildArgs { dataset_id: id }, dataset_id: Some(id), progress_total: 1 };
+    let job = NewJob {
+        kind: JobKind::DatasetBuild,
+        args: DatasetBuildArgs { dataset_id: id },
+        dataset_id: Some(id),
+        progress_total: 1,
+    };
     let ids = queue::enqueue(&mut tx, vec![job], state.settings.queue.max_attempts).await?;
-    sqlx::query("UPDATE datasets SET build_job_id = $2 WHERE id = $1").bind(id).bind(&ids[0]).execute(&mut *tx).await?;
+    sqlx::query("UPDATE datasets SET build_job_id = $2 WHERE id = $1")
+        .bind(id)
+        .bind(&ids[0])
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
-    store::get(&state.pool, id).await?.ok_or_else(|| ApiError::internal("dataset vanished after insert"))
+    store::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::internal("dataset vanished after insert"))
 }
 
 async fn load(state: &AppState, id: &str) -> Result<store::DatasetRow, ApiError> {
-    let uuid = Uuid::parse_str(id).map_err(|_| ApiError::bad_request(format!("`{id}` is not a dataset id (UUID)"), Some("id")))?;
-    store::get(&state.pool, uuid).await?.ok_or_else(|| ApiError::not_found("dataset", uuid))
+    let uuid = Uuid::parse_str(id).map_err(|_| {
+        ApiError::bad_request(format!("`{id}` is not a dataset id (UUID)"), Some("id"))
+    })?;
+    store::get(&state.pool, uuid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dataset", uuid))
 }
 
 fn to_record(r: store::RecordRow) -> Record {
@@ -342,7 +394,11 @@ pub struct DatasetsApi;
 impl DatasetsApi {
     /// Build a dataset (asynchronously): answers 202 with the dataset and its build job id.
     #[oai(path = "/datasets", method = "post")]
-    async fn create(&self, state: Data<&AppState>, body: Json<CreateDataset>) -> Result<Json<Dataset>, ApiError> {
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        body: Json<CreateDataset>,
+    ) -> Result<Json<Dataset>, ApiError> {
         let spec = validate_request(&state, &body)?;
         let row = create_dataset(&state, body.name.trim(), &body.description, spec).await?;
         Ok(Json(row.into()))
@@ -350,15 +406,29 @@ impl DatasetsApi {
 
     /// Datasets, newest first.
     #[oai(path = "/datasets", method = "get")]
-    async fn list(&self, state: Data<&AppState>, limit: Query<Option<i64>>, offset: Query<Option<i64>>) -> Result<Json<DatasetPage>, ApiError> {
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        limit: Query<Option<i64>>,
+        offset: Query<Option<i64>>,
+    ) -> Result<Json<DatasetPage>, ApiError> {
         let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
         let (rows, total) = store::list(&state.pool, limit, offset).await?;
-        Ok(Json(DatasetPage { items: rows.into_iter().map(Dataset::from).collect(), total, limit, offset }))
+        Ok(Json(DatasetPage {
+            items: rows.into_iter().map(Dataset::from).collect(),
+            total,
+            limit,
+            offset,
+        }))
     }
 
     /// One dataset: status, progress and stats.
     #[oai(path = "/datasets/:id", method = "get")]
-    async fn get(&self, state: Data<&AppState>, id: Path<String>) -> Result<Json<Dataset>, ApiError> {
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> Result<Json<Dataset>, ApiError> {
         Ok(Json(load(&state, &id).await?.into()))
     }
 
@@ -377,20 +447,44 @@ impl DatasetsApi {
         let dataset = load(&state, &id).await?;
         if let Some(s) = split.0.as_deref() {
             if !["train", "validation", "test"].contains(&s) {
-                return Err(ApiError::bad_request(format!("unknown split `{s}` (train, validation, test)"), Some("split")));
+                return Err(ApiError::bad_request(
+                    format!("unknown split `{s}` (train, validation, test)"),
+                    Some("split"),
+                ));
             }
         }
         let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
-        let (rows, total) = store::records(&state.pool, &dataset, split.0.as_deref(), with_embeddings.0, limit, offset).await?;
-        Ok(Json(RecordPage { items: rows.into_iter().map(to_record).collect(), total, limit, offset }))
+        let (rows, total) = store::records(
+            &state.pool,
+            &dataset,
+            split.0.as_deref(),
+            with_embeddings.0,
+            limit,
+            offset,
+        )
+        .await?;
+        Ok(Json(RecordPage {
+            items: rows.into_iter().map(to_record).collect(),
+            total,
+            limit,
+            offset,
+        }))
     }
 
     /// Export every record with its embedding, as JSON Lines or Parquet. The dataset must be ready.
     #[oai(path = "/datasets/:id/export", method = "get")]
-    async fn export(&self, state: Data<&AppState>, id: Path<String>, format: Query<Option<ExportFormat>>) -> Result<ExportResponse, ApiError> {
+    async fn export(
+        &self,
+        state: Data<&AppState>,
+        id: Path<String>,
+        format: Query<Option<ExportFormat>>,
+    ) -> Result<ExportResponse, ApiError> {
         let dataset = load(&state, &id).await?;
         if dataset.status != "ready" {
-            return Err(ApiError::conflict(format!("dataset {} is {}; export needs it ready", dataset.id, dataset.status)));
+            return Err(ApiError::conflict(format!(
+                "dataset {} is {}; export needs it ready",
+                dataset.id, dataset.status
+            )));
         }
         let (rows, _) = store::records(&state.pool, &dataset, None, true, i64::MAX, 0).await?;
         match format.0.unwrap_or(ExportFormat::Jsonl) {
@@ -403,7 +497,8 @@ impl DatasetsApi {
                 Ok(ExportResponse::Jsonl(PlainText(out)))
             }
             ExportFormat::Parquet => {
-                let bytes = crate::datasets::export::to_parquet(&dataset, &rows).map_err(ApiError::internal)?;
+                let bytes = crate::datasets::export::to_parquet(&dataset, &rows)
+                    .map_err(ApiError::internal)?;
                 Ok(ExportResponse::Parquet(Binary(bytes)))
             }
         }
@@ -411,9 +506,16 @@ impl DatasetsApi {
 
     /// Delete a dataset and its records. Shared embeddings stay for other datasets.
     #[oai(path = "/datasets/:id", method = "delete")]
-    async fn delete(&self, state: Data<&AppState>, id: Path<String>) -> Result<Json<Deleted>, ApiError> {
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> Result<Json<Deleted>, ApiError> {
         let dataset = load(&state, &id).await?;
         let deleted = store::delete(&state.pool, dataset.id).await?;
-        Ok(Json(Deleted { id: dataset.id, deleted }))
+        Ok(Json(Deleted {
+            id: dataset.id,
+            deleted,
+        }))
     }
 }

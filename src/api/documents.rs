@@ -6,7 +6,9 @@ use poem_openapi::{Object, OpenApi, Tags};
 
 use super::errors::ApiError;
 use super::AppState;
-use crate::datasets::documents::{insert_annotations, upsert_documents, NewAnnotation, NewDocument};
+use crate::datasets::documents::{
+    insert_annotations, upsert_documents, NewAnnotation, NewDocument,
+};
 
 #[derive(Tags)]
 enum ApiTags {
@@ -83,29 +85,51 @@ pub struct DocumentsApi;
 impl DocumentsApi {
     /// Upsert documents in bulk (at most 10,000 per call), keyed by (source, external_id).
     #[oai(path = "/documents", method = "post")]
-    async fn upsert_documents(&self, state: Data<&AppState>, body: Json<DocumentsIn>) -> Result<Json<UpsertResult>, ApiError> {
+    async fn upsert_documents(
+        &self,
+        state: Data<&AppState>,
+        body: Json<DocumentsIn>,
+    ) -> Result<Json<UpsertResult>, ApiError> {
         let docs = body.0.documents;
         if docs.is_empty() || docs.len() > MAX_BATCH {
-            return Err(ApiError::bad_request(format!("send 1 to {MAX_BATCH} documents per call"), Some("documents")));
+            return Err(ApiError::bad_request(
+                format!("send 1 to {MAX_BATCH} documents per call"),
+                Some("documents"),
+            ));
         }
         let max_chars = state.settings.server.max_text_chars;
         let mut rows = Vec::with_capacity(docs.len());
         for (i, d) in docs.into_iter().enumerate() {
             check_name(&d.source, "source", i)?;
             check_name(&d.external_id, "external_id", i)?;
-            let chars: usize = [&d.title, &d.description, &d.text].iter().filter_map(|p| p.as_ref()).map(|p| p.chars().count()).sum::<usize>()
+            let chars: usize = [&d.title, &d.description, &d.text]
+                .iter()
+                .filter_map(|p| p.as_ref())
+                .map(|p| p.chars().count())
+                .sum::<usize>()
                 + d.tags.iter().map(|t| t.chars().count()).sum::<usize>();
             if chars > max_chars {
-                return Err(ApiError::too_large(format!("document {i} has {chars} characters; the limit is {max_chars}"), Some("documents")));
+                return Err(ApiError::too_large(
+                    format!("document {i} has {chars} characters; the limit is {max_chars}"),
+                    Some("documents"),
+                ));
             }
-            let has_text = [&d.title, &d.description, &d.text].iter().any(|p| p.as_ref().is_some_and(|p| !p.trim().is_empty()))
+            let has_text = [&d.title, &d.description, &d.text]
+                .iter()
+                .any(|p| p.as_ref().is_some_and(|p| !p.trim().is_empty()))
                 || d.tags.iter().any(|t| !t.trim().is_empty());
             if !has_text {
-                return Err(ApiError::bad_request(format!("document {i} has no text (give text, title, description or tags)"), Some("text")));
+                return Err(ApiError::bad_request(
+                    format!("document {i} has no text (give text, title, description or tags)"),
+                    Some("text"),
+                ));
             }
             if let Some(m) = &d.metadata {
                 if !m.is_object() {
-                    return Err(ApiError::bad_request(format!("metadata of document {i} must be a JSON object"), Some("metadata")));
+                    return Err(ApiError::bad_request(
+                        format!("metadata of document {i} must be a JSON object"),
+                        Some("metadata"),
+                    ));
                 }
             }
             rows.push(NewDocument {
@@ -125,10 +149,17 @@ impl DocumentsApi {
 
     /// Add annotations in bulk. Every document must exist; the whole call is rejected otherwise.
     #[oai(path = "/annotations", method = "post")]
-    async fn add_annotations(&self, state: Data<&AppState>, body: Json<AnnotationsIn>) -> Result<Json<AnnotationsResult>, ApiError> {
+    async fn add_annotations(
+        &self,
+        state: Data<&AppState>,
+        body: Json<AnnotationsIn>,
+    ) -> Result<Json<AnnotationsResult>, ApiError> {
         let items = body.0.annotations;
         if items.is_empty() || items.len() > MAX_BATCH {
-            return Err(ApiError::bad_request(format!("send 1 to {MAX_BATCH} annotations per call"), Some("annotations")));
+            return Err(ApiError::bad_request(
+                format!("send 1 to {MAX_BATCH} annotations per call"),
+                Some("annotations"),
+            ));
         }
         let now = Utc::now();
         let mut rows = Vec::new();
@@ -137,7 +168,10 @@ impl DocumentsApi {
             check_name(&a.external_id, "external_id", i)?;
             check_name(&a.annotator, "annotator", i)?;
             if a.labels.is_empty() {
-                return Err(ApiError::bad_request(format!("annotation {i} has no labels"), Some("labels")));
+                return Err(ApiError::bad_request(
+                    format!("annotation {i} has no labels"),
+                    Some("labels"),
+                ));
             }
             for (label, value) in a.labels {
                 check_name(&label, "labels", i)?;
@@ -157,7 +191,11 @@ impl DocumentsApi {
             let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
             return Err(ApiError::unprocessable(
                 "unknown_document",
-                format!("{} annotated documents do not exist (source/external_id): {}", missing.len(), shown.join(", ")),
+                format!(
+                    "{} annotated documents do not exist (source/external_id): {}",
+                    missing.len(),
+                    shown.join(", ")
+                ),
                 Some("external_id"),
             ));
         }

@@ -47,18 +47,38 @@ pub enum ApiError {
     Unavailable(Json<ErrorBody>),
 }
 
-fn body(code: &str, kind: &str, message: impl Into<String>, param: Option<&str>) -> Json<ErrorBody> {
+fn body(
+    code: &str,
+    kind: &str,
+    message: impl Into<String>,
+    param: Option<&str>,
+) -> Json<ErrorBody> {
     Json(ErrorBody {
-        error: ErrorDetail { code: code.into(), message: message.into(), kind: kind.into(), param: param.map(str::to_string) },
+        error: ErrorDetail {
+            code: code.into(),
+            message: message.into(),
+            kind: kind.into(),
+            param: param.map(str::to_string),
+        },
     })
 }
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
-        ApiError::BadRequest(body("invalid_request", "invalid_request_error", message, param))
+        ApiError::BadRequest(body(
+            "invalid_request",
+            "invalid_request_error",
+            message,
+            param,
+        ))
     }
     pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
-        ApiError::NotFound(body("not_found", "not_found_error", format!("{what} {id} not found"), None))
+        ApiError::NotFound(body(
+            "not_found",
+            "not_found_error",
+            format!("{what} {id} not found"),
+            None,
+        ))
     }
     pub fn conflict(message: impl Into<String>) -> Self {
         ApiError::Conflict(body("conflict", "conflict_error", message, None))
@@ -76,7 +96,12 @@ impl ApiError {
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         let id = uuid::Uuid::new_v4();
         tracing::error!(error_id = %id, "server fault: {cause}");
-        ApiError::Internal(body("internal", "server_error", format!("internal server error (reference {id})"), None))
+        ApiError::Internal(body(
+            "internal",
+            "server_error",
+            format!("internal server error (reference {id})"),
+            None,
+        ))
     }
 }
 
@@ -108,6 +133,15 @@ impl From<crate::queue::QueueError> for ApiError {
 /// same JSON shape.
 pub async fn poem_error_to_json(err: poem::Error) -> poem::Response {
     let status = err.status();
+    let text = err.to_string();
+    let response = err.into_response();
+    // Our own ApiError responses already carry the JSON body: pass them through.
+    if response
+        .content_type()
+        .is_some_and(|c| c.starts_with("application/json"))
+    {
+        return response;
+    }
     let (code, kind) = match status {
         StatusCode::NOT_FOUND => ("not_found", "not_found_error"),
         StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "invalid_request_error"),
@@ -117,15 +151,18 @@ pub async fn poem_error_to_json(err: poem::Error) -> poem::Response {
         _ => ("invalid_request", "invalid_request_error"),
     };
     let message = if status.is_server_error() {
-        tracing::error!("server fault: {err}");
+        tracing::error!("server fault: {text}");
         "internal server error".to_string()
     } else if status == StatusCode::NOT_FOUND {
         "no such route".to_string()
     } else {
-        err.to_string()
+        text
     };
     let json = serde_json::json!({"error": {"code": code, "message": message, "type": kind, "param": null}});
-    poem::Response::builder().status(status).content_type("application/json").body(json.to_string())
+    poem::Response::builder()
+        .status(status)
+        .content_type("application/json")
+        .body(json.to_string())
 }
 
 impl ApiError {

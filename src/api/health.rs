@@ -79,7 +79,10 @@ impl HealthApi {
     /// Liveness: the process answers.
     #[oai(path = "/health", method = "get")]
     async fn liveness(&self) -> Json<Liveness> {
-        Json(Liveness { status: "ok".into(), model: None })
+        Json(Liveness {
+            status: "ok".into(),
+            model: None,
+        })
     }
 
     /// Readiness: database, migrations, queue depths, live workers, embedding models.
@@ -88,17 +91,36 @@ impl HealthApi {
         let started = std::time::Instant::now();
         let db_ok = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
         let latency = started.elapsed().as_secs_f64() * 1000.0;
-        let (applied, known) = crate::db::migration_state(&state.pool).await.unwrap_or((0, 0));
-        let queues = crate::queue::queue_depths(&state.pool).await.unwrap_or_default();
-        let window = (state.settings.queue.heartbeat_secs * state.settings.queue.missed_heartbeats as u64) as f64;
-        let workers = crate::queue::live_workers(&state.pool, window).await.unwrap_or_default();
+        let (applied, known) = crate::db::migration_state(&state.pool)
+            .await
+            .unwrap_or((0, 0));
+        let queues = crate::queue::queue_depths(&state.pool)
+            .await
+            .unwrap_or_default();
+        let window = (state.settings.queue.heartbeat_secs
+            * state.settings.queue.missed_heartbeats as u64) as f64;
+        let workers = crate::queue::live_workers(&state.pool, window)
+            .await
+            .unwrap_or_default();
         Json(Health {
-            status: if db_ok && applied == known { "ok" } else { "degraded" }.into(),
+            status: if db_ok && applied == known {
+                "ok"
+            } else {
+                "degraded"
+            }
+            .into(),
             database: if db_ok { "ok" } else { "unreachable" }.into(),
             database_latency_ms: db_ok.then_some(latency),
             migrations_applied: applied,
             migrations_known: known,
-            queues: queues.into_iter().map(|(queue, waiting, running)| QueueDepth { queue, waiting, running }).collect(),
+            queues: queues
+                .into_iter()
+                .map(|(queue, waiting, running)| QueueDepth {
+                    queue,
+                    waiting,
+                    running,
+                })
+                .collect(),
             live_workers: workers.into_iter().map(|w| w.0).collect(),
             embedding_models: model_infos(&state),
             libtorch: crate::ml::libtorch_version(),

@@ -54,10 +54,15 @@ impl From<JobView> for Job {
             status: v.status,
             attempts: v.attempts,
             max_attempts: v.max_attempts,
-            progress: Progress { done: v.progress_done, total: v.progress_total },
+            progress: Progress {
+                done: v.progress_done,
+                total: v.progress_total,
+            },
             dataset_id: v.dataset_id,
             result: v.result,
-            last_error: v.last_error.map(|e| e.trim_start_matches("AbortError: ").to_string()),
+            last_error: v
+                .last_error
+                .map(|e| e.trim_start_matches("AbortError: ").to_string()),
             created_at: v.created_at,
             started_at: v.started_at,
             finished_at: v.finished_at,
@@ -75,12 +80,22 @@ pub struct JobPage {
     pub offset: i64,
 }
 
-const STATUSES: [&str; 6] = ["queued", "running", "retrying", "succeeded", "failed", "cancelled"];
+const STATUSES: [&str; 6] = [
+    "queued",
+    "running",
+    "retrying",
+    "succeeded",
+    "failed",
+    "cancelled",
+];
 
 fn check_job_id(id: &str) -> Result<(), ApiError> {
-    ulid::Ulid::from_string(id)
-        .map(|_| ())
-        .map_err(|_| ApiError::bad_request(format!("`{id}` is not a job id (a 26-character ULID)"), Some("id")))
+    ulid::Ulid::from_string(id).map(|_| ()).map_err(|_| {
+        ApiError::bad_request(
+            format!("`{id}` is not a job id (a 26-character ULID)"),
+            Some("id"),
+        )
+    })
 }
 
 pub struct JobsApi;
@@ -101,22 +116,44 @@ impl JobsApi {
     ) -> Result<Json<JobPage>, ApiError> {
         if let Some(k) = kind.0.as_deref() {
             if trainyard_jobs::JobKind::from_queue(k).is_none() {
-                return Err(ApiError::bad_request(format!("unknown job kind `{k}` (dataset_build, embed)"), Some("kind")));
+                return Err(ApiError::bad_request(
+                    format!("unknown job kind `{k}` (dataset_build, embed)"),
+                    Some("kind"),
+                ));
             }
         }
         if let Some(s) = status.0.as_deref() {
             if !STATUSES.contains(&s) {
-                return Err(ApiError::bad_request(format!("unknown status `{s}` ({})", STATUSES.join(", ")), Some("status")));
+                return Err(ApiError::bad_request(
+                    format!("unknown status `{s}` ({})", STATUSES.join(", ")),
+                    Some("status"),
+                ));
             }
         }
         let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
-        let (jobs, total) = queue::list_jobs(&state.pool, kind.0.as_deref(), status.0.as_deref(), limit, offset).await?;
-        Ok(Json(JobPage { items: jobs.into_iter().map(Job::from).collect(), total, limit, offset }))
+        let (jobs, total) = queue::list_jobs(
+            &state.pool,
+            kind.0.as_deref(),
+            status.0.as_deref(),
+            limit,
+            offset,
+        )
+        .await?;
+        Ok(Json(JobPage {
+            items: jobs.into_iter().map(Job::from).collect(),
+            total,
+            limit,
+            offset,
+        }))
     }
 
     /// One job: status, attempts, progress, result or last error, times.
     #[oai(path = "/jobs/:id", method = "get")]
-    async fn get_job(&self, state: Data<&AppState>, id: Path<String>) -> Result<Json<Job>, ApiError> {
+    async fn get_job(
+        &self,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> Result<Json<Job>, ApiError> {
         check_job_id(&id)?;
         Ok(Json(queue::get_job(&state.pool, &id).await?.into()))
     }
@@ -124,7 +161,11 @@ impl JobsApi {
     /// Cancel a job: a queued one never runs; a running one stops at its next checkpoint.
     /// Cancelling a dataset build cancels the dataset and its embedding jobs.
     #[oai(path = "/jobs/:id/cancel", method = "post")]
-    async fn cancel_job(&self, state: Data<&AppState>, id: Path<String>) -> Result<Json<Job>, ApiError> {
+    async fn cancel_job(
+        &self,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> Result<Json<Job>, ApiError> {
         check_job_id(&id)?;
         let job = queue::cancel_job(&state.pool, &id).await?;
         if job.kind == trainyard_jobs::JobKind::DatasetBuild.queue() {
@@ -143,7 +184,11 @@ impl JobsApi {
 
     /// Put a failed or cancelled job back in its queue with a fresh attempt budget.
     #[oai(path = "/jobs/:id/retry", method = "post")]
-    async fn retry_job(&self, state: Data<&AppState>, id: Path<String>) -> Result<Json<Job>, ApiError> {
+    async fn retry_job(
+        &self,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> Result<Json<Job>, ApiError> {
         check_job_id(&id)?;
         let job = queue::retry_job(&state.pool, &id).await?;
         if let Some(dataset) = job.dataset_id {

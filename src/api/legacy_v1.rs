@@ -8,7 +8,9 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi, Tags};
 
-use super::datasets::{create_dataset, validate_request, CreateDataset, LabelSchemaIn, LabelTaskType, SelectionIn};
+use super::datasets::{
+    create_dataset, validate_request, CreateDataset, LabelSchemaIn, LabelTaskType, SelectionIn,
+};
 use super::errors::ApiError;
 use super::AppState;
 use crate::datasets::store;
@@ -84,7 +86,11 @@ pub struct LegacyMessage {
 fn legacy(row: store::DatasetRow) -> LegacyDataset {
     LegacyDataset {
         dataset_id: row.id.to_string(),
-        status: if row.status == "ready" { "completed".into() } else { row.status },
+        status: if row.status == "ready" {
+            "completed".into()
+        } else {
+            row.status
+        },
         description: row.description,
         embedding_model: row.embedding_model,
         stats: row.stats,
@@ -94,8 +100,12 @@ fn legacy(row: store::DatasetRow) -> LegacyDataset {
 }
 
 async fn load(state: &AppState, id: &str) -> Result<store::DatasetRow, ApiError> {
-    let uuid = uuid::Uuid::parse_str(id).map_err(|_| ApiError::bad_request(format!("`{id}` is not a dataset id"), Some("dataset_id")))?;
-    store::get(&state.pool, uuid).await?.ok_or_else(|| ApiError::not_found("dataset", uuid))
+    let uuid = uuid::Uuid::parse_str(id).map_err(|_| {
+        ApiError::bad_request(format!("`{id}` is not a dataset id"), Some("dataset_id"))
+    })?;
+    store::get(&state.pool, uuid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dataset", uuid))
 }
 
 pub struct LegacyV1Api;
@@ -118,17 +128,30 @@ impl LegacyV1Api {
     async fn models(&self, state: Data<&AppState>) -> Json<LegacyModels> {
         let models = super::health::model_infos(&state)
             .into_iter()
-            .map(|m| LegacyModel { name: m.name, dimensions: m.dimensions, provider: m.provider, max_tokens: m.max_tokens, max_batch_size: m.max_batch_size })
+            .map(|m| LegacyModel {
+                name: m.name,
+                dimensions: m.dimensions,
+                provider: m.provider,
+                max_tokens: m.max_tokens,
+                max_batch_size: m.max_batch_size,
+            })
             .collect();
         Json(LegacyModels { models })
     }
 
     /// Build a dataset from bilibili ids (`aid_list`).
     #[oai(path = "/dataset/build", method = "post")]
-    async fn build(&self, state: Data<&AppState>, body: Json<LegacyBuildRequest>) -> Result<Json<LegacyBuildResponse>, ApiError> {
+    async fn build(
+        &self,
+        state: Data<&AppState>,
+        body: Json<LegacyBuildRequest>,
+    ) -> Result<Json<LegacyBuildResponse>, ApiError> {
         let req = body.0;
         if req.aid_list.is_empty() {
-            return Err(ApiError::bad_request("aid_list must not be empty", Some("aid_list")));
+            return Err(ApiError::bad_request(
+                "aid_list must not be empty",
+                Some("aid_list"),
+            ));
         }
         let create = CreateDataset {
             name: format!("legacy build of {} ids", req.aid_list.len()),
@@ -140,7 +163,11 @@ impl LegacyV1Api {
             },
             embedding_model: req.embedding_model,
             force_regenerate: req.force_regenerate,
-            label_schema: LabelSchemaIn { task_type: LabelTaskType::Binary, labels: vec!["label".into()], tie_rule: None },
+            label_schema: LabelSchemaIn {
+                task_type: LabelTaskType::Binary,
+                labels: vec!["label".into()],
+                tie_rule: None,
+            },
             splits: None,
         };
         let spec = validate_request(&state, &create)?;
@@ -149,13 +176,20 @@ impl LegacyV1Api {
             dataset_id: row.id.to_string(),
             total_records: req.aid_list.len(),
             status: "started".into(),
-            message: format!("dataset build started as job {}", row.build_job_id.unwrap_or_default()),
+            message: format!(
+                "dataset build started as job {}",
+                row.build_job_id.unwrap_or_default()
+            ),
         }))
     }
 
     /// One dataset.
     #[oai(path = "/dataset/:dataset_id", method = "get")]
-    async fn get(&self, state: Data<&AppState>, dataset_id: Path<String>) -> Result<Json<LegacyDataset>, ApiError> {
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        dataset_id: Path<String>,
+    ) -> Result<Json<LegacyDataset>, ApiError> {
         Ok(Json(legacy(load(&state, &dataset_id).await?)))
     }
 
@@ -164,14 +198,24 @@ impl LegacyV1Api {
     async fn list(&self, state: Data<&AppState>) -> Result<Json<LegacyDatasetList>, ApiError> {
         let (rows, _) = store::list(&state.pool, 1000, 0).await?;
         let datasets: Vec<LegacyDataset> = rows.into_iter().map(legacy).collect();
-        Ok(Json(LegacyDatasetList { count: datasets.len(), datasets }))
+        Ok(Json(LegacyDatasetList {
+            count: datasets.len(),
+            datasets,
+        }))
     }
 
     /// Delete a dataset (embeddings are kept).
     #[oai(path = "/dataset/:dataset_id", method = "delete")]
-    async fn delete(&self, state: Data<&AppState>, dataset_id: Path<String>) -> Result<Json<LegacyMessage>, ApiError> {
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        dataset_id: Path<String>,
+    ) -> Result<Json<LegacyMessage>, ApiError> {
         let row = load(&state, &dataset_id).await?;
         store::delete(&state.pool, row.id).await?;
-        Ok(Json(LegacyMessage { message: "dataset deleted".into(), dataset_id: row.id.to_string() }))
+        Ok(Json(LegacyMessage {
+            message: "dataset deleted".into(),
+            dataset_id: row.id.to_string(),
+        }))
     }
 }

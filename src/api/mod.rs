@@ -9,8 +9,10 @@ pub mod openai_embeddings;
 
 use std::sync::Arc;
 
-use poem::middleware::{SizeLimit, Tracing};
-use poem::{Endpoint, EndpointExt, Route};
+use poem::http::{header, StatusCode};
+use poem::middleware::Tracing;
+use poem::web::headers::{ContentLength, HeaderMapExt};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::OpenApiService;
 use sqlx::PgPool;
 
@@ -26,11 +28,18 @@ pub struct AppState {
 }
 
 /// Validated (limit, offset); limit defaults to 50.
-pub fn page_bounds(state: &AppState, limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), ApiError> {
+pub fn page_bounds(
+    state: &AppState,
+    limit: Option<i64>,
+    offset: Option<i64>,
+) -> Result<(i64, i64), ApiError> {
     let max = state.settings.server.page_size_max;
     let limit = limit.unwrap_or(50);
     if !(1..=max).contains(&limit) {
-        return Err(ApiError::bad_request(format!("limit must be between 1 and {max}"), Some("limit")));
+        return Err(ApiError::bad_request(
+            format!("limit must be between 1 and {max}"),
+            Some("limit"),
+        ));
     }
     let offset = offset.unwrap_or(0);
     if offset < 0 {
@@ -80,7 +89,35 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .data(state)
-        .with(SizeLimit::new(limit))
+        .around(move |ep, req| limit_body(ep, req, limit))
         .with(Tracing)
         .catch_all_error(errors::poem_error_to_json)
+}
+
+/// Rejects bodies over `limit` bytes with 413: by Content-Length when given, else by reading
+/// a chunked body up to the limit. Requests without a body pass untouched.
+async fn limit_body<E: Endpoint>(
+    ep: std::sync::Arc<E>,
+    mut req: Request,
+    limit: usize,
+) -> poem::Result<Response> {
+    let too_large = || {
+        poem::Error::from_string(
+            format!("request body is larger than {limit} bytes"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        )
+    };
+    if let Some(length) = req.headers().typed_get::<ContentLength>() {
+        if length.0 as usize > limit {
+            return Err(too_large());
+        }
+    } else if req.headers().contains_key(header::TRANSFER_ENCODING) {
+        let body = req
+            .take_body()
+            .into_bytes_limit(limit)
+            .await
+            .map_err(|_| too_large())?;
+        req.set_body(body);
+    }
+    ep.call(req).await.map(IntoResponse::into_response)
 }

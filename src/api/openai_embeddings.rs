@@ -58,12 +58,19 @@ pub struct EmbeddingsResponse {
     pub usage: Usage,
 }
 
-fn parse_input(value: serde_json::Value, max_items: usize, max_chars: usize) -> Result<Vec<String>, ApiError> {
+fn parse_input(
+    value: serde_json::Value,
+    max_items: usize,
+    max_chars: usize,
+) -> Result<Vec<String>, ApiError> {
     let texts = match value {
         serde_json::Value::String(s) => vec![s],
         serde_json::Value::Array(items) => {
             if items.is_empty() {
-                return Err(ApiError::bad_request("'input' must not be an empty array", Some("input")));
+                return Err(ApiError::bad_request(
+                    "'input' must not be an empty array",
+                    Some("input"),
+                ));
             }
             items
                 .into_iter()
@@ -77,17 +84,34 @@ fn parse_input(value: serde_json::Value, max_items: usize, max_chars: usize) -> 
                 })
                 .collect::<Result<Vec<_>, _>>()?
         }
-        _ => return Err(ApiError::bad_request("'input' must be a string or an array of strings", Some("input"))),
+        _ => {
+            return Err(ApiError::bad_request(
+                "'input' must be a string or an array of strings",
+                Some("input"),
+            ))
+        }
     };
     if texts.len() > max_items {
-        return Err(ApiError::bad_request(format!("'input' has {} items; at most {max_items} are allowed", texts.len()), Some("input")));
+        return Err(ApiError::bad_request(
+            format!(
+                "'input' has {} items; at most {max_items} are allowed",
+                texts.len()
+            ),
+            Some("input"),
+        ));
     }
     for (i, t) in texts.iter().enumerate() {
         if t.is_empty() {
-            return Err(ApiError::bad_request(format!("'input[{i}]' is an empty string"), Some("input")));
+            return Err(ApiError::bad_request(
+                format!("'input[{i}]' is an empty string"),
+                Some("input"),
+            ));
         }
         if t.chars().count() > max_chars {
-            return Err(ApiError::bad_request(format!("'input[{i}]' is longer than {max_chars} characters"), Some("input")));
+            return Err(ApiError::bad_request(
+                format!("'input[{i}]' is longer than {max_chars} characters"),
+                Some("input"),
+            ));
         }
     }
     Ok(texts)
@@ -99,23 +123,46 @@ pub struct OpenAiEmbeddingsApi;
 impl OpenAiEmbeddingsApi {
     /// Create embeddings (OpenAI-compatible) with the local model.
     #[oai(path = "/v1/embeddings", method = "post")]
-    async fn create_embeddings(&self, state: Data<&AppState>, body: Json<EmbeddingsRequest>) -> Result<Json<EmbeddingsResponse>, ApiError> {
+    async fn create_embeddings(
+        &self,
+        state: Data<&AppState>,
+        body: Json<EmbeddingsRequest>,
+    ) -> Result<Json<EmbeddingsResponse>, ApiError> {
         let req = body.0;
-        let model = state
-            .settings
-            .embedding_models
-            .get(&req.model)
-            .or_else(|| state.settings.embedding_models.values().find(|m| m.name == req.model || req.model.ends_with(&format!("/{}", m.name))))
-            .filter(|m| m.provider == ProviderType::Local)
-            .ok_or_else(|| ApiError::model_not_found(&req.model))?;
+        let model =
+            state
+                .settings
+                .embedding_models
+                .get(&req.model)
+                .or_else(|| {
+                    state.settings.embedding_models.values().find(|m| {
+                        m.name == req.model || req.model.ends_with(&format!("/{}", m.name))
+                    })
+                })
+                .filter(|m| m.provider == ProviderType::Local)
+                .ok_or_else(|| ApiError::model_not_found(&req.model))?;
         if let Some(d) = req.dimensions {
             if d != model.dimensions {
-                return Err(ApiError::bad_request(format!("'dimensions' must be {} for {}", model.dimensions, model.name), Some("dimensions")));
+                return Err(ApiError::bad_request(
+                    format!(
+                        "'dimensions' must be {} for {}",
+                        model.dimensions, model.name
+                    ),
+                    Some("dimensions"),
+                ));
             }
         }
         let server = &state.settings.server;
-        let texts = parse_input(req.input, server.max_inputs_per_request, server.max_text_chars)?;
-        let encoder = state.embedders.local_encoder().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let texts = parse_input(
+            req.input,
+            server.max_inputs_per_request,
+            server.max_text_chars,
+        )?;
+        let encoder = state
+            .embedders
+            .local_encoder()
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
         let encoded = encoder.encode(texts).await.map_err(ApiError::internal)?;
         let base64 = req.encoding_format == Some(EncodingFormat::Base64);
         let tokens: usize = encoded.token_counts.iter().sum();
@@ -127,7 +174,10 @@ impl OpenAiEmbeddingsApi {
                 object: "embedding".into(),
                 index,
                 embedding: if base64 {
-                    serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(crate::embedding::vector_to_bytes(&v)))
+                    serde_json::Value::String(
+                        base64::engine::general_purpose::STANDARD
+                            .encode(crate::embedding::vector_to_bytes(&v)),
+                    )
                 } else {
                     serde_json::json!(v)
                 },
@@ -137,7 +187,10 @@ impl OpenAiEmbeddingsApi {
             object: "list".into(),
             data,
             model: model.name.clone(),
-            usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
+            usage: Usage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+            },
         }))
     }
 }

@@ -76,25 +76,54 @@ pub async fn build_dataset(args: BuildDatasetArgs) -> anyhow::Result<()> {
     if let Some(model) = args.model {
         body["embedding_model"] = json!(model);
     }
-    let created = check(client.post(format!("{}/api/v1/datasets", args.api.url)).json(&body).send().await.context("is `trainyard serve` running?")?).await?;
-    let id = created["id"].as_str().context("no dataset id in the answer")?.to_string();
-    println!("dataset {id} (build job {})", created["build_job_id"].as_str().unwrap_or("?"));
+    let created = check(
+        client
+            .post(format!("{}/api/v1/datasets", args.api.url))
+            .json(&body)
+            .send()
+            .await
+            .context("is `trainyard serve` running?")?,
+    )
+    .await?;
+    let id = created["id"]
+        .as_str()
+        .context("no dataset id in the answer")?
+        .to_string();
+    println!(
+        "dataset {id} (build job {})",
+        created["build_job_id"].as_str().unwrap_or("?")
+    );
     if args.no_wait {
         return Ok(());
     }
-    watch(WatchArgs { api: args.api, dataset_id: id }).await
+    watch(WatchArgs {
+        api: args.api,
+        dataset_id: id,
+    })
+    .await
 }
 
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:10} [{elapsed_precise}] [{bar:40}] {pos}/{len} batches ({eta})")
-            .unwrap()
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} {msg:10} [{elapsed_precise}] [{bar:40}] {pos}/{len} batches ({eta})",
+        )
+        .unwrap()
+        .progress_chars("=> "),
     );
     let dataset = loop {
-        let d = check(client.get(format!("{}/api/v1/datasets/{}", args.api.url, args.dataset_id)).send().await?).await?;
+        let d = check(
+            client
+                .get(format!(
+                    "{}/api/v1/datasets/{}",
+                    args.api.url, args.dataset_id
+                ))
+                .send()
+                .await?,
+        )
+        .await?;
         let status = d["status"].as_str().unwrap_or("?").to_string();
         bar.set_length(d["progress"]["batches_total"].as_u64().unwrap_or(0));
         bar.set_position(d["progress"]["batches_done"].as_u64().unwrap_or(0));
@@ -106,12 +135,19 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         bar.tick();
     };
     bar.finish();
-    println!("{}", serde_json::to_string_pretty(&json!({
-        "id": dataset["id"], "status": dataset["status"], "error": dataset["error"],
-        "new_embeddings": dataset["new_embeddings"], "reused_embeddings": dataset["reused_embeddings"],
-        "stats": dataset["stats"],
-    }))?);
-    anyhow::ensure!(dataset["status"] == "ready", "dataset ended {}", dataset["status"]);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "id": dataset["id"], "status": dataset["status"], "error": dataset["error"],
+            "new_embeddings": dataset["new_embeddings"], "reused_embeddings": dataset["reused_embeddings"],
+            "stats": dataset["stats"],
+        }))?
+    );
+    anyhow::ensure!(
+        dataset["status"] == "ready",
+        "dataset ended {}",
+        dataset["status"]
+    );
     Ok(())
 }
 
@@ -124,8 +160,18 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
     if let Some(s) = args.status {
         query.push(("status", s));
     }
-    let page = check(client.get(format!("{}/api/v1/jobs", args.api.url)).query(&query).send().await?).await?;
-    println!("{:<28} {:<14} {:<10} {:>8} {:>12}  error", "id", "kind", "status", "attempts", "progress");
+    let page = check(
+        client
+            .get(format!("{}/api/v1/jobs", args.api.url))
+            .query(&query)
+            .send()
+            .await?,
+    )
+    .await?;
+    println!(
+        "{:<28} {:<14} {:<10} {:>8} {:>12}  error",
+        "id", "kind", "status", "attempts", "progress"
+    );
     for job in page["items"].as_array().into_iter().flatten() {
         println!(
             "{:<28} {:<14} {:<10} {:>5}/{:<2} {:>6}/{:<6} {}",

@@ -14,17 +14,25 @@ pub async fn doctor() -> anyhow::Result<()> {
     println!("libtorch     {}", crate::ml::libtorch_version());
     let cuda = crate::ml::cuda_devices();
     if cuda > 0 {
-        println!("cuda         {cuda} device(s); cudnn {}", tch::Cuda::cudnn_is_available());
+        println!(
+            "cuda         {cuda} device(s); cudnn {}",
+            tch::Cuda::cudnn_is_available()
+        );
     } else {
         println!("cuda         none (CPU only)");
     }
     let mut healthy = true;
     match crate::db::connect(&settings.database).await {
         Ok(pool) => {
-            let version: String = sqlx::query_scalar("SHOW server_version").fetch_one(&pool).await.unwrap_or_default();
+            let version: String = sqlx::query_scalar("SHOW server_version")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or_default();
             println!("database     ok (PostgreSQL {version})");
             match crate::db::migration_state(&pool).await {
-                Ok((applied, known)) if applied == known => println!("migrations   {applied}/{known} applied"),
+                Ok((applied, known)) if applied == known => {
+                    println!("migrations   {applied}/{known} applied")
+                }
                 Ok((applied, known)) => {
                     healthy = false;
                     println!("migrations   {applied}/{known} applied: run `trainyard migrate`")
@@ -41,11 +49,19 @@ pub async fn doctor() -> anyhow::Result<()> {
         let detail = match m.provider {
             ProviderType::Local => {
                 let dir = std::path::Path::new(&settings.local_model.dir);
-                let ok = dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists();
+                let ok =
+                    dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists();
                 if !ok {
                     healthy = false;
                 }
-                format!("local, weights {}", if ok { format!("found in {}", dir.display()) } else { format!("MISSING in `{}`", dir.display()) })
+                format!(
+                    "local, weights {}",
+                    if ok {
+                        format!("found in {}", dir.display())
+                    } else {
+                        format!("MISSING in `{}`", dir.display())
+                    }
+                )
             }
             ProviderType::OpenAiCompatible => format!(
                 "openai-compatible {}, key {}",

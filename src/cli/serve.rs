@@ -37,7 +37,10 @@ pub struct WorkerArgs {
 fn parse_queues(names: &[String]) -> anyhow::Result<Vec<JobKind>> {
     names
         .iter()
-        .map(|n| JobKind::from_queue(n.trim()).with_context(|| format!("unknown queue `{n}` (dataset_build, embed)")))
+        .map(|n| {
+            JobKind::from_queue(n.trim())
+                .with_context(|| format!("unknown queue `{n}` (dataset_build, embed)"))
+        })
         .collect()
 }
 
@@ -58,14 +61,28 @@ fn spawn_pruner(pool: sqlx::PgPool, hours: f64) {
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (settings, pool) = crate::start(true).await?;
-    let listen = args.listen.unwrap_or_else(|| settings.server.listen.clone());
+    let listen = args
+        .listen
+        .unwrap_or_else(|| settings.server.listen.clone());
     let embedders = Embedders::new(settings.clone());
-    let state = AppState { pool: pool.clone(), settings: settings.clone(), embedders: embedders.clone() };
+    let state = AppState {
+        pool: pool.clone(),
+        settings: settings.clone(),
+        embedders: embedders.clone(),
+    };
     spawn_pruner(pool.clone(), settings.queue.retention_hours);
     if args.workers > 0 {
-        let worker_state = WorkerState { pool: pool.clone(), settings: settings.clone(), embedders };
-        let options =
-            WorkerOptions { queues: JobKind::ALL.to_vec(), concurrency: args.workers, fetch_batch: None, name_prefix: Some("serve".into()) };
+        let worker_state = WorkerState {
+            pool: pool.clone(),
+            settings: settings.clone(),
+            embedders,
+        };
+        let options = WorkerOptions {
+            queues: JobKind::ALL.to_vec(),
+            concurrency: args.workers,
+            fetch_batch: None,
+            name_prefix: Some("serve".into()),
+        };
         tokio::spawn(async move {
             if let Err(e) = run_workers(worker_state, options, std::future::pending()).await {
                 tracing::error!("in-process worker stopped: {e:#}");
@@ -90,7 +107,16 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let queues = parse_queues(&args.queues)?;
     let (settings, pool) = crate::start(true).await?;
     spawn_pruner(pool.clone(), settings.queue.retention_hours);
-    let state = WorkerState { pool, settings: settings.clone(), embedders: Embedders::new(settings) };
-    let options = WorkerOptions { queues, concurrency: args.concurrency, fetch_batch: args.fetch_batch, name_prefix: args.name };
+    let state = WorkerState {
+        pool,
+        settings: settings.clone(),
+        embedders: Embedders::new(settings),
+    };
+    let options = WorkerOptions {
+        queues,
+        concurrency: args.concurrency,
+        fetch_batch: args.fetch_batch,
+        name_prefix: args.name,
+    };
     run_workers(state, options, shutdown_signal()).await
 }

@@ -29,7 +29,11 @@ struct Record {
     split: Split,
 }
 
-pub async fn run_build(state: &WorkerState, job_id: &str, args: &DatasetBuildArgs) -> Result<serde_json::Value, JobError> {
+pub async fn run_build(
+    state: &WorkerState,
+    job_id: &str,
+    args: &DatasetBuildArgs,
+) -> Result<serde_json::Value, JobError> {
     let pool = &state.pool;
     let dataset = store::get(pool, args.dataset_id)
         .await?
@@ -37,7 +41,9 @@ pub async fn run_build(state: &WorkerState, job_id: &str, args: &DatasetBuildArg
     match dataset.status.as_str() {
         "cancelled" => return Err(JobError::Cancelled),
         "embedding" | "ready" => {
-            return Ok(json!({"dataset_id": dataset.id, "status": dataset.status, "batches": dataset.batches_total}))
+            return Ok(
+                json!({"dataset_id": dataset.id, "status": dataset.status, "batches": dataset.batches_total}),
+            )
         }
         _ => {}
     }
@@ -45,15 +51,24 @@ pub async fn run_build(state: &WorkerState, job_id: &str, args: &DatasetBuildArg
         mark(pool, dataset.id, "cancelled", None).await?;
         return Err(JobError::Cancelled);
     }
-    let spec: DatasetSpec = dataset.spec().map_err(|e| JobError::Fatal(format!("stored request unreadable: {e}")))?;
+    let spec: DatasetSpec = dataset
+        .spec()
+        .map_err(|e| JobError::Fatal(format!("stored request unreadable: {e}")))?;
     mark(pool, dataset.id, "building", None).await?;
 
     // External sources are copied in first, so the rest reads one shape of data.
-    for name in spec.selection.sources.iter().chain(spec.selection.source.iter()) {
+    for name in spec
+        .selection
+        .sources
+        .iter()
+        .chain(spec.selection.source.iter())
+    {
         if let Some(external) = state.settings.sources.get(name) {
             crate::datasets::external_source::import_source(pool, name, external)
                 .await
-                .map_err(|e| JobError::Retryable(format!("reading external source {name}: {e:#}")))?;
+                .map_err(|e| {
+                    JobError::Retryable(format!("reading external source {name}: {e:#}"))
+                })?;
         }
     }
 
@@ -64,11 +79,18 @@ pub async fn run_build(state: &WorkerState, job_id: &str, args: &DatasetBuildArg
         return Err(JobError::Fatal(message.into()));
     }
 
-    let model = state.embedders.model(&spec.embedding_model).map_err(|e| JobError::Fatal(e.to_string()))?.clone();
+    let model = state
+        .embedders
+        .model(&spec.embedding_model)
+        .map_err(|e| JobError::Fatal(e.to_string()))?
+        .clone();
     // Unique texts of this dataset, in first-seen order: duplicates are embedded once.
     let mut seen = HashSet::new();
-    let unique: Vec<(&str, &str)> =
-        records.iter().filter(|r| seen.insert(r.checksum.as_str())).map(|r| (r.checksum.as_str(), r.text.as_str())).collect();
+    let unique: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| seen.insert(r.checksum.as_str()))
+        .map(|r| (r.checksum.as_str(), r.text.as_str()))
+        .collect();
     let checksums: Vec<&str> = unique.iter().map(|u| u.0).collect();
     let stored: HashSet<String> = if spec.force_regenerate {
         HashSet::new()
@@ -82,7 +104,11 @@ pub async fn run_build(state: &WorkerState, job_id: &str, args: &DatasetBuildArg
             .into_iter()
             .collect()
     };
-    let missing: Vec<(&str, &str)> = unique.iter().copied().filter(|(c, _)| !stored.contains(*c)).collect();
+    let missing: Vec<(&str, &str)> = unique
+        .iter()
+        .copied()
+        .filter(|(c, _)| !stored.contains(*c))
+        .collect();
     let batch_size = state.settings.datasets.embed_batch_size;
     let batches: Vec<&[(&str, &str)]> = missing.chunks(batch_size).collect();
     stats["unique_texts"] = json!(unique.len());
@@ -90,13 +116,21 @@ pub async fn run_build(state: &WorkerState, job_id: &str, args: &DatasetBuildArg
 
     let mut tx = pool.begin().await?;
     // Lock the dataset row: concurrent re-runs of this job serialise here.
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM datasets WHERE id = $1 FOR UPDATE").bind(dataset.id).fetch_one(&mut *tx).await?;
+    let status: String = sqlx::query_scalar("SELECT status FROM datasets WHERE id = $1 FOR UPDATE")
+        .bind(dataset.id)
+        .fetch_one(&mut *tx)
+        .await?;
     if status != "building" {
         return Ok(json!({"dataset_id": dataset.id, "status": status}));
     }
-    sqlx::query("DELETE FROM dataset_records WHERE dataset_id = $1").bind(dataset.id).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM embed_batches WHERE dataset_id = $1").bind(dataset.id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM dataset_records WHERE dataset_id = $1")
+        .bind(dataset.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM embed_batches WHERE dataset_id = $1")
+        .bind(dataset.id)
+        .execute(&mut *tx)
+        .await?;
     for (chunk_no, chunk) in records.chunks(5000).enumerate() {
         let offset = (chunk_no * 5000) as i32;
         sqlx::query(
@@ -129,13 +163,20 @@ pub async fn run_build(state: &WorkerState, job_id: &str, args: &DatasetBuildArg
     let jobs: Vec<NewJob<EmbedArgs>> = (0..batches.len())
         .map(|no| NewJob {
             kind: JobKind::Embed,
-            args: EmbedArgs { dataset_id: dataset.id, batch_no: no as i32 },
+            args: EmbedArgs {
+                dataset_id: dataset.id,
+                batch_no: no as i32,
+            },
             dataset_id: Some(dataset.id),
             progress_total: batches[no].len() as i64,
         })
         .collect();
     queue::enqueue(&mut tx, jobs, state.settings.queue.max_attempts).await?;
-    let final_status = if batches.is_empty() { "ready" } else { "embedding" };
+    let final_status = if batches.is_empty() {
+        "ready"
+    } else {
+        "embedding"
+    };
     sqlx::query(
         "UPDATE datasets SET status = $2, batches_total = $3, batches_done = 0, new_embeddings = 0,
                 reused_embeddings = $4, stats = $5, updated_at = now(),
@@ -149,13 +190,23 @@ pub async fn run_build(state: &WorkerState, job_id: &str, args: &DatasetBuildArg
     .bind(&stats)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE job_info SET progress_done = 1, progress_total = 1 WHERE job_id = $1").bind(job_id).execute(&mut *tx).await?;
+    sqlx::query("UPDATE job_info SET progress_done = 1, progress_total = 1 WHERE job_id = $1")
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     tracing::info!(dataset = %dataset.id, records = records.len(), batches = batches.len(), "dataset built; embedding fanned out");
-    Ok(json!({"dataset_id": dataset.id, "status": final_status, "records": records.len(), "batches": batches.len()}))
+    Ok(
+        json!({"dataset_id": dataset.id, "status": final_status, "records": records.len(), "batches": batches.len()}),
+    )
 }
 
-async fn mark(pool: &sqlx::PgPool, id: uuid::Uuid, status: &str, error: Option<&str>) -> Result<(), JobError> {
+async fn mark(
+    pool: &sqlx::PgPool,
+    id: uuid::Uuid,
+    status: &str,
+    error: Option<&str>,
+) -> Result<(), JobError> {
     sqlx::query("UPDATE datasets SET status = $2, error = $3, updated_at = now() WHERE id = $1")
         .bind(id)
         .bind(status)
@@ -186,7 +237,8 @@ async fn select_records(
     .bind(&sel.external_ids)
     .fetch_all(&state.pool)
     .await?;
-    let (mut empty_text, mut unlabelled, mut ties, mut disagreements) = (0usize, 0usize, 0u32, 0usize);
+    let (mut empty_text, mut unlabelled, mut ties, mut disagreements) =
+        (0usize, 0usize, 0u32, 0usize);
     let mut records = Vec::new();
     for row in &rows {
         let tags: Vec<String> = row.get("tags");
@@ -220,7 +272,9 @@ async fn select_records(
             .unwrap_or_default();
         let c = match spec.task_type {
             TaskType::MultiClass => consensus::multi_class(&votes, &spec.labels),
-            TaskType::Binary | TaskType::MultiLabel => consensus::multi_label(&votes, &spec.labels, spec.tie_rule),
+            TaskType::Binary | TaskType::MultiLabel => {
+                consensus::multi_label(&votes, &spec.labels, spec.tie_rule)
+            }
         };
         ties += c.ties;
         if c.disagreement {
@@ -246,7 +300,12 @@ async fn select_records(
     let items: Vec<(String, String)> = records
         .iter()
         .map(|r| {
-            let stratum = r.labels.values().map(|v| v.map_or("-".to_string(), |x| x.to_string())).collect::<Vec<_>>().join(",");
+            let stratum = r
+                .labels
+                .values()
+                .map(|v| v.map_or("-".to_string(), |x| x.to_string()))
+                .collect::<Vec<_>>()
+                .join(",");
             (format!("{}/{}", r.source, r.external_id), stratum)
         })
         .collect();
@@ -259,7 +318,10 @@ async fn select_records(
     for split in [Split::Train, Split::Validation, Split::Test] {
         let mut per_label = serde_json::Map::new();
         for label in &spec.labels {
-            let values = records.iter().filter(|r| r.split == split).map(|r| r.labels[label]);
+            let values = records
+                .iter()
+                .filter(|r| r.split == split)
+                .map(|r| r.labels[label]);
             let (mut pos, mut neg, mut masked) = (0, 0, 0);
             for v in values {
                 match v {
@@ -268,10 +330,16 @@ async fn select_records(
                     None => masked += 1,
                 }
             }
-            per_label.insert(label.clone(), json!({"positive": pos, "negative": neg, "masked": masked}));
+            per_label.insert(
+                label.clone(),
+                json!({"positive": pos, "negative": neg, "masked": masked}),
+            );
         }
         let count = records.iter().filter(|r| r.split == split).count();
-        distribution.insert(split.as_str().into(), json!({"records": count, "labels": per_label}));
+        distribution.insert(
+            split.as_str().into(),
+            json!({"records": count, "labels": per_label}),
+        );
     }
     tracing::debug!(dataset = %dataset_id, documents = rows.len(), records = records.len(), "records selected");
     let stats = json!({

@@ -88,8 +88,16 @@ pub fn multi_label(votes: &[Vote], labels: &[String], tie: TieRule) -> Consensus
         };
         out.insert(label.clone(), value);
     }
-    let votes = tallies.into_iter().filter(|(l, _)| labels.contains(l)).collect();
-    Consensus { labels: out, votes, disagreement, ties }
+    let votes = tallies
+        .into_iter()
+        .filter(|(l, _)| labels.contains(l))
+        .collect();
+    Consensus {
+        labels: out,
+        votes,
+        disagreement,
+        ties,
+    }
 }
 
 /// Multi-class consensus: each annotator's latest positive class is one vote; the plurality
@@ -97,7 +105,10 @@ pub fn multi_label(votes: &[Vote], labels: &[String], tie: TieRule) -> Consensus
 /// masked (it is flagged and left out of training).
 pub fn multi_class(votes: &[Vote], classes: &[String]) -> Consensus {
     let mut latest_class: BTreeMap<&str, (&DateTime<Utc>, &str)> = BTreeMap::new();
-    for v in votes.iter().filter(|v| v.value && classes.contains(&v.label)) {
+    for v in votes
+        .iter()
+        .filter(|v| v.value && classes.contains(&v.label))
+    {
         match latest_class.get(v.annotator.as_str()) {
             Some((at, _)) if *at > &v.at => {}
             _ => {
@@ -105,19 +116,40 @@ pub fn multi_class(votes: &[Vote], classes: &[String]) -> Consensus {
             }
         }
     }
-    let mut tallies: BTreeMap<String, Tally> = classes.iter().map(|c| (c.clone(), Tally::default())).collect();
+    let mut tallies: BTreeMap<String, Tally> = classes
+        .iter()
+        .map(|c| (c.clone(), Tally::default()))
+        .collect();
     for (_, class) in latest_class.values() {
         tallies.get_mut(*class).expect("class in schema").positive += 1;
     }
     let best = tallies.values().map(|t| t.positive).max().unwrap_or(0);
-    let winners: Vec<&String> = tallies.iter().filter(|(_, t)| t.positive == best && best > 0).map(|(c, _)| c).collect();
+    let winners: Vec<&String> = tallies
+        .iter()
+        .filter(|(_, t)| t.positive == best && best > 0)
+        .map(|(c, _)| c)
+        .collect();
     let disagreement = tallies.values().filter(|t| t.positive > 0).count() > 1;
     let (labels, ties) = match winners.as_slice() {
-        [one] => (classes.iter().map(|c| (c.clone(), Some(u8::from(c == *one)))).collect(), 0),
+        [one] => (
+            classes
+                .iter()
+                .map(|c| (c.clone(), Some(u8::from(c == *one))))
+                .collect(),
+            0,
+        ),
         [] => (classes.iter().map(|c| (c.clone(), None)).collect(), 0),
         _ => (classes.iter().map(|c| (c.clone(), None)).collect(), 1),
     };
-    Consensus { labels, votes: tallies.into_iter().filter(|(_, t)| t.positive > 0).collect(), disagreement, ties }
+    Consensus {
+        labels,
+        votes: tallies
+            .into_iter()
+            .filter(|(_, t)| t.positive > 0)
+            .collect(),
+        disagreement,
+        ties,
+    }
 }
 
 #[cfg(test)]
@@ -140,17 +172,32 @@ mod tests {
     #[test]
     fn latest_vote_of_each_annotator_counts() {
         // alice said yes then no; bob yes; carol no -> latest: no, yes, no -> negative.
-        let votes = [vote("alice", "scam", true, 1), vote("alice", "scam", false, 2), vote("bob", "scam", true, 1), vote("carol", "scam", false, 3)];
+        let votes = [
+            vote("alice", "scam", true, 1),
+            vote("alice", "scam", false, 2),
+            vote("bob", "scam", true, 1),
+            vote("carol", "scam", false, 3),
+        ];
         let c = multi_label(&votes, &labels(&["scam"]), TieRule::Exclude);
         assert_eq!(c.labels["scam"], Some(0));
-        assert_eq!(c.votes["scam"], Tally { positive: 1, negative: 2 });
+        assert_eq!(
+            c.votes["scam"],
+            Tally {
+                positive: 1,
+                negative: 2
+            }
+        );
         assert!(c.disagreement);
     }
 
     #[test]
     fn ties_follow_the_rule_and_are_flagged() {
         let votes = [vote("a", "scam", true, 1), vote("b", "scam", false, 1)];
-        for (rule, want) in [(TieRule::Positive, Some(1)), (TieRule::Negative, Some(0)), (TieRule::Exclude, None)] {
+        for (rule, want) in [
+            (TieRule::Positive, Some(1)),
+            (TieRule::Negative, Some(0)),
+            (TieRule::Exclude, None),
+        ] {
             let c = multi_label(&votes, &labels(&["scam"]), rule);
             assert_eq!(c.labels["scam"], want, "{rule:?}");
             assert!(c.disagreement);
@@ -161,7 +208,11 @@ mod tests {
     #[test]
     fn unannotated_labels_are_masked() {
         let votes = [vote("a", "spam", true, 1)];
-        let c = multi_label(&votes, &labels(&["spam", "positive_sentiment"]), TieRule::Exclude);
+        let c = multi_label(
+            &votes,
+            &labels(&["spam", "positive_sentiment"]),
+            TieRule::Exclude,
+        );
         assert_eq!(c.labels["spam"], Some(1));
         assert_eq!(c.labels["positive_sentiment"], None);
         assert!(!c.disagreement);
@@ -170,7 +221,11 @@ mod tests {
     #[test]
     fn multi_class_plurality_and_tie() {
         let classes = labels(&["cat", "dog", "eel"]);
-        let votes = [vote("a", "cat", true, 1), vote("b", "dog", true, 1), vote("c", "cat", true, 1)];
+        let votes = [
+            vote("a", "cat", true, 1),
+            vote("b", "dog", true, 1),
+            vote("c", "cat", true, 1),
+        ];
         let c = multi_class(&votes, &classes);
         assert_eq!(c.labels["cat"], Some(1));
         assert_eq!(c.labels["dog"], Some(0));

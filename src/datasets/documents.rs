@@ -30,20 +30,35 @@ pub struct NewAnnotation {
 }
 
 /// Upserts documents; returns (inserted, updated).
-pub async fn upsert_documents(conn: &mut PgConnection, docs: &[NewDocument]) -> Result<(u64, u64), sqlx::Error> {
+pub async fn upsert_documents(
+    conn: &mut PgConnection,
+    docs: &[NewDocument],
+) -> Result<(u64, u64), sqlx::Error> {
     if docs.is_empty() {
         return Ok((0, 0));
     }
     // Last one wins when a batch names the same document twice.
-    let mut unique: std::collections::HashMap<(&str, &str), &NewDocument> = std::collections::HashMap::new();
+    let mut unique: std::collections::HashMap<(&str, &str), &NewDocument> =
+        std::collections::HashMap::new();
     for d in docs {
         unique.insert((&d.source, &d.external_id), d);
     }
     let docs: Vec<&NewDocument> = unique.into_values().collect();
     let col = |f: fn(&NewDocument) -> Option<String>| docs.iter().map(|d| f(d)).collect::<Vec<_>>();
-    let tags: Vec<String> = docs.iter().map(|d| serde_json::to_string(&d.tags).unwrap_or_default()).collect();
-    let metadata: Vec<serde_json::Value> =
-        docs.iter().map(|d| if d.metadata.is_null() { serde_json::json!({}) } else { d.metadata.clone() }).collect();
+    let tags: Vec<String> = docs
+        .iter()
+        .map(|d| serde_json::to_string(&d.tags).unwrap_or_default())
+        .collect();
+    let metadata: Vec<serde_json::Value> = docs
+        .iter()
+        .map(|d| {
+            if d.metadata.is_null() {
+                serde_json::json!({})
+            } else {
+                d.metadata.clone()
+            }
+        })
+        .collect();
     let rows: Vec<(bool,)> = sqlx::query_as(
         "INSERT INTO documents (source, external_id, title, description, tags, body, metadata)
          SELECT s, e, t, d, ARRAY(SELECT jsonb_array_elements_text(g::jsonb)), b, m

@@ -10,33 +10,51 @@ use trainyard_jobs::EmbedArgs;
 
 use super::store;
 use crate::embedding::{vector_to_bytes, EmbedError};
-use crate::queue::worker::{JobError, WorkerState};
 use crate::queue;
+use crate::queue::worker::{JobError, WorkerState};
 
-pub async fn run_embed(state: &WorkerState, job_id: &str, args: &EmbedArgs) -> Result<serde_json::Value, JobError> {
+pub async fn run_embed(
+    state: &WorkerState,
+    job_id: &str,
+    args: &EmbedArgs,
+) -> Result<serde_json::Value, JobError> {
     let pool = &state.pool;
     if queue::cancel_requested(pool, job_id).await? {
         return Err(JobError::Cancelled);
     }
     let Some(dataset) = store::get(pool, args.dataset_id).await? else {
-        return Err(JobError::Fatal(format!("dataset {} no longer exists", args.dataset_id)));
+        return Err(JobError::Fatal(format!(
+            "dataset {} no longer exists",
+            args.dataset_id
+        )));
     };
     if dataset.status == "cancelled" {
         return Err(JobError::Cancelled);
     }
     let spec = dataset.spec().map_err(|e| JobError::Fatal(e.to_string()))?;
-    let row = sqlx::query("SELECT checksums, texts, done FROM embed_batches WHERE dataset_id = $1 AND batch_no = $2")
-        .bind(args.dataset_id)
-        .bind(args.batch_no)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| JobError::Fatal(format!("batch {} of dataset {} does not exist", args.batch_no, args.dataset_id)))?;
+    let row = sqlx::query(
+        "SELECT checksums, texts, done FROM embed_batches WHERE dataset_id = $1 AND batch_no = $2",
+    )
+    .bind(args.dataset_id)
+    .bind(args.batch_no)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| {
+        JobError::Fatal(format!(
+            "batch {} of dataset {} does not exist",
+            args.batch_no, args.dataset_id
+        ))
+    })?;
     if row.get::<bool, _>("done") {
         return Ok(json!({"batch_no": args.batch_no, "already_done": true}));
     }
     let checksums: Vec<String> = row.get("checksums");
     let texts: Vec<String> = row.get("texts");
-    let model = state.embedders.model(&spec.embedding_model).map_err(|e| JobError::Fatal(e.to_string()))?.clone();
+    let model = state
+        .embedders
+        .model(&spec.embedding_model)
+        .map_err(|e| JobError::Fatal(e.to_string()))?
+        .clone();
 
     // Another dataset may have embedded some of these since the build.
     let todo: Vec<usize> = if spec.force_regenerate {
@@ -52,15 +70,24 @@ pub async fn run_embed(state: &WorkerState, job_id: &str, args: &EmbedArgs) -> R
         .await?
         .into_iter()
         .collect();
-        (0..checksums.len()).filter(|&i| !present.contains(&checksums[i])).collect()
+        (0..checksums.len())
+            .filter(|&i| !present.contains(&checksums[i]))
+            .collect()
     };
     let vectors = if todo.is_empty() {
         Vec::new()
     } else {
-        state.embedders.embed(&model.name, todo.iter().map(|&i| texts[i].clone()).collect()).await.map_err(|e| match e {
-            EmbedError::Retryable(m) => JobError::Retryable(m),
-            other => JobError::Fatal(other.to_string()),
-        })?
+        state
+            .embedders
+            .embed(
+                &model.name,
+                todo.iter().map(|&i| texts[i].clone()).collect(),
+            )
+            .await
+            .map_err(|e| match e {
+                EmbedError::Retryable(m) => JobError::Retryable(m),
+                other => JobError::Fatal(other.to_string()),
+            })?
     };
     if vectors.len() != todo.len() || vectors.iter().any(|v| v.len() != model.dimensions) {
         return Err(JobError::Fatal(format!(
@@ -85,8 +112,17 @@ pub async fn run_embed(state: &WorkerState, job_id: &str, args: &EmbedArgs) -> R
     )))
     .bind(&model.name)
     .bind(model.dimensions as i32)
-    .bind(todo.iter().map(|&i| checksums[i].as_str()).collect::<Vec<_>>())
-    .bind(vectors.iter().map(|v| vector_to_bytes(v)).collect::<Vec<_>>())
+    .bind(
+        todo.iter()
+            .map(|&i| checksums[i].as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        vectors
+            .iter()
+            .map(|v| vector_to_bytes(v))
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *tx)
     .await?
     .rows_affected() as i32;
@@ -121,10 +157,15 @@ pub async fn run_embed(state: &WorkerState, job_id: &str, args: &EmbedArgs) -> R
             ready = true;
         }
     }
-    sqlx::query("UPDATE job_info SET progress_done = progress_total WHERE job_id = $1").bind(job_id).execute(&mut *tx).await?;
+    sqlx::query("UPDATE job_info SET progress_done = progress_total WHERE job_id = $1")
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     if ready {
         tracing::info!(dataset = %args.dataset_id, "dataset ready");
     }
-    Ok(json!({"batch_no": args.batch_no, "texts": checksums.len(), "new_embeddings": inserted, "dataset_ready": ready}))
+    Ok(
+        json!({"batch_no": args.batch_no, "texts": checksums.len(), "new_embeddings": inserted, "dataset_ready": ready}),
+    )
 }

@@ -31,7 +31,9 @@ message record {
 }";
 
 fn strings(rows: &[RecordRow], f: impl Fn(&RecordRow) -> String) -> Vec<ByteArray> {
-    rows.iter().map(|r| ByteArray::from(f(r).into_bytes())).collect()
+    rows.iter()
+        .map(|r| ByteArray::from(f(r).into_bytes()))
+        .collect()
 }
 
 pub fn to_parquet(dataset: &DatasetRow, rows: &[RecordRow]) -> anyhow::Result<Vec<u8>> {
@@ -40,8 +42,14 @@ pub fn to_parquet(dataset: &DatasetRow, rows: &[RecordRow]) -> anyhow::Result<Ve
         WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_key_value_metadata(Some(vec![
-                parquet::file::metadata::KeyValue::new("trainyard.dataset_id".into(), dataset.id.to_string()),
-                parquet::file::metadata::KeyValue::new("trainyard.embedding_model".into(), dataset.embedding_model.clone()),
+                parquet::file::metadata::KeyValue::new(
+                    "trainyard.dataset_id".into(),
+                    dataset.id.to_string(),
+                ),
+                parquet::file::metadata::KeyValue::new(
+                    "trainyard.embedding_model".into(),
+                    dataset.embedding_model.clone(),
+                ),
             ]))
             .build(),
     );
@@ -96,7 +104,8 @@ pub fn to_parquet(dataset: &DatasetRow, rows: &[RecordRow]) -> anyhow::Result<Ve
                         }
                     }
                 }
-                col.typed::<FloatType>().write_batch(&values, Some(&defs), Some(&reps))?;
+                col.typed::<FloatType>()
+                    .write_batch(&values, Some(&defs), Some(&reps))?;
             }
         }
         col.close()?;

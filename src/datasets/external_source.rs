@@ -20,8 +20,15 @@ fn text(row: &Value, key: &str) -> Option<String> {
 
 fn tags(row: &Value) -> Vec<String> {
     match row.get("tags") {
-        Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-        Some(Value::String(s)) => s.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -40,13 +47,21 @@ fn truthy(v: Option<&Value>) -> Option<bool> {
 }
 
 /// Copies an external source into trainyard's tables (idempotent). Returns (documents, annotations).
-pub async fn import_source(pool: &PgPool, name: &str, source: &ExternalSource) -> anyhow::Result<(usize, usize)> {
+pub async fn import_source(
+    pool: &PgPool,
+    name: &str,
+    source: &ExternalSource,
+) -> anyhow::Result<(usize, usize)> {
     let external = match &source.database_url {
         Some(url) => PgPool::connect(url).await?,
         None => pool.clone(),
     };
-    let doc_rows: Vec<Value> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT to_jsonb(q) FROM ({}) AS q", source.documents_sql))).fetch_all(&external).await?;
+    let doc_rows: Vec<Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT to_jsonb(q) FROM ({}) AS q",
+        source.documents_sql
+    )))
+    .fetch_all(&external)
+    .await?;
     let docs: Vec<NewDocument> = doc_rows
         .iter()
         .filter_map(|row| {
@@ -61,16 +76,28 @@ pub async fn import_source(pool: &PgPool, name: &str, source: &ExternalSource) -
             })
         })
         .collect();
-    let ann_rows: Vec<Value> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT to_jsonb(q) FROM ({}) AS q", source.annotations_sql))).fetch_all(&external).await?;
+    let ann_rows: Vec<Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT to_jsonb(q) FROM ({}) AS q",
+        source.annotations_sql
+    )))
+    .fetch_all(&external)
+    .await?;
     let annotations: Vec<NewAnnotation> = ann_rows
         .iter()
         .filter_map(|row| {
-            let at = row.get("annotated_at").and_then(|v| v.as_str()).and_then(|s| {
-                DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc)).or_else(|| {
-                    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|t| t.and_utc())
-                })
-            });
+            let at = row
+                .get("annotated_at")
+                .and_then(|v| v.as_str())
+                .and_then(|s| {
+                    DateTime::parse_from_rfc3339(s)
+                        .ok()
+                        .map(|t| t.with_timezone(&Utc))
+                        .or_else(|| {
+                            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+                                .ok()
+                                .map(|t| t.and_utc())
+                        })
+                });
             Some(NewAnnotation {
                 source: name.to_string(),
                 external_id: text(row, "external_id")?,

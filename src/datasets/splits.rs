@@ -26,7 +26,11 @@ impl Split {
 }
 
 /// `items`: (stable key, stratum). Returns one split per item, in input order.
-pub fn stratified_split(items: &[(String, String)], ratios: (f64, f64, f64), seed: u64) -> Vec<Split> {
+pub fn stratified_split(
+    items: &[(String, String)],
+    ratios: (f64, f64, f64),
+    seed: u64,
+) -> Vec<Split> {
     let total = ratios.0 + ratios.1 + ratios.2;
     let (train, validation) = (ratios.0 / total, ratios.1 / total);
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -62,7 +66,9 @@ mod tests {
     use super::*;
 
     fn items(n: usize, strata: usize) -> Vec<(String, String)> {
-        (0..n).map(|i| (format!("doc-{i}"), format!("s{}", i % strata))).collect()
+        (0..n)
+            .map(|i| (format!("doc-{i}"), format!("s{}", i % strata)))
+            .collect()
     }
 
     #[test]
@@ -70,8 +76,17 @@ mod tests {
         let items = items(1000, 2);
         let splits = stratified_split(&items, (0.8, 0.1, 0.1), 42);
         for stratum in ["s0", "s1"] {
-            let of = |s: Split| items.iter().zip(&splits).filter(|((_, st), sp)| st == stratum && **sp == s).count();
-            assert_eq!((of(Split::Train), of(Split::Validation), of(Split::Test)), (400, 50, 50));
+            let of = |s: Split| {
+                items
+                    .iter()
+                    .zip(&splits)
+                    .filter(|((_, st), sp)| st == stratum && **sp == s)
+                    .count()
+            };
+            assert_eq!(
+                (of(Split::Train), of(Split::Validation), of(Split::Test)),
+                (400, 50, 50)
+            );
         }
     }
 

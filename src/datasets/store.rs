@@ -34,16 +34,26 @@ impl DatasetRow {
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DatasetRow>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM datasets WHERE id = $1").bind(id).fetch_optional(pool).await
+    sqlx::query_as("SELECT * FROM datasets WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
 
-pub async fn list(pool: &PgPool, limit: i64, offset: i64) -> Result<(Vec<DatasetRow>, i64), sqlx::Error> {
-    let rows = sqlx::query_as("SELECT * FROM datasets ORDER BY created_at DESC, id LIMIT $1 OFFSET $2")
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(pool)
+pub async fn list(
+    pool: &PgPool,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<DatasetRow>, i64), sqlx::Error> {
+    let rows =
+        sqlx::query_as("SELECT * FROM datasets ORDER BY created_at DESC, id LIMIT $1 OFFSET $2")
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(pool)
+            .await?;
+    let total = sqlx::query_scalar("SELECT count(*) FROM datasets")
+        .fetch_one(pool)
         .await?;
-    let total = sqlx::query_scalar("SELECT count(*) FROM datasets").fetch_one(pool).await?;
     Ok((rows, total))
 }
 
@@ -51,7 +61,10 @@ pub async fn list(pool: &PgPool, limit: i64, offset: i64) -> Result<(Vec<Dataset
 pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, crate::queue::QueueError> {
     let mut tx = pool.begin().await?;
     crate::queue::cancel_dataset_jobs(&mut tx, id).await?;
-    let gone = sqlx::query("DELETE FROM datasets WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    let gone = sqlx::query("DELETE FROM datasets WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(gone.rows_affected() > 0)
 }
@@ -117,7 +130,9 @@ pub async fn records(
             labels: r.get("labels"),
             votes: r.get("votes"),
             disagreement: r.get("disagreement"),
-            embedding: r.get::<Option<Vec<u8>>, _>("vector").map(|b| crate::embedding::bytes_to_vector(&b)),
+            embedding: r
+                .get::<Option<Vec<u8>>, _>("vector")
+                .map(|b| crate::embedding::bytes_to_vector(&b)),
         })
         .collect();
     Ok((records, total))

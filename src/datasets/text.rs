@@ -23,9 +23,17 @@ pub fn combine_text(
     tags: &[String],
     max_chars: usize,
 ) -> String {
-    let mut lines: Vec<String> =
-        [title, description, body].into_iter().flatten().map(squash).filter(|p| !p.is_empty()).collect();
-    let tags: Vec<String> = tags.iter().map(|t| squash(t)).filter(|t| !t.is_empty()).collect();
+    let mut lines: Vec<String> = [title, description, body]
+        .into_iter()
+        .flatten()
+        .map(squash)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let tags: Vec<String> = tags
+        .iter()
+        .map(|t| squash(t))
+        .filter(|t| !t.is_empty())
+        .collect();
     if !tags.is_empty() {
         lines.push(format!("tags: {}", tags.join(", ")));
     }
@@ -46,7 +54,13 @@ mod tests {
 
     #[test]
     fn combines_in_order_and_squashes_whitespace() {
-        let t = combine_text(Some("  Hello\tworld "), None, Some("line one\n\n line two"), &["a ".into(), "".into(), "b".into()], 1000);
+        let t = combine_text(
+            Some("  Hello\tworld "),
+            None,
+            Some("line one\n\n line two"),
+            &["a ".into(), "".into(), "b".into()],
+            1000,
+        );
         assert_eq!(t, "Hello world\nline one line two\ntags: a, b");
     }
 

@@ -41,7 +41,10 @@ pub struct Embedders {
 
 impl Embedders {
     pub fn new(settings: Arc<Settings>) -> Self {
-        Embedders { settings, local: Arc::new(tokio::sync::OnceCell::new()) }
+        Embedders {
+            settings,
+            local: Arc::new(tokio::sync::OnceCell::new()),
+        }
     }
 
     pub fn models(&self) -> &BTreeMap<String, EmbeddingModelConfig> {
@@ -49,7 +52,10 @@ impl Embedders {
     }
 
     pub fn model(&self, name: &str) -> Result<&EmbeddingModelConfig, EmbedError> {
-        self.settings.embedding_models.get(name).ok_or_else(|| EmbedError::UnknownModel(name.to_string()))
+        self.settings
+            .embedding_models
+            .get(name)
+            .ok_or_else(|| EmbedError::UnknownModel(name.to_string()))
     }
 
     /// The local encoder (loaded once per process, on its own thread).
@@ -82,16 +88,20 @@ impl Embedders {
         let model = self.model(name)?.clone();
         match model.provider {
             ProviderType::Local => Ok(Provider::Local(self.local_encoder().await?)),
-            ProviderType::OpenAiCompatible => Ok(Provider::OpenAiCompatible(OpenAiCompatibleClient::new(model)?)),
+            ProviderType::OpenAiCompatible => Ok(Provider::OpenAiCompatible(
+                OpenAiCompatibleClient::new(model)?,
+            )),
         }
     }
 
     /// Embeds texts with the named model; every vector has the model's dimensions.
     pub async fn embed(&self, name: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
         match self.provider(name).await? {
-            Provider::Local(encoder) => {
-                encoder.encode(texts).await.map(|e| e.vectors).map_err(|e| EmbedError::Fatal(e.to_string()))
-            }
+            Provider::Local(encoder) => encoder
+                .encode(texts)
+                .await
+                .map(|e| e.vectors)
+                .map_err(|e| EmbedError::Fatal(e.to_string())),
             Provider::OpenAiCompatible(client) => client.embed(&texts).await,
         }
     }
@@ -103,5 +113,7 @@ pub fn vector_to_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 pub fn bytes_to_vector(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }

@@ -14,6 +14,9 @@ use serde::Deserialize;
 use super::EmbedError;
 use crate::config::EmbeddingModelConfig;
 
+/// A server's Retry-After is honoured up to this long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
 #[derive(Clone)]
 pub struct OpenAiCompatibleClient {
     http: reqwest::Client,
@@ -44,10 +47,9 @@ struct AttemptError {
 
 impl OpenAiCompatibleClient {
     pub fn new(model: EmbeddingModelConfig) -> Result<Self, EmbedError> {
-        let endpoint = model
-            .api_endpoint
-            .clone()
-            .ok_or_else(|| EmbedError::Fatal(format!("model {} has no api_endpoint", model.name)))?;
+        let endpoint = model.api_endpoint.clone().ok_or_else(|| {
+            EmbedError::Fatal(format!("model {} has no api_endpoint", model.name))
+        })?;
         let api_key = match &model.api_key_env {
             Some(var) => std::env::var(var).ok(),
             None => None,
@@ -71,7 +73,10 @@ impl OpenAiCompatibleClient {
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         // Each request future owns its batch and client, so the stream's futures borrow
         // nothing (and stay `Send` for any lifetime).
-        let batches: Vec<Vec<String>> = texts.chunks(self.model.max_batch_size).map(|c| c.to_vec()).collect();
+        let batches: Vec<Vec<String>> = texts
+            .chunks(self.model.max_batch_size)
+            .map(|c| c.to_vec())
+            .collect();
         let results: Vec<Vec<Vec<f32>>> = futures::stream::iter(batches)
             .map(|batch| {
                 let client = self.clone();
@@ -83,7 +88,10 @@ impl OpenAiCompatibleClient {
         Ok(results.into_iter().flatten().collect())
     }
 
-    async fn embed_batch_with_retries(&self, batch: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    async fn embed_batch_with_retries(
+        &self,
+        batch: &[String],
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)
@@ -96,7 +104,7 @@ impl OpenAiCompatibleClient {
         })
         .retry(backoff)
         .when(|e: &AttemptError| e.error.is_retryable())
-        .adjust(|e: &AttemptError, planned| planned.map(|d| e.retry_after.map_or(d, |ra| ra.min(self.max_delay * 4))))
+        .adjust(|e: &AttemptError, planned| planned.map(|d| e.retry_after.map_or(d, |ra| ra.min(MAX_RETRY_AFTER))))
         .notify(|e: &AttemptError, wait| {
             tracing::warn!(model = %self.model.name, error = %e.error, ?wait, "embedding request failed; retrying")
         })
@@ -111,7 +119,10 @@ impl OpenAiCompatibleClient {
     }
 
     async fn embed_batch_once(&self, batch: &[String]) -> Result<Vec<Vec<f32>>, AttemptError> {
-        let retryable = |m: String| AttemptError { error: EmbedError::Retryable(m), retry_after: None };
+        let retryable = |m: String| AttemptError {
+            error: EmbedError::Retryable(m),
+            retry_after: None,
+        };
         let mut request = self.http.post(&self.url).json(&serde_json::json!({
             "model": self.model.name,
             "input": batch,
@@ -121,7 +132,11 @@ impl OpenAiCompatibleClient {
             request = request.bearer_auth(key);
         }
         let response = request.send().await.map_err(|e| {
-            retryable(if e.is_timeout() { "provider timed out".to_string() } else { format!("provider unreachable: {e}") })
+            retryable(if e.is_timeout() {
+                "provider timed out".to_string()
+            } else {
+                format!("provider unreachable: {e}")
+            })
         })?;
         let status = response.status();
         if !status.is_success() {
@@ -135,21 +150,38 @@ impl OpenAiCompatibleClient {
             let snippet: String = body.chars().take(200).collect();
             let message = format!("provider answered HTTP {}: {snippet}", status.as_u16());
             let code = status.as_u16();
-            return Err(if code == 408 || code == 409 || code == 429 || status.is_server_error() {
-                AttemptError { error: EmbedError::Retryable(message), retry_after }
-            } else {
-                AttemptError { error: EmbedError::Fatal(message), retry_after: None }
-            });
+            return Err(
+                if code == 408 || code == 409 || code == 429 || status.is_server_error() {
+                    AttemptError {
+                        error: EmbedError::Retryable(message),
+                        retry_after,
+                    }
+                } else {
+                    AttemptError {
+                        error: EmbedError::Fatal(message),
+                        retry_after: None,
+                    }
+                },
+            );
         }
-        let body = response.bytes().await.map_err(|e| retryable(format!("reading provider body: {e}")))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| retryable(format!("reading provider body: {e}")))?;
         let parsed: EmbeddingResponse = serde_json::from_slice(&body)
             .map_err(|e| retryable(format!("provider sent an unparseable body: {e}")))?;
-        self.check(batch.len(), parsed).map_err(|m| AttemptError { error: EmbedError::Fatal(m), retry_after: None })
+        self.check(batch.len(), parsed).map_err(|m| AttemptError {
+            error: EmbedError::Fatal(m),
+            retry_after: None,
+        })
     }
 
     fn check(&self, expected: usize, parsed: EmbeddingResponse) -> Result<Vec<Vec<f32>>, String> {
         if parsed.data.len() != expected {
-            return Err(format!("provider returned {} embeddings for {expected} inputs", parsed.data.len()));
+            return Err(format!(
+                "provider returned {} embeddings for {expected} inputs",
+                parsed.data.len()
+            ));
         }
         let mut out: Vec<Option<Vec<f32>>> = vec![None; expected];
         for item in parsed.data {
@@ -166,9 +198,17 @@ impl OpenAiCompatibleClient {
             }
             match out.get_mut(item.index) {
                 Some(slot @ None) => *slot = Some(item.embedding),
-                _ => return Err(format!("provider returned a bad or repeated index {}", item.index)),
+                _ => {
+                    return Err(format!(
+                        "provider returned a bad or repeated index {}",
+                        item.index
+                    ))
+                }
             }
         }
-        Ok(out.into_iter().map(|v| v.expect("every index filled once")).collect())
+        Ok(out
+            .into_iter()
+            .map(|v| v.expect("every index filled once"))
+            .collect())
     }
 }

@@ -41,7 +41,14 @@ impl BertConfig {
 }
 
 fn layer_norm(path: nn::Path, size: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(path, vec![size], nn::LayerNormConfig { eps, ..Default::default() })
+    nn::layer_norm(
+        path,
+        vec![size],
+        nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+    )
 }
 
 struct Embeddings {
@@ -56,8 +63,18 @@ impl Embeddings {
         let cfg = Default::default();
         Embeddings {
             word: nn::embedding(&p / "word_embeddings", c.vocab_size, c.hidden_size, cfg),
-            position: nn::embedding(&p / "position_embeddings", c.max_position_embeddings, c.hidden_size, cfg),
-            token_type: nn::embedding(&p / "token_type_embeddings", c.type_vocab_size, c.hidden_size, cfg),
+            position: nn::embedding(
+                &p / "position_embeddings",
+                c.max_position_embeddings,
+                c.hidden_size,
+                cfg,
+            ),
+            token_type: nn::embedding(
+                &p / "token_type_embeddings",
+                c.type_vocab_size,
+                c.hidden_size,
+                cfg,
+            ),
             norm: layer_norm(&p / "LayerNorm", c.hidden_size, c.layer_norm_eps),
         }
     }
@@ -66,7 +83,9 @@ impl Embeddings {
         let seq = input_ids.size()[1];
         let positions = Tensor::arange(seq, (Kind::Int64, input_ids.device())).unsqueeze(0);
         let token_types = input_ids.zeros_like();
-        let x = self.word.forward(input_ids) + self.position.forward(&positions) + self.token_type.forward(&token_types);
+        let x = self.word.forward(input_ids)
+            + self.position.forward(&positions)
+            + self.token_type.forward(&token_types);
         self.norm.forward(&x)
     }
 }
@@ -99,7 +118,11 @@ impl Layer {
             output: nn::linear(&p / "output" / "dense", c.intermediate_size, h, lin),
             out_norm: layer_norm(&p / "output" / "LayerNorm", h, c.layer_norm_eps),
             heads: c.num_attention_heads,
-            gelu: if c.hidden_act == "gelu_new" { "tanh" } else { "none" },
+            gelu: if c.hidden_act == "gelu_new" {
+                "tanh"
+            } else {
+                "none"
+            },
         }
     }
 
@@ -111,7 +134,16 @@ impl Layer {
         let q = split(self.query.forward(x));
         let k = split(self.key.forward(x));
         let v = split(self.value.forward(x));
-        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask_bias), 0.0, false, None, false);
+        let ctx = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(mask_bias),
+            0.0,
+            false,
+            None,
+            false,
+        );
         let ctx = ctx.transpose(1, 2).contiguous().view([b, s, h]);
         let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
         let inner = self.intermediate.forward(&x).gelu(self.gelu);
@@ -132,15 +164,20 @@ impl BertEncoder {
         let layers = (0..config.num_hidden_layers)
             .map(|i| Layer::new(root / "encoder" / "layer" / i, &config))
             .collect();
-        BertEncoder { embeddings, layers, config }
+        BertEncoder {
+            embeddings,
+            layers,
+            config,
+        }
     }
 
     /// Token-level hidden states, [batch, seq, hidden]. `attention_mask` is 1/0, [batch, seq].
     pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
         let mut x = self.embeddings.forward(input_ids);
         let dtype = x.kind();
-        let mask_bias = ((attention_mask.to_kind(dtype).ones_like() - attention_mask.to_kind(dtype)) * -1e4)
-            .view([attention_mask.size()[0], 1, 1, attention_mask.size()[1]]);
+        let mask_bias =
+            ((attention_mask.to_kind(dtype).ones_like() - attention_mask.to_kind(dtype)) * -1e4)
+                .view([attention_mask.size()[0], 1, 1, attention_mask.size()[1]]);
         for layer in &self.layers {
             x = layer.forward(&x, &mask_bias);
         }
@@ -149,7 +186,9 @@ impl BertEncoder {
 
     /// Sentence embeddings: mean over attended tokens, then L2-normalised. [batch, hidden], f32.
     pub fn sentence_embeddings(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
-        let hidden = self.hidden_states(input_ids, attention_mask).to_kind(Kind::Float);
+        let hidden = self
+            .hidden_states(input_ids, attention_mask)
+            .to_kind(Kind::Float);
         mean_pool_normalize(&hidden, attention_mask)
     }
 }
@@ -158,9 +197,13 @@ impl BertEncoder {
 pub fn mean_pool_normalize(hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
     let mask = attention_mask.to_kind(Kind::Float).unsqueeze(-1);
     let summed = (hidden * &mask).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-    let counts = mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Float).clamp_min(1e-9);
+    let counts = mask
+        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+        .clamp_min(1e-9);
     let mean = summed / counts;
-    let norm = mean.norm_scalaropt_dim(2.0, [1i64].as_slice(), true).clamp_min(1e-12);
+    let norm = mean
+        .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
+        .clamp_min(1e-12);
     mean / norm
 }
 
@@ -186,6 +229,9 @@ mod tests {
         let mask = Tensor::from_slice(&[1i64, 0]).view([1, 2]);
         let out = mean_pool_normalize(&hidden, &mask);
         let v: Vec<f32> = Vec::<f32>::try_from(out.view([-1])).unwrap();
-        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6, "{v:?}");
+        assert!(
+            (v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6,
+            "{v:?}"
+        );
     }
 }

@@ -5,7 +5,8 @@ pub mod text_encoder;
 /// The libtorch in use: read from the torch wheel's `version.py` beside its `lib/` folder.
 pub fn libtorch_version() -> String {
     let from_wheel = std::env::var("TRAINYARD_TORCH_LIB").ok().and_then(|lib| {
-        let text = std::fs::read_to_string(std::path::Path::new(&lib).join("../version.py")).ok()?;
+        let text =
+            std::fs::read_to_string(std::path::Path::new(&lib).join("../version.py")).ok()?;
         let line = text.lines().find(|l| l.starts_with("__version__"))?;
         Some(line.split(['"', '\'']).nth(1)?.to_string())
     });

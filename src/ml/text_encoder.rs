@@ -91,19 +91,27 @@ impl TextEncoder {
             })
             .map_err(|e| EncoderError::Load(e.to_string()))?;
         let dimensions = ready_rx.recv().map_err(|_| EncoderError::Stopped)??;
-        Ok(TextEncoder { sender, dimensions, device })
+        Ok(TextEncoder {
+            sender,
+            dimensions,
+            device,
+        })
     }
 
     pub async fn encode(&self, texts: Vec<String>) -> Result<Encoded, EncoderError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.sender.send(Request { texts, reply }).map_err(|_| EncoderError::Stopped)?;
+        self.sender
+            .send(Request { texts, reply })
+            .map_err(|_| EncoderError::Stopped)?;
         rx.await.map_err(|_| EncoderError::Stopped)?
     }
 
     /// Blocking variant for callers outside a runtime (benchmarks, tests).
     pub fn encode_blocking(&self, texts: Vec<String>) -> Result<Encoded, EncoderError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.sender.send(Request { texts, reply }).map_err(|_| EncoderError::Stopped)?;
+        self.sender
+            .send(Request { texts, reply })
+            .map_err(|_| EncoderError::Stopped)?;
         rx.blocking_recv().map_err(|_| EncoderError::Stopped)?
     }
 }
@@ -118,17 +126,26 @@ struct LoadedModel {
 impl LoadedModel {
     fn load(options: &EncoderOptions) -> Result<LoadedModel, EncoderError> {
         let dir: &Path = &options.model_dir;
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| EncoderError::Load(format!("{}: {e}", dir.join("tokenizer.json").display())))?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| {
+            EncoderError::Load(format!("{}: {e}", dir.join("tokenizer.json").display()))
+        })?;
         // The shipped tokenizer.json truncates at 128 and pads to a fixed 128; the model's
         // pipeline truncates at 256 and we pad per batch ourselves.
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: options.max_tokens, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: options.max_tokens,
+                ..Default::default()
+            }))
             .map_err(|e| EncoderError::Load(e.to_string()))?;
         tokenizer.with_padding(None::<PaddingParams>);
         let (vs, encoder) =
             load_encoder(dir, options.device).map_err(|e| EncoderError::Load(format!("{e:#}")))?;
-        Ok(LoadedModel { tokenizer, _vs: vs, encoder, options: options.clone() })
+        Ok(LoadedModel {
+            tokenizer,
+            _vs: vs,
+            encoder,
+            options: options.clone(),
+        })
     }
 
     fn encode(&self, texts: &[String]) -> Result<Encoded, EncoderError> {
@@ -148,13 +165,17 @@ impl LoadedModel {
             let rows = (self.options.max_tokens_per_batch / width).max(1);
             let end = (start + rows).min(order.len());
             let batch = &order[start..end];
-            let out = tch::no_grad(|| self.forward(batch.iter().map(|&i| ids[i]), batch.len(), width))?;
+            let out =
+                tch::no_grad(|| self.forward(batch.iter().map(|&i| ids[i]), batch.len(), width))?;
             for (row, &i) in batch.iter().enumerate() {
                 vectors[i] = out[row].clone();
             }
             start = end;
         }
-        Ok(Encoded { vectors, token_counts })
+        Ok(Encoded {
+            vectors,
+            token_counts,
+        })
     }
 
     fn forward<'a>(
@@ -172,8 +193,12 @@ impl LoadedModel {
             }
         }
         let device = self.options.device;
-        let input = Tensor::from_slice(&input).view([n as i64, width as i64]).to_device(device);
-        let mask = Tensor::from_slice(&mask).view([n as i64, width as i64]).to_device(device);
+        let input = Tensor::from_slice(&input)
+            .view([n as i64, width as i64])
+            .to_device(device);
+        let mask = Tensor::from_slice(&mask)
+            .view([n as i64, width as i64])
+            .to_device(device);
         let out = self
             .encoder
             .sentence_embeddings(&input, &mask)
@@ -181,7 +206,8 @@ impl LoadedModel {
             .to_device(Device::Cpu)
             .contiguous();
         let dims = out.size()[1] as usize;
-        let flat = Vec::<f32>::try_from(out.view([-1])).map_err(|e| EncoderError::Model(e.to_string()))?;
+        let flat =
+            Vec::<f32>::try_from(out.view([-1])).map_err(|e| EncoderError::Model(e.to_string()))?;
         Ok(flat.chunks(dims).map(|c| c.to_vec()).collect())
     }
 }
@@ -196,7 +222,10 @@ fn serve(model: LoadedModel, receiver: mpsc::Receiver<Request>) {
                 break;
             }
         }
-        let all: Vec<String> = pending.iter().flat_map(|r| r.texts.iter().cloned()).collect();
+        let all: Vec<String> = pending
+            .iter()
+            .flat_map(|r| r.texts.iter().cloned())
+            .collect();
         match model.encode(&all) {
             Ok(encoded) => {
                 let mut offset = 0;
@@ -213,7 +242,9 @@ fn serve(model: LoadedModel, receiver: mpsc::Receiver<Request>) {
             Err(e) => {
                 let message = e.to_string();
                 for request in pending {
-                    let _ = request.reply.send(Err(EncoderError::Model(message.clone())));
+                    let _ = request
+                        .reply
+                        .send(Err(EncoderError::Model(message.clone())));
                 }
             }
         }

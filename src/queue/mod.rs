@@ -22,7 +22,11 @@ pub enum QueueError {
     #[error("job {0} not found")]
     NotFound(String),
     #[error("job {id} is {status}: {action} is not possible")]
-    Conflict { id: String, status: String, action: &'static str },
+    Conflict {
+        id: String,
+        status: String,
+        action: &'static str,
+    },
 }
 
 /// One job to enqueue: kind, serialized arguments, and what it belongs to.
@@ -40,7 +44,9 @@ pub async fn enqueue<A: Serialize>(
     jobs: Vec<NewJob<A>>,
     max_attempts: i32,
 ) -> Result<Vec<String>, QueueError> {
-    let Some(first) = jobs.first() else { return Ok(Vec::new()) };
+    let Some(first) = jobs.first() else {
+        return Ok(Vec::new());
+    };
     let kind = first.kind;
     let mut tasks = Vec::with_capacity(jobs.len());
     let mut ids = Vec::with_capacity(jobs.len());
@@ -50,7 +56,12 @@ pub async fn enqueue<A: Serialize>(
         assert_eq!(job.kind, kind, "one enqueue call per job kind");
         let id = ulid::Ulid::generate();
         let bytes = serde_json::to_vec(&job.args).map_err(|e| QueueError::Apalis(e.to_string()))?;
-        tasks.push(TaskBuilder::new(bytes).task_id(TaskId::from_ulid(id)).max_attempts(max_attempts as usize).build());
+        tasks.push(
+            TaskBuilder::new(bytes)
+                .task_id(TaskId::from_ulid(id))
+                .max_attempts(max_attempts as usize)
+                .build(),
+        );
         ids.push(id.to_string());
         datasets.push(job.dataset_id);
         totals.push(job.progress_total);
@@ -99,7 +110,12 @@ SELECT j.id, j.job_type, j.status, j.attempts, j.max_attempts, j.run_at, j.lock_
 FROM apalis.jobs j LEFT JOIN job_info i ON i.job_id = j.id";
 
 /// Maps apalis's raw status to the API's.
-pub fn api_status(raw: &str, attempts: i32, max_attempts: i32, cancel_requested: bool) -> &'static str {
+pub fn api_status(
+    raw: &str,
+    attempts: i32,
+    max_attempts: i32,
+    cancel_requested: bool,
+) -> &'static str {
     match raw {
         "Done" => "succeeded",
         "Running" => "running",
@@ -118,10 +134,17 @@ fn row_to_view(row: &sqlx::postgres::PgRow) -> Result<JobView, sqlx::Error> {
     let cancel: Option<bool> = row.try_get("cancel_requested")?;
     let last: Option<serde_json::Value> = row.try_get("last_result")?;
     let (result, last_error) = match last {
-        Some(serde_json::Value::Object(map)) if map.contains_key("Err") => {
-            (None, map.get("Err").map(|e| e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string())))
+        Some(serde_json::Value::Object(map)) if map.contains_key("Err") => (
+            None,
+            map.get("Err").map(|e| {
+                e.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| e.to_string())
+            }),
+        ),
+        Some(serde_json::Value::Object(map)) if map.contains_key("Ok") => {
+            (map.get("Ok").cloned(), None)
         }
-        Some(serde_json::Value::Object(map)) if map.contains_key("Ok") => (map.get("Ok").cloned(), None),
         other => (other, None),
     };
     let status = api_status(&raw, attempts, max_attempts, cancel.unwrap_or(false));
@@ -133,24 +156,36 @@ fn row_to_view(row: &sqlx::postgres::PgRow) -> Result<JobView, sqlx::Error> {
         attempts,
         max_attempts,
         progress_done: row.try_get::<Option<i64>, _>("progress_done")?.unwrap_or(0),
-        progress_total: row.try_get::<Option<i64>, _>("progress_total")?.unwrap_or(0),
+        progress_total: row
+            .try_get::<Option<i64>, _>("progress_total")?
+            .unwrap_or(0),
         dataset_id: row.try_get("dataset_id")?,
         result: if status == "succeeded" { result } else { None },
-        last_error: if status == "succeeded" { None } else { last_error },
+        last_error: if status == "succeeded" {
+            None
+        } else {
+            last_error
+        },
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("lock_at")?,
-        finished_at: if running { None } else { row.try_get("done_at")? },
+        finished_at: if running {
+            None
+        } else {
+            row.try_get("done_at")?
+        },
         run_at: row.try_get("run_at")?,
         worker: row.try_get("lock_by")?,
     })
 }
 
 pub async fn get_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT_JOBS} WHERE j.id = $1")))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{SELECT_JOBS} WHERE j.id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
     Ok(row_to_view(&row)?)
 }
 
@@ -184,12 +219,16 @@ pub async fn list_jobs(
     .bind(offset)
     .fetch_all(pool)
     .await?;
-    let total: i64 =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM apalis.jobs j LEFT JOIN job_info i ON i.job_id = j.id {filter}")))
-            .bind(kind)
-            .fetch_one(pool)
-            .await?;
-    let jobs = rows.iter().map(row_to_view).collect::<Result<Vec<_>, _>>()?;
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM apalis.jobs j LEFT JOIN job_info i ON i.job_id = j.id {filter}"
+    )))
+    .bind(kind)
+    .fetch_one(pool)
+    .await?;
+    let jobs = rows
+        .iter()
+        .map(row_to_view)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((jobs, total))
 }
 
@@ -197,7 +236,11 @@ pub async fn list_jobs(
 pub async fn cancel_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> {
     let job = get_job(pool, id).await?;
     if matches!(job.status.as_str(), "succeeded" | "failed" | "cancelled") {
-        return Err(QueueError::Conflict { id: id.into(), status: job.status, action: "cancel" });
+        return Err(QueueError::Conflict {
+            id: id.into(),
+            status: job.status,
+            action: "cancel",
+        });
     }
     let mut tx = pool.begin().await?;
     sqlx::query(
@@ -220,8 +263,14 @@ pub async fn cancel_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> 
 }
 
 /// Cancels every unfinished job that belongs to a dataset (used when its build is cancelled).
-pub async fn cancel_dataset_jobs(conn: &mut PgConnection, dataset_id: Uuid) -> Result<u64, QueueError> {
-    sqlx::query("UPDATE job_info SET cancel_requested = true WHERE dataset_id = $1").bind(dataset_id).execute(&mut *conn).await?;
+pub async fn cancel_dataset_jobs(
+    conn: &mut PgConnection,
+    dataset_id: Uuid,
+) -> Result<u64, QueueError> {
+    sqlx::query("UPDATE job_info SET cancel_requested = true WHERE dataset_id = $1")
+        .bind(dataset_id)
+        .execute(&mut *conn)
+        .await?;
     let done = sqlx::query(
         "UPDATE apalis.jobs j SET status = 'Killed', done_at = now(), last_result = '{\"Err\": \"cancelled\"}'::jsonb
          FROM job_info i WHERE i.job_id = j.id AND i.dataset_id = $1 AND j.status IN ('Pending', 'Failed')",
@@ -236,10 +285,17 @@ pub async fn cancel_dataset_jobs(conn: &mut PgConnection, dataset_id: Uuid) -> R
 pub async fn retry_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> {
     let job = get_job(pool, id).await?;
     if !matches!(job.status.as_str(), "failed" | "cancelled") {
-        return Err(QueueError::Conflict { id: id.into(), status: job.status, action: "retry" });
+        return Err(QueueError::Conflict {
+            id: id.into(),
+            status: job.status,
+            action: "retry",
+        });
     }
     let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE job_info SET cancel_requested = false WHERE job_id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("UPDATE job_info SET cancel_requested = false WHERE job_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "UPDATE apalis.jobs SET status = 'Pending', attempts = 0, run_at = now(), done_at = NULL,
                 lock_by = NULL, lock_at = NULL, last_result = NULL
@@ -254,14 +310,20 @@ pub async fn retry_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> {
 
 /// Whether a running job has been asked to stop (checked by handlers at checkpoints).
 pub async fn cancel_requested(pool: &PgPool, id: &str) -> Result<bool, QueueError> {
-    let flag: Option<bool> = sqlx::query_scalar("SELECT cancel_requested FROM job_info WHERE job_id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
+    let flag: Option<bool> =
+        sqlx::query_scalar("SELECT cancel_requested FROM job_info WHERE job_id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
     Ok(flag.unwrap_or(false))
 }
 
-pub async fn set_progress(pool: &PgPool, id: &str, done: i64, total: i64) -> Result<(), QueueError> {
+pub async fn set_progress(
+    pool: &PgPool,
+    id: &str,
+    done: i64,
+    total: i64,
+) -> Result<(), QueueError> {
     sqlx::query("UPDATE job_info SET progress_done = $2, progress_total = $3 WHERE job_id = $1")
         .bind(id)
         .bind(done)
@@ -297,10 +359,16 @@ pub async fn queue_depths(pool: &PgPool) -> Result<Vec<(String, i64, i64)>, Queu
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
-pub async fn live_workers(pool: &PgPool, within_secs: f64) -> Result<Vec<(String, String)>, QueueError> {
+pub async fn live_workers(
+    pool: &PgPool,
+    within_secs: f64,
+) -> Result<Vec<(String, String)>, QueueError> {
     let rows = sqlx::query(
         "SELECT id, worker_type FROM apalis.workers WHERE last_seen > now() - make_interval(secs => $1) ORDER BY id",
     )

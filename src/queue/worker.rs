@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::*;
-use futures::future::{BoxFuture, FutureExt};
 use apalis_postgres::{Config as PgConfig, PostgresStorage};
+use futures::future::{BoxFuture, FutureExt};
 use sqlx::PgPool;
 use trainyard_jobs::{DatasetBuildArgs, EmbedArgs, JobKind};
 
@@ -48,7 +48,9 @@ impl From<super::QueueError> for JobError {
     }
 }
 
-fn into_apalis(result: Result<serde_json::Value, JobError>) -> Result<serde_json::Value, BoxDynError> {
+fn into_apalis(
+    result: Result<serde_json::Value, JobError>,
+) -> Result<serde_json::Value, BoxDynError> {
     match result {
         Ok(value) => Ok(value),
         Err(JobError::Retryable(message)) => Err(message.into()),
@@ -78,7 +80,11 @@ async fn handle_dataset_build(
     into_apalis(run.await)
 }
 
-async fn handle_embed(args: EmbedArgs, id: TaskId, state: Data<WorkerState>) -> Result<serde_json::Value, BoxDynError> {
+async fn handle_embed(
+    args: EmbedArgs,
+    id: TaskId,
+    state: Data<WorkerState>,
+) -> Result<serde_json::Value, BoxDynError> {
     let job_id = id.to_string();
     let state: WorkerState = (*state).clone();
     let run: BoxFuture<'static, Result<serde_json::Value, JobError>> = async move {
@@ -94,7 +100,12 @@ async fn handle_embed(args: EmbedArgs, id: TaskId, state: Data<WorkerState>) -> 
 }
 
 /// When this was the job's last attempt (or the error is fatal), the dataset fails with it.
-async fn fail_dataset_if_final(state: &WorkerState, job_id: &str, dataset_id: uuid::Uuid, error: &JobError) {
+async fn fail_dataset_if_final(
+    state: &WorkerState,
+    job_id: &str,
+    dataset_id: uuid::Uuid,
+    error: &JobError,
+) {
     let last_attempt = match error {
         JobError::Cancelled => return,
         JobError::Fatal(_) => true,
@@ -137,7 +148,9 @@ pub struct WorkerOptions {
 
 /// A unique name for this process: host, pid and a random suffix.
 pub fn unique_worker_name(prefix: Option<&str>) -> String {
-    let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "host".into());
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "host".into());
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     match prefix {
         Some(p) => format!("{p}-{host}-{}-{suffix}", std::process::id()),

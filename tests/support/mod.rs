@@ -1,0 +1,264 @@
+//! Test support: a fresh Postgres database per test, the API on port 0, workers in-process or
+//! as real `trainyard worker` processes.
+#![allow(dead_code)]
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use trainyard::api::AppState;
+use trainyard::config::Settings;
+use trainyard::embedding::Embedders;
+use trainyard::queue::worker::{run_workers, WorkerOptions, WorkerState};
+use trainyard_jobs::JobKind;
+
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    pub name: String,
+}
+
+/// Creates an empty database `ty_test_<random>` and applies all migrations.
+/// Process set-up for tests: TLS provider, and logs at `warn` unless RUST_LOG says otherwise.
+pub fn quiet_init() {
+    if std::env::var("RUST_LOG").is_err() {
+        // SAFETY: tests call this before they start other threads that read the environment.
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
+    trainyard::init_process();
+}
+
+pub async fn fresh_db() -> TestDb {
+    quiet_init();
+    let admin = PgPool::connect(ADMIN_URL)
+        .await
+        .expect("Postgres at 127.0.0.1:5432 (run scripts/setup.sh)");
+    let name = format!(
+        "ty_test_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let pool = PgPool::connect(&url).await.unwrap();
+    trainyard::db::migrate(&pool).await.unwrap();
+    TestDb { pool, url, name }
+}
+
+impl TestDb {
+    pub async fn drop_db(self) {
+        self.pool.close().await;
+        let admin = PgPool::connect(ADMIN_URL).await.unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&admin)
+        .await;
+    }
+}
+
+/// The shipped config, pointed at `url`, with short timings for tests.
+pub fn test_settings(url: &str) -> Settings {
+    let mut s = Settings::load(&Settings::default_dir()).expect("config/ loads");
+    s.database.url = url.to_string();
+    s.queue.heartbeat_secs = 1;
+    s.queue.missed_heartbeats = 3;
+    s.queue.poll_interval_ms = 200;
+    s.queue.retry_base_secs = 0.2;
+    s.queue.retry_max_secs = 1.0;
+    s.queue.max_attempts = 3;
+    s.datasets.embed_batch_size = 16;
+    s.local_model.threads = 1;
+    s
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub state: AppState,
+    pub client: reqwest::Client,
+}
+
+/// Serves the API on 127.0.0.1:0 inside this process.
+pub async fn spawn_api(pool: PgPool, settings: Arc<Settings>) -> TestApp {
+    use poem::listener::{Acceptor, Listener};
+    let embedders = Embedders::new(settings.clone());
+    let state = AppState {
+        pool,
+        settings,
+        embedders,
+    };
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .unwrap();
+    let addr = acceptor.local_addr()[0].as_socket_addr().cloned().unwrap();
+    let app = trainyard::api::app(state.clone());
+    tokio::spawn(async move {
+        let _ = poem::Server::new_with_acceptor(acceptor).run(app).await;
+    });
+    TestApp {
+        base: format!("http://{addr}"),
+        state,
+        client: reqwest::Client::new(),
+    }
+}
+
+/// Runs a worker on every queue inside this process until the returned sender is dropped.
+pub fn spawn_inprocess_worker(
+    app: &TestApp,
+    concurrency: usize,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let state = WorkerState {
+        pool: app.state.pool.clone(),
+        settings: app.state.settings.clone(),
+        embedders: app.state.embedders.clone(),
+    };
+    let options = WorkerOptions {
+        queues: JobKind::ALL.to_vec(),
+        concurrency,
+        fetch_batch: None,
+        name_prefix: Some("test".into()),
+    };
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.await;
+            Ok(())
+        };
+        run_workers(state, options, shutdown).await.unwrap();
+    });
+    tx
+}
+
+/// A child process that is killed when dropped (also when a test panics).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real `trainyard worker` process on `url`, with the test timings.
+pub fn spawn_worker_process(url: &str, name: &str, concurrency: usize) -> KillOnDrop {
+    let child = Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .args([
+            "worker",
+            "--queues",
+            "dataset_build,embed",
+            "--concurrency",
+            &concurrency.to_string(),
+            "--name",
+            name,
+        ])
+        .env("DATABASE_URL", url)
+        .env("TRAINYARD_QUEUE__HEARTBEAT_SECS", "1")
+        .env("TRAINYARD_QUEUE__MISSED_HEARTBEATS", "3")
+        .env("TRAINYARD_QUEUE__POLL_INTERVAL_MS", "200")
+        .env("TRAINYARD_QUEUE__RETRY_BASE_SECS", "0.2")
+        .env("TRAINYARD_QUEUE__MAX_ATTEMPTS", "3")
+        .env("TRAINYARD_DATASETS__EMBED_BATCH_SIZE", "16")
+        .env("TRAINYARD_LOCAL_MODEL__THREADS", "1")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn trainyard worker");
+    KillOnDrop(child)
+}
+
+impl TestApp {
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls a dataset until it leaves the building states or `timeout` passes.
+    pub async fn wait_dataset(&self, id: &str, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let (_, d) = self.get(&format!("/api/v1/datasets/{id}")).await;
+            if matches!(d["status"].as_str(), Some("ready" | "failed" | "cancelled"))
+                || start.elapsed() > timeout
+            {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// `n` distinct pseudo-sentences, deterministic.
+pub fn sentences(n: usize, salt: &str) -> Vec<String> {
+    const WORDS: [&str; 24] = [
+        "river", "market", "quiet", "engine", "orange", "winter", "paper", "silver", "garden",
+        "window", "travel", "music", "summer", "letter", "bright", "forest", "coffee", "simple",
+        "yellow", "planet", "secret", "morning", "station", "friendly",
+    ];
+    (0..n)
+        .map(|i| {
+            let mut x = (i as u64 + 1)
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(salt.len() as u64);
+            let words: Vec<&str> = (0..8)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    WORDS[(x >> 33) as usize % WORDS.len()]
+                })
+                .collect();
+            format!("{salt} {i} {}", words.join(" "))
+        })
+        .collect()
+}
+
+/// Documents with one annotation each: label `spam` = i % 3 == 0.
+pub fn labelled_docs(source: &str, texts: &[String]) -> (Value, Value) {
+    let docs: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"source": source, "external_id": format!("d{i}"), "text": t}))
+        .collect();
+    let anns: Vec<Value> = (0..texts.len())
+        .map(|i| json!({"source": source, "external_id": format!("d{i}"), "annotator": "alice", "labels": {"spam": i % 3 == 0}}))
+        .collect();
+    (json!({"documents": docs}), json!({"annotations": anns}))
+}
