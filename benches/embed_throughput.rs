@@ -7,13 +7,18 @@ use trainyard::ml::text_encoder::{pick_device, EncoderOptions, TextEncoder};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let file = args.get(1).expect("usage: embed_throughput SENTENCES_FILE [THREADS] [REPEATS] [DEVICE] [TOKENS_PER_BATCH]");
+    let file = args.get(1).expect(
+        "usage: embed_throughput SENTENCES_FILE [THREADS] [REPEATS] [DEVICE] [TOKENS_PER_BATCH]",
+    );
     let threads: i32 = args.get(2).map_or(Ok(2), |s| s.parse())?;
     let repeats: usize = args.get(3).map_or(Ok(3), |s| s.parse())?;
     let device = pick_device(args.get(4).map_or("cpu", String::as_str));
-    let budget: usize = args.get(5).map_or(Ok(8192), |s| s.parse())?;
-    let sentences: Vec<String> =
-        std::fs::read_to_string(file)?.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    let budget: usize = args.get(5).map_or(Ok(2048), |s| s.parse())?;
+    let sentences: Vec<String> = std::fs::read_to_string(file)?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
     let encoder = TextEncoder::start(EncoderOptions {
         model_dir: std::env::var("TRAINYARD_LOCAL_MODEL_DIR")?.into(),
         max_tokens: 256,

@@ -37,7 +37,10 @@ async fn main() -> anyhow::Result<()> {
     let jobs: Vec<trainyard::queue::NewJob<EmbedArgs>> = (0..n)
         .map(|i| trainyard::queue::NewJob {
             kind: JobKind::Embed,
-            args: EmbedArgs { dataset_id: dataset, batch_no: i as i32 },
+            args: EmbedArgs {
+                dataset_id: dataset,
+                batch_no: i as i32,
+            },
             dataset_id: Some(dataset),
             progress_total: 0,
         })
@@ -53,21 +56,36 @@ async fn main() -> anyhow::Result<()> {
     let mut workers: Vec<_> = (0..2)
         .map(|i| {
             Command::new(&binary)
-                .args(["worker", "--queues", "embed", "--concurrency", &concurrency.to_string(), "--fetch-batch", &fetch.to_string(), "--name", &format!("bench-{i}")])
+                .args([
+                    "worker",
+                    "--queues",
+                    "embed",
+                    "--concurrency",
+                    &concurrency.to_string(),
+                    "--fetch-batch",
+                    &fetch.to_string(),
+                    "--name",
+                    &format!("bench-{i}"),
+                ])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .spawn()
         })
         .collect::<Result<_, _>>()?;
     loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE id = ANY($1) AND status = 'Done'")
-            .bind(&ids)
-            .fetch_one(&pool)
-            .await?;
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM apalis.jobs WHERE id = ANY($1) AND status = 'Done'",
+        )
+        .bind(&ids)
+        .fetch_one(&pool)
+        .await?;
         if done as usize == n {
             break;
         }
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "only {done} of {n} jobs done after 10 minutes");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(600),
+            "only {done} of {n} jobs done after 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let run = start.elapsed().as_secs_f64();
@@ -75,11 +93,26 @@ async fn main() -> anyhow::Result<()> {
         let _ = w.kill();
         let _ = w.wait();
     }
-    sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1)").bind(&ids).execute(&pool).await?;
-    sqlx::query("DELETE FROM job_info WHERE job_id = ANY($1)").bind(&ids).execute(&pool).await?;
-    sqlx::query("DELETE FROM datasets WHERE id = $1").bind(dataset).execute(&pool).await?;
+    sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&pool)
+        .await?;
+    sqlx::query("DELETE FROM job_info WHERE job_id = ANY($1)")
+        .bind(&ids)
+        .execute(&pool)
+        .await?;
+    sqlx::query("DELETE FROM datasets WHERE id = $1")
+        .bind(dataset)
+        .execute(&pool)
+        .await?;
     println!("queue: {n} trivial embed jobs, 2 worker processes x concurrency {concurrency}, fetch batch {fetch}");
-    println!("  enqueue (one transaction, bulk): {enqueue:.2} s = {:.0} jobs/s", n as f64 / enqueue);
-    println!("  run (includes worker start-up) : {run:.2} s = {:.0} jobs/s", n as f64 / run);
+    println!(
+        "  enqueue (one transaction, bulk): {enqueue:.2} s = {:.0} jobs/s",
+        n as f64 / enqueue
+    );
+    println!(
+        "  run (includes worker start-up) : {run:.2} s = {:.0} jobs/s",
+        n as f64 / run
+    );
     Ok(())
 }

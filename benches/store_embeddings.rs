@@ -1,17 +1,23 @@
-//! Benchmark 2: storing 100k 384-d embeddings the way trainyard's embed job does (UNNEST
-//! upserts of a batch per statement) against one INSERT per row as the first seed did, on the
+//! Benchmark 2: storing 100k 384-d embeddings the way trainyard's embed job does
+//! (one UNNEST upsert per batch and transaction) against one INSERT per row as the first seed did, on the
 //! same database, side by side. Prints rows/s for both and the ratio.
 use std::time::Instant;
 
+use futures::{StreamExt, TryStreamExt};
 use sqlx::PgPool;
+use trainyard::embedding::store::insert_embeddings;
 use trainyard::embedding::vector_to_bytes;
 
 fn vector(i: usize) -> Vec<f32> {
-    (0..384).map(|d| ((i * 31 + d * 7) % 1000) as f32 / 1000.0).collect()
+    (0..384)
+        .map(|d| ((i * 31 + d * 7) % 1000) as f32 / 1000.0)
+        .collect()
 }
 
 async fn reset(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM embeddings WHERE model LIKE 'bench-%'").execute(pool).await?;
+    sqlx::query("DELETE FROM embeddings WHERE model LIKE 'bench-%'")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -23,24 +29,43 @@ async fn main() -> anyhow::Result<()> {
     let pool = PgPool::connect(&url).await?;
     trainyard::db::migrate(&pool).await?;
     reset(&pool).await?;
-    let checksums: Vec<String> = (0..n).map(|i| trainyard::datasets::text::checksum(&format!("bench text {i}"))).collect();
-    let vectors: Vec<Vec<u8>> = (0..n).map(|i| vector_to_bytes(&vector(i))).collect();
+    let checksums: Vec<String> = (0..n)
+        .map(|i| trainyard::datasets::text::checksum(&format!("bench text {i}")))
+        .collect();
 
-    // trainyard: batches of 256 rows (the embed job's default batch), one statement each.
+    // trainyard: exactly what an embed job does with one batch (256 rows by default), one
+    // transaction per batch.
+    let batch: usize = std::env::var("BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(1024);
+    // Concurrent writers = embed jobs running at once (one per worker slot).
+    let writers: usize = std::env::var("WRITERS")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(1);
+    let floats: Vec<Vec<f32>> = (0..n).map(vector).collect();
     let start = Instant::now();
-    for (cs, vs) in checksums.chunks(256).zip(vectors.chunks(256)) {
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO embeddings (model, dimensions, checksum, vector)
-             SELECT 'bench-batched', 384, * FROM UNNEST($1::text[], $2::bytea[])
-             ON CONFLICT (model, dimensions, checksum) DO NOTHING",
-        )
-        .bind(cs)
-        .bind(vs)
-        .execute(&mut *tx)
+    let batches: Vec<(&[String], &[Vec<f32>])> =
+        checksums.chunks(batch).zip(floats.chunks(batch)).collect();
+    futures::stream::iter(batches)
+        .map(|(cs, vs)| {
+            let pool = pool.clone();
+            async move {
+                let rows: Vec<(&str, &[f32])> = cs
+                    .iter()
+                    .zip(vs)
+                    .map(|(c, v)| (c.as_str(), v.as_slice()))
+                    .collect();
+                let mut tx = pool.begin().await?;
+                insert_embeddings(&mut tx, "bench-batched", 384, &rows, false).await?;
+                tx.commit().await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(writers)
+        .try_collect::<Vec<()>>()
         .await?;
-        tx.commit().await?;
-    }
     let batched = start.elapsed().as_secs_f64();
 
     // The first seed: one INSERT (and one commit) per row, vector as a float array literal.
@@ -62,12 +87,15 @@ async fn main() -> anyhow::Result<()> {
     )
     .fetch_one(&pool)
     .await?;
-    anyhow::ensure!(stored == (n as i64, baseline_n as i64), "row counts {stored:?}");
+    anyhow::ensure!(
+        stored == (n as i64, baseline_n as i64),
+        "row counts {stored:?}"
+    );
     reset(&pool).await?;
     let (a, b) = (n as f64 / batched, baseline_n as f64 / per_row);
     println!("store {n} x 384-d embeddings");
-    println!("  trainyard (UNNEST, 256 rows/statement): {batched:8.2} s  {a:10.0} rows/s");
-    println!("  one INSERT per row (first seed)       : {per_row:8.2} s  {b:10.0} rows/s  ({baseline_n} rows)");
+    println!("  trainyard (upsert of {batch} rows/tx, {writers} writer(s)): {batched:8.2} s  {a:10.0} rows/s");
+    println!("  one INSERT per row (first seed)            : {per_row:8.2} s  {b:10.0} rows/s  ({baseline_n} rows)");
     println!("  ratio: {:.1}x", a / b);
     Ok(())
 }

@@ -9,7 +9,8 @@ use sqlx::Row;
 use trainyard_jobs::EmbedArgs;
 
 use super::store;
-use crate::embedding::{vector_to_bytes, EmbedError};
+use crate::embedding::store::insert_embeddings;
+use crate::embedding::EmbedError;
 use crate::queue;
 use crate::queue::worker::{JobError, WorkerState};
 
@@ -101,31 +102,19 @@ pub async fn run_embed(
     }
 
     let mut tx = pool.begin().await?;
-    let conflict = if spec.force_regenerate {
-        "ON CONFLICT (model, dimensions, checksum) DO UPDATE SET vector = EXCLUDED.vector, created_at = now()"
-    } else {
-        "ON CONFLICT (model, dimensions, checksum) DO NOTHING"
-    };
-    let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO embeddings (model, dimensions, checksum, vector)
-         SELECT $1, $2, * FROM UNNEST($3::text[], $4::bytea[]) {conflict}"
-    )))
-    .bind(&model.name)
-    .bind(model.dimensions as i32)
-    .bind(
-        todo.iter()
-            .map(|&i| checksums[i].as_str())
-            .collect::<Vec<_>>(),
+    let rows: Vec<(&str, &[f32])> = todo
+        .iter()
+        .zip(&vectors)
+        .map(|(&i, v)| (checksums[i].as_str(), v.as_slice()))
+        .collect();
+    let inserted = insert_embeddings(
+        &mut tx,
+        &model.name,
+        model.dimensions as i32,
+        &rows,
+        spec.force_regenerate,
     )
-    .bind(
-        vectors
-            .iter()
-            .map(|v| vector_to_bytes(v))
-            .collect::<Vec<_>>(),
-    )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected() as i32;
+    .await? as i32;
     let first_time = sqlx::query(
         "UPDATE embed_batches SET done = true, new_count = $3 WHERE dataset_id = $1 AND batch_no = $2 AND NOT done",
     )

@@ -1,5 +1,6 @@
 //! Embedding providers behind one type: the local MiniLM (tch) or an OpenAI-compatible API.
 pub mod openai_compatible;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

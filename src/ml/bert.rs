@@ -127,23 +127,16 @@ impl Layer {
     }
 
     /// `mask_bias`: [batch, 1, 1, seq], 0 where attended and a large negative where padded.
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Tensor {
+    /// `None` for `mask_bias` when no row is padded: libtorch then picks its fastest kernel.
+    fn forward(&self, x: &Tensor, mask_bias: Option<&Tensor>) -> Tensor {
         let (b, s, h) = x.size3().expect("hidden states are [batch, seq, hidden]");
         let d = h / self.heads;
         let split = |t: Tensor| t.view([b, s, self.heads, d]).transpose(1, 2);
         let q = split(self.query.forward(x));
         let k = split(self.key.forward(x));
         let v = split(self.value.forward(x));
-        let ctx = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            Some(mask_bias),
-            0.0,
-            false,
-            None,
-            false,
-        );
+        let ctx =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, mask_bias, 0.0, false, None, false);
         let ctx = ctx.transpose(1, 2).contiguous().view([b, s, h]);
         let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
         let inner = self.intermediate.forward(&x).gelu(self.gelu);
@@ -172,22 +165,34 @@ impl BertEncoder {
     }
 
     /// Token-level hidden states, [batch, seq, hidden]. `attention_mask` is 1/0, [batch, seq].
-    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+    /// `padded`: whether any row has padding; when none has, attention runs unmasked.
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        padded: bool,
+    ) -> Tensor {
         let mut x = self.embeddings.forward(input_ids);
         let dtype = x.kind();
-        let mask_bias =
+        let mask_bias = padded.then(|| {
             ((attention_mask.to_kind(dtype).ones_like() - attention_mask.to_kind(dtype)) * -1e4)
-                .view([attention_mask.size()[0], 1, 1, attention_mask.size()[1]]);
+                .view([attention_mask.size()[0], 1, 1, attention_mask.size()[1]])
+        });
         for layer in &self.layers {
-            x = layer.forward(&x, &mask_bias);
+            x = layer.forward(&x, mask_bias.as_ref());
         }
         x
     }
 
     /// Sentence embeddings: mean over attended tokens, then L2-normalised. [batch, hidden], f32.
-    pub fn sentence_embeddings(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+    pub fn sentence_embeddings(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        padded: bool,
+    ) -> Tensor {
         let hidden = self
-            .hidden_states(input_ids, attention_mask)
+            .hidden_states(input_ids, attention_mask, padded)
             .to_kind(Kind::Float);
         mean_pool_normalize(&hidden, attention_mask)
     }

@@ -43,6 +43,9 @@ pub struct Encoded {
     pub token_counts: Vec<usize>,
 }
 
+/// Rows of one exact length worth a batch of their own (no padding, no attention mask).
+const MIN_UNPADDED_ROWS: usize = 8;
+
 struct Request {
     texts: Vec<String>,
     reply: tokio::sync::oneshot::Sender<Result<Encoded, EncoderError>>,
@@ -163,10 +166,21 @@ impl LoadedModel {
             // Longest first: the first row fixes the padded width of this batch.
             let width = ids[order[start]].len().max(1);
             let rows = (self.options.max_tokens_per_batch / width).max(1);
-            let end = (start + rows).min(order.len());
+            let mut end = (start + rows).min(order.len());
+            // When enough rows share this exact length, end the batch where the length
+            // changes: no padding at all, and attention runs without a mask.
+            let same = order[start..end]
+                .iter()
+                .take_while(|&&i| ids[i].len() == width)
+                .count();
+            if same >= MIN_UNPADDED_ROWS && same < end - start {
+                end = start + same;
+            }
             let batch = &order[start..end];
-            let out =
-                tch::no_grad(|| self.forward(batch.iter().map(|&i| ids[i]), batch.len(), width))?;
+            let padded = batch.iter().any(|&i| ids[i].len() != width);
+            let out = tch::no_grad(|| {
+                self.forward(batch.iter().map(|&i| ids[i]), batch.len(), width, padded)
+            })?;
             for (row, &i) in batch.iter().enumerate() {
                 vectors[i] = out[row].clone();
             }
@@ -183,6 +197,7 @@ impl LoadedModel {
         rows: impl Iterator<Item = &'a [u32]>,
         n: usize,
         width: usize,
+        padded: bool,
     ) -> Result<Vec<Vec<f32>>, EncoderError> {
         let mut input = vec![0i64; n * width];
         let mut mask = vec![0i64; n * width];
@@ -201,7 +216,7 @@ impl LoadedModel {
             .to_device(device);
         let out = self
             .encoder
-            .sentence_embeddings(&input, &mask)
+            .sentence_embeddings(&input, &mask, padded)
             .to_kind(Kind::Float)
             .to_device(Device::Cpu)
             .contiguous();

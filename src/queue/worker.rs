@@ -194,7 +194,20 @@ pub async fn run_workers(
     let fetch_batch = options.fetch_batch.unwrap_or(concurrency).max(1);
     let poll = Duration::from_millis(state.settings.queue.poll_interval_ms);
     tracing::info!(worker = %name, queues = ?options.queues, concurrency, fetch_batch, "worker starting");
-    let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(30));
+    // A worker whose backend fails (Postgres restarted, network cut) is restarted under a new
+    // name after a short, growing pause, so a database restart never needs a worker restart.
+    let pool = state.pool.clone();
+    let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(30)).should_restart(move |worker, error| {
+        if pool.is_closed() {
+            // The process is closing its pool: nothing to restart for.
+            return false;
+        }
+        let pause = Duration::from_millis(500 * (worker.restarts() as u64 + 1).min(10));
+        tracing::warn!(worker = %worker.name(), restarts = worker.restarts(), ?pause, "worker stopped on error, restarting: {error}");
+        // The callback is synchronous; a blocking pause here only delays this restart.
+        std::thread::sleep(pause);
+        true
+    });
     for kind in options.queues.iter().copied() {
         let state = state.clone();
         let worker_name = format!("{name}-{}", kind.queue());

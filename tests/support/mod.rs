@@ -52,8 +52,10 @@ pub async fn fresh_db() -> TestDb {
 }
 
 impl TestDb {
+    /// Drops the database (terminating whatever still holds a connection to it).
     pub async fn drop_db(self) {
-        self.pool.close().await;
+        // Closing waits for checked-out connections; give in-process workers a moment.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.pool.close()).await;
         let admin = PgPool::connect(ADMIN_URL).await.unwrap();
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
