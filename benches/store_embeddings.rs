@@ -68,15 +68,15 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let batched = start.elapsed().as_secs_f64();
 
-    // The first seed: one INSERT (and one commit) per row, vector as a float array literal.
+    // The first seed: one INSERT (and one commit) per row.
     let start = Instant::now();
-    for i in 0..baseline_n {
+    for (i, checksum) in checksums.iter().enumerate().take(baseline_n) {
         let floats = vector(i);
         sqlx::query(
             "INSERT INTO embeddings (model, dimensions, checksum, vector)
              VALUES ('bench-per-row', 384, $1, $2) ON CONFLICT DO NOTHING",
         )
-        .bind(&checksums[i])
+        .bind(checksum)
         .bind(vector_to_bytes(&floats))
         .execute(&pool)
         .await?;

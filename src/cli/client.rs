@@ -1,4 +1,5 @@
 //! Client verbs that talk to a running API: build a dataset and watch it, list jobs.
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -113,6 +114,8 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         .unwrap()
         .progress_chars("=> "),
     );
+    let started = std::time::Instant::now();
+    let mut last_line = String::new();
     let dataset = loop {
         let d = check(
             client
@@ -128,6 +131,12 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         bar.set_length(d["progress"]["batches_total"].as_u64().unwrap_or(0));
         bar.set_position(d["progress"]["batches_done"].as_u64().unwrap_or(0));
         bar.set_message(status.clone());
+        // Not a terminal (a log, CI): a plain line whenever the state changes.
+        let line = format!("{status} {}/{} batches", bar.position(), bar.length().unwrap_or(0));
+        if !std::io::stderr().is_terminal() && line != last_line {
+            eprintln!("[{:>5.1}s] {line}", started.elapsed().as_secs_f64());
+            last_line = line;
+        }
         if matches!(status.as_str(), "ready" | "failed" | "cancelled") {
             break d;
         }
