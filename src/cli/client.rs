@@ -132,7 +132,11 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         bar.set_position(d["progress"]["batches_done"].as_u64().unwrap_or(0));
         bar.set_message(status.clone());
         // Not a terminal (a log, CI): a plain line whenever the state changes.
-        let line = format!("{status} {}/{} batches", bar.position(), bar.length().unwrap_or(0));
+        let line = format!(
+            "{status} {}/{} batches",
+            bar.position(),
+            bar.length().unwrap_or(0)
+        );
         if !std::io::stderr().is_terminal() && line != last_line {
             eprintln!("[{:>5.1}s] {line}", started.elapsed().as_secs_f64());
             last_line = line;

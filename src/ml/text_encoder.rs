@@ -1,11 +1,14 @@
-//! The local sentence encoder: tokenizer + BERT on one dedicated thread, fed by a channel.
+//! The local sentence encoder: a tokenizer thread feeding one or more BERT replicas.
 //!
-//! A tch `Tensor` is `Send` but not `Sync`, so the model lives on its own OS thread; callers
-//! send texts and await a oneshot reply. Requests waiting in the channel are coalesced, and
-//! texts are sorted by token length and cut into batches under a token budget, so padding
-//! (and wasted compute) stays small.
+//! A tch `Tensor` is `Send` but not `Sync`, so each model replica lives on its own OS thread.
+//! Callers send texts to the coordinating thread and await a oneshot reply; it coalesces the
+//! requests waiting in its channel, tokenizes them, sorts texts by token length and cuts them
+//! into batches under a token budget (padding stays small; a run of equal lengths becomes an
+//! unpadded batch that needs no attention mask), and hands batches to whichever replica is
+//! free. On a CPU, `replicas` single-threaded copies of this small model beat one copy using
+//! the same number of intra-op threads (less synchronisation per small matrix product).
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use tch::{Device, Kind, Tensor};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
@@ -31,7 +34,7 @@ pub struct EncoderOptions {
     pub max_tokens: usize,
     /// Upper bound on padded tokens (batch rows × longest row) per forward pass.
     pub max_tokens_per_batch: usize,
-    /// Intra-op threads for libtorch; 0 keeps libtorch's default.
+    /// Threads in all: on CPU, this many single-threaded replicas; 0 = all cores.
     pub threads: i32,
     pub device: Device,
 }
@@ -51,7 +54,18 @@ struct Request {
     reply: tokio::sync::oneshot::Sender<Result<Encoded, EncoderError>>,
 }
 
-/// Cloneable handle to the encoder thread.
+/// One forward pass for a replica: padded ids, and where to send the vectors.
+struct BatchJob {
+    input: Vec<i64>,
+    mask: Vec<i64>,
+    rows: usize,
+    width: usize,
+    padded: bool,
+    reply: mpsc::Sender<(usize, Result<Vec<Vec<f32>>, EncoderError>)>,
+    batch_no: usize,
+}
+
+/// Cloneable handle to the encoder.
 #[derive(Clone)]
 pub struct TextEncoder {
     sender: mpsc::Sender<Request>,
@@ -68,36 +82,79 @@ pub fn pick_device(setting: &str) -> Device {
     }
 }
 
+fn load_tokenizer(dir: &Path, max_tokens: usize) -> Result<Tokenizer, EncoderError> {
+    let path = dir.join("tokenizer.json");
+    let mut tokenizer = Tokenizer::from_file(&path)
+        .map_err(|e| EncoderError::Load(format!("{}: {e}", path.display())))?;
+    // The shipped tokenizer.json truncates at 128 and pads to a fixed 128; the model's
+    // pipeline truncates at 256, and batches are padded here, to their longest row.
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: max_tokens,
+            ..Default::default()
+        }))
+        .map_err(|e| EncoderError::Load(e.to_string()))?;
+    tokenizer.with_padding(None::<PaddingParams>);
+    Ok(tokenizer)
+}
+
 impl TextEncoder {
-    /// Loads the tokenizer and weights on a new thread; returns once the model is ready.
+    /// Loads the tokenizer and the model replicas; returns once every replica is ready.
     pub fn start(options: EncoderOptions) -> Result<TextEncoder, EncoderError> {
-        let (sender, receiver) = mpsc::channel::<Request>();
+        let tokenizer = load_tokenizer(&options.model_dir, options.max_tokens)?;
+        let threads = if options.threads > 0 {
+            options.threads as usize
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        // A GPU gets one replica; a CPU one single-threaded replica per thread.
+        let replicas = if options.device == Device::Cpu {
+            threads
+        } else {
+            1
+        };
+        if options.device == Device::Cpu {
+            tch::set_num_threads(1);
+        }
+        let (work_tx, work_rx) = mpsc::channel::<BatchJob>();
+        let work_rx = Arc::new(Mutex::new(work_rx));
         let (ready_tx, ready_rx) = mpsc::channel();
-        let device = options.device;
+        for replica in 0..replicas {
+            let (work_rx, ready_tx, options) = (work_rx.clone(), ready_tx.clone(), options.clone());
+            std::thread::Builder::new()
+                .name(format!("text-encoder-{replica}"))
+                .spawn(move || {
+                    // OpenMP's thread count is per calling thread: set it in each replica.
+                    if options.device == Device::Cpu {
+                        tch::set_num_threads(1);
+                    }
+                    match load_encoder(&options.model_dir, options.device) {
+                        Ok((_vs, encoder)) => {
+                            let _ = ready_tx.send(Ok(encoder.config.hidden_size as usize));
+                            run_replica(&encoder, options.device, &work_rx);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(EncoderError::Load(format!("{e:#}"))));
+                        }
+                    }
+                })
+                .map_err(|e| EncoderError::Load(e.to_string()))?;
+        }
+        drop(ready_tx);
+        let mut dimensions = 0;
+        for _ in 0..replicas {
+            dimensions = ready_rx.recv().map_err(|_| EncoderError::Stopped)??;
+        }
+        let (sender, receiver) = mpsc::channel::<Request>();
+        let budget = options.max_tokens_per_batch;
         std::thread::Builder::new()
             .name("text-encoder".into())
-            .spawn(move || {
-                if options.threads > 0 {
-                    tch::set_num_threads(options.threads);
-                }
-                let model = match LoadedModel::load(&options) {
-                    Ok(model) => {
-                        let _ = ready_tx.send(Ok(model.encoder.config.hidden_size as usize));
-                        model
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                serve(model, receiver);
-            })
+            .spawn(move || coordinate(&tokenizer, budget, &receiver, &work_tx))
             .map_err(|e| EncoderError::Load(e.to_string()))?;
-        let dimensions = ready_rx.recv().map_err(|_| EncoderError::Stopped)??;
         Ok(TextEncoder {
             sender,
             dimensions,
-            device,
+            device: options.device,
         })
     }
 
@@ -119,115 +176,118 @@ impl TextEncoder {
     }
 }
 
-struct LoadedModel {
-    tokenizer: Tokenizer,
-    _vs: tch::nn::VarStore,
-    encoder: BertEncoder,
-    options: EncoderOptions,
+fn run_replica(encoder: &BertEncoder, device: Device, work: &Mutex<mpsc::Receiver<BatchJob>>) {
+    loop {
+        let job = match work.lock() {
+            Ok(rx) => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        let result = tch::no_grad(|| forward(encoder, device, &job));
+        let _ = job.reply.send((job.batch_no, result));
+    }
 }
 
-impl LoadedModel {
-    fn load(options: &EncoderOptions) -> Result<LoadedModel, EncoderError> {
-        let dir: &Path = &options.model_dir;
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| {
-            EncoderError::Load(format!("{}: {e}", dir.join("tokenizer.json").display()))
-        })?;
-        // The shipped tokenizer.json truncates at 128 and pads to a fixed 128; the model's
-        // pipeline truncates at 256 and we pad per batch ourselves.
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: options.max_tokens,
-                ..Default::default()
-            }))
-            .map_err(|e| EncoderError::Load(e.to_string()))?;
-        tokenizer.with_padding(None::<PaddingParams>);
-        let (vs, encoder) =
-            load_encoder(dir, options.device).map_err(|e| EncoderError::Load(format!("{e:#}")))?;
-        Ok(LoadedModel {
-            tokenizer,
-            _vs: vs,
-            encoder,
-            options: options.clone(),
-        })
-    }
+fn forward(
+    encoder: &BertEncoder,
+    device: Device,
+    job: &BatchJob,
+) -> Result<Vec<Vec<f32>>, EncoderError> {
+    let shape = [job.rows as i64, job.width as i64];
+    let input = Tensor::from_slice(&job.input).view(shape).to_device(device);
+    let mask = Tensor::from_slice(&job.mask).view(shape).to_device(device);
+    let out = encoder
+        .sentence_embeddings(&input, &mask, job.padded)
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu)
+        .contiguous();
+    let dims = out.size()[1] as usize;
+    let flat =
+        Vec::<f32>::try_from(out.view([-1])).map_err(|e| EncoderError::Model(e.to_string()))?;
+    Ok(flat.chunks(dims).map(|c| c.to_vec()).collect())
+}
 
-    fn encode(&self, texts: &[String]) -> Result<Encoded, EncoderError> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| EncoderError::Tokenize(e.to_string()))?;
-        let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
-        let token_counts: Vec<usize> = ids.iter().map(|i| i.len()).collect();
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
-        let mut vectors = vec![Vec::new(); ids.len()];
-        let mut start = 0;
-        while start < order.len() {
-            // Longest first: the first row fixes the padded width of this batch.
-            let width = ids[order[start]].len().max(1);
-            let rows = (self.options.max_tokens_per_batch / width).max(1);
-            let mut end = (start + rows).min(order.len());
-            // When enough rows share this exact length, end the batch where the length
-            // changes: no padding at all, and attention runs without a mask.
-            let same = order[start..end]
-                .iter()
-                .take_while(|&&i| ids[i].len() == width)
-                .count();
-            if same >= MIN_UNPADDED_ROWS && same < end - start {
-                end = start + same;
-            }
-            let batch = &order[start..end];
-            let padded = batch.iter().any(|&i| ids[i].len() != width);
-            let out = tch::no_grad(|| {
-                self.forward(batch.iter().map(|&i| ids[i]), batch.len(), width, padded)
-            })?;
-            for (row, &i) in batch.iter().enumerate() {
-                vectors[i] = out[row].clone();
-            }
-            start = end;
+/// Length-sorted batches under the token budget: (text indices, padded width, padded?).
+fn plan_batches(lengths: &[usize], budget: usize) -> Vec<(Vec<usize>, usize, bool)> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < order.len() {
+        // Longest first: the first row fixes the padded width of this batch.
+        let width = lengths[order[start]].max(1);
+        let rows = (budget / width).max(1);
+        let mut end = (start + rows).min(order.len());
+        let same = order[start..end]
+            .iter()
+            .take_while(|&&i| lengths[i] == width)
+            .count();
+        if same >= MIN_UNPADDED_ROWS && same < end - start {
+            end = start + same;
         }
-        Ok(Encoded {
-            vectors,
-            token_counts,
-        })
+        let batch = order[start..end].to_vec();
+        let padded = batch.iter().any(|&i| lengths[i] != width);
+        batches.push((batch, width, padded));
+        start = end;
     }
+    batches
+}
 
-    fn forward<'a>(
-        &self,
-        rows: impl Iterator<Item = &'a [u32]>,
-        n: usize,
-        width: usize,
-        padded: bool,
-    ) -> Result<Vec<Vec<f32>>, EncoderError> {
-        let mut input = vec![0i64; n * width];
-        let mut mask = vec![0i64; n * width];
-        for (r, row) in rows.enumerate() {
-            for (c, &id) in row.iter().enumerate() {
+fn encode(
+    tokenizer: &Tokenizer,
+    budget: usize,
+    texts: &[String],
+    work: &mpsc::Sender<BatchJob>,
+) -> Result<Encoded, EncoderError> {
+    let encodings = tokenizer
+        .encode_batch(texts.to_vec(), true)
+        .map_err(|e| EncoderError::Tokenize(e.to_string()))?;
+    let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+    let token_counts: Vec<usize> = ids.iter().map(|i| i.len()).collect();
+    let batches = plan_batches(&token_counts, budget);
+    let (reply, results) = mpsc::channel();
+    for (batch_no, (rows, width, padded)) in batches.iter().enumerate() {
+        let mut input = vec![0i64; rows.len() * width];
+        let mut mask = vec![0i64; rows.len() * width];
+        for (r, &i) in rows.iter().enumerate() {
+            for (c, &id) in ids[i].iter().enumerate() {
                 input[r * width + c] = id as i64;
                 mask[r * width + c] = 1;
             }
         }
-        let device = self.options.device;
-        let input = Tensor::from_slice(&input)
-            .view([n as i64, width as i64])
-            .to_device(device);
-        let mask = Tensor::from_slice(&mask)
-            .view([n as i64, width as i64])
-            .to_device(device);
-        let out = self
-            .encoder
-            .sentence_embeddings(&input, &mask, padded)
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu)
-            .contiguous();
-        let dims = out.size()[1] as usize;
-        let flat =
-            Vec::<f32>::try_from(out.view([-1])).map_err(|e| EncoderError::Model(e.to_string()))?;
-        Ok(flat.chunks(dims).map(|c| c.to_vec()).collect())
+        let job = BatchJob {
+            input,
+            mask,
+            rows: rows.len(),
+            width: *width,
+            padded: *padded,
+            reply: reply.clone(),
+            batch_no,
+        };
+        work.send(job).map_err(|_| EncoderError::Stopped)?;
     }
+    drop(reply);
+    let mut vectors = vec![Vec::new(); texts.len()];
+    for _ in 0..batches.len() {
+        let (batch_no, out) = results.recv().map_err(|_| EncoderError::Stopped)?;
+        for (row, vector) in out?.into_iter().enumerate() {
+            vectors[batches[batch_no].0[row]] = vector;
+        }
+    }
+    Ok(Encoded {
+        vectors,
+        token_counts,
+    })
 }
 
-fn serve(model: LoadedModel, receiver: mpsc::Receiver<Request>) {
+fn coordinate(
+    tokenizer: &Tokenizer,
+    budget: usize,
+    receiver: &mpsc::Receiver<Request>,
+    work: &mpsc::Sender<BatchJob>,
+) {
     while let Ok(first) = receiver.recv() {
         // Coalesce everything already waiting into one pass.
         let mut pending = vec![first];
@@ -241,7 +301,7 @@ fn serve(model: LoadedModel, receiver: mpsc::Receiver<Request>) {
             .iter()
             .flat_map(|r| r.texts.iter().cloned())
             .collect();
-        match model.encode(&all) {
+        match encode(tokenizer, budget, &all, work) {
             Ok(encoded) => {
                 let mut offset = 0;
                 for request in pending {
@@ -263,5 +323,31 @@ fn serve(model: LoadedModel, receiver: mpsc::Receiver<Request>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_the_budget_and_cover_every_text() {
+        let lengths = [5, 40, 40, 40, 40, 40, 40, 40, 40, 12, 12, 7, 300];
+        let batches = plan_batches(&lengths, 100);
+        let mut seen: Vec<usize> = batches.iter().flat_map(|b| b.0.clone()).collect();
+        seen.sort();
+        assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+        for (rows, width, padded) in &batches {
+            assert!(
+                rows.len() * width <= 100 || rows.len() == 1,
+                "{rows:?} x {width}"
+            );
+            assert_eq!(*padded, rows.iter().any(|&i| lengths[i] != *width));
+        }
+        assert_eq!(
+            batches[0],
+            (vec![12], 300, false),
+            "an over-long text goes alone"
+        );
     }
 }
