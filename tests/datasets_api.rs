@@ -242,6 +242,31 @@ async fn cancel_and_retry_jobs_and_legacy_routes() {
         .await;
     assert_eq!(s, 409, "a succeeded job is not retried");
 
+    // Readiness shows the database, migrations, queues and this live worker.
+    let (s, h) = app.get("/api/v1/health").await;
+    assert_eq!(
+        (s, h["status"].clone(), h["database"].clone()),
+        (200, json!("ok"), json!("ok")),
+        "{h}"
+    );
+    assert_eq!(h["migrations_applied"], h["migrations_known"]);
+    assert!(
+        h["live_workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().starts_with("test-")),
+        "{h}"
+    );
+    assert!(
+        h["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["queue"] == "dataset_build"),
+        "{h}"
+    );
+
     // The first seed's routes answer on top of the new API.
     let (s, h) = app.get("/v1/health").await;
     assert_eq!((s, h["status"].clone()), (200, json!("healthy")));

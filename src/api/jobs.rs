@@ -190,23 +190,21 @@ impl JobsApi {
         id: Path<String>,
     ) -> Result<Json<Job>, ApiError> {
         check_job_id(&id)?;
-        let job = queue::retry_job(&state.pool, &id).await?;
+        let job = queue::get_job(&state.pool, &id).await?;
+        let mut tx = state.pool.begin().await?;
         if let Some(dataset) = job.dataset_id {
-            if job.kind == trainyard_jobs::JobKind::DatasetBuild.queue() {
-                sqlx::query(
-                    "UPDATE datasets SET status = 'pending', error = NULL, updated_at = now()
-                     WHERE id = $1 AND status IN ('failed', 'cancelled')",
-                )
-                .bind(dataset)
-                .execute(&state.pool)
-                .await?;
+            let reset = if job.kind == trainyard_jobs::JobKind::DatasetBuild.queue() {
+                "UPDATE datasets SET status = 'pending', error = NULL, updated_at = now()
+                 WHERE id = $1 AND status IN ('failed', 'cancelled')"
             } else {
-                sqlx::query("UPDATE datasets SET status = 'embedding', error = NULL WHERE id = $1 AND status = 'failed'")
-                    .bind(dataset)
-                    .execute(&state.pool)
-                    .await?;
-            }
+                "UPDATE datasets SET status = 'embedding', error = NULL, updated_at = now()
+                 WHERE id = $1 AND status = 'failed'"
+            };
+            sqlx::query(reset).bind(dataset).execute(&mut *tx).await?;
         }
+        queue::retry_job(&mut tx, &job).await?;
+        tx.commit().await?;
+        let job = queue::get_job(&state.pool, &id).await?;
         Ok(Json(job.into()))
     }
 }

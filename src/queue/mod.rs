@@ -282,30 +282,29 @@ pub async fn cancel_dataset_jobs(
 }
 
 /// Puts a failed (or cancelled) job back in its queue with a fresh attempt budget.
-pub async fn retry_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> {
-    let job = get_job(pool, id).await?;
+/// Runs inside the caller's transaction, so that whatever the job depends on can be reset
+/// in the same commit (a worker must never see the job pending before that).
+pub async fn retry_job(conn: &mut PgConnection, job: &JobView) -> Result<(), QueueError> {
     if !matches!(job.status.as_str(), "failed" | "cancelled") {
         return Err(QueueError::Conflict {
-            id: id.into(),
-            status: job.status,
+            id: job.id.clone(),
+            status: job.status.clone(),
             action: "retry",
         });
     }
-    let mut tx = pool.begin().await?;
     sqlx::query("UPDATE job_info SET cancel_requested = false WHERE job_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
+        .bind(&job.id)
+        .execute(&mut *conn)
         .await?;
     sqlx::query(
         "UPDATE apalis.jobs SET status = 'Pending', attempts = 0, run_at = now(), done_at = NULL,
                 lock_by = NULL, lock_at = NULL, last_result = NULL
          WHERE id = $1",
     )
-    .bind(id)
-    .execute(&mut *tx)
+    .bind(&job.id)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await?;
-    get_job(pool, id).await
+    Ok(())
 }
 
 /// Whether a running job has been asked to stop (checked by handlers at checkpoints).

@@ -1,0 +1,145 @@
+//! The binary's verbs against a real database: import (JSONL and CSV), doctor, and start-up
+//! errors that name the bad configuration key.
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+fn trainyard(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_jsonl_and_csv_then_doctor() {
+    let db = fresh_db().await;
+    let dir = std::env::temp_dir().join(format!("ty-import-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jsonl = dir.join("docs.jsonl");
+    std::fs::write(
+        &jsonl,
+        concat!(
+            r#"{"source": "reviews", "external_id": "a1", "text": "great phone", "tags": ["amazon"], "annotations": [{"annotator": "x", "labels": {"positive": true}, "annotated_at": "2024-01-01T00:00:00Z"}]}"#,
+            "\n\n",
+            r#"{"source": "reviews", "external_id": "a2", "title": "meh", "annotations": [{"annotator": "x", "labels": {"positive": false, "spam": false}}]}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = trainyard(&db.url, &["import", jsonl.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("imported 2 documents (2 new, 0 updated) and 3 label rows"));
+
+    let csv = dir.join("mails.csv");
+    std::fs::write(&csv, "external_id,title,text,label:spam,label:urgent\nm1,Hi,\"buy now, cheap\",1,\nm2,Re: lunch,see you at noon,0,1\n").unwrap();
+    let out = trainyard(
+        &db.url,
+        &[
+            "import",
+            csv.to_str().unwrap(),
+            "--source",
+            "mails",
+            "--annotator",
+            "ops",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let labels: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT d.external_id, a.label, a.value FROM annotations a JOIN documents d ON d.id = a.document_id
+         WHERE d.source = 'mails' ORDER BY 1, 2",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        labels,
+        vec![
+            ("m1".into(), "spam".into(), true),
+            ("m2".into(), "spam".into(), false),
+            ("m2".into(), "urgent".into(), true)
+        ],
+        "an empty label cell means not annotated"
+    );
+    let body: String = sqlx::query_scalar("SELECT body FROM documents WHERE external_id = 'm1'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(body, "buy now, cheap");
+
+    // A CSV label that is not a boolean stops the import and names the row.
+    std::fs::write(&csv, "external_id,text,label:spam\nm3,hello,perhaps\n").unwrap();
+    let out = trainyard(
+        &db.url,
+        &["import", csv.to_str().unwrap(), "--source", "mails"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CSV row 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = trainyard(&db.url, &["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("libtorch     2.11"), "{text}");
+    assert!(text.contains("migrations   2/2 applied"), "{text}");
+    assert!(
+        text.contains("all-MiniLM-L6-v2: 384 dims, local, weights found"),
+        "{text}"
+    );
+    db.drop_db().await;
+}
+
+#[test]
+fn bad_configuration_names_the_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .args(["migrate"])
+        .env("TRAINYARD_QUEUE__HEARTBEAT_SECS", "soon")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("queue.heartbeat_secs"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .args(["migrate"])
+        .env("TRAINYARD_SERVER__LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("server.listen"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .args(["migrate"])
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/no_such_database_here",
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("database.url"),
+        "{err}"
+    );
+}
