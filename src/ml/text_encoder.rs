@@ -54,6 +54,9 @@ struct Request {
     reply: tokio::sync::oneshot::Sender<Result<Encoded, EncoderError>>,
 }
 
+/// A replica's answer: the batch number and its vectors.
+type BatchResult = (usize, Result<Vec<Vec<f32>>, EncoderError>);
+
 /// One forward pass for a replica: padded ids, and where to send the vectors.
 struct BatchJob {
     input: Vec<i64>,
@@ -61,7 +64,7 @@ struct BatchJob {
     rows: usize,
     width: usize,
     padded: bool,
-    reply: mpsc::Sender<(usize, Result<Vec<Vec<f32>>, EncoderError>)>,
+    reply: mpsc::Sender<BatchResult>,
     batch_no: usize,
 }
 
