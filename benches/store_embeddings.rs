@@ -1,5 +1,5 @@
 //! Benchmark 2: storing 100k 384-d embeddings the way trainyard's embed job does
-//! (one UNNEST upsert per batch and transaction) against one INSERT per row as the first seed did, on the
+//! (binary COPY of a batch per transaction) against one INSERT per row as the first seed did, on the
 //! same database, side by side. Prints rows/s for both and the ratio.
 use std::time::Instant;
 
@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     reset(&pool).await?;
     let (a, b) = (n as f64 / batched, baseline_n as f64 / per_row);
     println!("store {n} x 384-d embeddings");
-    println!("  trainyard (upsert of {batch} rows/tx, {writers} writer(s)): {batched:8.2} s  {a:10.0} rows/s");
+    println!("  trainyard (binary COPY, {batch} rows/tx, {writers} writer(s)): {batched:8.2} s  {a:10.0} rows/s");
     println!("  one INSERT per row (first seed)            : {per_row:8.2} s  {b:10.0} rows/s  ({baseline_n} rows)");
     println!("  ratio: {:.1}x", a / b);
     Ok(())

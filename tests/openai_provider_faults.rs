@@ -235,7 +235,15 @@ async fn failing_provider_fails_the_dataset_and_stores_nothing() {
         error.contains("HTTP 500") && error.contains("gave up after 2 attempts"),
         "{error}"
     );
-    let (_, jobs) = app.get("/api/v1/jobs?kind=embed").await;
+    // The dataset fails inside the last attempt; apalis records the attempt just after.
+    let mut jobs = app.get("/api/v1/jobs?kind=embed").await.1;
+    for _ in 0..50 {
+        if jobs["items"][0]["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        jobs = app.get("/api/v1/jobs?kind=embed").await.1;
+    }
     let job = &jobs["items"][0];
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["attempts"], 2);

@@ -1,24 +1,45 @@
-//! Writes to the shared `embeddings` table: one multi-row upsert per batch (UNNEST of the
-//! batch's checksums and little-endian f32 vectors), inside the caller's transaction.
+//! Writes to the shared `embeddings` table, inside the caller's transaction.
 //!
-//! Unique per (model, dimensions, checksum): existing rows are kept, or replaced when
-//! `overwrite` (a dataset built with `force_regenerate`). Measured against binary COPY into a
-//! temp staging table: UNNEST was faster at the batch sizes jobs use (fewer round trips).
+//! Fast path: binary COPY straight into `embeddings` under a savepoint (no parameter arrays to
+//! build or parse). Jobs check which checksums are stored before embedding, so a conflict only
+//! happens when two datasets embed the same new text at the same moment; then the savepoint is
+//! rolled back and the batch goes through `INSERT ... ON CONFLICT DO NOTHING`, which keeps the
+//! first vector. `overwrite` (a dataset built with `force_regenerate`) always upserts.
 use sqlx::PgConnection;
 
 use super::vector_to_bytes;
 
-/// Stores `(checksum, vector)` rows; returns how many were written.
-pub async fn insert_embeddings(
+/// PostgreSQL's binary COPY stream for (model, dimensions, checksum, vector) rows.
+fn copy_binary(model: &str, dimensions: i32, rows: &[(&str, &[f32])]) -> Vec<u8> {
+    let per_row = 2 + 4 + model.len() + 8 + 4 + 32 + 4 + 4 * dimensions as usize;
+    let mut out = Vec::with_capacity(21 + rows.len() * per_row);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags
+    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    for (checksum, vector) in rows {
+        out.extend_from_slice(&4i16.to_be_bytes());
+        out.extend_from_slice(&(model.len() as i32).to_be_bytes());
+        out.extend_from_slice(model.as_bytes());
+        out.extend_from_slice(&4i32.to_be_bytes());
+        out.extend_from_slice(&dimensions.to_be_bytes());
+        out.extend_from_slice(&(checksum.len() as i32).to_be_bytes());
+        out.extend_from_slice(checksum.as_bytes());
+        out.extend_from_slice(&((vector.len() * 4) as i32).to_be_bytes());
+        for x in vector.iter() {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
+}
+
+async fn upsert(
     conn: &mut PgConnection,
     model: &str,
     dimensions: i32,
     rows: &[(&str, &[f32])],
     overwrite: bool,
 ) -> Result<u64, sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
     let conflict = if overwrite {
         "ON CONFLICT (model, dimensions, checksum) DO UPDATE SET vector = EXCLUDED.vector, created_at = now()"
     } else {
@@ -37,4 +58,48 @@ pub async fn insert_embeddings(
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Stores `(checksum, vector)` rows (checksums distinct); returns how many were written.
+pub async fn insert_embeddings(
+    conn: &mut PgConnection,
+    model: &str,
+    dimensions: i32,
+    rows: &[(&str, &[f32])],
+    overwrite: bool,
+) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    if overwrite {
+        return upsert(conn, model, dimensions, rows, true).await;
+    }
+    sqlx::query("SAVEPOINT embeddings_copy")
+        .execute(&mut *conn)
+        .await?;
+    let copied = async {
+        let mut copy = conn
+            .copy_in_raw(
+                "COPY embeddings (model, dimensions, checksum, vector) FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        copy.send(copy_binary(model, dimensions, rows)).await?;
+        copy.finish().await
+    }
+    .await;
+    match copied {
+        Ok(n) => {
+            sqlx::query("RELEASE SAVEPOINT embeddings_copy")
+                .execute(&mut *conn)
+                .await?;
+            Ok(n)
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            sqlx::query("ROLLBACK TO SAVEPOINT embeddings_copy")
+                .execute(&mut *conn)
+                .await?;
+            upsert(conn, model, dimensions, rows, false).await
+        }
+        Err(e) => Err(e),
+    }
 }
