@@ -13,4 +13,13 @@ fi
 "$TRAINYARD_VENV/bin/python" -c "import openai" 2>/dev/null \
   || "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check openai
 # Tests share one machine of 2 cores: run test binaries one at a time, tests 2 at a time.
-cargo test --release --workspace -- --test-threads 2
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --workspace --no-fail-fast -- --test-threads 2 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s += $1} END {print s + 0}')
+failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s += $1} END {print s + 0}')
+echo
+echo "tests: ${passed:-0} passed, ${failed:-0} failed"
+exit "$status"
