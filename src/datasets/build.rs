@@ -14,6 +14,7 @@ use super::consensus::{self, Vote};
 use super::splits::{stratified_split, Split};
 use super::text::{checksum, combine_text};
 use super::{store, DatasetSpec, TaskType};
+use crate::embedding::store::stored_checksums;
 use crate::queue::worker::{JobError, WorkerState};
 use crate::queue::{self, NewJob};
 
@@ -95,14 +96,7 @@ pub async fn run_build(
     let stored: HashSet<String> = if spec.force_regenerate {
         HashSet::new()
     } else {
-        sqlx::query_scalar("SELECT checksum FROM embeddings WHERE model = $1 AND dimensions = $2 AND checksum = ANY($3)")
-            .bind(&model.name)
-            .bind(model.dimensions as i32)
-            .bind(&checksums)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .collect()
+        stored_checksums(pool, &model.name, model.dimensions as i32, &checksums).await?
     };
     let missing: Vec<(&str, &str)> = unique
         .iter()

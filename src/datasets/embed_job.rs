@@ -9,7 +9,7 @@ use sqlx::Row;
 use trainyard_jobs::EmbedArgs;
 
 use super::store;
-use crate::embedding::store::insert_embeddings;
+use crate::embedding::store::{insert_embeddings, stored_checksums};
 use crate::embedding::EmbedError;
 use crate::queue;
 use crate::queue::worker::{JobError, WorkerState};
@@ -61,16 +61,8 @@ pub async fn run_embed(
     let todo: Vec<usize> = if spec.force_regenerate {
         (0..checksums.len()).collect()
     } else {
-        let present: std::collections::HashSet<String> = sqlx::query_scalar(
-            "SELECT checksum FROM embeddings WHERE model = $1 AND dimensions = $2 AND checksum = ANY($3)",
-        )
-        .bind(&model.name)
-        .bind(model.dimensions as i32)
-        .bind(&checksums)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .collect();
+        let wanted: Vec<&str> = checksums.iter().map(String::as_str).collect();
+        let present = stored_checksums(pool, &model.name, model.dimensions as i32, &wanted).await?;
         (0..checksums.len())
             .filter(|&i| !present.contains(&checksums[i]))
             .collect()

@@ -9,6 +9,24 @@ use sqlx::PgConnection;
 
 use super::vector_to_bytes;
 
+/// Which of `checksums` already have a vector for this model and dimension count.
+pub async fn stored_checksums(
+    pool: &sqlx::PgPool,
+    model: &str,
+    dimensions: i32,
+    checksums: &[&str],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let found: Vec<String> = sqlx::query_scalar(
+        "SELECT checksum FROM embeddings WHERE model = $1 AND dimensions = $2 AND checksum = ANY($3)",
+    )
+    .bind(model)
+    .bind(dimensions)
+    .bind(checksums)
+    .fetch_all(pool)
+    .await?;
+    Ok(found.into_iter().collect())
+}
+
 /// PostgreSQL's binary COPY stream for (model, dimensions, checksum, vector) rows.
 fn copy_binary(model: &str, dimensions: i32, rows: &[(&str, &[f32])]) -> Vec<u8> {
     let per_row = 2 + 4 + model.len() + 8 + 4 + 32 + 4 + 4 * dimensions as usize;

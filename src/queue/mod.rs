@@ -317,21 +317,6 @@ pub async fn cancel_requested(pool: &PgPool, id: &str) -> Result<bool, QueueErro
     Ok(flag.unwrap_or(false))
 }
 
-pub async fn set_progress(
-    pool: &PgPool,
-    id: &str,
-    done: i64,
-    total: i64,
-) -> Result<(), QueueError> {
-    sqlx::query("UPDATE job_info SET progress_done = $2, progress_total = $3 WHERE job_id = $1")
-        .bind(id)
-        .bind(done)
-        .bind(total)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
 /// Deletes finished jobs older than `hours`. Returns how many went.
 pub async fn prune_finished(pool: &PgPool, hours: f64) -> Result<u64, QueueError> {
     let deleted = sqlx::query(
