@@ -9,6 +9,7 @@ pub mod db;
 pub mod embedding;
 pub mod ml;
 pub mod queue;
+pub mod training;
 
 use std::sync::Arc;
 
