@@ -25,6 +25,8 @@ fn main() -> anyhow::Result<()> {
         max_tokens_per_batch: budget,
         threads,
         device,
+        classifier: None,
+        batch_wait: std::time::Duration::ZERO,
     })?;
     encoder.encode_blocking(sentences[..64.min(sentences.len())].to_vec())?;
     let mut best = f64::MAX;

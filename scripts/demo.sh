@@ -20,11 +20,35 @@ echo "== importing $(wc -l < "$TRAINYARD_DATA_DIR/demo.jsonl") documents (review
 "$BIN" serve > "$LOGS/serve.log" 2>&1 & pids+=($!)
 for i in 1 2; do
   # One embedding thread each: two worker processes share the two cores.
-  TRAINYARD_LOCAL_MODEL__THREADS=1 "$BIN" worker --queues dataset_build,embed --concurrency 1 --name "demo-$i" > "$LOGS/worker-$i.log" 2>&1 & pids+=($!)
+  TRAINYARD_LOCAL_MODEL__THREADS=1 TRAINYARD_TRAINING__THREADS=2 "$BIN" worker --queues dataset_build,embed,train --concurrency 1 --name "demo-$i" > "$LOGS/worker-$i.log" 2>&1 & pids+=($!)
 done
 for _ in $(seq 1 50); do curl -fs "$TRAINYARD_URL/health" >/dev/null && break; sleep 0.2; done
 echo "== API at $TRAINYARD_URL (Swagger UI: $TRAINYARD_URL/docs), 2 workers; logs in $LOGS"
 "$BIN" build-dataset --name "demo: spam + positive sentiment" --sources reviews,emails \
-  --labels spam,positive_sentiment --type multi_label ${TRAINYARD_DEMO_FORCE:+--force-regenerate}
+  --labels spam,positive_sentiment --type multi_label ${TRAINYARD_DEMO_FORCE:+--force-regenerate} \
+  | tee "$LOGS/dataset.json"
+DATASET="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$LOGS/dataset.json")"
+echo "== training a multi-label head (spam / positive_sentiment, masked per source) on dataset $DATASET"
+"$BIN" train --dataset "$DATASET" --model-name moderation --mode head --epochs 40 --seed 42 --promote
+for _ in $(seq 1 100); do
+  curl -fs "$TRAINYARD_URL/health" | grep -q '"model":"moderation"' && break; sleep 0.2
+done
+echo "== GET /health: $(curl -fs "$TRAINYARD_URL/health")"
+echo "== POST /batch (the second seed's shape; thresholds tuned on validation)"
+curl -fs "$TRAINYARD_URL/batch" -H 'content-type: application/json' -d '{"texts": [
+  "This is the best phone I have ever owned, the battery lasts for days.",
+  "Terrible food and rude staff, we will never come back.",
+  "URGENT: you have won a $1,000,000 prize! Click the link now to claim your reward.",
+  "Hi Bob, the meeting moved to Thursday at 10, see the attached agenda.",
+  ""]}' | python3 -c '
+import json, sys
+body = json.load(sys.stdin)
+print("count:", body["count"])
+for r in body["results"]:
+    scores = ", ".join("%s %.3f" % kv for kv in r["predictions"].items())
+    print("- %r: positive %s [%s] error=%s" % (r["text"][:70], r["positive_labels"], scores, r["error"]))
+'
 echo "== jobs"
 "$BIN" jobs --limit 8
+echo "== open Swagger UI at $TRAINYARD_URL/docs; training curves at the 'curves:' URL above"
+if [ "${TRAINYARD_DEMO_KEEP:-0}" = "1" ]; then echo "== serving until Ctrl-C"; wait; fi

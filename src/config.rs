@@ -34,6 +34,10 @@ pub struct Settings {
     pub datasets: DatasetSettings,
     pub local_model: LocalModelSettings,
     #[serde(default)]
+    pub training: TrainingSettings,
+    #[serde(default)]
+    pub inference: InferenceSettings,
+    #[serde(default)]
     pub sources: BTreeMap<String, ExternalSource>,
     /// Filled from `embedding_models.toml`, not from `trainyard.toml`.
     #[serde(default)]
@@ -85,6 +89,60 @@ pub struct DatasetSettings {
     pub default_embedding_model: String,
     pub tie_rule: TieRule,
     pub split_seed: u64,
+}
+
+/// How `train` jobs run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSettings {
+    /// Intra-op threads of one training run on CPU; 0 = all cores.
+    pub threads: i32,
+    /// Telemetry webhook for every run that names none: URL ("" = off) and the environment
+    /// variable holding its Authorization header value.
+    pub webhook_url: String,
+    pub webhook_authorization_env: String,
+    /// Seconds between progress writes to `training_runs`.
+    pub progress_interval_secs: f64,
+}
+
+impl Default for TrainingSettings {
+    fn default() -> Self {
+        TrainingSettings {
+            threads: 0,
+            webhook_url: String::new(),
+            webhook_authorization_env: String::new(),
+            progress_interval_secs: 1.0,
+        }
+    }
+}
+
+/// How promoted models are served.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceSettings {
+    /// The model the root `/predict`, `/batch` and `/health` serve; "" = the most recently
+    /// promoted one.
+    pub default_model: String,
+    /// How long the model thread waits after a request for others to batch with it.
+    pub batch_wait_ms: u64,
+    /// Model replicas (each single-threaded on CPU); 0 = all cores.
+    pub threads: i32,
+    /// Seconds between checks of the served versions (a backstop for missed notifications).
+    pub reload_poll_secs: f64,
+    /// Most texts in one `/batch` request.
+    pub max_batch_texts: usize,
+}
+
+impl Default for InferenceSettings {
+    fn default() -> Self {
+        InferenceSettings {
+            default_model: String::new(),
+            batch_wait_ms: 2,
+            threads: 0,
+            reload_poll_secs: 5.0,
+            max_batch_texts: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

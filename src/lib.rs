@@ -7,8 +7,10 @@ pub mod config;
 pub mod datasets;
 pub mod db;
 pub mod embedding;
+pub mod inference;
 pub mod ml;
 pub mod queue;
+pub mod registry;
 pub mod training;
 
 use std::sync::Arc;

@@ -33,6 +33,8 @@ enum Command {
     Watch(cli::client::WatchArgs),
     /// List recent jobs through the API.
     Jobs(cli::client::JobsArgs),
+    /// Train a model on a ready dataset through the API, with a progress bar; optionally promote it.
+    Train(cli::train_client::TrainArgs),
 }
 
 #[tokio::main]
@@ -52,6 +54,7 @@ async fn main() {
         Command::BuildDataset(args) => cli::client::build_dataset(args).await,
         Command::Watch(args) => cli::client::watch(args).await,
         Command::Jobs(args) => cli::client::jobs(args).await,
+        Command::Train(args) => cli::train_client::train(args).await,
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -11,6 +11,8 @@ fn encoder(max_tokens_per_batch: usize) -> TextEncoder {
         max_tokens_per_batch,
         threads: 2,
         device: tch::Device::Cpu,
+        classifier: None,
+        batch_wait: std::time::Duration::ZERO,
     })
     .expect("local model loads")
 }

@@ -14,16 +14,19 @@ pub enum JobKind {
     DatasetBuild,
     /// Embeds one batch of a dataset's texts and upserts the vectors.
     Embed,
+    /// Trains one training run (head or finetune), epoch by epoch, resuming from checkpoints.
+    Train,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 2] = [JobKind::DatasetBuild, JobKind::Embed];
+    pub const ALL: [JobKind; 3] = [JobKind::DatasetBuild, JobKind::Embed, JobKind::Train];
 
     /// The apalis queue name (`apalis.jobs.job_type`) for this kind.
     pub const fn queue(self) -> &'static str {
         match self {
             JobKind::DatasetBuild => "dataset_build",
             JobKind::Embed => "embed",
+            JobKind::Train => "train",
         }
     }
 
@@ -45,6 +48,12 @@ pub struct EmbedArgs {
     pub batch_no: i32,
 }
 
+/// Arguments of a `train` job: the run's settings live in `training_runs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainArgs {
+    pub run_id: Uuid,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +65,7 @@ mod tests {
         for kind in JobKind::ALL {
             assert_eq!(JobKind::from_queue(kind.queue()), Some(kind));
         }
-        assert_eq!(JobKind::from_queue("train"), None);
+        assert_eq!(JobKind::Train.queue(), "train");
+        assert_eq!(JobKind::from_queue("training"), None);
     }
 }

@@ -51,6 +51,16 @@ pub struct Health {
     pub embedding_models: Vec<EmbeddingModelInfo>,
     pub libtorch: String,
     pub cuda_devices: i64,
+    /// Models served from this process's memory, with any load failure.
+    pub served_models: Vec<ServedModel>,
+}
+
+#[derive(Debug, Object)]
+pub struct ServedModel {
+    pub name: String,
+    pub loaded_version: Option<i32>,
+    pub failed_version: Option<i32>,
+    pub error: Option<String>,
 }
 
 pub fn model_infos(state: &AppState) -> Vec<EmbeddingModelInfo> {
@@ -78,10 +88,15 @@ pub struct HealthApi;
 impl HealthApi {
     /// Liveness: the process answers.
     #[oai(path = "/health", method = "get")]
-    async fn liveness(&self) -> Json<Liveness> {
+    async fn liveness(&self, state: Data<&AppState>) -> Json<Liveness> {
+        // The second seed's shape: {"status":"ok","model":NAME}, NAME being the served default.
+        let model = state
+            .models
+            .default_model_name()
+            .filter(|name| state.models.get(name).is_some());
         Json(Liveness {
             status: "ok".into(),
-            model: None,
+            model,
         })
     }
 
@@ -125,6 +140,17 @@ impl HealthApi {
             embedding_models: model_infos(&state),
             libtorch: crate::ml::libtorch_version(),
             cuda_devices: crate::ml::cuda_devices(),
+            served_models: state
+                .models
+                .status()
+                .into_iter()
+                .map(|m| ServedModel {
+                    name: m.name,
+                    loaded_version: m.loaded_version,
+                    failed_version: m.failed_version,
+                    error: m.error,
+                })
+                .collect(),
         })
     }
 }

@@ -11,7 +11,7 @@ use crate::queue::{self, JobView};
 
 #[derive(Tags)]
 enum ApiTags {
-    /// Background jobs: dataset builds, embedding batches.
+    /// Background jobs: dataset builds, embedding batches, training runs.
     Jobs,
 }
 
@@ -25,7 +25,7 @@ pub struct Progress {
 pub struct Job {
     /// ULID of the job.
     pub id: String,
-    /// Job kind (= queue name): `dataset_build` or `embed`.
+    /// Job kind (= queue name): `dataset_build`, `embed` or `train`.
     pub kind: String,
     /// queued | running | retrying | succeeded | failed | cancelled
     pub status: String,
@@ -107,7 +107,7 @@ impl JobsApi {
     async fn list_jobs(
         &self,
         state: Data<&AppState>,
-        /// `dataset_build` or `embed`
+        /// `dataset_build`, `embed` or `train`
         kind: Query<Option<String>>,
         /// queued | running | retrying | succeeded | failed | cancelled
         status: Query<Option<String>>,
@@ -117,7 +117,7 @@ impl JobsApi {
         if let Some(k) = kind.0.as_deref() {
             if trainyard_jobs::JobKind::from_queue(k).is_none() {
                 return Err(ApiError::bad_request(
-                    format!("unknown job kind `{k}` (dataset_build, embed)"),
+                    format!("unknown job kind `{k}` (dataset_build, embed, train)"),
                     Some("kind"),
                 ));
             }
@@ -168,6 +168,15 @@ impl JobsApi {
     ) -> Result<Json<Job>, ApiError> {
         check_job_id(&id)?;
         let job = queue::cancel_job(&state.pool, &id).await?;
+        if job.kind == trainyard_jobs::JobKind::Train.queue() {
+            sqlx::query(
+                "UPDATE training_runs SET status = 'cancelled', finished_at = now(), updated_at = now()
+                 WHERE job_id = $1 AND status = 'pending'",
+            )
+            .bind(&job.id)
+            .execute(&state.pool)
+            .await?;
+        }
         if job.kind == trainyard_jobs::JobKind::DatasetBuild.queue() {
             if let Some(dataset) = job.dataset_id {
                 let mut tx = state.pool.begin().await?;
@@ -192,7 +201,17 @@ impl JobsApi {
         check_job_id(&id)?;
         let job = queue::get_job(&state.pool, &id).await?;
         let mut tx = state.pool.begin().await?;
-        if let Some(dataset) = job.dataset_id {
+        if job.kind == trainyard_jobs::JobKind::Train.queue() {
+            // The run resumes from its last checkpoint when the job runs again.
+            sqlx::query(
+                "UPDATE training_runs SET status = 'pending', error = NULL, finished_at = NULL,
+                        updated_at = now()
+                 WHERE job_id = $1 AND status IN ('failed', 'cancelled')",
+            )
+            .bind(&job.id)
+            .execute(&mut *tx)
+            .await?;
+        } else if let Some(dataset) = job.dataset_id {
             let reset = if job.kind == trainyard_jobs::JobKind::DatasetBuild.queue() {
                 "UPDATE datasets SET status = 'pending', error = NULL, updated_at = now()
                  WHERE id = $1 AND status IN ('failed', 'cancelled')"

@@ -5,7 +5,10 @@ pub mod errors;
 pub mod health;
 pub mod jobs;
 pub mod legacy_v1;
+pub mod models;
 pub mod openai_embeddings;
+pub mod predict;
+pub mod training;
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use sqlx::PgPool;
 
 use crate::config::Settings;
 use crate::embedding::Embedders;
+use crate::inference::ModelServer;
 use errors::ApiError;
 
 #[derive(Clone)]
@@ -25,6 +29,21 @@ pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
     pub embedders: Embedders,
+    pub models: Arc<ModelServer>,
+}
+
+impl AppState {
+    /// The state of one API process; starts loading promoted models in the background.
+    pub fn new(pool: PgPool, settings: Arc<Settings>) -> AppState {
+        let models = ModelServer::new(pool.clone(), settings.clone());
+        models.start();
+        AppState {
+            embedders: Embedders::new(settings.clone()),
+            pool,
+            settings,
+            models,
+        }
+    }
 }
 
 /// Validated (limit, offset); limit defaults to 50.
@@ -53,6 +72,9 @@ type Apis = (
     jobs::JobsApi,
     documents::DocumentsApi,
     datasets::DatasetsApi,
+    training::TrainingApi,
+    models::ModelsApi,
+    predict::PredictApi,
     openai_embeddings::OpenAiEmbeddingsApi,
     legacy_v1::LegacyV1Api,
 );
@@ -64,13 +86,16 @@ pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
             jobs::JobsApi,
             documents::DocumentsApi,
             datasets::DatasetsApi,
+            training::TrainingApi,
+            models::ModelsApi,
+            predict::PredictApi,
             openai_embeddings::OpenAiEmbeddingsApi,
             legacy_v1::LegacyV1Api,
         ),
         "trainyard",
         env!("CARGO_PKG_VERSION"),
     )
-    .description("Labelled text in, served classifiers out: documents, annotations, datasets, embeddings and jobs.")
+    .description("Labelled text in, served classifiers out: documents, annotations, datasets, embeddings, training runs, a model registry, inference and jobs.")
     .server(server_url)
 }
 

@@ -3,3 +3,4 @@ pub mod client;
 pub mod doctor;
 pub mod import;
 pub mod serve;
+pub mod train_client;

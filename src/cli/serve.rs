@@ -39,7 +39,7 @@ fn parse_queues(names: &[String]) -> anyhow::Result<Vec<JobKind>> {
         .iter()
         .map(|n| {
             JobKind::from_queue(n.trim())
-                .with_context(|| format!("unknown queue `{n}` (dataset_build, embed)"))
+                .with_context(|| format!("unknown queue `{n}` (dataset_build, embed, train)"))
         })
         .collect()
 }
@@ -64,12 +64,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = args
         .listen
         .unwrap_or_else(|| settings.server.listen.clone());
-    let embedders = Embedders::new(settings.clone());
-    let state = AppState {
-        pool: pool.clone(),
-        settings: settings.clone(),
-        embedders: embedders.clone(),
-    };
+    let state = AppState::new(pool.clone(), settings.clone());
+    let embedders = state.embedders.clone();
     spawn_pruner(pool.clone(), settings.queue.retention_hours);
     if args.workers > 0 {
         let worker_state = WorkerState {

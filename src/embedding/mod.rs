@@ -75,6 +75,8 @@ impl Embedders {
                     max_tokens_per_batch: settings.local_model.max_tokens_per_batch,
                     threads: settings.local_model.threads,
                     device: pick_device(&settings.local_model.device),
+                    classifier: None,
+                    batch_wait: std::time::Duration::ZERO,
                 };
                 tokio::task::spawn_blocking(move || TextEncoder::start(options))
                     .await

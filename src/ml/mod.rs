@@ -1,6 +1,9 @@
-//! Everything that knows tch: the BERT encoder and the thread that serves it.
+//! Everything that knows tch: the BERT encoder, the classifier, the training loop, and the
+//! threads that serve them.
 pub mod bert;
+pub mod classifier;
 pub mod text_encoder;
+pub mod trainer;
 
 /// The libtorch in use: read from the torch wheel's `version.py` beside its `lib/` folder.
 pub fn libtorch_version() -> String {

@@ -9,11 +9,13 @@
 //! the same number of intra-op threads (less synchronisation per small matrix product).
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tch::{Device, Kind, Tensor};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
 use super::bert::{load_encoder, BertEncoder};
+use super::classifier::{Classifier, ClassifierInput, ClassifierSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncoderError {
@@ -37,6 +39,26 @@ pub struct EncoderOptions {
     /// Threads in all: on CPU, this many single-threaded replicas; 0 = all cores.
     pub threads: i32,
     pub device: Device,
+    /// A classifier on top: each replica outputs label probabilities instead of embeddings.
+    pub classifier: Option<Arc<ClassifierWeights>>,
+    /// After the first waiting request, how long to wait for more to batch with it.
+    pub batch_wait: Duration,
+}
+
+/// A trained classifier to serve: its spec and weights blob (a `head` blob holds only the head;
+/// the encoder then comes from `model_dir`).
+pub struct ClassifierWeights {
+    pub spec: ClassifierSpec,
+    pub blob: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClassifierWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClassifierWeights")
+            .field("spec", &self.spec)
+            .field("blob_bytes", &self.blob.len())
+            .finish()
+    }
 }
 
 /// What one call returns: one L2-normalised vector per text, and its token count.
@@ -45,6 +67,9 @@ pub struct Encoded {
     pub vectors: Vec<Vec<f32>>,
     pub token_counts: Vec<usize>,
 }
+
+/// Most texts gathered into one coalesced pass.
+const MAX_COALESCED_TEXTS: usize = 4096;
 
 /// Rows of one exact length worth a batch of their own (no padding, no attention mask).
 const MIN_UNPADDED_ROWS: usize = 8;
@@ -85,7 +110,7 @@ pub fn pick_device(setting: &str) -> Device {
     }
 }
 
-fn load_tokenizer(dir: &Path, max_tokens: usize) -> Result<Tokenizer, EncoderError> {
+pub(crate) fn load_tokenizer(dir: &Path, max_tokens: usize) -> Result<Tokenizer, EncoderError> {
     let path = dir.join("tokenizer.json");
     let mut tokenizer = Tokenizer::from_file(&path)
         .map_err(|e| EncoderError::Load(format!("{}: {e}", path.display())))?;
@@ -131,10 +156,10 @@ impl TextEncoder {
                     if options.device == Device::Cpu {
                         tch::set_num_threads(1);
                     }
-                    match load_encoder(&options.model_dir, options.device) {
-                        Ok((_vs, encoder)) => {
-                            let _ = ready_tx.send(Ok(encoder.config.hidden_size as usize));
-                            run_replica(&encoder, options.device, &work_rx);
+                    match ReplicaModel::load(&options) {
+                        Ok((model, width)) => {
+                            let _ = ready_tx.send(Ok(width));
+                            run_replica(&model, options.device, &work_rx);
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(EncoderError::Load(format!("{e:#}"))));
@@ -150,9 +175,10 @@ impl TextEncoder {
         }
         let (sender, receiver) = mpsc::channel::<Request>();
         let budget = options.max_tokens_per_batch;
+        let wait = options.batch_wait;
         std::thread::Builder::new()
             .name("text-encoder".into())
-            .spawn(move || coordinate(&tokenizer, budget, &receiver, &work_tx))
+            .spawn(move || coordinate(&tokenizer, budget, wait, &receiver, &work_tx))
             .map_err(|e| EncoderError::Load(e.to_string()))?;
         Ok(TextEncoder {
             sender,
@@ -179,7 +205,55 @@ impl TextEncoder {
     }
 }
 
-fn run_replica(encoder: &BertEncoder, device: Device, work: &Mutex<mpsc::Receiver<BatchJob>>) {
+/// What a replica runs: the bare encoder, or a classifier (encoder + head).
+enum ReplicaModel {
+    /// The store owns the parameters the encoder uses: kept alive with it.
+    Encoder(#[allow(dead_code)] tch::nn::VarStore, BertEncoder),
+    Classifier(Box<Classifier>),
+}
+
+impl ReplicaModel {
+    /// The model and its output width (embedding dimensions or label count).
+    fn load(options: &EncoderOptions) -> anyhow::Result<(ReplicaModel, usize)> {
+        match &options.classifier {
+            None => {
+                let (vs, encoder) = load_encoder(&options.model_dir, options.device)?;
+                let width = encoder.config.hidden_size as usize;
+                Ok((ReplicaModel::Encoder(vs, encoder), width))
+            }
+            Some(weights) => {
+                let mut model = Classifier::new(
+                    weights.spec.clone(),
+                    options.device,
+                    Some(&options.model_dir),
+                )?;
+                model.load_weights_blob(&weights.blob)?;
+                model.vs.freeze();
+                let width = weights.spec.labels.len();
+                Ok((ReplicaModel::Classifier(Box::new(model)), width))
+            }
+        }
+    }
+
+    fn outputs(&self, input: &Tensor, mask: &Tensor, padded: bool) -> Tensor {
+        match self {
+            ReplicaModel::Encoder(_, encoder) => encoder.sentence_embeddings(input, mask, padded),
+            ReplicaModel::Classifier(model) => {
+                let logits = model.logits(
+                    ClassifierInput::Tokens {
+                        ids: input,
+                        mask,
+                        padded,
+                    },
+                    false,
+                );
+                model.probabilities(&logits)
+            }
+        }
+    }
+}
+
+fn run_replica(encoder: &ReplicaModel, device: Device, work: &Mutex<mpsc::Receiver<BatchJob>>) {
     loop {
         let job = match work.lock() {
             Ok(rx) => match rx.recv() {
@@ -194,7 +268,7 @@ fn run_replica(encoder: &BertEncoder, device: Device, work: &Mutex<mpsc::Receive
 }
 
 fn forward(
-    encoder: &BertEncoder,
+    encoder: &ReplicaModel,
     device: Device,
     job: &BatchJob,
 ) -> Result<Vec<Vec<f32>>, EncoderError> {
@@ -202,7 +276,7 @@ fn forward(
     let input = Tensor::from_slice(&job.input).view(shape).to_device(device);
     let mask = Tensor::from_slice(&job.mask).view(shape).to_device(device);
     let out = encoder
-        .sentence_embeddings(&input, &mask, job.padded)
+        .outputs(&input, &mask, job.padded)
         .to_kind(Kind::Float)
         .to_device(Device::Cpu)
         .contiguous();
@@ -288,17 +362,33 @@ fn encode(
 fn coordinate(
     tokenizer: &Tokenizer,
     budget: usize,
+    wait: Duration,
     receiver: &mpsc::Receiver<Request>,
     work: &mpsc::Sender<BatchJob>,
 ) {
     while let Ok(first) = receiver.recv() {
         // Coalesce everything already waiting into one pass.
+        // With a batching wait, keep collecting until it passes or the batch is full.
         let mut pending = vec![first];
-        while let Ok(more) = receiver.try_recv() {
+        let deadline = Instant::now() + wait;
+        let mut waiting = pending[0].texts.len();
+        while waiting < MAX_COALESCED_TEXTS {
+            let more = match receiver.try_recv() {
+                Ok(more) => more,
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match receiver.recv_timeout(left) {
+                        Ok(more) => more,
+                        Err(_) => break,
+                    }
+                }
+            };
+            waiting += more.texts.len();
             pending.push(more);
-            if pending.iter().map(|r| r.texts.len()).sum::<usize>() >= 4096 {
-                break;
-            }
         }
         let all: Vec<String> = pending
             .iter()

@@ -11,7 +11,7 @@ use apalis::prelude::*;
 use apalis_postgres::{Config as PgConfig, PostgresStorage};
 use futures::future::{BoxFuture, FutureExt};
 use sqlx::PgPool;
-use trainyard_jobs::{DatasetBuildArgs, EmbedArgs, JobKind};
+use trainyard_jobs::{DatasetBuildArgs, EmbedArgs, JobKind, TrainArgs};
 
 use crate::config::Settings;
 use crate::embedding::Embedders;
@@ -97,6 +97,43 @@ async fn handle_embed(
     }
     .boxed();
     into_apalis(run.await)
+}
+
+async fn handle_train(
+    args: TrainArgs,
+    id: TaskId,
+    state: Data<WorkerState>,
+) -> Result<serde_json::Value, BoxDynError> {
+    let job_id = id.to_string();
+    let state: WorkerState = (*state).clone();
+    let run: BoxFuture<'static, Result<serde_json::Value, JobError>> = async move {
+        tracing::info!(job = %job_id, run = %args.run_id, "train started");
+        let result = crate::training::run::run_training(&state, &job_id, &args).await;
+        if let Err(e) = &result {
+            tracing::warn!(job = %job_id, run = %args.run_id, error = %e, "train failed");
+            let last = is_last_attempt(&state, &job_id, e).await;
+            crate::training::run::record_failure(&state.pool, args.run_id, e, last).await;
+        }
+        result
+    }
+    .boxed();
+    into_apalis(run.await)
+}
+
+/// Whether this failure ends the job: fatal, cancelled, or its last attempt.
+pub async fn is_last_attempt(state: &WorkerState, job_id: &str, error: &JobError) -> bool {
+    match error {
+        JobError::Cancelled | JobError::Fatal(_) => true,
+        JobError::Retryable(_) => {
+            // apalis.jobs.attempts counts the attempts before this one.
+            let row: Result<Option<(i32, i32)>, _> =
+                sqlx::query_as("SELECT attempts, max_attempts FROM apalis.jobs WHERE id = $1")
+                    .bind(job_id)
+                    .fetch_optional(&state.pool)
+                    .await;
+            matches!(row, Ok(Some((attempts, max))) if attempts + 1 >= max)
+        }
+    }
 }
 
 /// When this was the job's last attempt (or the error is fatal), the dataset fails with it.
@@ -224,6 +261,18 @@ pub async fn run_workers(
                     .concurrency(concurrency)
                     .parallelize(tokio::spawn)
                     .build(handle_dataset_build)
+            }),
+            JobKind::Train => monitor.register(move |run| {
+                let backend = PostgresStorage::<TrainArgs>::new(&state.pool)
+                    .with_config(config.clone())
+                    .with_pubsub()
+                    .poll_with_interval(poll);
+                WorkerBuilder::new(format!("{worker_name}-{run}"))
+                    .backend(backend)
+                    .data(state.clone())
+                    .concurrency(concurrency)
+                    .parallelize(tokio::spawn)
+                    .build(handle_train)
             }),
             JobKind::Embed => monitor.register(move |run| {
                 let backend = PostgresStorage::<EmbedArgs>::new(&state.pool)

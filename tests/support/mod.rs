@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use trainyard::api::AppState;
 use trainyard::config::Settings;
-use trainyard::embedding::Embedders;
 use trainyard::queue::worker::{run_workers, WorkerOptions, WorkerState};
 use trainyard_jobs::JobKind;
 
@@ -90,12 +89,7 @@ pub struct TestApp {
 /// Serves the API on 127.0.0.1:0 inside this process.
 pub async fn spawn_api(pool: PgPool, settings: Arc<Settings>) -> TestApp {
     use poem::listener::{Acceptor, Listener};
-    let embedders = Embedders::new(settings.clone());
-    let state = AppState {
-        pool,
-        settings,
-        embedders,
-    };
+    let state = AppState::new(pool, settings);
     let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
         .into_acceptor()
         .await

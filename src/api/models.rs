@@ -1,0 +1,175 @@
+//! `/api/v1/models`: the model registry: list models and versions, promote, roll back.
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi, Tags};
+use uuid::Uuid;
+
+use super::errors::ApiError;
+use super::AppState;
+use crate::registry::{self, RegistryError};
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Model registry: versions, promotion, rollback.
+    Models,
+}
+
+#[derive(Debug, Object)]
+pub struct Model {
+    pub name: String,
+    /// The version promoted for serving.
+    pub served_version: Option<i32>,
+    pub latest_version: Option<i32>,
+    pub versions: i64,
+    /// The version this API process serves from memory, and any load failure.
+    pub loaded_version: Option<i32>,
+    pub load_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Object)]
+pub struct ModelVersion {
+    pub name: String,
+    pub version: i32,
+    pub served: bool,
+    pub run_id: Option<Uuid>,
+    pub dataset_id: Option<Uuid>,
+    /// mode, task, labels and shape.
+    pub spec: serde_json::Value,
+    pub embedding_model: String,
+    /// Per-label thresholds in label order.
+    pub thresholds: serde_json::Value,
+    /// `{validation, test}` metrics at the best epoch.
+    pub metrics: serde_json::Value,
+    pub weights_bytes: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Object)]
+pub struct Promotion {
+    pub name: String,
+    /// The version now served.
+    pub version: i32,
+    /// The version served before.
+    pub previous_version: Option<i32>,
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Database(db) => db.into(),
+            RegistryError::NotFound(m) => ApiError::NotFound(Json(super::errors::ErrorBody {
+                error: super::errors::ErrorDetail {
+                    code: "not_found".into(),
+                    message: m,
+                    kind: "not_found_error".into(),
+                    param: None,
+                },
+            })),
+            RegistryError::Conflict(m) => ApiError::conflict(m),
+        }
+    }
+}
+
+fn parse_version(v: &str) -> Result<i32, ApiError> {
+    v.parse::<i32>().ok().filter(|v| *v >= 1).ok_or_else(|| {
+        ApiError::bad_request(
+            format!("`{v}` is not a version number (an integer >= 1)"),
+            Some("version"),
+        )
+    })
+}
+
+pub struct ModelsApi;
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Models")]
+impl ModelsApi {
+    /// Every model name, its served and latest version.
+    #[oai(path = "/models", method = "get")]
+    async fn list(&self, state: Data<&AppState>) -> Result<Json<Vec<Model>>, ApiError> {
+        let status = state.models.status();
+        let models = registry::list_models(&state.pool).await?;
+        Ok(Json(
+            models
+                .into_iter()
+                .map(|m| {
+                    let s = status.iter().find(|s| s.name == m.name);
+                    Model {
+                        loaded_version: s.and_then(|s| s.loaded_version),
+                        load_error: s.and_then(|s| s.error.clone()),
+                        name: m.name,
+                        served_version: m.served_version,
+                        latest_version: m.latest_version,
+                        versions: m.versions,
+                        updated_at: m.updated_at,
+                    }
+                })
+                .collect(),
+        ))
+    }
+
+    /// A model's versions, newest first, with metrics and thresholds.
+    #[oai(path = "/models/:name/versions", method = "get")]
+    async fn versions(
+        &self,
+        state: Data<&AppState>,
+        name: Path<String>,
+    ) -> Result<Json<Vec<ModelVersion>>, ApiError> {
+        let versions = registry::list_versions(&state.pool, &name)
+            .await?
+            .ok_or_else(|| ApiError::model_not_found(&name))?;
+        Ok(Json(
+            versions
+                .into_iter()
+                .map(|v| ModelVersion {
+                    name: v.name,
+                    version: v.version,
+                    served: v.served,
+                    run_id: v.run_id,
+                    dataset_id: v.dataset_id,
+                    spec: v.spec,
+                    embedding_model: v.embedding_model,
+                    thresholds: v.thresholds,
+                    metrics: v.metrics,
+                    weights_bytes: v.weights_bytes,
+                    created_at: v.created_at,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Serve this version. Every API process loads it in the background and swaps atomically;
+    /// if it fails to load there, the previous version keeps serving.
+    #[oai(path = "/models/:name/versions/:version/promote", method = "post")]
+    async fn promote(
+        &self,
+        state: Data<&AppState>,
+        name: Path<String>,
+        version: Path<String>,
+    ) -> Result<Json<Promotion>, ApiError> {
+        let version = parse_version(&version)?;
+        let previous = registry::promote(&state.pool, &name, version).await?;
+        Ok(Json(Promotion {
+            name: name.0,
+            version,
+            previous_version: previous,
+        }))
+    }
+
+    /// Serve the version that was served before the current one.
+    #[oai(path = "/models/:name/rollback", method = "post")]
+    async fn rollback(
+        &self,
+        state: Data<&AppState>,
+        name: Path<String>,
+    ) -> Result<Json<Promotion>, ApiError> {
+        let (from, to) = registry::rollback(&state.pool, &name).await?;
+        Ok(Json(Promotion {
+            name: name.0,
+            version: to,
+            previous_version: Some(from),
+        }))
+    }
+}

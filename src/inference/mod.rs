@@ -1,0 +1,324 @@
+//! Serving promoted models from memory: load in the background, swap atomically, keep the old
+//! version when a new one fails to load.
+//!
+//! Each loaded version is a `TextEncoder` with a classifier on top (the same tokenizer thread,
+//! length-sorted token-budget batching and model replicas as the embedding code), so
+//! concurrent requests share forward passes. The table of served models is an `ArcSwap`: a
+//! request takes its model's `Arc` once and finishes on it even if a swap happens meanwhile;
+//! the old version's threads stop when its last request drops it.
+//!
+//! Announcements arrive by LISTEN on `registry::CHANNEL`; a poll every
+//! `inference.reload_poll_secs` catches any missed while the connection was down.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+
+use crate::config::{ProviderType, Settings};
+use crate::ml::classifier::{ClassifierSpec, TrainMode};
+use crate::ml::text_encoder::{pick_device, ClassifierWeights, EncoderOptions, TextEncoder};
+use crate::registry;
+
+/// One loaded model version.
+pub struct LoadedModel {
+    pub name: String,
+    pub version: i32,
+    pub spec: ClassifierSpec,
+    pub thresholds: Vec<f32>,
+    pub loaded_at: DateTime<Utc>,
+    encoder: TextEncoder,
+}
+
+impl LoadedModel {
+    /// Label probabilities per text, in the spec's label order.
+    pub async fn scores(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
+        self.encoder
+            .encode(texts)
+            .await
+            .map(|e| e.vectors)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    pub name: String,
+    /// The version being served from memory, if any.
+    pub loaded_version: Option<i32>,
+    pub loaded_at: Option<DateTime<Utc>>,
+    /// The last version that failed to load, and why (the previous one keeps serving).
+    pub failed_version: Option<i32>,
+    pub error: Option<String>,
+}
+
+pub struct ModelServer {
+    pool: PgPool,
+    settings: Arc<Settings>,
+    models: ArcSwap<HashMap<String, Arc<LoadedModel>>>,
+    /// The most recently promoted model's name (served at the root endpoints by default).
+    latest: ArcSwap<Option<String>>,
+    failures: Mutex<HashMap<String, (i32, String)>>,
+    /// Serialises loads, so two announcements never load the same version twice at once.
+    load_lock: tokio::sync::Mutex<()>,
+}
+
+impl ModelServer {
+    pub fn new(pool: PgPool, settings: Arc<Settings>) -> Arc<ModelServer> {
+        Arc::new(ModelServer {
+            pool,
+            settings,
+            models: ArcSwap::from_pointee(HashMap::new()),
+            latest: ArcSwap::from_pointee(None),
+            failures: Mutex::new(HashMap::new()),
+            load_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Starts the listener and the poll in the background; returns at once.
+    pub fn start(self: &Arc<Self>) {
+        let server = self.clone();
+        tokio::spawn(async move { server.listen().await });
+        let server = self.clone();
+        let every = Duration::from_secs_f64(self.settings.inference.reload_poll_secs.max(0.1));
+        tokio::spawn(async move {
+            loop {
+                server.sync().await;
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    async fn listen(self: Arc<Self>) {
+        loop {
+            let mut listener = match PgListener::connect_with(&self.pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("model announcements: cannot connect: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen(registry::CHANNEL).await {
+                tracing::warn!("model announcements: LISTEN failed: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            // Anything announced before LISTEN took effect.
+            self.sync().await;
+            loop {
+                match listener.recv().await {
+                    Ok(note) => {
+                        tracing::info!(payload = note.payload(), "model promotion announced");
+                        self.sync().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!("model announcements: connection lost: {e}");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings memory in line with the registry: loads every served version not yet loaded.
+    pub async fn sync(&self) {
+        let served = match registry::served_versions(&self.pool).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("reading served models: {e}");
+                return;
+            }
+        };
+        self.latest
+            .store(Arc::new(served.first().map(|(name, _)| name.clone())));
+        for (name, version) in served {
+            let loaded = self.models.load().get(&name).map(|m| m.version);
+            let failed = self
+                .failures
+                .lock()
+                .ok()
+                .and_then(|f| f.get(&name).map(|x| x.0));
+            if loaded == Some(version) || failed == Some(version) {
+                continue;
+            }
+            self.load(&name, version).await;
+        }
+    }
+
+    async fn load(&self, name: &str, version: i32) {
+        let _guard = self.load_lock.lock().await;
+        if self.models.load().get(name).map(|m| m.version) == Some(version) {
+            return;
+        }
+        tracing::info!(model = name, version, "loading model version");
+        match self.build(name, version).await {
+            Ok(model) => {
+                let model = Arc::new(model);
+                self.models.rcu(|current| {
+                    let mut next = HashMap::clone(current);
+                    next.insert(name.to_string(), model.clone());
+                    next
+                });
+                if let Ok(mut f) = self.failures.lock() {
+                    f.remove(name);
+                }
+                tracing::info!(model = name, version, "model version now served");
+            }
+            Err(e) => {
+                tracing::error!(
+                    model = name,
+                    version,
+                    "model version failed to load, previous one keeps serving: {e}"
+                );
+                if let Ok(mut f) = self.failures.lock() {
+                    f.insert(name.to_string(), (version, e));
+                }
+            }
+        }
+    }
+
+    async fn build(&self, name: &str, version: i32) -> Result<LoadedModel, String> {
+        let stored = registry::load_version(&self.pool, name, version)
+            .await
+            .map_err(|e| format!("database: {e}"))?
+            .ok_or_else(|| format!("version {version} of `{name}` does not exist"))?;
+        let spec: ClassifierSpec =
+            serde_json::from_value(stored.spec).map_err(|e| format!("bad spec: {e}"))?;
+        let max_tokens = match spec.mode {
+            TrainMode::Finetune => spec.max_tokens,
+            TrainMode::Head => {
+                // A head reads the embedding model's vectors: only the local model can make
+                // them here, with its own truncation.
+                let model = self
+                    .settings
+                    .embedding_models
+                    .get(&stored.embedding_model)
+                    .ok_or_else(|| {
+                        format!(
+                            "embedding model `{}` is not configured",
+                            stored.embedding_model
+                        )
+                    })?;
+                if model.provider != ProviderType::Local {
+                    return Err(format!(
+                        "head models on `{}` embeddings cannot be served: only the local model's",
+                        stored.embedding_model
+                    ));
+                }
+                model.max_tokens
+            }
+        };
+        let options = EncoderOptions {
+            model_dir: self.settings.local_model.dir.clone().into(),
+            max_tokens,
+            max_tokens_per_batch: self.settings.local_model.max_tokens_per_batch,
+            threads: self.settings.inference.threads,
+            device: pick_device(&self.settings.local_model.device),
+            classifier: Some(Arc::new(ClassifierWeights {
+                spec: spec.clone(),
+                blob: stored.weights,
+            })),
+            batch_wait: Duration::from_millis(self.settings.inference.batch_wait_ms),
+        };
+        let encoder = tokio::task::spawn_blocking(move || TextEncoder::start(options))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut thresholds = stored.thresholds;
+        thresholds.resize(spec.labels.len(), 0.5);
+        Ok(LoadedModel {
+            name: stored.name,
+            version: stored.version,
+            spec,
+            thresholds,
+            loaded_at: Utc::now(),
+            encoder,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedModel>> {
+        self.models.load().get(name).cloned()
+    }
+
+    /// The model the root endpoints serve: `inference.default_model`, else the latest promoted.
+    pub fn default_model_name(&self) -> Option<String> {
+        let configured = &self.settings.inference.default_model;
+        if !configured.is_empty() {
+            return Some(configured.clone());
+        }
+        self.latest.load().as_ref().clone()
+    }
+
+    pub fn status(&self) -> Vec<ModelStatus> {
+        let models = self.models.load();
+        let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
+        let mut names: Vec<&String> = models.keys().chain(failures.keys()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let loaded = models.get(name);
+                let failed = failures.get(name);
+                ModelStatus {
+                    name: name.clone(),
+                    loaded_version: loaded.map(|m| m.version),
+                    loaded_at: loaded.map(|m| m.loaded_at),
+                    failed_version: failed.map(|f| f.0),
+                    error: failed.map(|f| f.1.clone()),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One prediction in the second seed's shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub predictions: Vec<(String, f32)>,
+    pub positive_labels: Vec<String>,
+    pub top_label: Option<String>,
+    pub max_score: f32,
+}
+
+/// Positive labels are those scoring `>=` their threshold (the same comparison as training's
+/// threshold tuning); the top label is the highest score.
+pub fn decide(labels: &[String], scores: &[f32], thresholds: &[f32]) -> Prediction {
+    let mut top: Option<(usize, f32)> = None;
+    for (i, &s) in scores.iter().enumerate() {
+        if top.is_none_or(|(_, best)| s > best) {
+            top = Some((i, s));
+        }
+    }
+    Prediction {
+        predictions: labels.iter().cloned().zip(scores.iter().copied()).collect(),
+        positive_labels: labels
+            .iter()
+            .zip(scores.iter().zip(thresholds))
+            .filter(|(_, (s, t))| *s >= *t)
+            .map(|(l, _)| l.clone())
+            .collect(),
+        top_label: top.map(|(i, _)| labels[i].clone()),
+        max_score: top.map_or(0.0, |(_, s)| s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_score_equal_to_its_threshold_is_positive() {
+        let labels = vec!["a".to_string(), "b".to_string()];
+        let p = decide(&labels, &[0.5, 0.49], &[0.5, 0.5]);
+        assert_eq!(p.positive_labels, vec!["a".to_string()]);
+        assert_eq!(p.top_label.as_deref(), Some("a"));
+        assert_eq!(p.max_score, 0.5);
+    }
+}

@@ -1,0 +1,488 @@
+//! The training loop's tch half: batches, forward/backward, AdamW with warmup and linear decay,
+//! gradient clipping, prediction, and checkpoint state. Epoch bookkeeping, metrics, early
+//! stopping and storage are the caller's (`training::run`).
+//!
+//! Determinism: the head is initialised from `seed`; each epoch reseeds libtorch with
+//! (seed, epoch) before it shuffles and applies dropout, so epoch N gives the same result
+//! whether the run started at epoch 1 or resumed from a checkpoint of epoch N-1.
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::classifier::{
+    blob_to_tensors, masked_loss, target_tensors, tensors_to_blob, AdamW, Classifier,
+    ClassifierInput, ClassifierSpec, LossKind, LossSpec, TrainMode,
+};
+use super::text_encoder::load_tokenizer;
+use crate::datasets::TaskType;
+
+/// Hyperparameters of a run, every one with a documented default (see `defaults_for`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hyperparameters {
+    pub epochs: u32,
+    pub batch_size: usize,
+    /// Learning rate of the classifier head.
+    pub learning_rate: f64,
+    /// Learning rate of the encoder (finetune only).
+    pub encoder_learning_rate: f64,
+    pub weight_decay: f64,
+    /// Fraction of all steps spent warming the learning rate up from 0; then linear decay to 0.
+    pub warmup_ratio: f64,
+    /// Global gradient-norm clip; 0 = off.
+    pub max_grad_norm: f64,
+    pub early_stopping_metric: EarlyStoppingMetric,
+    /// Epochs without improvement before stopping; 0 = never stop early.
+    pub patience: u32,
+    pub seed: u64,
+    pub loss: LossKind,
+    /// BCE only: weight positives by negatives/positives per label (training split).
+    pub pos_weight: bool,
+    pub focal_gamma: f64,
+    pub asymmetric_gamma_neg: f64,
+    pub asymmetric_gamma_pos: f64,
+    pub asymmetric_clip: f64,
+    pub hidden_size: i64,
+    pub dropout: f64,
+    /// Finetune: tokens per text after truncation.
+    pub max_tokens: usize,
+    /// Telemetry: a step event every this many steps.
+    pub log_every_steps: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EarlyStoppingMetric {
+    ValMacroF1,
+    ValMicroF1,
+    ValLoss,
+}
+
+impl Hyperparameters {
+    /// Defaults: head 30 epochs × 64, lr 1e-3; finetune 3 epochs × 16, head lr 1e-3, encoder
+    /// lr 2e-5; both: weight decay 0.01, warmup 10%, clip 1.0, early stopping on validation
+    /// macro-F1 with patience 3, seed 42, BCE with pos_weight, head 256 wide, dropout 0.1.
+    pub fn defaults_for(mode: TrainMode) -> Hyperparameters {
+        let finetune = mode == TrainMode::Finetune;
+        Hyperparameters {
+            epochs: if finetune { 3 } else { 30 },
+            batch_size: if finetune { 16 } else { 64 },
+            learning_rate: 1e-3,
+            encoder_learning_rate: 2e-5,
+            weight_decay: 0.01,
+            warmup_ratio: 0.1,
+            max_grad_norm: 1.0,
+            early_stopping_metric: EarlyStoppingMetric::ValMacroF1,
+            patience: 3,
+            seed: 42,
+            loss: LossKind::Bce,
+            pos_weight: true,
+            focal_gamma: 2.0,
+            asymmetric_gamma_neg: 4.0,
+            asymmetric_gamma_pos: 1.0,
+            asymmetric_clip: 0.05,
+            hidden_size: 256,
+            dropout: 0.1,
+            max_tokens: 128,
+            log_every_steps: 10,
+        }
+    }
+
+    pub fn loss_spec(&self) -> LossSpec {
+        LossSpec {
+            kind: self.loss,
+            focal_gamma: self.focal_gamma,
+            gamma_neg: self.asymmetric_gamma_neg,
+            gamma_pos: self.asymmetric_gamma_pos,
+            clip: self.asymmetric_clip,
+        }
+    }
+}
+
+/// One split's inputs: stored embeddings (head) or texts (finetune), and per-label targets.
+pub struct SplitData {
+    pub inputs: SplitInputs,
+    /// Per record, per label: Some(true/false), or None where the label is masked.
+    pub targets: Vec<Vec<Option<bool>>>,
+}
+
+pub enum SplitInputs {
+    /// Row-major [rows, dims].
+    Embeddings {
+        dims: usize,
+        flat: Vec<f32>,
+    },
+    Texts(Vec<String>),
+}
+
+impl SplitData {
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+}
+
+/// Inputs on the device, ready to batch.
+enum Prepared {
+    Embeddings(Tensor),
+    Tokens(Vec<Vec<i64>>),
+}
+
+/// What one step reports to the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInfo {
+    pub global_step: u64,
+    pub total_steps: u64,
+    pub epoch: u32,
+    pub step_in_epoch: u64,
+    pub steps_per_epoch: u64,
+    pub loss: f64,
+    pub learning_rate: f64,
+    pub samples_per_sec: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<anyhow::Error> for TrainError {
+    fn from(e: anyhow::Error) -> Self {
+        TrainError::Failed(format!("{e:#}"))
+    }
+}
+
+impl From<tch::TchError> for TrainError {
+    fn from(e: tch::TchError) -> Self {
+        TrainError::Failed(e.to_string())
+    }
+}
+
+pub struct Trainer {
+    pub model: Classifier,
+    optimizer: AdamW,
+    hp: Hyperparameters,
+    train_inputs: Prepared,
+    train_targets: Vec<Vec<Option<bool>>>,
+    pos_weight: Option<Tensor>,
+    device: Device,
+    pub steps_per_epoch: u64,
+}
+
+impl Trainer {
+    /// `base_dir`: the local MiniLM folder (finetune needs it; head ignores it).
+    pub fn new(
+        spec: ClassifierSpec,
+        hp: Hyperparameters,
+        train: &SplitData,
+        base_dir: Option<&Path>,
+        device: Device,
+    ) -> Result<Trainer, TrainError> {
+        if train.is_empty() {
+            return Err(TrainError::Failed("the training split is empty".into()));
+        }
+        tch::manual_seed(hp.seed as i64);
+        let finetune = spec.mode == TrainMode::Finetune;
+        let model = Classifier::new(spec, device, if finetune { base_dir } else { None })?;
+        let optimizer = AdamW::new(model.trainable(), hp.weight_decay, |name| {
+            usize::from(!name.starts_with("classifier."))
+        });
+        let train_inputs = prepare(&train.inputs, &model.spec, base_dir, device)?;
+        let labels = model.spec.labels.len();
+        let pos_weight =
+            (hp.loss == LossKind::Bce && hp.pos_weight && model.spec.task != TaskType::MultiClass)
+                .then(|| {
+                    let weights: Vec<f32> = (0..labels)
+                        .map(|l| {
+                            let pos = train.targets.iter().filter(|t| t[l] == Some(true)).count();
+                            let neg = train.targets.iter().filter(|t| t[l] == Some(false)).count();
+                            if pos == 0 {
+                                1.0
+                            } else {
+                                (neg as f32 / pos as f32).clamp(0.1, 100.0)
+                            }
+                        })
+                        .collect();
+                    Tensor::from_slice(&weights).to_device(device)
+                });
+        let steps_per_epoch = train.len().div_ceil(hp.batch_size.max(1)) as u64;
+        Ok(Trainer {
+            model,
+            optimizer,
+            hp,
+            train_inputs,
+            train_targets: train.targets.clone(),
+            pos_weight,
+            device,
+            steps_per_epoch,
+        })
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.steps_per_epoch * self.hp.epochs as u64
+    }
+
+    fn schedule(&self, step: u64) -> f64 {
+        let total = self.total_steps().max(1) as f64;
+        let warmup = (self.hp.warmup_ratio * total).round();
+        let s = step as f64;
+        if warmup > 0.0 && s < warmup {
+            (s + 1.0) / warmup
+        } else {
+            ((total - s) / (total - warmup).max(1.0)).clamp(0.0, 1.0)
+        }
+    }
+
+    /// One epoch (1-based). `on_step` is called after every step; returning false cancels.
+    /// Returns the mean training loss.
+    pub fn run_epoch(
+        &mut self,
+        epoch: u32,
+        on_step: &mut dyn FnMut(StepInfo) -> bool,
+    ) -> Result<f64, TrainError> {
+        tch::manual_seed(
+            (self.hp.seed as i64)
+                .wrapping_mul(1000)
+                .wrapping_add(epoch as i64),
+        );
+        let rows = self.train_targets.len() as i64;
+        let order = Vec::<i64>::try_from(Tensor::randperm(rows, (Kind::Int64, Device::Cpu)))?;
+        let batch = self.hp.batch_size.max(1);
+        let labels = self.model.spec.labels.len();
+        let loss_spec = self.hp.loss_spec();
+        let mut total_loss = 0.0;
+        let mut steps = 0u64;
+        let started = Instant::now();
+        let mut samples = 0usize;
+        for chunk in order.chunks(batch) {
+            let global_step = (epoch as u64 - 1) * self.steps_per_epoch + steps;
+            let scale = self.schedule(global_step);
+            let lrs = [
+                self.hp.learning_rate * scale,
+                self.hp.encoder_learning_rate * scale,
+            ];
+            let targets: Vec<&Vec<Option<bool>>> = chunk
+                .iter()
+                .map(|&i| &self.train_targets[i as usize])
+                .collect();
+            let (t, m) = target_tensors(&targets, labels, self.device);
+            let logits = self.forward_rows(chunk, true)?;
+            let loss = masked_loss(
+                self.model.spec.task,
+                &logits,
+                &t,
+                &m,
+                &loss_spec,
+                self.pos_weight.as_ref(),
+            );
+            self.optimizer.zero_grad();
+            loss.backward();
+            if self.hp.max_grad_norm > 0.0 {
+                self.optimizer.clip_grad_norm(self.hp.max_grad_norm);
+            }
+            self.optimizer.step(&lrs);
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                return Err(TrainError::Failed(format!(
+                    "the loss became {value} at epoch {epoch}, step {steps}; lower the learning rate"
+                )));
+            }
+            total_loss += value;
+            steps += 1;
+            samples += chunk.len();
+            let info = StepInfo {
+                global_step: global_step + 1,
+                total_steps: self.total_steps(),
+                epoch,
+                step_in_epoch: steps,
+                steps_per_epoch: self.steps_per_epoch,
+                loss: value,
+                learning_rate: lrs[0],
+                samples_per_sec: samples as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            };
+            if !on_step(info) {
+                return Err(TrainError::Cancelled);
+            }
+        }
+        Ok(total_loss / steps.max(1) as f64)
+    }
+
+    fn forward_rows(&self, rows: &[i64], train: bool) -> Result<Tensor, TrainError> {
+        match &self.train_inputs {
+            Prepared::Embeddings(x) => {
+                let index = Tensor::from_slice(rows).to_device(self.device);
+                let x = x.index_select(0, &index);
+                Ok(self.model.logits(ClassifierInput::Embeddings(&x), train))
+            }
+            Prepared::Tokens(ids) => {
+                let batch: Vec<&Vec<i64>> = rows.iter().map(|&i| &ids[i as usize]).collect();
+                let (ids, mask, padded) = pad_batch(&batch, self.device);
+                Ok(self.model.logits(
+                    ClassifierInput::Tokens {
+                        ids: &ids,
+                        mask: &mask,
+                        padded,
+                    },
+                    train,
+                ))
+            }
+        }
+    }
+
+    /// Probabilities for a split, and its masked loss. No gradients, no dropout.
+    pub fn evaluate(
+        &self,
+        data: &SplitData,
+        base_dir: Option<&Path>,
+    ) -> Result<(Vec<Vec<f32>>, f64), TrainError> {
+        if data.is_empty() {
+            return Ok((Vec::new(), f64::NAN));
+        }
+        let prepared = prepare(&data.inputs, &self.model.spec, base_dir, self.device)?;
+        let labels = self.model.spec.labels.len();
+        let loss_spec = self.hp.loss_spec();
+        tch::no_grad(|| {
+            let n = data.len();
+            let mut scores = vec![Vec::new(); n];
+            let mut loss_sum = 0.0;
+            let mut loss_weight = 0.0;
+            // Texts are sorted by length so that padding stays small.
+            let mut order: Vec<usize> = (0..n).collect();
+            if let Prepared::Tokens(ids) = &prepared {
+                order.sort_by_key(|&i| ids[i].len());
+            }
+            for chunk in order.chunks(64) {
+                let logits = match &prepared {
+                    Prepared::Embeddings(x) => {
+                        let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
+                        let x = x.index_select(0, &Tensor::from_slice(&idx).to_device(self.device));
+                        self.model.logits(ClassifierInput::Embeddings(&x), false)
+                    }
+                    Prepared::Tokens(ids) => {
+                        let batch: Vec<&Vec<i64>> = chunk.iter().map(|&i| &ids[i]).collect();
+                        let (ids, mask, padded) = pad_batch(&batch, self.device);
+                        self.model.logits(
+                            ClassifierInput::Tokens {
+                                ids: &ids,
+                                mask: &mask,
+                                padded,
+                            },
+                            false,
+                        )
+                    }
+                };
+                let targets: Vec<&Vec<Option<bool>>> =
+                    chunk.iter().map(|&i| &data.targets[i]).collect();
+                let (t, m) = target_tensors(&targets, labels, self.device);
+                let weight = m.sum(Kind::Float).double_value(&[]);
+                let loss = masked_loss(
+                    self.model.spec.task,
+                    &logits,
+                    &t,
+                    &m,
+                    &loss_spec,
+                    self.pos_weight.as_ref(),
+                )
+                .double_value(&[]);
+                loss_sum += loss * weight;
+                loss_weight += weight;
+                let probs = self
+                    .model
+                    .probabilities(&logits)
+                    .to_kind(Kind::Float)
+                    .to_device(Device::Cpu)
+                    .contiguous();
+                let flat = Vec::<f32>::try_from(probs.view([-1]))?;
+                for (row, &i) in chunk.iter().enumerate() {
+                    scores[i] = flat[row * labels..(row + 1) * labels].to_vec();
+                }
+            }
+            Ok((scores, loss_sum / loss_weight.max(1.0)))
+        })
+    }
+
+    /// Weights and optimizer state: everything needed to continue exactly where this stopped.
+    pub fn state_blob(&self) -> Result<Vec<u8>, TrainError> {
+        let mut named = self.model.saved_variables();
+        if self.model.spec.mode == TrainMode::Head {
+            // The head-only model saves just the head; the state needs nothing else either.
+        }
+        named.extend(self.optimizer.state());
+        Ok(tensors_to_blob(&named)?)
+    }
+
+    pub fn restore_state(&mut self, blob: &[u8]) -> Result<(), TrainError> {
+        let named = blob_to_tensors(blob, self.device)?;
+        let (optimizer, weights): (Vec<_>, Vec<_>) = named
+            .into_iter()
+            .partition(|(n, _)| n.starts_with("adamw."));
+        self.model.load_weights_blob(&tensors_to_blob(&weights)?)?;
+        self.optimizer.restore(&optimizer)?;
+        Ok(())
+    }
+}
+
+fn prepare(
+    inputs: &SplitInputs,
+    spec: &ClassifierSpec,
+    base_dir: Option<&Path>,
+    device: Device,
+) -> Result<Prepared, TrainError> {
+    match inputs {
+        SplitInputs::Embeddings { dims, flat } => {
+            if *dims as i64 != spec.input_dim {
+                return Err(TrainError::Failed(format!(
+                    "embeddings have {dims} dimensions, the model expects {}",
+                    spec.input_dim
+                )));
+            }
+            let rows = (flat.len() / dims.max(&1)) as i64;
+            Ok(Prepared::Embeddings(
+                Tensor::from_slice(flat)
+                    .view([rows, *dims as i64])
+                    .to_device(device),
+            ))
+        }
+        SplitInputs::Texts(texts) => {
+            let dir = base_dir
+                .ok_or_else(|| TrainError::Failed("finetune needs the base model".into()))?;
+            let tokenizer = load_tokenizer(dir, spec.max_tokens)
+                .map_err(|e| TrainError::Failed(e.to_string()))?;
+            let encodings = tokenizer
+                .encode_batch(texts.clone(), true)
+                .map_err(|e| TrainError::Failed(format!("tokenizer: {e}")))?;
+            Ok(Prepared::Tokens(
+                encodings
+                    .iter()
+                    .map(|e| e.get_ids().iter().map(|&i| i as i64).collect())
+                    .collect(),
+            ))
+        }
+    }
+}
+
+/// Pads token rows to the longest: (ids, mask, any row padded).
+fn pad_batch(rows: &[&Vec<i64>], device: Device) -> (Tensor, Tensor, bool) {
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
+    let mut ids = vec![0i64; rows.len() * width];
+    let mut mask = vec![0i64; rows.len() * width];
+    for (r, row) in rows.iter().enumerate() {
+        for (c, &id) in row.iter().enumerate() {
+            ids[r * width + c] = id;
+            mask[r * width + c] = 1;
+        }
+    }
+    let padded = rows.iter().any(|r| r.len() != width);
+    let shape = [rows.len() as i64, width as i64];
+    (
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        Tensor::from_slice(&mask).view(shape).to_device(device),
+        padded,
+    )
+}

@@ -1,0 +1,378 @@
+//! The model registry in Postgres: versions with their weights, labels, thresholds and metrics;
+//! promotion and rollback, announced to every API process with NOTIFY.
+//!
+//! The served version of a model is `models.served_version`. Every promotion or rollback is
+//! appended to `model_promotions`; rollback replays that log as a stack (promotions push,
+//! rollbacks pop) and serves the version below the top. NOTIFY is transactional: it is
+//! delivered when the promotion commits, never for one that rolled back.
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::queue::worker::JobError;
+use crate::training::run::{OutcomeRecord, RunSettings};
+use crate::training::webhook::WebhookStats;
+
+/// The LISTEN/NOTIFY channel; the payload is `{"name": …, "version": …}`.
+pub const CHANNEL: &str = "trainyard_models";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    pub name: String,
+    pub served_version: Option<i32>,
+    pub latest_version: Option<i32>,
+    pub versions: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionSummary {
+    pub name: String,
+    pub version: i32,
+    pub served: bool,
+    pub run_id: Option<Uuid>,
+    pub dataset_id: Option<Uuid>,
+    pub spec: serde_json::Value,
+    pub embedding_model: String,
+    pub thresholds: serde_json::Value,
+    pub metrics: serde_json::Value,
+    pub weights_bytes: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A version as the inference side loads it.
+pub struct StoredVersion {
+    pub name: String,
+    pub version: i32,
+    pub spec: serde_json::Value,
+    pub embedding_model: String,
+    pub thresholds: Vec<f32>,
+    pub weights: Vec<u8>,
+}
+
+/// Stores a finished run's model as the next version of its name, marks the run succeeded and,
+/// when asked, promotes it if its validation macro-F1 beats the served version's. One
+/// transaction; a run registers at most one version (re-running returns the same one).
+pub async fn register_version(
+    pool: &PgPool,
+    run: &RunSettings,
+    embedding_model: &str,
+    outcome: &OutcomeRecord<'_>,
+    telemetry: &WebhookStats,
+) -> Result<i32, JobError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO models (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+        .bind(&run.model_name)
+        .execute(&mut *tx)
+        .await?;
+    // Serialises version numbering per model name.
+    let served: Option<i32> =
+        sqlx::query_scalar("SELECT served_version FROM models WHERE name = $1 FOR UPDATE")
+            .bind(&run.model_name)
+            .fetch_one(&mut *tx)
+            .await?;
+    let existing: Option<i32> =
+        sqlx::query_scalar("SELECT version FROM model_versions WHERE run_id = $1")
+            .bind(run.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let version = match existing {
+        Some(v) => v,
+        None => {
+            let next: i32 = sqlx::query_scalar(
+                "SELECT coalesce(max(version), 0) + 1 FROM model_versions WHERE name = $1",
+            )
+            .bind(&run.model_name)
+            .fetch_one(&mut *tx)
+            .await?;
+            let spec = serde_json::to_value(outcome.spec).unwrap_or_default();
+            sqlx::query(
+                "INSERT INTO model_versions (name, version, run_id, dataset_id, spec, embedding_model,
+                                             thresholds, metrics, weights)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&run.model_name)
+            .bind(next)
+            .bind(run.id)
+            .bind(run.dataset_id)
+            .bind(spec)
+            .bind(embedding_model)
+            .bind(serde_json::json!(outcome.thresholds))
+            .bind(serde_json::json!({"validation": outcome.validation, "test": outcome.test}))
+            .bind(outcome.weights)
+            .execute(&mut *tx)
+            .await?;
+            next
+        }
+    };
+    let thresholds: serde_json::Map<String, serde_json::Value> = run
+        .labels
+        .iter()
+        .zip(outcome.thresholds)
+        .map(|(l, t)| (l.clone(), serde_json::json!(t)))
+        .collect();
+    sqlx::query(
+        "UPDATE training_runs SET status = 'succeeded', finished_at = now(), updated_at = now(),
+                model_version = $2, best_epoch = $3, best_metric = $4, test_metrics = $5,
+                thresholds = $6, telemetry = $7, device_used = $8, error = NULL
+         WHERE id = $1",
+    )
+    .bind(run.id)
+    .bind(version)
+    .bind(outcome.best_epoch as i32)
+    .bind(outcome.best_metric)
+    .bind(serde_json::json!(outcome.test))
+    .bind(serde_json::Value::Object(thresholds))
+    .bind(serde_json::json!(telemetry))
+    .bind(outcome.device)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM training_checkpoints WHERE run_id = $1")
+        .bind(run.id)
+        .execute(&mut *tx)
+        .await?;
+    if run.auto_promote && existing.is_none() {
+        let served_f1: Option<f64> = match served {
+            Some(v) => sqlx::query_scalar(
+                "SELECT (metrics->'validation'->>'macro_f1')::float8 FROM model_versions
+                 WHERE name = $1 AND version = $2",
+            )
+            .bind(&run.model_name)
+            .bind(v)
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten(),
+            None => None,
+        };
+        if served_f1.is_none_or(|f1| outcome.validation.macro_f1 > f1) {
+            promote_in_tx(&mut tx, &run.model_name, version, "auto_promote")
+                .await
+                .map_err(|e| JobError::Retryable(e.to_string()))?;
+        }
+    }
+    tx.commit().await?;
+    Ok(version)
+}
+
+/// Serves `version` of `name` (inside the caller's transaction) and announces it.
+pub async fn promote_in_tx(
+    conn: &mut PgConnection,
+    name: &str,
+    version: i32,
+    action: &str,
+) -> Result<Option<i32>, RegistryError> {
+    let previous: Option<Option<i32>> =
+        sqlx::query_scalar("SELECT served_version FROM models WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(previous) = previous else {
+        return Err(RegistryError::NotFound(format!(
+            "model `{name}` does not exist"
+        )));
+    };
+    let exists: Option<i32> =
+        sqlx::query_scalar("SELECT version FROM model_versions WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(version)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if exists.is_none() {
+        return Err(RegistryError::NotFound(format!(
+            "model `{name}` has no version {version}"
+        )));
+    }
+    sqlx::query("UPDATE models SET served_version = $2, updated_at = now() WHERE name = $1")
+        .bind(name)
+        .bind(version)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO model_promotions (name, version, action, previous) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(name)
+    .bind(version)
+    .bind(action)
+    .bind(previous)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(serde_json::json!({"name": name, "version": version}).to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(previous)
+}
+
+pub async fn promote(
+    pool: &PgPool,
+    name: &str,
+    version: i32,
+) -> Result<Option<i32>, RegistryError> {
+    let mut tx = pool.begin().await?;
+    let previous = promote_in_tx(&mut tx, name, version, "promote").await?;
+    tx.commit().await?;
+    Ok(previous)
+}
+
+/// Serves the version that was served before the current one. Returns (from, to).
+pub async fn rollback(pool: &PgPool, name: &str) -> Result<(i32, i32), RegistryError> {
+    let mut tx = pool.begin().await?;
+    let rows =
+        sqlx::query("SELECT version, action FROM model_promotions WHERE name = $1 ORDER BY id")
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut stack: Vec<i32> = Vec::new();
+    for row in rows {
+        let version: i32 = row.get("version");
+        if row.get::<String, _>("action") == "rollback" {
+            stack.pop();
+        } else {
+            stack.push(version);
+        }
+    }
+    let current: Option<Option<i32>> =
+        sqlx::query_scalar("SELECT served_version FROM models WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(Some(current)) = current else {
+        return Err(RegistryError::NotFound(format!(
+            "model `{name}` does not exist or serves no version"
+        )));
+    };
+    if stack.len() < 2 {
+        return Err(RegistryError::Conflict(format!(
+            "model `{name}` has no earlier promoted version to roll back to"
+        )));
+    }
+    let target = stack[stack.len() - 2];
+    sqlx::query("UPDATE models SET served_version = $2, updated_at = now() WHERE name = $1")
+        .bind(name)
+        .bind(target)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO model_promotions (name, version, action, previous) VALUES ($1, $2, 'rollback', $3)",
+    )
+    .bind(name)
+    .bind(target)
+    .bind(current)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(serde_json::json!({"name": name, "version": target}).to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((current, target))
+}
+
+pub async fn list_models(pool: &PgPool) -> Result<Vec<ModelSummary>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT m.name, m.served_version, m.updated_at, max(v.version) AS latest, count(v.version) AS versions
+         FROM models m LEFT JOIN model_versions v ON v.name = m.name
+         GROUP BY m.name ORDER BY m.name",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ModelSummary {
+            name: r.get("name"),
+            served_version: r.get("served_version"),
+            latest_version: r.get("latest"),
+            versions: r.get("versions"),
+            updated_at: r.get("updated_at"),
+        })
+        .collect())
+}
+
+/// Versions of a model, newest first; None when the model does not exist.
+pub async fn list_versions(
+    pool: &PgPool,
+    name: &str,
+) -> Result<Option<Vec<VersionSummary>>, sqlx::Error> {
+    let served: Option<Option<i32>> =
+        sqlx::query_scalar("SELECT served_version FROM models WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    let Some(served) = served else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "SELECT name, version, run_id, dataset_id, spec, embedding_model, thresholds, metrics,
+                octet_length(weights)::bigint AS weights_bytes, created_at
+         FROM model_versions WHERE name = $1 ORDER BY version DESC",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| {
+                let version: i32 = r.get("version");
+                VersionSummary {
+                    name: r.get("name"),
+                    version,
+                    served: served == Some(version),
+                    run_id: r.get("run_id"),
+                    dataset_id: r.get("dataset_id"),
+                    spec: r.get("spec"),
+                    embedding_model: r.get("embedding_model"),
+                    thresholds: r.get("thresholds"),
+                    metrics: r.get("metrics"),
+                    weights_bytes: r.get("weights_bytes"),
+                    created_at: r.get("created_at"),
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// Every served (name, version), most recently changed first.
+pub async fn served_versions(pool: &PgPool) -> Result<Vec<(String, i32)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, served_version FROM models WHERE served_version IS NOT NULL
+         ORDER BY updated_at DESC, name",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn load_version(
+    pool: &PgPool,
+    name: &str,
+    version: i32,
+) -> Result<Option<StoredVersion>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT spec, embedding_model, thresholds, weights FROM model_versions
+         WHERE name = $1 AND version = $2",
+    )
+    .bind(name)
+    .bind(version)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| StoredVersion {
+        name: name.to_string(),
+        version,
+        spec: r.get("spec"),
+        embedding_model: r.get("embedding_model"),
+        thresholds: serde_json::from_value(r.get("thresholds")).unwrap_or_default(),
+        weights: r.get("weights"),
+    }))
+}

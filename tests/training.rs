@@ -1,0 +1,573 @@
+//! Training, the model registry and inference end to end on real data (a slice of the demo
+//! corpora: reviews with sentiment, SpamAssassin emails with spam; labels masked per source),
+//! against a real Postgres and the real MiniLM.
+mod support;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+/// `per_source` reviews and `per_source` emails, evenly spaced through demo.jsonl (so every
+/// review domain and every email group, ham and spam, is represented); `offset` shifts the
+/// picks so that different tests use different records.
+fn demo_slice(per_source: usize, offset: usize) -> tempfile_path::TempPath {
+    let dir =
+        std::env::var("TRAINYARD_DATA_DIR").expect("TRAINYARD_DATA_DIR (source scripts/env.sh)");
+    let text = std::fs::read_to_string(format!("{dir}/demo.jsonl"))
+        .expect("demo.jsonl (run scripts/fetch_demo_data.sh)");
+    let mut by_source: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        by_source
+            .entry(v["source"].as_str().unwrap().to_string())
+            .or_default()
+            .push(line);
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for lines in by_source.values() {
+        let stride = (lines.len() / per_source).max(1);
+        out.extend(
+            lines
+                .iter()
+                .skip(offset % stride)
+                .step_by(stride)
+                .take(per_source)
+                .copied(),
+        );
+    }
+    let path =
+        std::env::temp_dir().join(format!("ty-slice-{}.jsonl", uuid::Uuid::new_v4().simple()));
+    let mut f = std::fs::File::create(&path).unwrap();
+    for line in out {
+        writeln!(f, "{line}").unwrap();
+    }
+    tempfile_path::TempPath(path)
+}
+
+mod tempfile_path {
+    pub struct TempPath(pub std::path::PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn import(url: &str, file: &std::path::Path) {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .arg("import")
+        .arg(file)
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn build_dataset(app: &TestApp) -> String {
+    let (s, d) = app
+        .post(
+            "/api/v1/datasets",
+            json!({"name": "slice", "selection": {"sources": ["reviews", "emails"]},
+                   "label_schema": {"type": "multi_label", "labels": ["spam", "positive_sentiment"]}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{d}");
+    let id = d["id"].as_str().unwrap().to_string();
+    let d = app.wait_dataset(&id, Duration::from_secs(300)).await;
+    assert_eq!(d["status"], "ready", "{d}");
+    id
+}
+
+async fn wait_run(app: &TestApp, id: &str, timeout: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let (_, r) = app.get(&format!("/api/v1/training-runs/{id}")).await;
+        if matches!(
+            r["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) || start.elapsed() > timeout
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn start_run(app: &TestApp, body: Value) -> String {
+    let (s, r) = app.post("/api/v1/training-runs", body).await;
+    assert_eq!(s, 202, "{r}");
+    r["id"].as_str().unwrap().to_string()
+}
+
+async fn wait_loaded(app: &TestApp, name: &str, version: i64) {
+    let start = Instant::now();
+    loop {
+        let (_, models) = app.get("/api/v1/models").await;
+        let loaded = models
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == name))
+            .map(|m| m["loaded_version"].clone());
+        if loaded == Some(json!(version)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "version {version} never loaded: {models}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_training_registry_and_inference() {
+    let db = fresh_db().await;
+    let settings = Arc::new(test_settings(&db.url));
+    let slice = demo_slice(400, 0);
+    import(&db.url, &slice.0);
+    let app = spawn_api(db.pool.clone(), settings).await;
+    let _worker = spawn_inprocess_worker(&app, 2);
+    let dataset = build_dataset(&app).await;
+
+    let body = json!({"dataset_id": dataset, "model_name": "moderation", "mode": "head",
+                      "hyperparameters": {"epochs": 40, "seed": 7, "patience": 8}});
+    let run = start_run(&app, body.clone()).await;
+    let r = wait_run(&app, &run, Duration::from_secs(240)).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["model_version"], 1);
+    let test_f1 = r["test_metrics"]["macro_f1"].as_f64().unwrap();
+    eprintln!(
+        "head: test macro-F1 {test_f1:.4}, best epoch {}, test metrics {}",
+        r["best_epoch"], r["test_metrics"]
+    );
+    assert!(test_f1 >= 0.80, "test macro-F1 {test_f1} below 0.80: {r}");
+    for label in r["test_metrics"]["per_label"].as_array().unwrap() {
+        assert!(label["support"].as_u64().unwrap() > 0, "{label}");
+    }
+
+    // The series: one row per epoch, 1..=n, no duplicates; curves render.
+    let (_, m) = app
+        .get(&format!("/api/v1/training-runs/{run}/metrics"))
+        .await;
+    let epochs: Vec<i64> = m["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_i64().unwrap())
+        .collect();
+    assert_eq!(epochs, (1..=epochs.len() as i64).collect::<Vec<_>>());
+    assert!(
+        m["epochs"][0]["metrics"]["per_label"][0]["roc_auc"].is_number(),
+        "{m}"
+    );
+    let svg = reqwest::get(format!(
+        "{}/api/v1/training-runs/{run}/curves.svg",
+        app.base
+    ))
+    .await
+    .unwrap();
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    let svg = svg.text().await.unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{}",
+        &svg[..100.min(svg.len())]
+    );
+
+    // Same seed, same data, CPU: the same numbers.
+    let again = start_run(&app, body).await;
+    let r2 = wait_run(&app, &again, Duration::from_secs(240)).await;
+    assert_eq!(r2["status"], "succeeded", "{r2}");
+    assert_eq!(r2["model_version"], 2);
+    assert_eq!(
+        r2["test_metrics"], r["test_metrics"],
+        "a fixed seed must reproduce the metrics"
+    );
+    let (_, m2) = app
+        .get(&format!("/api/v1/training-runs/{again}/metrics"))
+        .await;
+    let losses = |m: &Value| {
+        m["epochs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["train_loss"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&m), losses(&m2));
+
+    // Nothing served yet: the root endpoints say so.
+    let (s, e) = app.post("/predict", json!({"text": "hello"})).await;
+    assert_eq!(s, 503, "{e}");
+    let (_, h) = app.get("/health").await;
+    assert_eq!(h, json!({"status": "ok", "model": null}));
+
+    // Promote v1: every API process loads it; the second seed's shapes answer.
+    let (s, p) = app
+        .post("/api/v1/models/moderation/versions/1/promote", json!({}))
+        .await;
+    assert_eq!(s, 200, "{p}");
+    wait_loaded(&app, "moderation", 1).await;
+    let (_, h) = app.get("/health").await;
+    assert_eq!(h, json!({"status": "ok", "model": "moderation"}));
+    let (s, p) = app
+        .post(
+            "/predict",
+            json!({"text": "FREE money!!! Click here to claim your prize, limited offer, act now"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["error"], Value::Null);
+    assert_eq!(
+        p["text"],
+        "FREE money!!! Click here to claim your prize, limited offer, act now"
+    );
+    assert!(
+        p["predictions"]["spam"].is_number() && p["predictions"]["positive_sentiment"].is_number(),
+        "{p}"
+    );
+    assert!(
+        p["positive_labels"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("spam")),
+        "{p}"
+    );
+    assert_eq!(p["top_label"], "spam");
+    // threshold 0: everything is positive (>=); threshold 1 for spam only.
+    let (_, p0) = app
+        .post(
+            "/predict",
+            json!({"text": "a lovely film", "threshold": 0.0}),
+        )
+        .await;
+    assert_eq!(p0["positive_labels"].as_array().unwrap().len(), 2, "{p0}");
+    let (s, _) = app
+        .post(
+            "/predict",
+            json!({"text": "a lovely film", "threshold": {"spam": 1.0}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // A batch keeps every text: the empty one carries its own error.
+    let (s, b) = app
+        .post("/batch", json!({"texts": ["I loved this movie, wonderful acting", "", "Cheap meds online, no prescription"]}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["count"], 3);
+    assert_eq!(b["results"].as_array().unwrap().len(), 3);
+    assert_eq!(b["results"][1]["error"], "text is empty");
+    assert_eq!(b["results"][0]["error"], Value::Null);
+    assert!(
+        b["results"][0]["positive_labels"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("positive_sentiment")),
+        "{b}"
+    );
+    // The batch scores equal the one-by-one scores.
+    let (_, single) = app
+        .post(
+            "/api/v1/models/moderation/predict",
+            json!({"text": "Cheap meds online, no prescription"}),
+        )
+        .await;
+    let a = single["predictions"]["spam"].as_f64().unwrap();
+    let c = b["results"][2]["predictions"]["spam"].as_f64().unwrap();
+    assert!((a - c).abs() < 1e-4, "{a} vs {c}");
+
+    // Bad input: clear 4xx.
+    for (path, body, status, code) in [
+        ("/predict", json!({"text": ""}), 422, "invalid_text"),
+        (
+            "/predict",
+            json!({"text": "x", "threshold": 1.5}),
+            422,
+            "invalid_threshold",
+        ),
+        (
+            "/predict",
+            json!({"text": "x", "threshold": {"spam": -0.1}}),
+            422,
+            "invalid_threshold",
+        ),
+        (
+            "/predict",
+            json!({"text": "x", "threshold": {"nope": 0.5}}),
+            422,
+            "invalid_threshold",
+        ),
+        (
+            "/predict",
+            json!({"text": "x", "threshold": "high"}),
+            422,
+            "invalid_threshold",
+        ),
+        ("/batch", json!({"texts": []}), 422, "empty_batch"),
+        (
+            "/api/v1/models/nope/predict",
+            json!({"text": "x"}),
+            404,
+            "model_not_found",
+        ),
+        (
+            "/api/v1/models/moderation/versions/9/promote",
+            json!({}),
+            404,
+            "not_found",
+        ),
+        (
+            "/api/v1/models/moderation/versions/x/promote",
+            json!({}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/api/v1/training-runs",
+            json!({"dataset_id": uuid::Uuid::new_v4(), "model_name": "m"}),
+            422,
+            "unknown_dataset",
+        ),
+        (
+            "/api/v1/training-runs",
+            json!({"dataset_id": dataset, "model_name": "m", "hyperparameters": {"epochs": 0}}),
+            422,
+            "invalid_hyperparameter",
+        ),
+        (
+            "/api/v1/training-runs",
+            json!({"dataset_id": dataset, "model_name": "m", "hyperparameters": {"learning_rate": 5.0}}),
+            422,
+            "invalid_hyperparameter",
+        ),
+        (
+            "/api/v1/training-runs",
+            json!({"dataset_id": dataset, "model_name": "m", "hyperparameters": {"dropout": 0.95}}),
+            422,
+            "invalid_hyperparameter",
+        ),
+        (
+            "/api/v1/training-runs",
+            json!({"dataset_id": dataset, "model_name": "bad name!"}),
+            422,
+            "invalid_model_name",
+        ),
+        (
+            "/api/v1/training-runs",
+            json!({"dataset_id": dataset, "model_name": "m", "device": "tpu"}),
+            422,
+            "invalid_device",
+        ),
+    ] {
+        let (s, e) = app.post(path, body.clone()).await;
+        assert_eq!(s, status, "{path} {body}: {e}");
+        assert_eq!(e["error"]["code"], code, "{path} {body}: {e}");
+    }
+    let (s, _) = app.get("/api/v1/training-runs/not-a-uuid").await;
+    assert_eq!(s, 400);
+    let (s, _) = app
+        .get(&format!("/api/v1/training-runs/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(s, 404);
+
+    // Promote v2, then roll back to v1: each announced and swapped in.
+    let (s, p) = app
+        .post("/api/v1/models/moderation/versions/2/promote", json!({}))
+        .await;
+    assert_eq!((s, p["previous_version"].clone()), (200, json!(1)), "{p}");
+    wait_loaded(&app, "moderation", 2).await;
+    let (s, p) = app
+        .post("/api/v1/models/moderation/rollback", json!({}))
+        .await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["version"], 1);
+    wait_loaded(&app, "moderation", 1).await;
+    let (s, e) = app
+        .post("/api/v1/models/moderation/rollback", json!({}))
+        .await;
+    assert_eq!(s, 409, "nothing older than v1 to roll back to: {e}");
+    let (_, versions) = app.get("/api/v1/models/moderation/versions").await;
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+    assert_eq!(versions[1]["served"], true);
+
+    // A version whose weights are corrupt fails to load and is reported; others keep serving.
+    sqlx::query("INSERT INTO models (name) VALUES ('broken')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO model_versions (name, version, spec, embedding_model, thresholds, metrics, weights)
+                 SELECT 'broken', 1, spec, embedding_model, thresholds, metrics, '\\x00'::bytea FROM model_versions
+                 WHERE name = 'moderation' AND version = 2")
+        .execute(&db.pool).await.unwrap();
+    let (s, _) = app
+        .post("/api/v1/models/broken/versions/1/promote", json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let start = Instant::now();
+    loop {
+        let (_, models) = app.get("/api/v1/models").await;
+        let broken = models
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "broken")
+            .cloned()
+            .unwrap();
+        if broken["load_error"].is_string() {
+            assert_eq!(broken["loaded_version"], Value::Null);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{models}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, e) = app
+        .post("/api/v1/models/broken/predict", json!({"text": "x"}))
+        .await;
+    assert_eq!(s, 503, "{e}");
+    let (s, _) = app
+        .post(
+            "/api/v1/models/moderation/predict",
+            json!({"text": "still served"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finetune_trains_end_to_end_and_auto_promotes() {
+    let db = fresh_db().await;
+    let settings = Arc::new(test_settings(&db.url));
+    let slice = demo_slice(60, 1);
+    import(&db.url, &slice.0);
+    let app = spawn_api(db.pool.clone(), settings).await;
+    let _worker = spawn_inprocess_worker(&app, 2);
+    let dataset = build_dataset(&app).await;
+    let run = start_run(
+        &app,
+        json!({"dataset_id": dataset, "model_name": "ft", "mode": "finetune", "auto_promote": true,
+               "hyperparameters": {"epochs": 2, "batch_size": 16, "max_tokens": 64, "learning_rate": 0.002,
+                                    "encoder_learning_rate": 0.0001, "seed": 3}}),
+    )
+    .await;
+    let r = wait_run(&app, &run, Duration::from_secs(400)).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    eprintln!("finetune: test metrics {}", r["test_metrics"]);
+    let (_, m) = app
+        .get(&format!("/api/v1/training-runs/{run}/metrics"))
+        .await;
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 2, "{m}");
+    let first = m["epochs"][0]["train_loss"].as_f64().unwrap();
+    let second = m["epochs"][1]["train_loss"].as_f64().unwrap();
+    assert!(
+        second < first,
+        "training loss should fall: {first} -> {second}"
+    );
+    let f1 = r["test_metrics"]["macro_f1"].as_f64().unwrap();
+    assert!(f1 >= 0.6, "finetune test macro-F1 {f1}");
+    // auto_promote: the first version of a name is promoted and served.
+    wait_loaded(&app, "ft", 1).await;
+    let (s, p) = app
+        .post(
+            "/api/v1/models/ft/predict",
+            json!({"text": "Terrible service, never again"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{p}");
+    let (_, versions) = app.get("/api/v1/models/ft/versions").await;
+    assert!(
+        versions[0]["weights_bytes"].as_i64().unwrap() > 80_000_000,
+        "a finetune version stores the encoder too"
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_training_worker_resumes_from_checkpoint() {
+    let db = fresh_db().await;
+    let settings = Arc::new(test_settings(&db.url));
+    let slice = demo_slice(60, 2);
+    import(&db.url, &slice.0);
+    let app = spawn_api(db.pool.clone(), settings).await;
+    let embedder = spawn_inprocess_worker(&app, 2);
+    let dataset = build_dataset(&app).await;
+    drop(embedder);
+    let run = start_run(
+        &app,
+        json!({"dataset_id": dataset, "model_name": "resumed", "mode": "finetune",
+               "hyperparameters": {"epochs": 4, "batch_size": 16, "max_tokens": 48, "patience": 0, "seed": 5}}),
+    )
+    .await;
+    // A real worker process on the train queue; SIGKILL it once epoch 1 is stored.
+    let first = spawn_train_worker(&db.url, "train-a");
+    let start = Instant::now();
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM training_epochs WHERE run_id = $1::uuid")
+                .bind(&run)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        if done >= 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no epoch finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(first); // SIGKILL
+    let _second = spawn_train_worker(&db.url, "train-b");
+    let r = wait_run(&app, &run, Duration::from_secs(400)).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let resumed = r["resumed_from"]
+        .as_i64()
+        .expect("the run resumed from a checkpoint");
+    assert!(resumed >= 1, "{r}");
+    let (_, m) = app
+        .get(&format!("/api/v1/training-runs/{run}/metrics"))
+        .await;
+    let epochs: Vec<i64> = m["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_i64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4], "every epoch once: {m}");
+    let (_, job) = app
+        .get(&format!("/api/v1/jobs/{}", r["job_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(job["attempts"].as_i64().unwrap() >= 1, "{job}");
+    db.drop_db().await;
+}
+
+fn spawn_train_worker(url: &str, name: &str) -> KillOnDrop {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .args([
+            "worker",
+            "--queues",
+            "train",
+            "--concurrency",
+            "1",
+            "--name",
+            name,
+        ])
+        .env("DATABASE_URL", url)
+        .env("TRAINYARD_QUEUE__HEARTBEAT_SECS", "1")
+        .env("TRAINYARD_QUEUE__MISSED_HEARTBEATS", "3")
+        .env("TRAINYARD_QUEUE__POLL_INTERVAL_MS", "200")
+        .env("TRAINYARD_QUEUE__MAX_ATTEMPTS", "3")
+        .env("TRAINYARD_TRAINING__THREADS", "2")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn trainyard worker");
+    KillOnDrop(child)
+}
