@@ -92,3 +92,9 @@ CREATE TABLE model_promotions (
     previous    INTEGER,
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+
+-- Weights and optimizer state are float32 noise to a compressor: store them uncompressed
+-- (pglz spent ~15 s per 360 MB checkpoint trying, and gained nothing).
+ALTER TABLE training_checkpoints ALTER COLUMN state SET STORAGE EXTERNAL;
+ALTER TABLE training_checkpoints ALTER COLUMN best_weights SET STORAGE EXTERNAL;
+ALTER TABLE model_versions ALTER COLUMN weights SET STORAGE EXTERNAL;

@@ -442,7 +442,7 @@ async fn head_training_registry_and_inference() {
 async fn finetune_trains_end_to_end_and_auto_promotes() {
     let db = fresh_db().await;
     let settings = Arc::new(test_settings(&db.url));
-    let slice = demo_slice(60, 1);
+    let slice = demo_slice(150, 1);
     import(&db.url, &slice.0);
     let app = spawn_api(db.pool.clone(), settings).await;
     let _worker = spawn_inprocess_worker(&app, 2);
@@ -539,9 +539,16 @@ async fn killed_training_worker_resumes_from_checkpoint() {
         .map(|e| e["epoch"].as_i64().unwrap())
         .collect();
     assert_eq!(epochs, vec![1, 2, 3, 4], "every epoch once: {m}");
-    let (_, job) = app
-        .get(&format!("/api/v1/jobs/{}", r["job_id"].as_str().unwrap()))
-        .await;
+    // apalis records the job's end just after the handler returns: poll for it.
+    let job_path = format!("/api/v1/jobs/{}", r["job_id"].as_str().unwrap());
+    let start = Instant::now();
+    let job = loop {
+        let (_, job) = app.get(&job_path).await;
+        if job["status"] == "succeeded" || start.elapsed() > Duration::from_secs(30) {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(job["status"], "succeeded", "{job}");
     assert!(job["attempts"].as_i64().unwrap() >= 1, "{job}");
     db.drop_db().await;
