@@ -208,7 +208,7 @@ impl TextEncoder {
 /// What a replica runs: the bare encoder, or a classifier (encoder + head).
 enum ReplicaModel {
     /// The store owns the parameters the encoder uses: kept alive with it.
-    Encoder(#[allow(dead_code)] tch::nn::VarStore, BertEncoder),
+    Encoder(#[allow(dead_code)] tch::nn::VarStore, Box<BertEncoder>),
     Classifier(Box<Classifier>),
 }
 
@@ -219,7 +219,7 @@ impl ReplicaModel {
             None => {
                 let (vs, encoder) = load_encoder(&options.model_dir, options.device)?;
                 let width = encoder.config.hidden_size as usize;
-                Ok((ReplicaModel::Encoder(vs, encoder), width))
+                Ok((ReplicaModel::Encoder(vs, Box::new(encoder)), width))
             }
             Some(weights) => {
                 let mut model = Classifier::new(

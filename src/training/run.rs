@@ -287,6 +287,9 @@ pub async fn record_failure(pool: &PgPool, run_id: Uuid, error: &JobError, last:
     }
 }
 
+/// One split while it is read: flat embeddings, texts, targets.
+type SplitRows = (Vec<f32>, Vec<String>, Vec<Vec<Option<bool>>>);
+
 async fn load_splits(
     pool: &PgPool,
     run: &RunSettings,
@@ -305,7 +308,7 @@ async fn load_splits(
     .fetch_all(pool)
     .await?;
     let head = run.mode == TrainMode::Head;
-    let mut splits: [(Vec<f32>, Vec<String>, Vec<Vec<Option<bool>>>); 3] = Default::default();
+    let mut splits: [SplitRows; 3] = Default::default();
     for row in rows {
         let labels: serde_json::Value = row.get("labels");
         let targets: Vec<Option<bool>> = run
