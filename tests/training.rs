@@ -56,6 +56,30 @@ mod tempfile_path {
     }
 }
 
+/// A real HTTP server that records every webhook POST: (Authorization header, JSON body).
+async fn webhook_sink() -> (String, Arc<std::sync::Mutex<Vec<(String, Value)>>>) {
+    use poem::listener::{Acceptor, Listener};
+    use poem::{handler, post, web, EndpointExt, Route};
+    type Seen = Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+    #[handler]
+    fn hook(req: &poem::Request, body: web::Json<Value>, seen: web::Data<&Seen>) -> &'static str {
+        let auth = req.header("authorization").unwrap_or_default().to_string();
+        seen.lock().unwrap().push((auth, body.0));
+        "ok"
+    }
+    let seen: Seen = Default::default();
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .unwrap();
+    let addr = acceptor.local_addr()[0].as_socket_addr().cloned().unwrap();
+    let app = Route::new().at("/hook", post(hook)).data(seen.clone());
+    tokio::spawn(async move {
+        let _ = poem::Server::new_with_acceptor(acceptor).run(app).await;
+    });
+    (format!("http://{addr}/hook"), seen)
+}
+
 fn import(url: &str, file: &std::path::Path) {
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_trainyard"))
         .arg("import")
@@ -135,7 +159,12 @@ async fn head_training_registry_and_inference() {
 
     let body = json!({"dataset_id": dataset, "model_name": "moderation", "mode": "head",
                       "hyperparameters": {"epochs": 40, "seed": 7, "patience": 8}});
-    let run = start_run(&app, body.clone()).await;
+    // The first run reports to a telemetry webhook (a real HTTP server in this test).
+    let (hook_url, seen) = webhook_sink().await;
+    let mut with_hook = body.clone();
+    with_hook["webhook"] = json!({"url": hook_url, "authorization": "Bearer t0ken"});
+    with_hook["hyperparameters"]["log_every_steps"] = json!(5);
+    let run = start_run(&app, with_hook).await;
     let r = wait_run(&app, &run, Duration::from_secs(240)).await;
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(r["model_version"], 1);
@@ -148,6 +177,39 @@ async fn head_training_registry_and_inference() {
     for label in r["test_metrics"]["per_label"].as_array().unwrap() {
         assert!(label["support"].as_u64().unwrap() > 0, "{label}");
     }
+
+    // Telemetry: a step event every 5 steps and an eval event per epoch, all authorised.
+    let events = seen.lock().unwrap().clone();
+    assert!(events.iter().all(|(auth, _)| auth == "Bearer t0ken"));
+    let evals: Vec<&Value> = events
+        .iter()
+        .map(|e| &e.1)
+        .filter(|b| b["is_eval"] == true)
+        .collect();
+    let steps: Vec<&Value> = events
+        .iter()
+        .map(|e| &e.1)
+        .filter(|b| b.get("is_eval").is_none())
+        .collect();
+    assert!(
+        !steps.is_empty()
+            && steps
+                .iter()
+                .all(|b| b["global_step"].as_u64().unwrap() % 5 == 0),
+        "{steps:?}"
+    );
+    assert!(steps.iter().all(|b| b["experiment_id"] == run.as_str()
+        && b["metrics"]["loss"].is_number()
+        && b["timestamp"].is_string()));
+    assert!(
+        evals.iter().all(|b| b["metrics"]["macro_f1"].is_number()),
+        "{evals:?}"
+    );
+    assert_eq!(
+        r["telemetry"]["sent"].as_u64().unwrap() as usize,
+        events.len(),
+        "{r}"
+    );
 
     // The series: one row per epoch, 1..=n, no duplicates; curves render.
     let (_, m) = app
@@ -479,6 +541,41 @@ async fn finetune_trains_end_to_end_and_auto_promotes() {
         .await;
     assert_eq!(s, 200, "{p}");
     let (_, versions) = app.get("/api/v1/models/ft/versions").await;
+    // Cancelling a running run stops it at its next step.
+    let long = start_run(
+        &app,
+        json!({"dataset_id": dataset, "model_name": "ft-long", "mode": "finetune",
+               "hyperparameters": {"epochs": 50, "max_tokens": 32}}),
+    )
+    .await;
+    let start = Instant::now();
+    loop {
+        let (_, r) = app.get(&format!("/api/v1/training-runs/{long}")).await;
+        if r["progress"]["global_step"].as_i64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "never started: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, _) = app
+        .post(&format!("/api/v1/training-runs/{long}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let asked = Instant::now();
+    let r = wait_run(&app, &long, Duration::from_secs(60)).await;
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "stopped after {:?}",
+        asked.elapsed()
+    );
+    let (s, _) = app
+        .post(&format!("/api/v1/training-runs/{long}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 409, "a cancelled run cannot be cancelled again");
     assert!(
         versions[0]["weights_bytes"].as_i64().unwrap() > 80_000_000,
         "a finetune version stores the encoder too"

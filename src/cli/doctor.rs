@@ -21,6 +21,13 @@ pub async fn doctor() -> anyhow::Result<()> {
     } else {
         println!("cuda         none (CPU only)");
     }
+    // What a `train` job with device=auto and the served models would use on this machine.
+    let device = crate::ml::text_encoder::pick_device("auto");
+    println!(
+        "device       {} for training and inference with device=auto (local_model.device = {})",
+        format!("{device:?}").to_lowercase(),
+        settings.local_model.device
+    );
     let mut healthy = true;
     match crate::db::connect(&settings.database).await {
         Ok(pool) => {

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::Path;
 
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
@@ -87,14 +89,40 @@ impl MlpHead {
         }
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = x.dropout(self.dropout, train);
+    /// `rng`: Some while training (dropout on), None for inference.
+    fn forward_t(&self, x: &Tensor, mut rng: Option<&mut ChaCha8Rng>) -> Tensor {
+        let x = dropout(x, self.dropout, rng.as_deref_mut());
         match &self.hidden {
-            Some(hidden) => self
-                .out
-                .forward(&hidden.forward(&x).relu().dropout(self.dropout, train)),
+            Some(hidden) => {
+                let h = dropout(&hidden.forward(&x).relu(), self.dropout, rng);
+                self.out.forward(&h)
+            }
             None => self.out.forward(&x),
         }
+    }
+}
+
+/// Inverted dropout with a mask drawn from `rng` (not libtorch's process-wide generator, which
+/// two runs in one process would share), so a seeded run is reproducible whatever runs beside it.
+fn dropout(x: &Tensor, p: f64, rng: Option<&mut ChaCha8Rng>) -> Tensor {
+    match rng {
+        Some(rng) if p > 0.0 => {
+            let keep = 1.0 - p;
+            let scale = (1.0 / keep) as f32;
+            let mask: Vec<f32> = (0..x.numel())
+                .map(|_| {
+                    if rng.random::<f64>() < keep {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            x * Tensor::from_slice(&mask)
+                .view(x.size().as_slice())
+                .to_device(x.device())
+        }
+        _ => x.shallow_clone(),
     }
 }
 
@@ -163,8 +191,31 @@ impl Classifier {
         })
     }
 
-    /// Raw scores, [batch, labels].
-    pub fn logits(&self, input: ClassifierInput<'_>, train: bool) -> Tensor {
+    /// Draws the head's initial weights from `rng`: uniform in ±1/sqrt(fan_in), libtorch's
+    /// default range for linear layers, but from a generator this run owns.
+    pub fn init_head(&mut self, rng: &mut ChaCha8Rng) {
+        let vars = self.vs.variables();
+        let mut names: Vec<&String> = vars
+            .keys()
+            .filter(|n| n.starts_with("classifier."))
+            .collect();
+        names.sort();
+        tch::no_grad(|| {
+            for name in names {
+                let weight_name = name.replace(".bias", ".weight");
+                let fan_in = vars[&weight_name].size()[1] as f64;
+                let bound = (1.0 / fan_in.sqrt()) as f32;
+                let mut var = vars[name].shallow_clone();
+                let values: Vec<f32> = (0..var.numel())
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect();
+                var.copy_(&Tensor::from_slice(&values).view(var.size().as_slice()));
+            }
+        });
+    }
+
+    /// Raw scores, [batch, labels]. `rng`: Some while training (dropout), None otherwise.
+    pub fn logits(&self, input: ClassifierInput<'_>, rng: Option<&mut ChaCha8Rng>) -> Tensor {
         let pooled = match input {
             ClassifierInput::Embeddings(x) => x.shallow_clone(),
             ClassifierInput::Tokens { ids, mask, padded } => {
@@ -178,7 +229,7 @@ impl Classifier {
                 mean_pool_normalize(&hidden, mask)
             }
         };
-        self.head.forward_t(&pooled, train)
+        self.head.forward_t(&pooled, rng)
     }
 
     /// Probabilities: softmax over labels for multi-class, independent sigmoids otherwise.
@@ -564,16 +615,17 @@ mod tests {
         let mut b = Classifier::new(spec(TaskType::MultiLabel, 2), Device::Cpu, None).unwrap();
         b.load_weights_blob(&blob).unwrap();
         let x = Tensor::from_slice(&[0.1f32, 0.2, 0.3, 0.4]).view([1, 4]);
-        let ya = a.logits(ClassifierInput::Embeddings(&x), false);
-        let yb = b.logits(ClassifierInput::Embeddings(&x), false);
+        let ya = a.logits(ClassifierInput::Embeddings(&x), None);
+        let yb = b.logits(ClassifierInput::Embeddings(&x), None);
         assert_eq!(
             Vec::<f32>::try_from(ya.view([-1])).unwrap(),
             Vec::<f32>::try_from(yb.view([-1])).unwrap()
         );
 
         let mut opt = AdamW::new(a.trainable(), 0.01, |_| 0);
+        let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
         let loss = a
-            .logits(ClassifierInput::Embeddings(&x), true)
+            .logits(ClassifierInput::Embeddings(&x), Some(&mut rng))
             .sum(Kind::Float);
         loss.backward();
         opt.step(&[0.01]);

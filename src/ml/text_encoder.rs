@@ -245,7 +245,7 @@ impl ReplicaModel {
                         mask,
                         padded,
                     },
-                    false,
+                    None,
                 );
                 model.probabilities(&logits)
             }

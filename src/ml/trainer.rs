@@ -2,12 +2,17 @@
 //! gradient clipping, prediction, and checkpoint state. Epoch bookkeeping, metrics, early
 //! stopping and storage are the caller's (`training::run`).
 //!
-//! Determinism: the head is initialised from `seed`; each epoch reseeds libtorch with
-//! (seed, epoch) before it shuffles and applies dropout, so epoch N gives the same result
-//! whether the run started at epoch 1 or resumed from a checkpoint of epoch N-1.
+//! Determinism: the head's initial weights, each epoch's shuffle and every dropout mask come
+//! from ChaCha8 generators seeded with (seed, stream): stream 0 for the initialisation, stream N
+//! for epoch N. Nothing uses libtorch's process-wide generator, so a run gives the same numbers
+//! whatever else runs in the process, and epoch N gives the same result whether the run started
+//! at epoch 1 or resumed from a checkpoint of epoch N-1.
 use std::path::Path;
 use std::time::Instant;
 
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -187,9 +192,9 @@ impl Trainer {
         if train.is_empty() {
             return Err(TrainError::Failed("the training split is empty".into()));
         }
-        tch::manual_seed(hp.seed as i64);
         let finetune = spec.mode == TrainMode::Finetune;
-        let model = Classifier::new(spec, device, if finetune { base_dir } else { None })?;
+        let mut model = Classifier::new(spec, device, if finetune { base_dir } else { None })?;
+        model.init_head(&mut run_rng(hp.seed, 0));
         let optimizer = AdamW::new(model.trainable(), hp.weight_decay, |name| {
             usize::from(!name.starts_with("classifier."))
         });
@@ -246,13 +251,10 @@ impl Trainer {
         epoch: u32,
         on_step: &mut dyn FnMut(StepInfo) -> bool,
     ) -> Result<f64, TrainError> {
-        tch::manual_seed(
-            (self.hp.seed as i64)
-                .wrapping_mul(1000)
-                .wrapping_add(epoch as i64),
-        );
-        let rows = self.train_targets.len() as i64;
-        let order = Vec::<i64>::try_from(Tensor::randperm(rows, (Kind::Int64, Device::Cpu)))?;
+        // This epoch's own generator: the shuffle and every dropout mask come from it.
+        let mut rng = run_rng(self.hp.seed, epoch as u64);
+        let mut order: Vec<i64> = (0..self.train_targets.len() as i64).collect();
+        order.shuffle(&mut rng);
         let batch = self.hp.batch_size.max(1);
         let labels = self.model.spec.labels.len();
         let loss_spec = self.hp.loss_spec();
@@ -272,7 +274,7 @@ impl Trainer {
                 .map(|&i| &self.train_targets[i as usize])
                 .collect();
             let (t, m) = target_tensors(&targets, labels, self.device);
-            let logits = self.forward_rows(chunk, true)?;
+            let logits = self.forward_rows(chunk, &mut rng)?;
             let loss = masked_loss(
                 self.model.spec.task,
                 &logits,
@@ -313,12 +315,14 @@ impl Trainer {
         Ok(total_loss / steps.max(1) as f64)
     }
 
-    fn forward_rows(&self, rows: &[i64], train: bool) -> Result<Tensor, TrainError> {
+    fn forward_rows(&self, rows: &[i64], rng: &mut ChaCha8Rng) -> Result<Tensor, TrainError> {
         match &self.train_inputs {
             Prepared::Embeddings(x) => {
                 let index = Tensor::from_slice(rows).to_device(self.device);
                 let x = x.index_select(0, &index);
-                Ok(self.model.logits(ClassifierInput::Embeddings(&x), train))
+                Ok(self
+                    .model
+                    .logits(ClassifierInput::Embeddings(&x), Some(rng)))
             }
             Prepared::Tokens(ids) => {
                 let batch: Vec<&Vec<i64>> = rows.iter().map(|&i| &ids[i as usize]).collect();
@@ -329,7 +333,7 @@ impl Trainer {
                         mask: &mask,
                         padded,
                     },
-                    train,
+                    Some(rng),
                 ))
             }
         }
@@ -362,7 +366,7 @@ impl Trainer {
                     Prepared::Embeddings(x) => {
                         let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
                         let x = x.index_select(0, &Tensor::from_slice(&idx).to_device(self.device));
-                        self.model.logits(ClassifierInput::Embeddings(&x), false)
+                        self.model.logits(ClassifierInput::Embeddings(&x), None)
                     }
                     Prepared::Tokens(ids) => {
                         let batch: Vec<&Vec<i64>> = chunk.iter().map(|&i| &ids[i]).collect();
@@ -373,7 +377,7 @@ impl Trainer {
                                 mask: &mask,
                                 padded,
                             },
-                            false,
+                            None,
                         )
                     }
                 };
@@ -426,6 +430,13 @@ impl Trainer {
         self.optimizer.restore(&optimizer)?;
         Ok(())
     }
+}
+
+/// The run's generators: stream 0 initialises the head, stream N drives epoch N.
+fn run_rng(seed: u64, stream: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
 }
 
 fn prepare(
