@@ -90,7 +90,8 @@ pub async fn build_dataset(args: BuildDatasetArgs) -> anyhow::Result<()> {
         .as_str()
         .context("no dataset id in the answer")?
         .to_string();
-    println!(
+    // Status lines go to stderr; stdout carries only the final JSON (for scripts).
+    eprintln!(
         "dataset {id} (build job {})",
         created["build_job_id"].as_str().unwrap_or("?")
     );

@@ -472,29 +472,26 @@ impl AdamW {
             if grads.is_empty() {
                 return 0.0;
             }
-            let squares: Vec<Tensor> = grads
-                .iter()
-                .map(|g| g.pow_tensor_scalar(2).sum(Kind::Float))
-                .collect();
-            let norm = Tensor::stack(&squares, 0)
-                .sum(Kind::Float)
-                .sqrt()
-                .double_value(&[]);
+            // One norm per gradient (no full-size temporaries), then the norm of the norms.
+            let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+            let norm = Tensor::stack(&norms, 0).norm().double_value(&[]);
             if max > 0.0 && norm > max {
                 let scale = max / (norm + 1e-6);
                 for mut g in grads {
-                    let _ = g.f_mul_scalar_(scale);
+                    let _ = g.g_mul_scalar_(scale);
                 }
             }
             norm
         })
     }
 
+    /// One AdamW step, in place: the same update as PyTorch's single-tensor AdamW, with two
+    /// temporaries per parameter.
     pub fn step(&mut self, lrs: &[f64]) {
         self.step += 1;
         let t = self.step as i32;
         let bias1 = 1.0 - self.beta1.powi(t);
-        let bias2 = 1.0 - self.beta2.powi(t);
+        let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
         tch::no_grad(|| {
             for (i, (name, p)) in self.params.iter_mut().enumerate() {
                 let g = p.grad();
@@ -502,16 +499,24 @@ impl AdamW {
                     continue;
                 }
                 let lr = lrs[self.lr_group[i].min(lrs.len() - 1)];
-                let _ = self.m[i].g_mul_scalar_(self.beta1);
-                let _ = self.m[i].g_add_(&(&g * (1.0 - self.beta1)));
-                let _ = self.v[i].g_mul_scalar_(self.beta2);
-                let _ = self.v[i].addcmul_(&g, &g.g_mul_scalar(1.0 - self.beta2));
                 if self.weight_decay > 0.0 && !no_decay(name) {
                     let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
-                let denom = (&self.v[i] / bias2).sqrt() + self.eps;
-                let update = (&self.m[i] / bias1) / denom * lr;
-                let _ = p.g_sub_(&update);
+                // m = b1 m + (1 - b1) g
+                let _ = self.m[i].lerp_(&g, 1.0 - self.beta1);
+                // v = b2 v + (1 - b2) g²
+                let scaled = g.g_mul_scalar((1.0 - self.beta2).sqrt());
+                let _ = self.v[i].g_mul_scalar_(self.beta2);
+                let _ = self.v[i].addcmul_(&scaled, &scaled);
+                if lr == 0.0 {
+                    continue;
+                }
+                // p -= lr / bias1 · m / (sqrt(v) / sqrt(bias2) + eps)
+                let mut denom = self.v[i].sqrt();
+                let _ = denom.g_div_scalar_(bias2_sqrt);
+                let _ = denom.g_add_scalar_(self.eps);
+                let _ = denom.g_div_scalar_(-lr / bias1);
+                let _ = p.addcdiv_(&self.m[i], &denom);
             }
         });
     }
