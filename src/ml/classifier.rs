@@ -612,6 +612,38 @@ mod tests {
     }
 
     #[test]
+    fn adamw_matches_pytorch() {
+        // Reference: torch.optim.AdamW(lr=0.1, betas=(0.9, 0.999), eps=1e-8), weight decay 0.01
+        // on the weight and 0 on the bias, three steps with these gradients (torch 2.11).
+        let w = Tensor::from_slice(&[0.5f32, -1.0, 2.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[0.1f32, 0.2]).set_requires_grad(true);
+        let params = vec![
+            ("classifier.out.weight".to_string(), w.shallow_clone()),
+            ("classifier.out.bias".to_string(), b.shallow_clone()),
+        ];
+        let mut opt = AdamW::new(params, 0.01, |_| 0);
+        let steps: [([f32; 3], [f32; 2]); 3] = [
+            ([0.3, -0.2, 0.05], [1.0, -1.0]),
+            ([0.1, 0.4, -0.3], [0.5, 0.5]),
+            ([-0.2, 0.1, 0.0], [0.0, 2.0]),
+        ];
+        for (gw, gb) in steps {
+            opt.zero_grad();
+            let loss = (&w * Tensor::from_slice(&gw)).sum(Kind::Float)
+                + (&b * Tensor::from_slice(&gb)).sum(Kind::Float);
+            loss.backward();
+            opt.step(&[0.1]);
+        }
+        let got_w = Vec::<f32>::try_from(w.detach()).unwrap();
+        let got_b = Vec::<f32>::try_from(b.detach()).unwrap();
+        let want_w = [0.288_959_62f32, -0.975_341_74, 2.004_764_6];
+        let want_b = [-0.165_275_69f32, 0.280_900_5];
+        for (g, w) in got_w.iter().chain(&got_b).zip(want_w.iter().chain(&want_b)) {
+            assert!((g - w).abs() < 1e-6, "{got_w:?} {got_b:?}");
+        }
+    }
+
+    #[test]
     fn blobs_round_trip_and_adamw_state_restores() {
         tch::manual_seed(1);
         let a = Classifier::new(spec(TaskType::MultiLabel, 2), Device::Cpu, None).unwrap();

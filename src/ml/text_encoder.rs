@@ -178,7 +178,7 @@ impl TextEncoder {
         let wait = options.batch_wait;
         std::thread::Builder::new()
             .name("text-encoder".into())
-            .spawn(move || coordinate(&tokenizer, budget, wait, &receiver, &work_tx))
+            .spawn(move || coordinate(&tokenizer, budget, replicas, wait, &receiver, &work_tx))
             .map_err(|e| EncoderError::Load(e.to_string()))?;
         Ok(TextEncoder {
             sender,
@@ -315,6 +315,7 @@ fn plan_batches(lengths: &[usize], budget: usize) -> Vec<(Vec<usize>, usize, boo
 fn encode(
     tokenizer: &Tokenizer,
     budget: usize,
+    replicas: usize,
     texts: &[String],
     work: &mpsc::Sender<BatchJob>,
 ) -> Result<Encoded, EncoderError> {
@@ -323,6 +324,10 @@ fn encode(
         .map_err(|e| EncoderError::Tokenize(e.to_string()))?;
     let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
     let token_counts: Vec<usize> = ids.iter().map(|i| i.len()).collect();
+    // A pass smaller than replicas × budget (a few requests at inference time) is split evenly,
+    // so that every replica gets a share instead of one taking it all.
+    let total: usize = token_counts.iter().sum();
+    let budget = budget.min(total.div_ceil(replicas.max(1)).max(1));
     let batches = plan_batches(&token_counts, budget);
     let (reply, results) = mpsc::channel();
     for (batch_no, (rows, width, padded)) in batches.iter().enumerate() {
@@ -362,6 +367,7 @@ fn encode(
 fn coordinate(
     tokenizer: &Tokenizer,
     budget: usize,
+    replicas: usize,
     wait: Duration,
     receiver: &mpsc::Receiver<Request>,
     work: &mpsc::Sender<BatchJob>,
@@ -394,7 +400,7 @@ fn coordinate(
             .iter()
             .flat_map(|r| r.texts.iter().cloned())
             .collect();
-        match encode(tokenizer, budget, &all, work) {
+        match encode(tokenizer, budget, replicas, &all, work) {
             Ok(encoded) => {
                 let mut offset = 0;
                 for request in pending {
