@@ -32,6 +32,11 @@ PY
 "$BIN" migrate >/dev/null
 "$BIN" import "$SLICE" >/dev/null
 rm -f "$SLICE"
+# A server stopped just before (the previous benchmark's) may still hold the port.
+PORT="${TRAINYARD_URL##*:}"
+for _ in $(seq 1 75); do
+  ss -ltn "( sport = :$PORT )" | grep -q LISTEN || break; sleep 0.2
+done
 LOG="$(mktemp --suffix .serve.log)"
 "$BIN" serve --workers 1 >"$LOG" 2>&1 &
 echo $! >>"$PIDFILE"
