@@ -600,7 +600,7 @@ async fn killed_training_worker_resumes_from_checkpoint() {
     )
     .await;
     // A real worker process on the train queue; SIGKILL it once epoch 1 is stored.
-    let first = spawn_train_worker(&db.url, "train-a");
+    let first = spawn_worker_process_on(&db.url, "train", "train-a", 1);
     let start = Instant::now();
     loop {
         let done: i64 =
@@ -619,7 +619,7 @@ async fn killed_training_worker_resumes_from_checkpoint() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(first); // SIGKILL
-    let _second = spawn_train_worker(&db.url, "train-b");
+    let _second = spawn_worker_process_on(&db.url, "train", "train-b", 1);
     let r = wait_run(&app, &run, Duration::from_secs(400)).await;
     assert_eq!(r["status"], "succeeded", "{r}");
     let resumed = r["resumed_from"]
@@ -649,29 +649,4 @@ async fn killed_training_worker_resumes_from_checkpoint() {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert!(job["attempts"].as_i64().unwrap() >= 1, "{job}");
     db.drop_db().await;
-}
-
-fn spawn_train_worker(url: &str, name: &str) -> KillOnDrop {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_trainyard"))
-        .args([
-            "worker",
-            "--queues",
-            "train",
-            "--concurrency",
-            "1",
-            "--name",
-            name,
-        ])
-        .env("DATABASE_URL", url)
-        .env("TRAINYARD_QUEUE__HEARTBEAT_SECS", "1")
-        .env("TRAINYARD_QUEUE__MISSED_HEARTBEATS", "3")
-        .env("TRAINYARD_QUEUE__POLL_INTERVAL_MS", "200")
-        .env("TRAINYARD_QUEUE__MAX_ATTEMPTS", "3")
-        .env("TRAINYARD_TRAINING__THREADS", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn trainyard worker");
-    KillOnDrop(child)
 }

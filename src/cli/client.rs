@@ -56,7 +56,8 @@ pub struct JobsArgs {
     pub limit: i64,
 }
 
-async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
+/// The body of a 2xx answer; otherwise the API's error message.
+pub async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {

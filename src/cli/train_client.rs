@@ -7,7 +7,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use super::client::Api;
+use super::client::{check, Api};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -32,16 +32,6 @@ pub struct TrainArgs {
     /// Promote the new version once the run succeeds.
     #[arg(long)]
     pub promote: bool,
-}
-
-async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let message = body["error"]["message"].as_str().unwrap_or("no message");
-        anyhow::bail!("API answered {status}: {message}");
-    }
-    Ok(body)
 }
 
 pub async fn train(args: TrainArgs) -> anyhow::Result<()> {

@@ -86,7 +86,8 @@ impl ModelServer {
         let server = self.clone();
         let every = Duration::from_secs_f64(self.settings.inference.reload_poll_secs.max(0.1));
         tokio::spawn(async move {
-            loop {
+            // Both loops end when the pool is closed (the process or a test is shutting down).
+            while !server.pool.is_closed() {
                 server.sync().await;
                 tokio::time::sleep(every).await;
             }
@@ -94,7 +95,7 @@ impl ModelServer {
     }
 
     async fn listen(self: Arc<Self>) {
-        loop {
+        while !self.pool.is_closed() {
             let mut listener = match PgListener::connect_with(&self.pool).await {
                 Ok(l) => l,
                 Err(e) => {

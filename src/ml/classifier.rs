@@ -637,7 +637,7 @@ mod tests {
         let got_w = Vec::<f32>::try_from(w.detach()).unwrap();
         let got_b = Vec::<f32>::try_from(b.detach()).unwrap();
         let want_w = [0.288_959_62f32, -0.975_341_74, 2.004_764_6];
-        let want_b = [-0.165_275_69f32, 0.280_900_5];
+        let want_b = [-0.165_275_7_f32, 0.280_900_5];
         for (g, w) in got_w.iter().chain(&got_b).zip(want_w.iter().chain(&want_b)) {
             assert!((g - w).abs() < 1e-6, "{got_w:?} {got_b:?}");
         }

@@ -316,25 +316,32 @@ impl Trainer {
     }
 
     fn forward_rows(&self, rows: &[i64], rng: &mut ChaCha8Rng) -> Result<Tensor, TrainError> {
-        match &self.train_inputs {
+        let rows: Vec<usize> = rows.iter().map(|&i| i as usize).collect();
+        Ok(self.logits_for(&self.train_inputs, &rows, Some(rng)))
+    }
+
+    /// Logits for some rows of prepared inputs; `rng` turns dropout on.
+    fn logits_for(
+        &self,
+        inputs: &Prepared,
+        rows: &[usize],
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Tensor {
+        match inputs {
             Prepared::Embeddings(x) => {
-                let index = Tensor::from_slice(rows).to_device(self.device);
-                let x = x.index_select(0, &index);
-                Ok(self
-                    .model
-                    .logits(ClassifierInput::Embeddings(&x), Some(rng)))
+                let index: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
+                let x = x.index_select(0, &Tensor::from_slice(&index).to_device(self.device));
+                self.model.logits(ClassifierInput::Embeddings(&x), rng)
             }
             Prepared::Tokens(ids) => {
-                let batch: Vec<&Vec<i64>> = rows.iter().map(|&i| &ids[i as usize]).collect();
+                let batch: Vec<&Vec<i64>> = rows.iter().map(|&i| &ids[i]).collect();
                 let (ids, mask, padded) = pad_batch(&batch, self.device);
-                Ok(self.model.logits(
-                    ClassifierInput::Tokens {
-                        ids: &ids,
-                        mask: &mask,
-                        padded,
-                    },
-                    Some(rng),
-                ))
+                let input = ClassifierInput::Tokens {
+                    ids: &ids,
+                    mask: &mask,
+                    padded,
+                };
+                self.model.logits(input, rng)
             }
         }
     }
@@ -362,25 +369,7 @@ impl Trainer {
                 order.sort_by_key(|&i| ids[i].len());
             }
             for chunk in order.chunks(64) {
-                let logits = match &prepared {
-                    Prepared::Embeddings(x) => {
-                        let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
-                        let x = x.index_select(0, &Tensor::from_slice(&idx).to_device(self.device));
-                        self.model.logits(ClassifierInput::Embeddings(&x), None)
-                    }
-                    Prepared::Tokens(ids) => {
-                        let batch: Vec<&Vec<i64>> = chunk.iter().map(|&i| &ids[i]).collect();
-                        let (ids, mask, padded) = pad_batch(&batch, self.device);
-                        self.model.logits(
-                            ClassifierInput::Tokens {
-                                ids: &ids,
-                                mask: &mask,
-                                padded,
-                            },
-                            None,
-                        )
-                    }
-                };
+                let logits = self.logits_for(&prepared, chunk, None);
                 let targets: Vec<&Vec<Option<bool>>> =
                     chunk.iter().map(|&i| &data.targets[i]).collect();
                 let (t, m) = target_tensors(&targets, labels, self.device);

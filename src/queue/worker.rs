@@ -143,19 +143,10 @@ async fn fail_dataset_if_final(
     dataset_id: uuid::Uuid,
     error: &JobError,
 ) {
-    let last_attempt = match error {
-        JobError::Cancelled => return,
-        JobError::Fatal(_) => true,
-        JobError::Retryable(_) => {
-            // apalis.jobs.attempts counts the attempts before this one.
-            let row: Result<Option<(i32, i32)>, _> =
-                sqlx::query_as("SELECT attempts, max_attempts FROM apalis.jobs WHERE id = $1")
-                    .bind(job_id)
-                    .fetch_optional(&state.pool)
-                    .await;
-            matches!(row, Ok(Some((attempts, max))) if attempts + 1 >= max)
-        }
-    };
+    if matches!(error, JobError::Cancelled) {
+        return;
+    }
+    let last_attempt = is_last_attempt(state, job_id, error).await;
     if last_attempt {
         let message = format!("job {job_id} failed: {error}");
         let update = sqlx::query(

@@ -143,13 +143,24 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A real `trainyard worker` process on `url`, with the test timings.
+/// A real `trainyard worker` process on `url` (queues dataset_build and embed), with the test
+/// timings.
 pub fn spawn_worker_process(url: &str, name: &str, concurrency: usize) -> KillOnDrop {
+    spawn_worker_process_on(url, "dataset_build,embed", name, concurrency)
+}
+
+/// A real `trainyard worker` process on the given queues (comma-separated).
+pub fn spawn_worker_process_on(
+    url: &str,
+    queues: &str,
+    name: &str,
+    concurrency: usize,
+) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_trainyard"))
         .args([
             "worker",
             "--queues",
-            "dataset_build,embed",
+            queues,
             "--concurrency",
             &concurrency.to_string(),
             "--name",
@@ -163,6 +174,7 @@ pub fn spawn_worker_process(url: &str, name: &str, concurrency: usize) -> KillOn
         .env("TRAINYARD_QUEUE__MAX_ATTEMPTS", "3")
         .env("TRAINYARD_DATASETS__EMBED_BATCH_SIZE", "16")
         .env("TRAINYARD_LOCAL_MODEL__THREADS", "1")
+        .env("TRAINYARD_TRAINING__THREADS", "2")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
