@@ -99,7 +99,7 @@ def threshold_of(body: dict) -> float:
     return float(t)
 
 
-def make_app(clf: Classifier, threads: int):
+def make_app(clf: Classifier, threads: int, batch_mode: str = "together"):
     from aiohttp import web
 
     executor = concurrent.futures.ThreadPoolExecutor(
@@ -152,7 +152,13 @@ def make_app(clf: Classifier, threads: int):
         except ValueError as e:
             return bad_request(str(e))
         loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(executor, clf.scores, texts)
+        if batch_mode == "one_by_one":
+            # The second seed's /batch: one text per forward pass.
+            rows = await loop.run_in_executor(
+                executor, lambda: [clf.scores([t])[0] for t in texts]
+            )
+        else:
+            rows = await loop.run_in_executor(executor, clf.scores, texts)
         return web.json_response(
             {"count": len(texts), "results": [result(t, r, threshold) for t, r in zip(texts, rows)]}
         )
@@ -174,6 +180,12 @@ def main() -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--model-dir", default=os.environ.get("TRAINYARD_LOCAL_MODEL_DIR"))
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    ap.add_argument(
+        "--batch-mode",
+        choices=["together", "one_by_one"],
+        default="together",
+        help="/batch in one forward pass (a fair modern server) or one text at a time (the second seed)",
+    )
     args = ap.parse_args()
     if not args.model_dir:
         ap.error("TRAINYARD_LOCAL_MODEL_DIR is not set (source scripts/env.sh) and --model-dir not given")
@@ -187,7 +199,7 @@ def main() -> int:
     clf = Classifier(args.model_dir)
     clf.scores(["warm-up sentence for the peer"])  # first call allocates; keep it out of the bench
     print(f"predict peer: {args.model_dir} on {args.host}:{args.port}, {args.threads} threads", file=sys.stderr)
-    web.run_app(make_app(clf, args.threads), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(make_app(clf, args.threads, args.batch_mode), host=args.host, port=args.port, print=None, access_log=None)
     return 0
 
 

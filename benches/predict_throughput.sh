@@ -5,6 +5,8 @@
 # ~25-word sentence) and DURATION_S at BATCH_CONCURRENCY against POST /batch (BATCH_SIZE
 # different sentences per request). Prints req/s, texts/s, p50/p99, non-2xx and errors, and the
 # ratios trainyard/peer. Defaults: 3 s, 20 s, 16, 4, 16, PEER_THREADS 2, PEER_PORT 8400.
+# PEER_BATCH_MODE=one_by_one makes the peer's /batch run one text per forward pass, as the
+# second seed did (default `together`: the whole batch in one pass).
 #
 #   bash benches/predict_throughput.sh [--no-setup]
 #
@@ -81,7 +83,8 @@ if curl -s -o /dev/null "$PEER_URL/health"; then
   echo "port $PEER_PORT is already in use; set PEER_PORT" >&2
   exit 1
 fi
-python benches/predict_peer.py --port "$PEER_PORT" --threads "$PEER_THREADS" >"$WORK/peer.log" 2>&1 &
+python benches/predict_peer.py --port "$PEER_PORT" --threads "$PEER_THREADS" \
+  --batch-mode "${PEER_BATCH_MODE:-together}" >"$WORK/peer.log" 2>&1 &
 PEER_PID=$!
 wait_healthy "$PEER_URL/health" "the Python peer" 120 || { cat "$WORK/peer.log" >&2; exit 1; }
 
