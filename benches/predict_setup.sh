@@ -45,7 +45,7 @@ for _ in $(seq 1 100); do curl -fs "$TRAINYARD_URL/health" >/dev/null && break; 
   --type multi_label 2>/dev/null >"$LOG.dataset"
 DATASET="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$LOG.dataset")"
 for seed in 1 2; do
-  "$BIN" train --dataset "$DATASET" --model-name moderation --epochs 30 --seed "$seed" 2>/dev/null | head -1
+  "$BIN" train --dataset "$DATASET" --model-name moderation --epochs 30 --seed "$seed" 2>/dev/null | sed -n 1p
 done
 curl -fs -X POST "$TRAINYARD_URL/api/v1/models/moderation/versions/1/promote" >/dev/null
 for _ in $(seq 1 150); do
