@@ -7,7 +7,7 @@
 //! for epoch N. Nothing uses libtorch's process-wide generator, so a run gives the same numbers
 //! whatever else runs in the process, and epoch N gives the same result whether the run started
 //! at epoch 1 or resumed from a checkpoint of epoch N-1.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -177,7 +177,15 @@ pub struct Trainer {
     train_targets: Vec<Vec<Option<bool>>>,
     pos_weight: Option<Tensor>,
     device: Device,
+    /// The local MiniLM folder (its tokenizer prepares finetune texts).
+    base_dir: Option<PathBuf>,
     pub steps_per_epoch: u64,
+}
+
+/// A split ready to evaluate: inputs on the device (tokenized once), and its targets.
+pub struct PreparedSplit<'a> {
+    inputs: Prepared,
+    targets: &'a [Vec<Option<bool>>],
 }
 
 impl Trainer {
@@ -225,8 +233,38 @@ impl Trainer {
             train_targets: train.targets.clone(),
             pos_weight,
             device,
+            base_dir: base_dir.map(Path::to_path_buf),
             steps_per_epoch,
         })
+    }
+
+    /// Prepares a split for `evaluate` (tokenizes texts, moves embeddings to the device); done
+    /// once per split, not once per evaluation.
+    pub fn prepare<'a>(&self, data: &'a SplitData) -> Result<PreparedSplit<'a>, TrainError> {
+        Ok(PreparedSplit {
+            inputs: prepare(
+                &data.inputs,
+                &self.model.spec,
+                self.base_dir.as_deref(),
+                self.device,
+            )?,
+            targets: &data.targets,
+        })
+    }
+
+    /// A batch's masked loss, and the mask of annotated cells it was taken over.
+    fn batch_loss(&self, logits: &Tensor, targets: &[&Vec<Option<bool>>]) -> (Tensor, Tensor) {
+        let labels = self.model.spec.labels.len();
+        let (t, m) = target_tensors(targets, labels, self.device);
+        let loss = masked_loss(
+            self.model.spec.task,
+            logits,
+            &t,
+            &m,
+            &self.hp.loss_spec(),
+            self.pos_weight.as_ref(),
+        );
+        (loss, m)
     }
 
     pub fn total_steps(&self) -> u64 {
@@ -256,8 +294,6 @@ impl Trainer {
         let mut order: Vec<i64> = (0..self.train_targets.len() as i64).collect();
         order.shuffle(&mut rng);
         let batch = self.hp.batch_size.max(1);
-        let labels = self.model.spec.labels.len();
-        let loss_spec = self.hp.loss_spec();
         let mut total_loss = 0.0;
         let mut steps = 0u64;
         let started = Instant::now();
@@ -273,16 +309,8 @@ impl Trainer {
                 .iter()
                 .map(|&i| &self.train_targets[i as usize])
                 .collect();
-            let (t, m) = target_tensors(&targets, labels, self.device);
             let logits = self.forward_rows(chunk, &mut rng)?;
-            let loss = masked_loss(
-                self.model.spec.task,
-                &logits,
-                &t,
-                &m,
-                &loss_spec,
-                self.pos_weight.as_ref(),
-            );
+            let (loss, _) = self.batch_loss(&logits, &targets);
             self.optimizer.zero_grad();
             loss.backward();
             if self.hp.max_grad_norm > 0.0 {
@@ -346,44 +374,29 @@ impl Trainer {
         }
     }
 
-    /// Probabilities for a split, and its masked loss. No gradients, no dropout.
-    pub fn evaluate(
-        &self,
-        data: &SplitData,
-        base_dir: Option<&Path>,
-    ) -> Result<(Vec<Vec<f32>>, f64), TrainError> {
-        if data.is_empty() {
+    /// Probabilities for a prepared split, and its masked loss. No gradients, no dropout.
+    pub fn evaluate(&self, split: &PreparedSplit<'_>) -> Result<(Vec<Vec<f32>>, f64), TrainError> {
+        let n = split.targets.len();
+        if n == 0 {
             return Ok((Vec::new(), f64::NAN));
         }
-        let prepared = prepare(&data.inputs, &self.model.spec, base_dir, self.device)?;
         let labels = self.model.spec.labels.len();
-        let loss_spec = self.hp.loss_spec();
         tch::no_grad(|| {
-            let n = data.len();
             let mut scores = vec![Vec::new(); n];
             let mut loss_sum = 0.0;
             let mut loss_weight = 0.0;
             // Texts are sorted by length so that padding stays small.
             let mut order: Vec<usize> = (0..n).collect();
-            if let Prepared::Tokens(ids) = &prepared {
+            if let Prepared::Tokens(ids) = &split.inputs {
                 order.sort_by_key(|&i| ids[i].len());
             }
             for chunk in order.chunks(64) {
-                let logits = self.logits_for(&prepared, chunk, None);
+                let logits = self.logits_for(&split.inputs, chunk, None);
                 let targets: Vec<&Vec<Option<bool>>> =
-                    chunk.iter().map(|&i| &data.targets[i]).collect();
-                let (t, m) = target_tensors(&targets, labels, self.device);
+                    chunk.iter().map(|&i| &split.targets[i]).collect();
+                let (loss, m) = self.batch_loss(&logits, &targets);
                 let weight = m.sum(Kind::Float).double_value(&[]);
-                let loss = masked_loss(
-                    self.model.spec.task,
-                    &logits,
-                    &t,
-                    &m,
-                    &loss_spec,
-                    self.pos_weight.as_ref(),
-                )
-                .double_value(&[]);
-                loss_sum += loss * weight;
+                loss_sum += loss.double_value(&[]) * weight;
                 loss_weight += weight;
                 let probs = self
                     .model
@@ -403,9 +416,6 @@ impl Trainer {
     /// Weights and optimizer state: everything needed to continue exactly where this stopped.
     pub fn state_blob(&self) -> Result<Vec<u8>, TrainError> {
         let mut named = self.model.saved_variables();
-        if self.model.spec.mode == TrainMode::Head {
-            // The head-only model saves just the head; the state needs nothing else either.
-        }
         named.extend(self.optimizer.state());
         Ok(tensors_to_blob(&named)?)
     }

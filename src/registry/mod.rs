@@ -193,6 +193,19 @@ pub async fn promote_in_tx(
             "model `{name}` has no version {version}"
         )));
     }
+    serve(conn, name, version, action, previous).await?;
+    Ok(previous)
+}
+
+/// Makes `version` the served one, logs the change and announces it (NOTIFY is delivered when
+/// the caller's transaction commits).
+async fn serve(
+    conn: &mut PgConnection,
+    name: &str,
+    version: i32,
+    action: &str,
+    previous: Option<i32>,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE models SET served_version = $2, updated_at = now() WHERE name = $1")
         .bind(name)
         .bind(version)
@@ -212,7 +225,7 @@ pub async fn promote_in_tx(
         .bind(serde_json::json!({"name": name, "version": version}).to_string())
         .execute(&mut *conn)
         .await?;
-    Ok(previous)
+    Ok(())
 }
 
 pub async fn promote(
@@ -259,24 +272,7 @@ pub async fn rollback(pool: &PgPool, name: &str) -> Result<(i32, i32), RegistryE
         )));
     }
     let target = stack[stack.len() - 2];
-    sqlx::query("UPDATE models SET served_version = $2, updated_at = now() WHERE name = $1")
-        .bind(name)
-        .bind(target)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO model_promotions (name, version, action, previous) VALUES ($1, $2, 'rollback', $3)",
-    )
-    .bind(name)
-    .bind(target)
-    .bind(current)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(serde_json::json!({"name": name, "version": target}).to_string())
-        .execute(&mut *tx)
-        .await?;
+    serve(&mut tx, name, target, "rollback", Some(current)).await?;
     tx.commit().await?;
     Ok((current, target))
 }

@@ -497,6 +497,7 @@ fn train_blocking(
             )
         }
     };
+    let val_split = trainer.prepare(validation).map_err(to_job_error)?;
     let stopped_early = |best: &Best| hp.patience > 0 && best.bad_epochs >= hp.patience;
     for epoch in first_epoch..=hp.epochs {
         if stopped_early(&best) {
@@ -525,9 +526,7 @@ fn train_blocking(
                 !progress.cancel.load(Ordering::Relaxed)
             })
             .map_err(to_job_error)?;
-        let (scores, val_loss) = trainer
-            .evaluate(validation, base_dir)
-            .map_err(to_job_error)?;
+        let (scores, val_loss) = trainer.evaluate(&val_split).map_err(to_job_error)?;
         let thresholds = tune_thresholds(&scores, &validation.targets, 0.5);
         let metrics = evaluate(&labels, &scores, &validation.targets, &thresholds);
         let value = if validation.is_empty() {
@@ -582,12 +581,12 @@ fn train_blocking(
         .model
         .load_weights_blob(&best.weights)
         .map_err(|e| JobError::Fatal(e.to_string()))?;
-    let (val_scores, _) = trainer
-        .evaluate(validation, base_dir)
-        .map_err(to_job_error)?;
+    let (val_scores, _) = trainer.evaluate(&val_split).map_err(to_job_error)?;
     let thresholds = tune_thresholds(&val_scores, &validation.targets, 0.5);
     let validation_metrics = evaluate(&labels, &val_scores, &validation.targets, &thresholds);
-    let (test_scores, _) = trainer.evaluate(test, base_dir).map_err(to_job_error)?;
+    let (test_scores, _) = trainer
+        .evaluate(&trainer.prepare(test).map_err(to_job_error)?)
+        .map_err(to_job_error)?;
     let test_metrics = evaluate(&labels, &test_scores, &test.targets, &thresholds);
     Ok(Outcome {
         spec: ctx.spec.clone(),
