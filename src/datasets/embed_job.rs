@@ -9,7 +9,7 @@ use sqlx::Row;
 use trainyard_jobs::EmbedArgs;
 
 use super::store;
-use crate::embedding::store::{insert_embeddings, stored_checksums};
+use crate::embedding::store::{begin_batch_write, insert_embeddings, stored_checksums};
 use crate::embedding::EmbedError;
 use crate::queue;
 use crate::queue::worker::{JobError, WorkerState};
@@ -93,7 +93,7 @@ pub async fn run_embed(
         return Err(JobError::Cancelled);
     }
 
-    let mut tx = pool.begin().await?;
+    let mut tx = begin_batch_write(pool).await?;
     let rows: Vec<(&str, &[f32])> = todo
         .iter()
         .zip(&vectors)
