@@ -90,7 +90,16 @@ impl Embeddings {
     }
 }
 
+/// Query, key and value projections concatenated into one [3·hidden, hidden] weight: one
+/// GEMM that packs its input once instead of three. Built from the (frozen) separate weights
+/// for inference only; training keeps the separate variables it updates.
+struct FusedQkv {
+    weight: Tensor,
+    bias: Tensor,
+}
+
 struct Layer {
+    fused_qkv: Option<FusedQkv>,
     query: nn::Linear,
     key: nn::Linear,
     value: nn::Linear,
@@ -109,6 +118,7 @@ impl Layer {
         let lin = Default::default();
         let att = &p / "attention";
         Layer {
+            fused_qkv: None,
             query: nn::linear(&att / "self" / "query", h, h, lin),
             key: nn::linear(&att / "self" / "key", h, h, lin),
             value: nn::linear(&att / "self" / "value", h, h, lin),
@@ -126,20 +136,54 @@ impl Layer {
         }
     }
 
+    fn fuse_qkv(&mut self) {
+        let fused = tch::no_grad(|| {
+            fn bias(l: &nn::Linear) -> &Tensor {
+                l.bs.as_ref().expect("BERT projections have a bias")
+            }
+            FusedQkv {
+                weight: Tensor::cat(&[&self.query.ws, &self.key.ws, &self.value.ws], 0),
+                bias: Tensor::cat(
+                    &[bias(&self.query), bias(&self.key), bias(&self.value)],
+                    0,
+                ),
+            }
+        });
+        self.fused_qkv = Some(fused);
+    }
+
     /// `mask_bias`: [batch, 1, 1, seq], 0 where attended and a large negative where padded.
     /// `None` for `mask_bias` when no row is padded: libtorch then picks its fastest kernel.
     fn forward(&self, x: &Tensor, mask_bias: Option<&Tensor>) -> Tensor {
         let (b, s, h) = x.size3().expect("hidden states are [batch, seq, hidden]");
         let d = h / self.heads;
-        let split = |t: Tensor| t.view([b, s, self.heads, d]).transpose(1, 2);
-        let q = split(self.query.forward(x));
-        let k = split(self.key.forward(x));
-        let v = split(self.value.forward(x));
+        let (q, k, v) = match &self.fused_qkv {
+            Some(f) => {
+                // [b, s, 3, heads, d]: q, k and v are strided views of one output.
+                let qkv = x.linear(&f.weight, Some(&f.bias)).view([b, s, 3, self.heads, d]);
+                let part = |i: i64| qkv.select(2, i).transpose(1, 2);
+                (part(0), part(1), part(2))
+            }
+            None => {
+                let split = |t: Tensor| t.view([b, s, self.heads, d]).transpose(1, 2);
+                (
+                    split(self.query.forward(x)),
+                    split(self.key.forward(x)),
+                    split(self.value.forward(x)),
+                )
+            }
+        };
         let ctx =
             Tensor::scaled_dot_product_attention(&q, &k, &v, mask_bias, 0.0, false, None, false);
         let ctx = ctx.transpose(1, 2).contiguous().view([b, s, h]);
         let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
-        let inner = self.intermediate.forward(&x).gelu(self.gelu);
+        let mut inner = self.intermediate.forward(&x);
+        // In place when no gradient is needed: saves a [tokens, intermediate] buffer per layer.
+        let inner = if inner.requires_grad() {
+            inner.gelu(self.gelu)
+        } else {
+            inner.gelu_(self.gelu)
+        };
         self.out_norm.forward(&(self.output.forward(&inner) + x))
     }
 }
@@ -161,6 +205,14 @@ impl BertEncoder {
             embeddings,
             layers,
             config,
+        }
+    }
+
+    /// Switches every layer to fused query/key/value weights. Only for a frozen encoder: the
+    /// fused copies do not follow later updates of the separate variables.
+    pub fn fuse_for_inference(&mut self) {
+        for layer in &mut self.layers {
+            layer.fuse_qkv();
         }
     }
 
@@ -212,14 +264,16 @@ pub fn mean_pool_normalize(hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
     mean / norm
 }
 
-/// Builds the encoder on `device` and loads `model.safetensors` from `dir`.
+/// Builds the encoder on `device`, loads `model.safetensors` from `dir`, freezes it and fuses
+/// its attention projections for inference.
 pub fn load_encoder(dir: &Path, device: Device) -> anyhow::Result<(nn::VarStore, BertEncoder)> {
     let config = BertConfig::from_file(&dir.join("config.json"))?;
     let mut vs = nn::VarStore::new(device);
-    let encoder = BertEncoder::new(&vs.root(), config);
+    let mut encoder = BertEncoder::new(&vs.root(), config);
     vs.load(dir.join("model.safetensors"))
         .map_err(|e| anyhow::anyhow!("loading {}: {e}", dir.join("model.safetensors").display()))?;
     vs.freeze();
+    encoder.fuse_for_inference();
     Ok((vs, encoder))
 }
 

@@ -147,6 +147,13 @@ pub enum ClassifierInput<'a> {
 }
 
 impl Classifier {
+    /// For serving a frozen model: fuses the encoder's attention projections (if it has one).
+    pub fn fuse_for_inference(&mut self) {
+        if let Some(encoder) = self.encoder.as_mut() {
+            encoder.fuse_for_inference();
+        }
+    }
+
     /// A fresh model. With `base_dir` (required for finetune, optional for head) the encoder is
     /// built and its weights loaded from the directory's `model.safetensors`.
     pub fn new(

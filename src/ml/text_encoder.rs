@@ -143,6 +143,7 @@ impl TextEncoder {
         };
         if options.device == Device::Cpu {
             tch::set_num_threads(1);
+            super::allocator::tune_for_inference();
         }
         let (work_tx, work_rx) = mpsc::channel::<BatchJob>();
         let work_rx = Arc::new(Mutex::new(work_rx));
@@ -229,6 +230,7 @@ impl ReplicaModel {
                 )?;
                 model.load_weights_blob(&weights.blob)?;
                 model.vs.freeze();
+                model.fuse_for_inference();
                 let width = weights.spec.labels.len();
                 Ok((ReplicaModel::Classifier(Box::new(model)), width))
             }

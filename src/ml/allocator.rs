@@ -1,0 +1,33 @@
+//! Process-wide malloc settings for CPU inference: keep libtorch's large activation buffers in
+//! the heap instead of a fresh mmap (and page faults) per tensor.
+//!
+//! libtorch allocates CPU tensors with `posix_memalign`. glibc serves blocks above its mmap
+//! threshold (128 KiB, growing dynamically) with a fresh `mmap` that is unmapped on free, so a
+//! [2,048 tokens × 1,536] intermediate of MiniLM (12 MiB) page-faults in every layer of every
+//! batch. Raising the threshold to glibc's maximum (32 MiB) and the trim threshold above the
+//! working set keeps those pages mapped and reused. Measured on the 2-core development machine:
+//! about 2.5% more sentences/s. The cost is that the heap stays at its high-water mark (tens of
+//! MiB per replica), which a long-running server reaches anyway.
+use std::sync::Once;
+
+/// glibc refuses mmap thresholds above half its per-arena heap size (32 MiB on 64-bit).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_THRESHOLD: libc::c_int = 512 << 20;
+
+/// Applies the settings once per process (a no-op outside glibc).
+pub fn tune_for_inference() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only changes allocator parameters; it is thread-safe in glibc.
+        unsafe {
+            let ok = libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1;
+            if !ok {
+                tracing::debug!("mallopt refused the inference allocator settings");
+            }
+        }
+    });
+}
