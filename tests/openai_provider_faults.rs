@@ -19,6 +19,8 @@ use trainyard::embedding::EmbedError;
 enum Fault {
     Ok,
     Status(u16, Option<&'static str>),
+    /// 429 with `Retry-After` as an HTTP-date this many seconds after the request.
+    RetryAtDate(u64),
     Hang(u64),
     Garbage,
     WrongDims,
@@ -72,6 +74,13 @@ async fn embeddings(script: Data<&Script>, body: Json<Value>) -> Response {
             tokio::time::sleep(Duration::from_secs(secs)).await;
             ok(DIMS)
         }
+        Fault::RetryAtDate(secs) => Response::builder()
+            .status(poem::http::StatusCode::TOO_MANY_REQUESTS)
+            .header(
+                "Retry-After",
+                httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(secs)),
+            )
+            .body(json!({"error": {"message": "injected"}}).to_string()),
         Fault::Status(code, retry_after) => {
             let mut r = Response::builder().status(poem::http::StatusCode::from_u16(code).unwrap());
             if let Some(ra) = retry_after {
@@ -150,6 +159,35 @@ async fn retries_each_transient_fault_and_honours_retry_after() {
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "the hang was cut by the 0.5 s timeout"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_as_an_http_date_is_honoured_and_garbage_is_ignored() {
+    quiet_init();
+    let script = Script::default();
+    script.faults.lock().unwrap().extend([
+        Fault::RetryAtDate(2),
+        Fault::Status(503, Some("-5")),
+        Fault::Status(503, Some("soon")),
+        Fault::Ok,
+    ]);
+    let url = fault_server(script.clone()).await;
+    let vectors = client(&url, 8).embed(&texts(2)).await.unwrap();
+    assert_eq!(vectors.len(), 2);
+    let times = script.requests.lock().unwrap().clone();
+    assert_eq!(times.len(), 4, "one request per fault, then success");
+    // The date has whole seconds: 2 s ahead, truncated, is a wait of more than 1 s.
+    let waited = times[1] - times[0];
+    assert!(
+        waited >= Duration::from_millis(950),
+        "HTTP-date Retry-After honoured, waited {waited:?}"
+    );
+    // Unusable values fall back to the planned backoff (20-100 ms here), no panic, no stall.
+    let garbage_waits = times[3] - times[1];
+    assert!(
+        garbage_waits < Duration::from_secs(1),
+        "garbage Retry-After ignored, waited {garbage_waits:?}"
     );
 }
 

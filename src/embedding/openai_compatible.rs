@@ -144,8 +144,7 @@ impl OpenAiCompatibleClient {
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .map(Duration::from_secs_f64);
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
             let body = response.text().await.unwrap_or_default();
             let snippet: String = body.chars().take(200).collect();
             let message = format!("provider answered HTTP {}: {snippet}", status.as_u16());
@@ -210,5 +209,48 @@ impl OpenAiCompatibleClient {
             .into_iter()
             .map(|v| v.expect("every index filled once"))
             .collect())
+    }
+}
+/// A `Retry-After` value: delay-seconds (a non-negative number) or an HTTP-date, as a wait
+/// from `now` (a date in the past means no wait). Anything else (negative, NaN, garbage) is
+/// ignored, so the planned backoff applies instead.
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0)
+            .then(|| Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64())));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date_and_ignores_garbage() {
+        // 2026-12-02T10:00:00Z
+        let now = UNIX_EPOCH + Duration::from_secs(1_796_205_600);
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after(" 1.5 ", now),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("100000", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("Wed, 02 Dec 2026 10:00:07 GMT", now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 02 Dec 2026 09:59:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past means retry now"
+        );
+        for garbage in ["-5", "NaN", "inf", "soon", "", "1e400"] {
+            assert_eq!(parse_retry_after(garbage, now), None, "{garbage:?}");
+        }
     }
 }

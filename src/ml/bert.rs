@@ -143,10 +143,7 @@ impl Layer {
             }
             FusedQkv {
                 weight: Tensor::cat(&[&self.query.ws, &self.key.ws, &self.value.ws], 0),
-                bias: Tensor::cat(
-                    &[bias(&self.query), bias(&self.key), bias(&self.value)],
-                    0,
-                ),
+                bias: Tensor::cat(&[bias(&self.query), bias(&self.key), bias(&self.value)], 0),
             }
         });
         self.fused_qkv = Some(fused);
@@ -160,7 +157,9 @@ impl Layer {
         let (q, k, v) = match &self.fused_qkv {
             Some(f) => {
                 // [b, s, 3, heads, d]: q, k and v are strided views of one output.
-                let qkv = x.linear(&f.weight, Some(&f.bias)).view([b, s, 3, self.heads, d]);
+                let qkv = x
+                    .linear(&f.weight, Some(&f.bias))
+                    .view([b, s, 3, self.heads, d]);
                 let part = |i: i64| qkv.select(2, i).transpose(1, 2);
                 (part(0), part(1), part(2))
             }
