@@ -211,9 +211,11 @@ impl OpenAiCompatibleClient {
             .collect())
     }
 }
+
 /// A `Retry-After` value: delay-seconds (a non-negative number) or an HTTP-date, as a wait
 /// from `now` (a date in the past means no wait). Anything else (negative, NaN, garbage) is
-/// ignored, so the planned backoff applies instead.
+/// ignored, so the planned backoff applies instead. Seconds are capped here already because
+/// `Duration::from_secs_f64` panics on values it cannot hold (`1e300`).
 fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<f64>() {
@@ -249,6 +251,7 @@ mod tests {
             Some(Duration::ZERO),
             "a date in the past means retry now"
         );
+        assert_eq!(parse_retry_after("1e300", now), Some(MAX_RETRY_AFTER));
         for garbage in ["-5", "NaN", "inf", "soon", "", "1e400"] {
             assert_eq!(parse_retry_after(garbage, now), None, "{garbage:?}");
         }
