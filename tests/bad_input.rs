@@ -104,7 +104,20 @@ async fn bad_requests_get_clear_4xx() {
             json!({"documents": [{"external_id": "1", "text": "hi"}]}),
         )
         .await;
-    assert_error(s, &b, 400, "expected input type \"string\", found null");
+    assert_error(s, &b, 400, "`documents[0].source` is required");
+    assert_eq!(b["error"]["param"], "documents[0].source", "{b}");
+    let (s, b) = app
+        .post(
+            "/api/v1/documents",
+            json!({"documents": [{"source": "s", "external_id": "1", "text": "hi", "tags": "a,b"}]}),
+        )
+        .await;
+    assert_error(
+        s,
+        &b,
+        400,
+        "`documents[0].tags` must be an array, not a string",
+    );
     let (s, b) = app.post("/api/v1/annotations", json!({"annotations": [{"source": "s", "external_id": "nope", "annotator": "a", "labels": {"spam": true}}]})).await;
     assert_error(s, &b, 422, "do not exist");
     let (s, b) = app.post("/api/v1/annotations", json!({"annotations": [{"source": "s", "external_id": "1", "annotator": "a", "labels": {"spam": "maybe"}}]})).await;

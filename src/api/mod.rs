@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod legacy_v1;
 pub mod models;
 pub mod openai_embeddings;
+mod payload_errors;
 pub mod predict;
 pub mod training;
 
@@ -120,7 +121,9 @@ pub fn app(state: AppState) -> impl Endpoint {
 }
 
 /// Rejects bodies over `limit` bytes with 413: by Content-Length when given, else by reading
-/// a chunked body up to the limit. Requests without a body pass untouched.
+/// a chunked body up to the limit. Requests without a body pass untouched. A JSON body is kept
+/// so that, when poem-openapi refuses it, the 400 can name the field at fault
+/// (`payload_errors`).
 async fn limit_body<E: Endpoint>(
     ep: std::sync::Arc<E>,
     mut req: Request,
@@ -132,17 +135,49 @@ async fn limit_body<E: Endpoint>(
             StatusCode::PAYLOAD_TOO_LARGE,
         )
     };
-    if let Some(length) = req.headers().typed_get::<ContentLength>() {
-        if length.0 as usize > limit {
-            return Err(too_large());
-        }
-    } else if req.headers().contains_key(header::TRANSFER_ENCODING) {
+    let length = req.headers().typed_get::<ContentLength>();
+    if length.as_ref().is_some_and(|l| l.0 as usize > limit) {
+        return Err(too_large());
+    }
+    let has_body =
+        length.is_some_and(|l| l.0 > 0) || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let mut kept = None;
+    if has_body && (json || length.is_none()) {
         let body = req
             .take_body()
             .into_bytes_limit(limit)
             .await
             .map_err(|_| too_large())?;
+        if json {
+            kept = Some(body.clone());
+        }
         req.set_body(body);
     }
-    ep.call(req).await.map(IntoResponse::into_response)
+    match ep.call(req).await {
+        Ok(response) => Ok(response.into_response()),
+        Err(e) => {
+            let explained = e
+                .downcast_ref::<poem_openapi::error::ParseRequestPayloadError>()
+                .zip(kept)
+                .and_then(|(parse, body)| payload_errors::explain(&parse.reason, &body));
+            match explained {
+                Some((path, problem)) if path.is_empty() => Ok(ApiError::bad_request(
+                    format!("invalid request body: {problem}"),
+                    None,
+                )
+                .into_response()),
+                Some((path, problem)) => Ok(ApiError::bad_request(
+                    format!("invalid request body: `{path}` {problem}"),
+                    Some(&path),
+                )
+                .into_response()),
+                None => Err(e),
+            }
+        }
+    }
 }

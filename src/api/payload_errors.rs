@@ -1,0 +1,208 @@
+//! Says which field of a JSON body is wrong when poem-openapi rejects it.
+//!
+//! poem-openapi's payload error names types, not fields ("Expected input type "string", found
+//! null (occurred while parsing "DocumentIn") ... (occurred while parsing "DocumentsIn")"). Its
+//! last type is the body's schema; walking the body against that schema in the generated
+//! OpenAPI document finds the first field that is missing, null, or of the wrong kind, with
+//! its path (`documents[0].source`). Only consulted after poem has already refused a body, so
+//! the walk is a diagnosis, never a second validator: when it finds nothing, poem's own
+//! message stands.
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value};
+
+/// The generated document's `components.schemas`, parsed once on first use.
+fn schemas() -> &'static Map<String, Value> {
+    static SCHEMAS: OnceLock<Map<String, Value>> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let spec: Value = serde_json::from_str(&super::openapi_json()).unwrap_or_default();
+        spec.pointer("/components/schemas")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    })
+}
+
+/// The outermost type poem-openapi was parsing when it failed (the body's schema name).
+fn body_schema_name(reason: &str) -> Option<&str> {
+    const MARK: &str = "(occurred while parsing \"";
+    let start = reason.rfind(MARK)? + MARK.len();
+    let end = reason[start..].find('"')?;
+    Some(&reason[start..start + end])
+}
+
+/// `(path, problem)` for the first wrong field of `body`, given poem-openapi's `reason`; the
+/// path is empty when the body itself has the wrong kind.
+pub fn explain(reason: &str, body: &[u8]) -> Option<(String, String)> {
+    let name = body_schema_name(reason)?;
+    let schema = schemas().get(name)?;
+    let value: Value = serde_json::from_slice(body).ok()?;
+    first_problem(schemas(), schema, &value, "")
+}
+
+fn resolve<'a>(schemas: &'a Map<String, Value>, schema: &'a Value) -> &'a Value {
+    match schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+    {
+        Some(name) => schemas.get(name).unwrap_or(schema),
+        None => schema,
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn first_problem(
+    schemas: &Map<String, Value>,
+    schema: &Value,
+    value: &Value,
+    path: &str,
+) -> Option<(String, String)> {
+    let schema = resolve(schemas, schema);
+    if let Some(parts) = schema.get("allOf").and_then(Value::as_array) {
+        return parts
+            .iter()
+            .find_map(|part| first_problem(schemas, part, value, path));
+    }
+    let here = || path.to_string();
+    let expected = |what: &str| Some((here(), format!("must be {what}, not {}", kind_of(value))));
+    if value.is_null() {
+        // A null where a value is allowed (optional fields are checked by their parent).
+        return None;
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let Some(object) = value.as_object() else {
+                return expected("an object");
+            };
+            for field in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                match object.get(field) {
+                    None => return Some((join(path, field), "is required".to_string())),
+                    Some(Value::Null) => {
+                        return Some((
+                            join(path, field),
+                            "is required and may not be null".to_string(),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let extra = schema.get("additionalProperties").filter(|a| a.is_object());
+            object.iter().find_map(|(key, v)| {
+                let field_schema = properties.and_then(|p| p.get(key)).or(extra)?;
+                first_problem(schemas, field_schema, v, &join(path, key))
+            })
+        }
+        Some("array") => {
+            let Some(items) = value.as_array() else {
+                return expected("an array");
+            };
+            let item_schema = schema.get("items")?;
+            items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| first_problem(schemas, item_schema, v, &format!("{path}[{i}]")))
+        }
+        Some("string") => {
+            if value.is_object() || value.is_array() || value.is_boolean() {
+                return expected("a string");
+            }
+            let allowed = schema.get("enum").and_then(Value::as_array)?;
+            (!allowed.contains(value)).then(|| {
+                let names: Vec<String> = allowed.iter().map(Value::to_string).collect();
+                (here(), format!("must be one of {}", names.join(", ")))
+            })
+        }
+        Some("integer") if !value.is_i64() && !value.is_u64() => expected("an integer"),
+        Some("number") if !value.is_number() => expected("a number"),
+        Some("boolean") if !value.is_boolean() => expected("a boolean"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(reason_type: &str, body: Value) -> Option<(String, String)> {
+        let reason =
+            format!("Expected input type \"string\", found null. (occurred while parsing \"{reason_type}\")");
+        explain(&reason, body.to_string().as_bytes())
+    }
+
+    #[test]
+    fn names_the_missing_or_mistyped_field_with_its_path() {
+        assert_eq!(
+            check(
+                "DocumentsIn",
+                json!({"documents": [{"source": "s", "external_id": "1"}, {"external_id": "2"}]})
+            ),
+            Some(("documents[1].source".into(), "is required".into()))
+        );
+        assert_eq!(
+            check(
+                "DocumentsIn",
+                json!({"documents": [{"source": null, "external_id": "1"}]})
+            ),
+            Some((
+                "documents[0].source".into(),
+                "is required and may not be null".into()
+            ))
+        );
+        assert_eq!(
+            check("DocumentsIn", json!({"documents": {"source": "s"}})),
+            Some(("documents".into(), "must be an array, not an object".into()))
+        );
+        assert_eq!(
+            check("DocumentsIn", json!([1, 2])),
+            Some((String::new(), "must be an object, not an array".into()))
+        );
+        assert_eq!(
+            check(
+                "DocumentsIn",
+                json!({"documents": [{"source": "s", "external_id": "1", "tags": "a,b"}]})
+            ),
+            Some((
+                "documents[0].tags".into(),
+                "must be an array, not a string".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn says_nothing_when_it_cannot_tell() {
+        assert_eq!(check("NoSuchType", json!({})), None);
+        assert_eq!(explain("no type named here", b"{}"), None);
+        assert_eq!(
+            explain("x (occurred while parsing \"DocumentsIn\")", b"{not json"),
+            None
+        );
+        assert_eq!(check("DocumentsIn", json!({"documents": []})), None);
+    }
+}
