@@ -115,7 +115,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .data(state)
-        .around(move |ep, req| limit_body(ep, req, limit))
+        .around(move |ep, req| guard_body(ep, req, limit))
         .with(Tracing)
         .catch_all_error(errors::poem_error_to_json)
 }
@@ -124,7 +124,7 @@ pub fn app(state: AppState) -> impl Endpoint {
 /// a chunked body up to the limit. Requests without a body pass untouched. A JSON body is kept
 /// so that, when poem-openapi refuses it, the 400 can name the field at fault
 /// (`payload_errors`).
-async fn limit_body<E: Endpoint>(
+async fn guard_body<E: Endpoint>(
     ep: std::sync::Arc<E>,
     mut req: Request,
     limit: usize,

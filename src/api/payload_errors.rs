@@ -82,8 +82,12 @@ fn first_problem(
             .iter()
             .find_map(|part| first_problem(schemas, part, value, path));
     }
-    let here = || path.to_string();
-    let expected = |what: &str| Some((here(), format!("must be {what}, not {}", kind_of(value))));
+    let expected = |what: &str| {
+        Some((
+            path.to_string(),
+            format!("must be {what}, not {}", kind_of(value)),
+        ))
+    };
     if value.is_null() {
         // A null where a value is allowed (optional fields are checked by their parent).
         return None;
@@ -135,7 +139,10 @@ fn first_problem(
             let allowed = schema.get("enum").and_then(Value::as_array)?;
             (!allowed.contains(value)).then(|| {
                 let names: Vec<String> = allowed.iter().map(Value::to_string).collect();
-                (here(), format!("must be one of {}", names.join(", ")))
+                (
+                    path.to_string(),
+                    format!("must be one of {}", names.join(", ")),
+                )
             })
         }
         Some("integer") if !value.is_i64() && !value.is_u64() => expected("an integer"),
