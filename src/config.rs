@@ -38,6 +38,8 @@ pub struct Settings {
     #[serde(default)]
     pub inference: InferenceSettings,
     #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    #[serde(default)]
     pub sources: BTreeMap<String, ExternalSource>,
     /// Filled from `embedding_models.toml`, not from `trainyard.toml`.
     #[serde(default)]
@@ -141,6 +143,28 @@ impl Default for InferenceSettings {
             threads: 0,
             reload_poll_secs: 5.0,
             max_batch_texts: 1024,
+        }
+    }
+}
+
+/// Logs and metrics. Trace and OTLP export are configured by the standard `OTEL_*` variables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// `text` or `json` (overridden by `--log-format` or `TRAINYARD_LOG_FORMAT`).
+    pub log_format: String,
+    /// Where a worker serves Prometheus `/metrics` ("" = off; `serve` always has `/metrics`).
+    pub worker_metrics_listen: String,
+    /// Seconds between samples of the queue-wide gauges (by one process of the deployment).
+    pub queue_sample_secs: f64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            log_format: "text".into(),
+            worker_metrics_listen: String::new(),
+            queue_sample_secs: 15.0,
         }
     }
 }
@@ -261,6 +285,25 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "telemetry.log_format",
+                format!("`{}` is not text or json", self.telemetry.log_format),
+            ));
+        }
+        let listen = &self.telemetry.worker_metrics_listen;
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "telemetry.worker_metrics_listen",
+                format!("`{listen}` is not host:port"),
+            ));
+        }
+        if !(self.telemetry.queue_sample_secs >= 0.5) {
+            return Err(invalid(
+                "telemetry.queue_sample_secs",
+                "must be at least 0.5 seconds",
+            ));
+        }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "server.listen",

@@ -8,25 +8,21 @@ pub mod datasets;
 pub mod db;
 pub mod embedding;
 pub mod inference;
+pub mod job_registry;
 pub mod ml;
 pub mod queue;
 pub mod registry;
+pub mod telemetry;
 pub mod training;
+pub mod worker_state;
 
 use std::sync::Arc;
 
-/// Installs the TLS crypto provider and the log subscriber (RUST_LOG, default info).
-pub fn init_process() {
+/// Installs the TLS crypto provider, logging (RUST_LOG, default info; text or JSON), trace
+/// export when `OTEL_*` configures it, and the metrics pipeline.
+pub fn init_process(log_format: telemetry::LogFormat) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,sqlx=warn,apalis=warn,apalis_postgres=warn,apalis_core=warn",
-        )
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    telemetry::init(log_format);
 }
 
 /// Loads config, connects, migrates: what every server-side command starts with.

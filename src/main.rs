@@ -9,6 +9,9 @@ use trainyard::cli;
     about = "Labelled text in, served classifiers out."
 )]
 struct Cli {
+    /// Log lines as `text` or `json` (default: config `telemetry.log_format`).
+    #[arg(long, global = true, env = "TRAINYARD_LOG_FORMAT")]
+    log_format: Option<trainyard::telemetry::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,8 +42,19 @@ enum Command {
 
 #[tokio::main]
 async fn main() {
-    trainyard::init_process();
     let cli = Cli::parse();
+    let log_format = cli.log_format.unwrap_or_else(|| {
+        let configured =
+            trainyard::config::Settings::load(&trainyard::config::Settings::default_dir())
+                .map(|s| s.telemetry.log_format)
+                .unwrap_or_default();
+        if configured == "json" {
+            trainyard::telemetry::LogFormat::Json
+        } else {
+            trainyard::telemetry::LogFormat::Text
+        }
+    });
+    trainyard::init_process(log_format);
     let result = match cli.command {
         Command::Serve(args) => cli::serve::serve(args).await,
         Command::Worker(args) => cli::serve::worker(args).await,
@@ -56,6 +70,7 @@ async fn main() {
         Command::Jobs(args) => cli::client::jobs(args).await,
         Command::Train(args) => cli::train_client::train(args).await,
     };
+    trainyard::telemetry::shutdown();
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -97,6 +97,51 @@ pub struct CreateDataset {
 pub struct DatasetProgress {
     pub batches_done: i32,
     pub batches_total: i32,
+    /// Texts embedded or found stored so far, over all batches (moves inside a batch).
+    pub texts_done: Option<i64>,
+    /// Texts the build fanned out for embedding (absent before the fan-out, or once its jobs
+    /// were pruned).
+    pub texts_total: Option<i64>,
+    /// Texts per second since the first batch started (absent until one has started, and
+    /// once the dataset is no longer embedding).
+    pub texts_per_second: Option<f64>,
+    /// Seconds left at that rate (absent when the rate is).
+    pub eta_seconds: Option<f64>,
+}
+
+impl DatasetProgress {
+    /// Adds the text counts, rate and ETA from the dataset's embed jobs.
+    pub async fn fill_texts(
+        &mut self,
+        state: &AppState,
+        id: Uuid,
+        status: &str,
+    ) -> Result<(), ApiError> {
+        let Some((done, total, started)) =
+            crate::queue::dataset_jobs_progress(&state.pool, id, trainyard_jobs::JobKind::Embed)
+                .await?
+        else {
+            return Ok(());
+        };
+        let done = if status == "ready" {
+            total
+        } else {
+            done.min(total)
+        };
+        self.texts_done = Some(done);
+        self.texts_total = Some(total);
+        if status == "embedding" {
+            if let Some(started) = started {
+                let elapsed = (Utc::now() - started).num_milliseconds() as f64 / 1000.0;
+                if elapsed > 0.5 && done > 0 {
+                    let rate = done as f64 / elapsed;
+                    self.texts_per_second = Some(rate);
+                    self.eta_seconds = Some((total - done).max(0) as f64 / rate);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Object)]
@@ -138,6 +183,10 @@ impl From<store::DatasetRow> for Dataset {
             progress: DatasetProgress {
                 batches_done: r.batches_done,
                 batches_total: r.batches_total,
+                texts_done: None,
+                texts_total: None,
+                texts_per_second: None,
+                eta_seconds: None,
             },
             new_embeddings: r.new_embeddings,
             reused_embeddings: r.reused_embeddings,
@@ -429,7 +478,14 @@ impl DatasetsApi {
         state: Data<&AppState>,
         id: Path<String>,
     ) -> Result<Json<Dataset>, ApiError> {
-        Ok(Json(load(&state, &id).await?.into()))
+        let row = load(&state, &id).await?;
+        let (dataset_id, status) = (row.id, row.status.clone());
+        let mut dataset: Dataset = row.into();
+        dataset
+            .progress
+            .fill_texts(&state, dataset_id, &status)
+            .await?;
+        Ok(Json(dataset))
     }
 
     /// Records in order, optionally one split, optionally with their embeddings.

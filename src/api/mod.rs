@@ -3,6 +3,7 @@ pub mod datasets;
 pub mod documents;
 pub mod errors;
 pub mod health;
+pub mod http_telemetry;
 pub mod jobs;
 pub mod legacy_v1;
 pub mod models;
@@ -10,11 +11,11 @@ pub mod openai_embeddings;
 mod payload_errors;
 pub mod predict;
 pub mod training;
+mod training_schema;
 
 use std::sync::Arc;
 
 use poem::http::{header, StatusCode};
-use poem::middleware::Tracing;
 use poem::web::headers::{ContentLength, HeaderMapExt};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::OpenApiService;
@@ -114,9 +115,10 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/", api)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .at("/metrics", poem::get(http_telemetry::metrics_endpoint))
         .data(state)
         .around(move |ep, req| guard_body(ep, req, limit))
-        .with(Tracing)
+        .around(http_telemetry::around)
         .catch_all_error(errors::poem_error_to_json)
 }
 

@@ -106,18 +106,29 @@ pub async fn build_dataset(args: BuildDatasetArgs) -> anyhow::Result<()> {
     .await
 }
 
+/// `95 s` or `3 m 05 s`.
+fn format_secs(secs: f64) -> String {
+    let s = secs.round().max(0.0) as u64;
+    if s < 60 {
+        format!("{s} s")
+    } else {
+        format!("{} m {:02} s", s / 60, s % 60)
+    }
+}
+
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} {msg:10} [{elapsed_precise}] [{bar:40}] {pos}/{len} batches ({eta})",
+            "{spinner} {msg:10} [{elapsed_precise}] [{bar:40}] {pos}/{len} texts {prefix}",
         )
         .unwrap()
         .progress_chars("=> "),
     );
     let started = std::time::Instant::now();
     let mut last_line = String::new();
+    let mut last_print = std::time::Instant::now() - Duration::from_secs(60);
     let dataset = loop {
         let d = check(
             client
@@ -130,16 +141,29 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         )
         .await?;
         let status = d["status"].as_str().unwrap_or("?").to_string();
-        bar.set_length(d["progress"]["batches_total"].as_u64().unwrap_or(0));
-        bar.set_position(d["progress"]["batches_done"].as_u64().unwrap_or(0));
+        let p = &d["progress"];
+        bar.set_length(p["texts_total"].as_u64().unwrap_or(0));
+        bar.set_position(p["texts_done"].as_u64().unwrap_or(0));
         bar.set_message(status.clone());
-        // Not a terminal (a log, CI): a plain line whenever the state changes.
+        // Rate and ETA as the server measured them (absent until embedding has started).
+        let rate = match (p["texts_per_second"].as_f64(), p["eta_seconds"].as_f64()) {
+            (Some(r), Some(eta)) => format!("{r:.0}/s, ETA {}", format_secs(eta)),
+            _ => String::new(),
+        };
+        bar.set_prefix(rate.clone());
+        // Not a terminal (a log, CI): a plain line whenever the state changes, at most every
+        // 5 s while texts move.
         let line = format!(
-            "{status} {}/{} batches",
+            "{status} {}/{} texts, {}/{} batches {rate}",
             bar.position(),
-            bar.length().unwrap_or(0)
+            bar.length().unwrap_or(0),
+            p["batches_done"],
+            p["batches_total"],
         );
-        if !std::io::stderr().is_terminal() && line != last_line {
+        let due = last_print.elapsed() >= Duration::from_secs(5)
+            || !line.starts_with(last_line.split(' ').next().unwrap_or(""));
+        if !std::io::stderr().is_terminal() && line != last_line && due {
+            last_print = std::time::Instant::now();
             eprintln!("[{:>5.1}s] {line}", started.elapsed().as_secs_f64());
             last_line = line;
         }

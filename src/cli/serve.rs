@@ -6,7 +6,9 @@ use trainyard_jobs::JobKind;
 
 use crate::api::{self, AppState};
 use crate::embedding::Embedders;
-use crate::queue::worker::{run_workers, shutdown_signal, WorkerOptions, WorkerState};
+use crate::job_registry::run_workers;
+use crate::queue::worker::{shutdown_signal, WorkerOptions};
+use crate::worker_state::WorkerState;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -32,6 +34,20 @@ pub struct WorkerArgs {
     /// Prefix of the worker's unique name.
     #[arg(long)]
     pub name: Option<String>,
+    /// Serve Prometheus `/metrics` on this address (default: config
+    /// `telemetry.worker_metrics_listen`; off when empty).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+}
+
+/// Starts the queue-wide gauge sampler (only one process of the deployment reports).
+fn spawn_queue_gauges(pool: &sqlx::PgPool, settings: &crate::config::Settings) {
+    let q = &settings.queue;
+    crate::queue::gauges::spawn_sampler(
+        pool.clone(),
+        Duration::from_secs_f64(settings.telemetry.queue_sample_secs),
+        (q.heartbeat_secs * q.missed_heartbeats as u64) as f64,
+    );
 }
 
 fn parse_queues(names: &[String]) -> anyhow::Result<Vec<JobKind>> {
@@ -67,6 +83,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState::new(pool.clone(), settings.clone());
     let embedders = state.embedders.clone();
     spawn_pruner(pool.clone(), settings.queue.retention_hours);
+    spawn_queue_gauges(&pool, &settings);
     if args.workers > 0 {
         let worker_state = WorkerState {
             pool: pool.clone(),
@@ -103,6 +120,17 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let queues = parse_queues(&args.queues)?;
     let (settings, pool) = crate::start(true).await?;
     spawn_pruner(pool.clone(), settings.queue.retention_hours);
+    spawn_queue_gauges(&pool, &settings);
+    let metrics_listen = args
+        .metrics_listen
+        .unwrap_or_else(|| settings.telemetry.worker_metrics_listen.clone());
+    if !metrics_listen.is_empty() {
+        tokio::spawn(async move {
+            if let Err(e) = api::http_telemetry::serve_metrics_only(metrics_listen).await {
+                tracing::error!("the metrics listener stopped: {e:#}");
+            }
+        });
+    }
     let state = WorkerState {
         pool,
         settings: settings.clone(),

@@ -15,8 +15,9 @@ use super::splits::{stratified_split, Split};
 use super::text::{checksum, combine_text};
 use super::{store, DatasetSpec, TaskType};
 use crate::embedding::store::stored_checksums;
-use crate::queue::worker::{JobError, WorkerState};
 use crate::queue::{self, NewJob};
+use crate::queue::{JobContext, JobError};
+use crate::worker_state::WorkerState;
 
 struct Record {
     document_id: i64,
@@ -28,6 +29,44 @@ struct Record {
     votes: serde_json::Value,
     disagreement: bool,
     split: Split,
+}
+
+/// The `dataset_build` handler: builds, and fails the dataset when this failure ends the job.
+pub async fn handle_build(
+    state: &WorkerState,
+    ctx: &JobContext,
+    args: DatasetBuildArgs,
+) -> Result<serde_json::Value, JobError> {
+    tracing::info!(job = %ctx.id, dataset = %args.dataset_id, "dataset_build started");
+    let result = run_build(state, &ctx.id, &args).await;
+    if let Err(e) = &result {
+        tracing::warn!(job = %ctx.id, error = %e, "dataset_build failed");
+        fail_dataset_if_final(ctx, args.dataset_id, e).await;
+    }
+    result
+}
+
+/// When this was the job's last attempt (or the error is fatal), the dataset fails with it.
+pub(crate) async fn fail_dataset_if_final(
+    ctx: &JobContext,
+    dataset_id: uuid::Uuid,
+    error: &JobError,
+) {
+    if matches!(error, JobError::Cancelled) || !ctx.is_last_attempt(error).await {
+        return;
+    }
+    let message = format!("job {} failed: {error}", ctx.id);
+    let update = sqlx::query(
+        "UPDATE datasets SET status = 'failed', error = $2, updated_at = now()
+         WHERE id = $1 AND status NOT IN ('ready', 'cancelled')",
+    )
+    .bind(dataset_id)
+    .bind(&message)
+    .execute(&ctx.pool)
+    .await;
+    if let Err(e) = update {
+        tracing::error!(dataset = %dataset_id, "could not mark dataset failed: {e}");
+    }
 }
 
 pub async fn run_build(

@@ -12,7 +12,26 @@ use super::store;
 use crate::embedding::store::{begin_batch_write, insert_embeddings, stored_checksums};
 use crate::embedding::EmbedError;
 use crate::queue;
-use crate::queue::worker::{JobError, WorkerState};
+use crate::queue::{JobContext, JobError};
+use crate::worker_state::WorkerState;
+use tracing::Instrument;
+
+/// Texts embedded between two progress writes (about a second of the local model on 2 cores).
+const EMBED_PROGRESS_SLICE: usize = 128;
+
+/// The `embed` handler: embeds one batch, and fails the dataset when this failure ends the job.
+pub async fn handle_embed(
+    state: &WorkerState,
+    ctx: &JobContext,
+    args: EmbedArgs,
+) -> Result<serde_json::Value, JobError> {
+    let result = run_embed(state, &ctx.id, &args).await;
+    if let Err(e) = &result {
+        tracing::warn!(job = %ctx.id, dataset = %args.dataset_id, batch = args.batch_no, error = %e, "embed failed");
+        super::build::fail_dataset_if_final(ctx, args.dataset_id, e).await;
+    }
+    result
+}
 
 pub async fn run_embed(
     state: &WorkerState,
@@ -67,21 +86,72 @@ pub async fn run_embed(
             .filter(|&i| !present.contains(&checksums[i]))
             .collect()
     };
-    let vectors = if todo.is_empty() {
-        Vec::new()
-    } else {
-        state
+    // Embedded in slices, longest texts together (the encoder pads less), with the job's
+    // progress written after each slice: a dataset's progress moves every second or two
+    // instead of once per batch.
+    let reused = (checksums.len() - todo.len()) as i64;
+    let mut order = todo.clone();
+    order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
+    let slice = match model.provider {
+        crate::config::ProviderType::Local => EMBED_PROGRESS_SLICE,
+        crate::config::ProviderType::OpenAiCompatible => {
+            (model.max_batch_size * model.max_concurrency.max(1)).max(EMBED_PROGRESS_SLICE)
+        }
+    };
+    let span = tracing::info_span!(
+        "embed_batch",
+        embedding.model = %model.name,
+        texts = checksums.len(),
+        texts_embedded = todo.len(),
+        tokens = tracing::field::Empty,
+    );
+    let ctx = JobContext {
+        id: job_id.to_string(),
+        kind: trainyard_jobs::JobKind::Embed,
+        pool: pool.clone(),
+    };
+    let mut by_index: std::collections::HashMap<usize, Vec<f32>> =
+        std::collections::HashMap::with_capacity(todo.len());
+    let mut tokens_total: Option<u64> = Some(0);
+    let metrics = crate::telemetry::metrics();
+    let model_attr = [crate::telemetry::instruments::model(&model.name)];
+    if reused > 0 {
+        metrics.embeddings_reused.add(reused as u64, &model_attr);
+    }
+    for chunk in order.chunks(slice) {
+        let (vectors, tokens) = state
             .embedders
-            .embed(
+            .embed_counted(
                 &model.name,
-                todo.iter().map(|&i| texts[i].clone()).collect(),
+                chunk.iter().map(|&i| texts[i].clone()).collect(),
             )
+            .instrument(span.clone())
             .await
             .map_err(|e| match e {
                 EmbedError::Retryable(m) => JobError::Retryable(m),
                 other => JobError::Fatal(other.to_string()),
-            })?
-    };
+            })?;
+        if vectors.len() != chunk.len() {
+            break; // reported below as a count mismatch
+        }
+        metrics
+            .embeddings_computed
+            .add(chunk.len() as u64, &model_attr);
+        if let Some(t) = tokens {
+            metrics.embedding_tokens.add(t, &model_attr);
+        }
+        tokens_total = tokens_total.zip(tokens).map(|(a, b)| a + b);
+        by_index.extend(chunk.iter().copied().zip(vectors));
+        ctx.set_progress(reused + by_index.len() as i64, None)
+            .await?;
+        if ctx.cancel_requested().await? {
+            return Err(JobError::Cancelled);
+        }
+    }
+    if let Some(t) = tokens_total {
+        span.record("tokens", t);
+    }
+    let vectors: Vec<Vec<f32>> = todo.iter().filter_map(|i| by_index.remove(i)).collect();
     if vectors.len() != todo.len() || vectors.iter().any(|v| v.len() != model.dimensions) {
         return Err(JobError::Fatal(format!(
             "provider returned {} vectors for {} texts or a wrong dimension count",

@@ -99,13 +99,26 @@ impl Embedders {
 
     /// Embeds texts with the named model; every vector has the model's dimensions.
     pub async fn embed(&self, name: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        Ok(self.embed_counted(name, texts).await?.0)
+    }
+
+    /// As `embed`, plus the tokens embedded: counted by the local tokenizer (after
+    /// truncation), or as the provider reported them (`None` when it did not).
+    pub async fn embed_counted(
+        &self,
+        name: &str,
+        texts: Vec<String>,
+    ) -> Result<(Vec<Vec<f32>>, Option<u64>), EmbedError> {
         match self.provider(name).await? {
             Provider::Local(encoder) => encoder
                 .encode(texts)
                 .await
-                .map(|e| e.vectors)
+                .map(|e| {
+                    let tokens = e.token_counts.iter().map(|&n| n as u64).sum();
+                    (e.vectors, Some(tokens))
+                })
                 .map_err(|e| EmbedError::Fatal(e.to_string())),
-            Provider::OpenAiCompatible(client) => client.embed(&texts).await,
+            Provider::OpenAiCompatible(client) => client.embed_with_usage(&texts).await,
         }
     }
 }

@@ -31,6 +31,14 @@ pub struct OpenAiCompatibleClient {
 #[derive(Deserialize)]
 struct EmbeddingResponse {
     data: Vec<EmbeddingItem>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -43,7 +51,13 @@ struct EmbeddingItem {
 struct AttemptError {
     error: EmbedError,
     retry_after: Option<Duration>,
+    /// `error.type` of the provider-errors metric: timeout, unreachable, http_429, http_5xx,
+    /// http_4xx, bad_body, invalid_response.
+    kind: &'static str,
 }
+
+/// Vectors of one call and, when the provider reported it, the tokens it counted.
+type Batch = (Vec<Vec<f32>>, Option<u64>);
 
 impl OpenAiCompatibleClient {
     pub fn new(model: EmbeddingModelConfig) -> Result<Self, EmbedError> {
@@ -71,13 +85,19 @@ impl OpenAiCompatibleClient {
 
     /// Embeds all texts, `max_batch_size` per request, `max_concurrency` requests at a time.
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        Ok(self.embed_with_usage(texts).await?.0)
+    }
+
+    /// As `embed`, plus the prompt tokens the provider reported (`None` when any batch's
+    /// answer had no `usage`).
+    pub async fn embed_with_usage(&self, texts: &[String]) -> Result<Batch, EmbedError> {
         // Each request future owns its batch and client, so the stream's futures borrow
         // nothing (and stay `Send` for any lifetime).
         let batches: Vec<Vec<String>> = texts
             .chunks(self.model.max_batch_size)
             .map(|c| c.to_vec())
             .collect();
-        let results: Vec<Vec<Vec<f32>>> = futures::stream::iter(batches)
+        let results: Vec<Batch> = futures::stream::iter(batches)
             .map(|batch| {
                 let client = self.clone();
                 async move { client.embed_batch_with_retries(&batch).await }
@@ -85,13 +105,11 @@ impl OpenAiCompatibleClient {
             .buffered(self.model.max_concurrency.max(1))
             .try_collect()
             .await?;
-        Ok(results.into_iter().flatten().collect())
+        let tokens = results.iter().map(|(_, t)| *t).sum::<Option<u64>>();
+        Ok((results.into_iter().flat_map(|(v, _)| v).collect(), tokens))
     }
 
-    async fn embed_batch_with_retries(
-        &self,
-        batch: &[String],
-    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+    async fn embed_batch_with_retries(&self, batch: &[String]) -> Result<Batch, EmbedError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)
@@ -100,7 +118,17 @@ impl OpenAiCompatibleClient {
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let result = (|| async {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.embed_batch_once(batch).await
+            let result = self.embed_batch_once(batch).await;
+            if let Err(e) = &result {
+                crate::telemetry::metrics().embedding_provider_errors.add(
+                    1,
+                    &[
+                        crate::telemetry::instruments::model(&self.model.name),
+                        opentelemetry::KeyValue::new("error.type", e.kind),
+                    ],
+                );
+            }
+            result
         })
         .retry(backoff)
         .when(|e: &AttemptError| e.error.is_retryable())
@@ -118,10 +146,11 @@ impl OpenAiCompatibleClient {
         })
     }
 
-    async fn embed_batch_once(&self, batch: &[String]) -> Result<Vec<Vec<f32>>, AttemptError> {
-        let retryable = |m: String| AttemptError {
+    async fn embed_batch_once(&self, batch: &[String]) -> Result<Batch, AttemptError> {
+        let retryable = |m: String, kind: &'static str| AttemptError {
             error: EmbedError::Retryable(m),
             retry_after: None,
+            kind,
         };
         let mut request = self.http.post(&self.url).json(&serde_json::json!({
             "model": self.model.name,
@@ -132,11 +161,11 @@ impl OpenAiCompatibleClient {
             request = request.bearer_auth(key);
         }
         let response = request.send().await.map_err(|e| {
-            retryable(if e.is_timeout() {
-                "provider timed out".to_string()
+            if e.is_timeout() {
+                retryable("provider timed out".to_string(), "timeout")
             } else {
-                format!("provider unreachable: {e}")
-            })
+                retryable(format!("provider unreachable: {e}"), "unreachable")
+            }
         })?;
         let status = response.status();
         if !status.is_success() {
@@ -154,11 +183,17 @@ impl OpenAiCompatibleClient {
                     AttemptError {
                         error: EmbedError::Retryable(message),
                         retry_after,
+                        kind: match code {
+                            429 => "http_429",
+                            500..=599 => "http_5xx",
+                            _ => "http_4xx",
+                        },
                     }
                 } else {
                     AttemptError {
                         error: EmbedError::Fatal(message),
                         retry_after: None,
+                        kind: "http_4xx",
                     }
                 },
             );
@@ -166,13 +201,20 @@ impl OpenAiCompatibleClient {
         let body = response
             .bytes()
             .await
-            .map_err(|e| retryable(format!("reading provider body: {e}")))?;
-        let parsed: EmbeddingResponse = serde_json::from_slice(&body)
-            .map_err(|e| retryable(format!("provider sent an unparseable body: {e}")))?;
-        self.check(batch.len(), parsed).map_err(|m| AttemptError {
+            .map_err(|e| retryable(format!("reading provider body: {e}"), "bad_body"))?;
+        let parsed: EmbeddingResponse = serde_json::from_slice(&body).map_err(|e| {
+            retryable(
+                format!("provider sent an unparseable body: {e}"),
+                "bad_body",
+            )
+        })?;
+        let tokens = parsed.usage.as_ref().and_then(|u| u.prompt_tokens);
+        let vectors = self.check(batch.len(), parsed).map_err(|m| AttemptError {
             error: EmbedError::Fatal(m),
             retry_after: None,
-        })
+            kind: "invalid_response",
+        })?;
+        Ok((vectors, tokens))
     }
 
     fn check(&self, expected: usize, parsed: EmbeddingResponse) -> Result<Vec<Vec<f32>>, String> {

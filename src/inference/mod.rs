@@ -37,11 +37,29 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Label probabilities per text, in the spec's label order.
     pub async fn scores(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
-        self.encoder
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "inference",
+            model = %self.name,
+            model.version = self.version,
+            texts = texts.len(),
+            pass_texts = tracing::field::Empty,
+        );
+        let encoded = self
+            .encoder
             .encode(texts)
+            .instrument(span.clone())
             .await
-            .map(|e| e.vectors)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // Each coalesced pass is counted once, by the request that opened it.
+        if let Some(pass) = encoded.pass {
+            span.record("pass_texts", pass.texts);
+            let m = crate::telemetry::metrics();
+            let attrs = [crate::telemetry::instruments::model(&self.name)];
+            m.inference_batch_size.record(pass.texts as f64, &attrs);
+            m.inference_duration.record(pass.seconds, &attrs);
+        }
+        Ok(encoded.vectors)
     }
 }
 
@@ -169,6 +187,10 @@ impl ModelServer {
                 if let Ok(mut f) = self.failures.lock() {
                     f.remove(name);
                 }
+                let m = crate::telemetry::metrics();
+                let attrs = [crate::telemetry::instruments::model(name)];
+                m.served_version.record(version as i64, &attrs);
+                m.model_reloads.add(1, &attrs);
                 tracing::info!(model = name, version, "model version now served");
             }
             Err(e) => {
@@ -177,6 +199,9 @@ impl ModelServer {
                     version,
                     "model version failed to load, previous one keeps serving: {e}"
                 );
+                crate::telemetry::metrics()
+                    .model_load_failures
+                    .add(1, &[crate::telemetry::instruments::model(name)]);
                 if let Ok(mut f) = self.failures.lock() {
                     f.insert(name.to_string(), (version, e));
                 }

@@ -1,5 +1,6 @@
 //! Everything that knows tch: the BERT encoder, the classifier, the training loop, and the
 //! threads that serve them.
+pub mod adamw;
 pub mod allocator;
 pub mod bert;
 pub mod classifier;

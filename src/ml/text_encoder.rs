@@ -66,6 +66,17 @@ impl std::fmt::Debug for ClassifierWeights {
 pub struct Encoded {
     pub vectors: Vec<Vec<f32>>,
     pub token_counts: Vec<usize>,
+    /// The coalesced pass this call's texts ran in; set on the first call of each pass only,
+    /// so that whoever counts passes counts each once.
+    pub pass: Option<PassInfo>,
+}
+
+/// One coalesced forward pass: texts from every request it served, and how long it took
+/// (tokenizing, forward passes on every replica, pooling).
+#[derive(Debug, Clone, Copy)]
+pub struct PassInfo {
+    pub texts: usize,
+    pub seconds: f64,
 }
 
 /// Most texts gathered into one coalesced pass.
@@ -361,6 +372,7 @@ fn encode(
         }
     }
     Ok(Encoded {
+        pass: None,
         vectors,
         token_counts,
     })
@@ -402,14 +414,20 @@ fn coordinate(
             .iter()
             .flat_map(|r| r.texts.iter().cloned())
             .collect();
+        let started = Instant::now();
         match encode(tokenizer, budget, replicas, &all, work) {
             Ok(encoded) => {
+                let mut pass = Some(PassInfo {
+                    texts: all.len(),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
                 let mut offset = 0;
                 for request in pending {
                     let n = request.texts.len();
                     let part = Encoded {
                         vectors: encoded.vectors[offset..offset + n].to_vec(),
                         token_counts: encoded.token_counts[offset..offset + n].to_vec(),
+                        pass: pass.take(),
                     };
                     offset += n;
                     let _ = request.reply.send(Ok(part));

@@ -16,9 +16,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::adamw::AdamW;
 use super::classifier::{
-    blob_to_tensors, masked_loss, target_tensors, tensors_to_blob, AdamW, Classifier,
-    ClassifierInput, ClassifierSpec, LossKind, LossSpec, TrainMode,
+    blob_to_tensors, masked_loss, target_tensors, tensors_to_blob, Classifier, ClassifierInput,
+    ClassifierSpec, LossKind, LossSpec, TrainMode,
 };
 use super::text_encoder::load_tokenizer;
 use crate::datasets::TaskType;

@@ -1,10 +1,15 @@
-//! Only this module knows apalis: enqueueing, job state, cancel/retry, pruning.
+//! Only this module knows apalis: enqueueing, job state, cancel/retry, pruning, the job context
+//! and error handed to handlers, and the worker that runs them.
 //!
 //! Jobs live in `apalis.jobs` (one queue per job kind, named by `JobKind::queue`); what apalis
 //! does not track (progress, cancellation, the dataset a job belongs to) lives in `job_info`.
 //! Backoff between attempts is set in the database by a trigger (see migrations), so a retry
 //! survives any worker restart.
+pub mod gauges;
+pub mod job;
 pub mod worker;
+
+pub use job::{JobContext, JobError};
 
 use apalis::prelude::{TaskBuilder, TaskId};
 use chrono::{DateTime, Utc};
@@ -48,6 +53,11 @@ pub async fn enqueue<A: Serialize>(
         return Ok(Vec::new());
     };
     let kind = first.kind;
+    // The enqueuing span's W3C context rides in each job's stored metadata (not its
+    // arguments), so the worker's span continues this trace.
+    let trace_context = apalis::prelude::MetadataStore::from_map(
+        crate::telemetry::propagation::current_context_map(),
+    );
     let mut tasks = Vec::with_capacity(jobs.len());
     let mut ids = Vec::with_capacity(jobs.len());
     let mut datasets = Vec::with_capacity(jobs.len());
@@ -60,6 +70,7 @@ pub async fn enqueue<A: Serialize>(
             TaskBuilder::new(bytes)
                 .task_id(TaskId::from_ulid(id))
                 .max_attempts(max_attempts as usize)
+                .with_metadata(trace_context.clone())
                 .build(),
         );
         ids.push(id.to_string());
@@ -79,6 +90,11 @@ pub async fn enqueue<A: Serialize>(
     apalis_postgres::queries::push_tasks(conn, kind.queue(), tasks)
         .await
         .map_err(|e| QueueError::Apalis(e.to_string()))?;
+    // Counted when pushed inside the caller's transaction; a rolled-back enqueue still counts.
+    crate::telemetry::metrics().jobs_enqueued.add(
+        ids.len() as u64,
+        &[crate::telemetry::instruments::kind(kind.queue())],
+    );
     Ok(ids)
 }
 
@@ -331,6 +347,25 @@ pub async fn prune_finished(pool: &PgPool, hours: f64) -> Result<u64, QueueError
     .execute(pool)
     .await?;
     Ok(deleted.rows_affected())
+}
+
+/// Progress summed over a dataset's jobs of one kind: (done, total, when the first started),
+/// or `None` when it has no such jobs (never had, or pruned).
+pub async fn dataset_jobs_progress(
+    pool: &PgPool,
+    dataset_id: Uuid,
+    kind: JobKind,
+) -> Result<Option<(i64, i64, Option<DateTime<Utc>>)>, QueueError> {
+    let row: (i64, Option<i64>, Option<i64>, Option<DateTime<Utc>>) = sqlx::query_as(
+        "SELECT count(*), sum(i.progress_done)::bigint, sum(i.progress_total)::bigint, min(j.lock_at)
+         FROM job_info i JOIN apalis.jobs j ON j.id = i.job_id
+         WHERE i.dataset_id = $1 AND i.kind = $2",
+    )
+    .bind(dataset_id)
+    .bind(kind.queue())
+    .fetch_one(pool)
+    .await?;
+    Ok((row.0 > 0).then(|| (row.1.unwrap_or(0), row.2.unwrap_or(0), row.3)))
 }
 
 /// Jobs waiting per queue, and workers seen within the orphan window.

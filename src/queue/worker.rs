@@ -1,51 +1,39 @@
 //! The worker process: one apalis worker per queue, bounded concurrency, LISTEN/NOTIFY wake-up
-//! plus polling, heartbeats, graceful shutdown on SIGINT/SIGTERM.
+//! plus polling, heartbeats, graceful shutdown on SIGINT/SIGTERM. It knows no job kind's
+//! meaning: it runs the handler it was given for each queue.
 //!
 //! Each process gets a unique name (host, pid, random suffix) so that a restarted worker never
 //! inherits a dead one's identity; apalis hands a dead worker's jobs to others after
 //! `heartbeat_secs × missed_heartbeats`.
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_postgres::{Config as PgConfig, PostgresStorage};
-use futures::future::{BoxFuture, FutureExt};
+use futures::future::BoxFuture;
 use sqlx::PgPool;
-use trainyard_jobs::{DatasetBuildArgs, EmbedArgs, JobKind, TrainArgs};
+use trainyard_jobs::JobKind;
 
-use crate::config::Settings;
-use crate::embedding::Embedders;
+use super::job::{JobContext, JobError};
+use crate::config::QueueSettings;
 
-/// What every job handler can reach.
+/// What a handler returns: the job's result (stored by apalis) or how it failed.
+pub type HandlerFuture = BoxFuture<'static, Result<serde_json::Value, JobError>>;
+
+/// A job handler: the job's context and its stored arguments (JSON) in, a result out. The
+/// handlers live in their domain modules; `crate::job_registry` binds each kind to one.
+pub type JobHandler = Arc<dyn Fn(JobContext, serde_json::Value) -> HandlerFuture + Send + Sync>;
+
+/// Kind → handler, as the worker process was given it.
+pub type JobHandlers = HashMap<JobKind, JobHandler>;
+
+/// What the apalis worker of one queue carries to every job it runs.
 #[derive(Clone)]
-pub struct WorkerState {
-    pub pool: PgPool,
-    pub settings: Arc<Settings>,
-    pub embedders: Embedders,
-}
-
-/// How a job failed: retried later with backoff, or never again.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("{0}")]
-    Retryable(String),
-    #[error("{0}")]
-    Fatal(String),
-    #[error("cancelled")]
-    Cancelled,
-}
-
-impl From<sqlx::Error> for JobError {
-    fn from(e: sqlx::Error) -> Self {
-        // A lost connection or a restarted Postgres: try again later.
-        JobError::Retryable(format!("database: {e}"))
-    }
-}
-
-impl From<super::QueueError> for JobError {
-    fn from(e: super::QueueError) -> Self {
-        JobError::Retryable(e.to_string())
-    }
+struct QueueEntry {
+    kind: JobKind,
+    pool: PgPool,
+    handler: JobHandler,
 }
 
 fn into_apalis(
@@ -59,108 +47,46 @@ fn into_apalis(
     }
 }
 
-async fn handle_dataset_build(
-    args: DatasetBuildArgs,
+async fn run_one(
+    args: serde_json::Value,
     id: TaskId,
-    state: Data<WorkerState>,
+    metadata: MetadataStore,
+    entry: Data<QueueEntry>,
 ) -> Result<serde_json::Value, BoxDynError> {
-    let job_id = id.to_string();
-    let state: WorkerState = (*state).clone();
-    // Boxed as `Send + 'static` so the borrows inside never meet apalis's generic bounds.
-    let run: BoxFuture<'static, Result<serde_json::Value, JobError>> = async move {
-        tracing::info!(job = %job_id, dataset = %args.dataset_id, "dataset_build started");
-        let result = crate::datasets::build::run_build(&state, &job_id, &args).await;
-        if let Err(e) = &result {
-            tracing::warn!(job = %job_id, error = %e, "dataset_build failed");
-            fail_dataset_if_final(&state, &job_id, args.dataset_id, e).await;
-        }
-        result
-    }
-    .boxed();
-    into_apalis(run.await)
-}
-
-async fn handle_embed(
-    args: EmbedArgs,
-    id: TaskId,
-    state: Data<WorkerState>,
-) -> Result<serde_json::Value, BoxDynError> {
-    let job_id = id.to_string();
-    let state: WorkerState = (*state).clone();
-    let run: BoxFuture<'static, Result<serde_json::Value, JobError>> = async move {
-        let result = crate::datasets::embed_job::run_embed(&state, &job_id, &args).await;
-        if let Err(e) = &result {
-            tracing::warn!(job = %job_id, dataset = %args.dataset_id, batch = args.batch_no, error = %e, "embed failed");
-            fail_dataset_if_final(&state, &job_id, args.dataset_id, e).await;
-        }
-        result
-    }
-    .boxed();
-    into_apalis(run.await)
-}
-
-async fn handle_train(
-    args: TrainArgs,
-    id: TaskId,
-    state: Data<WorkerState>,
-) -> Result<serde_json::Value, BoxDynError> {
-    let job_id = id.to_string();
-    let state: WorkerState = (*state).clone();
-    let run: BoxFuture<'static, Result<serde_json::Value, JobError>> = async move {
-        tracing::info!(job = %job_id, run = %args.run_id, "train started");
-        let result = crate::training::run::run_training(&state, &job_id, &args).await;
-        if let Err(e) = &result {
-            tracing::warn!(job = %job_id, run = %args.run_id, error = %e, "train failed");
-            let last = is_last_attempt(&state, &job_id, e).await;
-            crate::training::run::record_failure(&state.pool, args.run_id, e, last).await;
-        }
-        result
-    }
-    .boxed();
-    into_apalis(run.await)
-}
-
-/// Whether this failure ends the job: fatal, cancelled, or its last attempt.
-pub async fn is_last_attempt(state: &WorkerState, job_id: &str, error: &JobError) -> bool {
-    match error {
-        JobError::Cancelled | JobError::Fatal(_) => true,
-        JobError::Retryable(_) => {
-            // apalis.jobs.attempts counts the attempts before this one.
-            let row: Result<Option<(i32, i32)>, _> =
-                sqlx::query_as("SELECT attempts, max_attempts FROM apalis.jobs WHERE id = $1")
-                    .bind(job_id)
-                    .fetch_optional(&state.pool)
-                    .await;
-            matches!(row, Ok(Some((attempts, max))) if attempts + 1 >= max)
-        }
-    }
-}
-
-/// When this was the job's last attempt (or the error is fatal), the dataset fails with it.
-async fn fail_dataset_if_final(
-    state: &WorkerState,
-    job_id: &str,
-    dataset_id: uuid::Uuid,
-    error: &JobError,
-) {
-    if matches!(error, JobError::Cancelled) {
-        return;
-    }
-    let last_attempt = is_last_attempt(state, job_id, error).await;
-    if last_attempt {
-        let message = format!("job {job_id} failed: {error}");
-        let update = sqlx::query(
-            "UPDATE datasets SET status = 'failed', error = $2, updated_at = now()
-             WHERE id = $1 AND status NOT IN ('ready', 'cancelled')",
-        )
-        .bind(dataset_id)
-        .bind(&message)
-        .execute(&state.pool)
+    use tracing::Instrument;
+    let context = JobContext {
+        id: id.to_string(),
+        kind: entry.kind,
+        pool: entry.pool.clone(),
+    };
+    let queue = entry.kind.queue();
+    // Every log line inside carries the job's id and kind; the span continues the trace of
+    // whatever enqueued the job.
+    let span =
+        tracing::info_span!("job", otel.name = queue, job.id = %context.id, job.kind = queue);
+    crate::telemetry::propagation::set_parent_from_map(&span, metadata.as_map());
+    let metrics = crate::telemetry::metrics();
+    let kind_attr = crate::telemetry::instruments::kind(queue);
+    metrics
+        .jobs_started
+        .add(1, std::slice::from_ref(&kind_attr));
+    let started = std::time::Instant::now();
+    let result = (entry.handler)(context.clone(), args)
+        .instrument(span)
         .await;
-        if let Err(e) = update {
-            tracing::error!(dataset = %dataset_id, "could not mark dataset failed: {e}");
-        }
-    }
+    let outcome = match &result {
+        Ok(_) => "succeeded",
+        Err(JobError::Cancelled) => "cancelled",
+        Err(JobError::Fatal(_)) => "failed",
+        Err(e) if context.is_last_attempt(e).await => "failed",
+        Err(_) => "retried",
+    };
+    let attrs = [kind_attr, opentelemetry::KeyValue::new("outcome", outcome)];
+    metrics.jobs_finished.add(1, &attrs);
+    metrics
+        .job_duration
+        .record(started.elapsed().as_secs_f64(), &attrs);
+    into_apalis(result)
 }
 
 /// Options of one worker process.
@@ -186,47 +112,53 @@ pub fn unique_worker_name(prefix: Option<&str>) -> String {
     }
 }
 
-fn pg_config(settings: &Settings, kind: JobKind, fetch_batch: usize) -> PgConfig {
+fn pg_config(settings: &QueueSettings, kind: JobKind, fetch_batch: usize) -> PgConfig {
     PgConfig::default()
         .queue(kind.queue())
         .batch_size(fetch_batch)
-        .heartbeat_interval(Duration::from_secs(settings.queue.heartbeat_secs))
-        .missed_heartbeats(settings.queue.missed_heartbeats)
+        .heartbeat_interval(Duration::from_secs(settings.heartbeat_secs))
+        .missed_heartbeats(settings.missed_heartbeats)
 }
 
 /// Records the retry policy the backoff trigger reads.
-pub async fn publish_retry_policy(pool: &PgPool, settings: &Settings) -> Result<(), sqlx::Error> {
+pub async fn publish_retry_policy(
+    pool: &PgPool,
+    settings: &QueueSettings,
+) -> Result<(), sqlx::Error> {
     for kind in JobKind::ALL {
         sqlx::query(
             "INSERT INTO queue_policy (queue, base_secs, max_secs) VALUES ($1, $2, $3)
              ON CONFLICT (queue) DO UPDATE SET base_secs = EXCLUDED.base_secs, max_secs = EXCLUDED.max_secs",
         )
         .bind(kind.queue())
-        .bind(settings.queue.retry_base_secs)
-        .bind(settings.queue.retry_max_secs)
+        .bind(settings.retry_base_secs)
+        .bind(settings.retry_max_secs)
         .execute(pool)
         .await?;
     }
     Ok(())
 }
 
-/// Runs until `shutdown` resolves, then lets running jobs finish (up to 30 s).
+/// Runs one apalis worker per queue in `options.queues` until `shutdown` resolves, then lets
+/// running jobs finish (up to 30 s). Every queue must have a handler in `handlers`.
 pub async fn run_workers(
-    state: WorkerState,
+    pool: PgPool,
+    settings: QueueSettings,
+    handlers: JobHandlers,
     options: WorkerOptions,
     shutdown: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
 ) -> anyhow::Result<()> {
-    publish_retry_policy(&state.pool, &state.settings).await?;
+    publish_retry_policy(&pool, &settings).await?;
     let name = unique_worker_name(options.name_prefix.as_deref());
     let concurrency = options.concurrency.max(1);
     let fetch_batch = options.fetch_batch.unwrap_or(concurrency).max(1);
-    let poll = Duration::from_millis(state.settings.queue.poll_interval_ms);
+    let poll = Duration::from_millis(settings.poll_interval_ms);
     tracing::info!(worker = %name, queues = ?options.queues, concurrency, fetch_batch, "worker starting");
     // A worker whose backend fails (Postgres restarted, network cut) is restarted under a new
     // name after a short, growing pause, so a database restart never needs a worker restart.
-    let pool = state.pool.clone();
+    let watched = pool.clone();
     let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(30)).should_restart(move |worker, error| {
-        if pool.is_closed() {
+        if watched.is_closed() {
             // The process is closing its pool: nothing to restart for.
             return false;
         }
@@ -237,47 +169,29 @@ pub async fn run_workers(
         true
     });
     for kind in options.queues.iter().copied() {
-        let state = state.clone();
-        let worker_name = format!("{name}-{}", kind.queue());
-        let config = pg_config(&state.settings, kind, fetch_batch);
-        monitor = match kind {
-            JobKind::DatasetBuild => monitor.register(move |run| {
-                let backend = PostgresStorage::<DatasetBuildArgs>::new(&state.pool)
-                    .with_config(config.clone())
-                    .with_pubsub()
-                    .poll_with_interval(poll);
-                WorkerBuilder::new(format!("{worker_name}-{run}"))
-                    .backend(backend)
-                    .data(state.clone())
-                    .concurrency(concurrency)
-                    .parallelize(tokio::spawn)
-                    .build(handle_dataset_build)
-            }),
-            JobKind::Train => monitor.register(move |run| {
-                let backend = PostgresStorage::<TrainArgs>::new(&state.pool)
-                    .with_config(config.clone())
-                    .with_pubsub()
-                    .poll_with_interval(poll);
-                WorkerBuilder::new(format!("{worker_name}-{run}"))
-                    .backend(backend)
-                    .data(state.clone())
-                    .concurrency(concurrency)
-                    .parallelize(tokio::spawn)
-                    .build(handle_train)
-            }),
-            JobKind::Embed => monitor.register(move |run| {
-                let backend = PostgresStorage::<EmbedArgs>::new(&state.pool)
-                    .with_config(config.clone())
-                    .with_pubsub()
-                    .poll_with_interval(poll);
-                WorkerBuilder::new(format!("{worker_name}-{run}"))
-                    .backend(backend)
-                    .data(state.clone())
-                    .concurrency(concurrency)
-                    .parallelize(tokio::spawn)
-                    .build(handle_embed)
-            }),
+        let handler = handlers
+            .get(&kind)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no handler for queue {}", kind.queue()))?;
+        let entry = QueueEntry {
+            kind,
+            pool: pool.clone(),
+            handler,
         };
+        let worker_name = format!("{name}-{}", kind.queue());
+        let config = pg_config(&settings, kind, fetch_batch);
+        monitor = monitor.register(move |run| {
+            let backend = PostgresStorage::<serde_json::Value>::new(&entry.pool)
+                .with_config(config.clone())
+                .with_pubsub()
+                .poll_with_interval(poll);
+            WorkerBuilder::new(format!("{worker_name}-{run}"))
+                .backend(backend)
+                .data(entry.clone())
+                .concurrency(concurrency)
+                .parallelize(tokio::spawn)
+                .build(run_one)
+        });
     }
     monitor.run_with_signal(shutdown).await?;
     tracing::info!(worker = %name, "worker stopped");

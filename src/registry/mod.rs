@@ -10,10 +10,6 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::queue::worker::JobError;
-use crate::training::run::{OutcomeRecord, RunSettings};
-use crate::training::webhook::WebhookStats;
-
 /// The LISTEN/NOTIFY channel; the payload is `{"name": …, "version": …}`.
 pub const CHANNEL: &str = "trainyard_models";
 
@@ -61,30 +57,47 @@ pub struct StoredVersion {
     pub weights: Vec<u8>,
 }
 
+/// A finished run's model, as the registry stores it. The registry owns this shape; training
+/// fills it in (metrics and spec arrive as JSON, so the registry knows no training types).
+pub struct NewVersion<'a> {
+    pub run_id: Uuid,
+    pub dataset_id: Uuid,
+    pub model_name: &'a str,
+    pub labels: &'a [String],
+    pub auto_promote: bool,
+    pub embedding_model: &'a str,
+    pub spec: serde_json::Value,
+    pub weights: &'a [u8],
+    pub thresholds: &'a [f32],
+    pub validation: serde_json::Value,
+    /// Validation macro-F1, compared with the served version's for `auto_promote`.
+    pub validation_macro_f1: f64,
+    pub test: serde_json::Value,
+    pub best_epoch: u32,
+    pub best_metric: f64,
+    pub device: &'a str,
+    /// What became of the run's telemetry webhook events.
+    pub telemetry: serde_json::Value,
+}
+
 /// Stores a finished run's model as the next version of its name, marks the run succeeded and,
 /// when asked, promotes it if its validation macro-F1 beats the served version's. One
 /// transaction; a run registers at most one version (re-running returns the same one).
-pub async fn register_version(
-    pool: &PgPool,
-    run: &RunSettings,
-    embedding_model: &str,
-    outcome: &OutcomeRecord<'_>,
-    telemetry: &WebhookStats,
-) -> Result<i32, JobError> {
+pub async fn register_version(pool: &PgPool, new: &NewVersion<'_>) -> Result<i32, RegistryError> {
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO models (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
-        .bind(&run.model_name)
+        .bind(new.model_name)
         .execute(&mut *tx)
         .await?;
     // Serialises version numbering per model name.
     let served: Option<i32> =
         sqlx::query_scalar("SELECT served_version FROM models WHERE name = $1 FOR UPDATE")
-            .bind(&run.model_name)
+            .bind(new.model_name)
             .fetch_one(&mut *tx)
             .await?;
     let existing: Option<i32> =
         sqlx::query_scalar("SELECT version FROM model_versions WHERE run_id = $1")
-            .bind(run.id)
+            .bind(new.run_id)
             .fetch_optional(&mut *tx)
             .await?;
     let version = match existing {
@@ -93,33 +106,32 @@ pub async fn register_version(
             let next: i32 = sqlx::query_scalar(
                 "SELECT coalesce(max(version), 0) + 1 FROM model_versions WHERE name = $1",
             )
-            .bind(&run.model_name)
+            .bind(new.model_name)
             .fetch_one(&mut *tx)
             .await?;
-            let spec = serde_json::to_value(outcome.spec).unwrap_or_default();
             sqlx::query(
                 "INSERT INTO model_versions (name, version, run_id, dataset_id, spec, embedding_model,
                                              thresholds, metrics, weights)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
-            .bind(&run.model_name)
+            .bind(new.model_name)
             .bind(next)
-            .bind(run.id)
-            .bind(run.dataset_id)
-            .bind(spec)
-            .bind(embedding_model)
-            .bind(serde_json::json!(outcome.thresholds))
-            .bind(serde_json::json!({"validation": outcome.validation, "test": outcome.test}))
-            .bind(outcome.weights)
+            .bind(new.run_id)
+            .bind(new.dataset_id)
+            .bind(&new.spec)
+            .bind(new.embedding_model)
+            .bind(serde_json::json!(new.thresholds))
+            .bind(serde_json::json!({"validation": new.validation, "test": new.test}))
+            .bind(new.weights)
             .execute(&mut *tx)
             .await?;
             next
         }
     };
-    let thresholds: serde_json::Map<String, serde_json::Value> = run
+    let thresholds: serde_json::Map<String, serde_json::Value> = new
         .labels
         .iter()
-        .zip(outcome.thresholds)
+        .zip(new.thresholds)
         .map(|(l, t)| (l.clone(), serde_json::json!(t)))
         .collect();
     sqlx::query(
@@ -128,37 +140,35 @@ pub async fn register_version(
                 thresholds = $6, telemetry = $7, device_used = $8, error = NULL
          WHERE id = $1",
     )
-    .bind(run.id)
+    .bind(new.run_id)
     .bind(version)
-    .bind(outcome.best_epoch as i32)
-    .bind(outcome.best_metric)
-    .bind(serde_json::json!(outcome.test))
+    .bind(new.best_epoch as i32)
+    .bind(new.best_metric)
+    .bind(&new.test)
     .bind(serde_json::Value::Object(thresholds))
-    .bind(serde_json::json!(telemetry))
-    .bind(outcome.device)
+    .bind(&new.telemetry)
+    .bind(new.device)
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM training_checkpoints WHERE run_id = $1")
-        .bind(run.id)
+        .bind(new.run_id)
         .execute(&mut *tx)
         .await?;
-    if run.auto_promote && existing.is_none() {
+    if new.auto_promote && existing.is_none() {
         let served_f1: Option<f64> = match served {
             Some(v) => sqlx::query_scalar(
                 "SELECT (metrics->'validation'->>'macro_f1')::float8 FROM model_versions
                  WHERE name = $1 AND version = $2",
             )
-            .bind(&run.model_name)
+            .bind(new.model_name)
             .bind(v)
             .fetch_optional(&mut *tx)
             .await?
             .flatten(),
             None => None,
         };
-        if served_f1.is_none_or(|f1| outcome.validation.macro_f1 > f1) {
-            promote_in_tx(&mut tx, &run.model_name, version, "auto_promote")
-                .await
-                .map_err(|e| JobError::Retryable(e.to_string()))?;
+        if served_f1.is_none_or(|f1| new.validation_macro_f1 > f1) {
+            promote_in_tx(&mut tx, new.model_name, version, "auto_promote").await?;
         }
     }
     tx.commit().await?;

@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use trainyard::api::AppState;
 use trainyard::config::Settings;
-use trainyard::queue::worker::{run_workers, WorkerOptions, WorkerState};
+use trainyard::job_registry::run_workers;
+use trainyard::queue::worker::WorkerOptions;
+use trainyard::worker_state::WorkerState;
 use trainyard_jobs::JobKind;
 
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -27,7 +29,7 @@ pub fn quiet_init() {
         // SAFETY: tests call this before they start other threads that read the environment.
         unsafe { std::env::set_var("RUST_LOG", "warn") };
     }
-    trainyard::init_process();
+    trainyard::init_process(trainyard::telemetry::LogFormat::Text);
 }
 
 pub async fn fresh_db() -> TestDb {

@@ -1,0 +1,114 @@
+//! Every HTTP request's span (continuing a caller's W3C trace context), its duration metric by
+//! route template and status, and the Prometheus `/metrics` endpoint.
+use std::collections::HashMap;
+use std::time::Instant;
+
+use opentelemetry::KeyValue;
+use poem::http::StatusCode;
+use poem::{Endpoint, IntoResponse, Request, Response};
+use tracing::Instrument;
+
+use crate::telemetry;
+
+/// Wraps one request: a span named `METHOD /route/{template}`, the duration histogram
+/// `http.server.request.duration` (seconds) by method, route template and status.
+pub async fn around<E: Endpoint>(ep: std::sync::Arc<E>, req: Request) -> poem::Result<Response> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!(
+        "http_request",
+        otel.name = %format!("{method} {path}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %path,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if req.headers().contains_key("traceparent") {
+        let carried: HashMap<String, String> = ["traceparent", "tracestate"]
+            .iter()
+            .filter_map(|k| {
+                let value = req.headers().get(*k)?.to_str().ok()?;
+                Some((k.to_string(), value.to_string()))
+            })
+            .collect();
+        telemetry::propagation::set_parent_from_map(&span, &carried);
+    }
+    let started = Instant::now();
+    let result = ep
+        .call(req)
+        .instrument(span.clone())
+        .await
+        .map(IntoResponse::into_response);
+    let (status, route): (StatusCode, Option<String>) = match &result {
+        Ok(response) => (
+            response.status(),
+            response
+                .data::<poem::PathPattern>()
+                .map(|p| p.0.to_string()),
+        ),
+        Err(e) => (
+            e.status(),
+            e.data::<poem::PathPattern>().map(|p| p.0.to_string()),
+        ),
+    };
+    let response = result;
+    span.record("http.response.status_code", status.as_u16());
+    let mut attrs = vec![
+        KeyValue::new("http.request.method", method.clone()),
+        KeyValue::new("http.response.status_code", status.as_u16() as i64),
+    ];
+    if let Some(route) = &route {
+        let template = openapi_template(route);
+        span.record("http.route", template.as_str());
+        span.record("otel.name", format!("{method} {template}").as_str());
+        attrs.push(KeyValue::new("http.route", template));
+    }
+    telemetry::metrics()
+        .http_duration
+        .record(started.elapsed().as_secs_f64(), &attrs);
+    response
+}
+
+/// poem's `:id` segments in the OpenAPI document's `{id}` spelling.
+fn openapi_template(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|segment| match segment.strip_prefix(':') {
+            Some(name) => format!("{{{name}}}"),
+            None => segment.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `GET /metrics`: the Prometheus text exposition of this process.
+#[poem::handler]
+pub fn metrics_endpoint() -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(telemetry::render_prometheus())
+}
+
+/// A small listener that serves only `/metrics` (for worker processes).
+pub async fn serve_metrics_only(listen: String) -> anyhow::Result<()> {
+    let app = poem::Route::new().at("/metrics", poem::get(metrics_endpoint));
+    tracing::info!("metrics on http://{listen}/metrics");
+    poem::Server::new(poem::listener::TcpListener::bind(listen))
+        .run(app)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn poem_patterns_read_as_openapi_templates() {
+        assert_eq!(
+            super::openapi_template("/api/v1/datasets/:id/records"),
+            "/api/v1/datasets/{id}/records"
+        );
+        assert_eq!(super::openapi_template("/predict"), "/predict");
+    }
+}

@@ -1,0 +1,313 @@
+//! The schemas of `/api/v1/training-runs` (requests and responses) and the checks that turn a
+//! request's hyperparameters into the trainer's, defaults filled and every range enforced.
+use chrono::{DateTime, Utc};
+use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::{ApiResponse, Enum, Object};
+use uuid::Uuid;
+
+use super::errors::ApiError;
+use crate::datasets::TaskType;
+use crate::ml::classifier::{LossKind, TrainMode};
+use crate::ml::trainer::{EarlyStoppingMetric, Hyperparameters};
+
+#[derive(Debug, Clone, Copy, Enum, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum ModeIn {
+    Head,
+    Finetune,
+}
+
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum LossIn {
+    Bce,
+    Focal,
+    Asymmetric,
+}
+
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum EarlyStoppingIn {
+    ValMacroF1,
+    ValMicroF1,
+    ValLoss,
+}
+
+/// Every field is optional; the defaults depend on the mode (see each field).
+#[derive(Debug, Object, Default)]
+pub struct HyperparametersIn {
+    /// 1–1000. Default: head 30, finetune 3.
+    pub epochs: Option<u32>,
+    /// 1–4096. Default: head 64, finetune 16.
+    pub batch_size: Option<usize>,
+    /// Learning rate of the classifier head, (0, 1]. Default 1e-3.
+    pub learning_rate: Option<f64>,
+    /// Learning rate of the encoder (finetune), (0, 1]. Default 2e-5.
+    pub encoder_learning_rate: Option<f64>,
+    /// AdamW decoupled weight decay, [0, 1]. Default 0.01.
+    pub weight_decay: Option<f64>,
+    /// Share of all steps spent warming up, [0, 1). Default 0.1; then linear decay to 0.
+    pub warmup_ratio: Option<f64>,
+    /// Global gradient-norm clip, >= 0 (0 = off). Default 1.0.
+    pub max_grad_norm: Option<f64>,
+    /// Default val_macro_f1.
+    pub early_stopping_metric: Option<EarlyStoppingIn>,
+    /// Epochs without improvement before stopping, 0–100 (0 = never). Default 3.
+    pub patience: Option<u32>,
+    /// Default 42.
+    pub seed: Option<u64>,
+    /// bce (with pos_weight), focal or asymmetric (not for multi_class). Default bce.
+    pub loss: Option<LossIn>,
+    /// BCE only: weight positives by negatives/positives per label. Default true.
+    pub pos_weight: Option<bool>,
+    /// Focal loss gamma, [0, 10]. Default 2.
+    pub focal_gamma: Option<f64>,
+    /// Asymmetric loss: gamma for negatives [0, 10] (default 4), positives [0, 10] (default 1),
+    /// probability shift for negatives [0, 0.5) (default 0.05).
+    pub asymmetric_gamma_neg: Option<f64>,
+    pub asymmetric_gamma_pos: Option<f64>,
+    pub asymmetric_clip: Option<f64>,
+    /// Hidden width of the head, 0–4096 (0 = linear). Default 256.
+    pub hidden_size: Option<i64>,
+    /// Head dropout, [0, 0.9]. Default 0.1.
+    pub dropout: Option<f64>,
+    /// Finetune: tokens per text, 8–512. Default 128.
+    pub max_tokens: Option<usize>,
+    /// Telemetry step events every N steps, >= 1. Default 10.
+    pub log_every_steps: Option<u64>,
+}
+
+#[derive(Debug, Object)]
+pub struct WebhookIn {
+    /// Receives `{experiment_id, global_step, epoch, metrics, timestamp}` per logging step and
+    /// the same with `is_eval: true` after each evaluation.
+    pub url: String,
+    /// Sent verbatim as the `Authorization` header.
+    pub authorization: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct CreateTrainingRun {
+    /// A ready dataset.
+    pub dataset_id: Uuid,
+    /// The registry name the trained version is stored under: 1–64 of `A-Za-z0-9._-`.
+    pub model_name: String,
+    /// Default head.
+    pub mode: Option<ModeIn>,
+    pub hyperparameters: Option<HyperparametersIn>,
+    /// auto | cpu | cuda. Default auto (CUDA when the worker has it).
+    pub device: Option<String>,
+    /// Promote the new version when its validation macro-F1 beats the served one's.
+    #[oai(default)]
+    pub auto_promote: bool,
+    /// Telemetry webhook; default from config (`training.webhook_url`).
+    pub webhook: Option<WebhookIn>,
+}
+
+#[derive(Debug, Object)]
+pub struct RunProgress {
+    pub global_step: i64,
+    pub total_steps: i64,
+    pub epoch: i32,
+    pub total_epochs: i32,
+    pub samples_per_sec: Option<f64>,
+    /// Seconds left at the current throughput.
+    pub eta_secs: Option<f64>,
+}
+
+#[derive(Debug, Object)]
+pub struct TrainingRun {
+    pub id: Uuid,
+    pub dataset_id: Uuid,
+    pub model_name: String,
+    /// head | finetune
+    pub mode: String,
+    /// binary | multi_class | multi_label
+    pub task: String,
+    pub labels: Vec<String>,
+    /// The hyperparameters in effect, defaults filled in.
+    pub hyperparameters: serde_json::Value,
+    pub device: String,
+    pub device_used: Option<String>,
+    pub auto_promote: bool,
+    /// pending | running | succeeded | failed | cancelled
+    pub status: String,
+    pub job_id: Option<String>,
+    pub error: Option<String>,
+    pub progress: RunProgress,
+    pub best_epoch: Option<i32>,
+    /// The early-stopping metric's best value (val_loss is negated).
+    pub best_metric: Option<f64>,
+    /// Test-split metrics at the best epoch with the tuned thresholds.
+    pub test_metrics: Option<serde_json::Value>,
+    /// Per-label thresholds tuned on validation (best F1; positive when score >= threshold).
+    pub thresholds: Option<serde_json::Value>,
+    /// Webhook delivery counts: sent, failed, dropped.
+    pub telemetry: Option<serde_json::Value>,
+    /// The epoch a resumed run continued after, when it resumed.
+    pub resumed_from: Option<i32>,
+    pub model_version: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Object)]
+pub struct TrainingRunPage {
+    pub items: Vec<TrainingRun>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Object)]
+pub struct EpochMetrics {
+    pub epoch: i32,
+    pub global_step: i64,
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    /// Validation metrics: per label precision/recall/F1/ROC-AUC, macro and micro.
+    pub metrics: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Object)]
+pub struct MetricsSeries {
+    pub run_id: Uuid,
+    pub epochs: Vec<EpochMetrics>,
+    pub best_epoch: Option<i32>,
+    pub test_metrics: Option<serde_json::Value>,
+}
+
+#[derive(ApiResponse)]
+pub enum SvgResponse {
+    /// Loss and F1 per epoch.
+    #[oai(status = 200, content_type = "image/svg+xml")]
+    Svg(PlainText<String>),
+}
+
+#[derive(ApiResponse)]
+pub enum Created {
+    /// The run is queued.
+    #[oai(status = 202)]
+    Accepted(Json<TrainingRun>),
+}
+
+pub(super) fn in_range<T: PartialOrd + std::fmt::Display>(
+    value: Option<T>,
+    lo: T,
+    hi: T,
+    name: &str,
+) -> Result<Option<T>, ApiError> {
+    match value {
+        Some(v) if !(v >= lo && v <= hi) => Err(ApiError::unprocessable(
+            "invalid_hyperparameter",
+            format!("hyperparameters.{name} must be between {lo} and {hi}, got {v}"),
+            Some(name),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Fills defaults and checks every range.
+pub fn resolve_hyperparameters(
+    mode: TrainMode,
+    task: TaskType,
+    given: Option<HyperparametersIn>,
+) -> Result<Hyperparameters, ApiError> {
+    let g = given.unwrap_or_default();
+    let mut hp = Hyperparameters::defaults_for(mode);
+    let positive = |v: Option<f64>, name: &str| -> Result<Option<f64>, ApiError> {
+        match v {
+            Some(x) if !(x > 0.0 && x <= 1.0) => Err(ApiError::unprocessable(
+                "invalid_hyperparameter",
+                format!("hyperparameters.{name} must be in (0, 1], got {x}"),
+                Some(name),
+            )),
+            other => Ok(other),
+        }
+    };
+    if let Some(v) = in_range(g.epochs, 1, 1000, "epochs")? {
+        hp.epochs = v;
+    }
+    if let Some(v) = in_range(g.batch_size, 1, 4096, "batch_size")? {
+        hp.batch_size = v;
+    }
+    if let Some(v) = positive(g.learning_rate, "learning_rate")? {
+        hp.learning_rate = v;
+    }
+    if let Some(v) = positive(g.encoder_learning_rate, "encoder_learning_rate")? {
+        hp.encoder_learning_rate = v;
+    }
+    if let Some(v) = in_range(g.weight_decay, 0.0, 1.0, "weight_decay")? {
+        hp.weight_decay = v;
+    }
+    if let Some(v) = in_range(g.warmup_ratio, 0.0, 0.99, "warmup_ratio")? {
+        hp.warmup_ratio = v;
+    }
+    if let Some(v) = in_range(g.max_grad_norm, 0.0, 1e6, "max_grad_norm")? {
+        hp.max_grad_norm = v;
+    }
+    if let Some(v) = g.early_stopping_metric {
+        hp.early_stopping_metric = match v {
+            EarlyStoppingIn::ValMacroF1 => EarlyStoppingMetric::ValMacroF1,
+            EarlyStoppingIn::ValMicroF1 => EarlyStoppingMetric::ValMicroF1,
+            EarlyStoppingIn::ValLoss => EarlyStoppingMetric::ValLoss,
+        };
+    }
+    if let Some(v) = in_range(g.patience, 0, 100, "patience")? {
+        hp.patience = v;
+    }
+    if let Some(v) = g.seed {
+        hp.seed = v;
+    }
+    if let Some(v) = g.loss {
+        hp.loss = match v {
+            LossIn::Bce => LossKind::Bce,
+            LossIn::Focal => LossKind::Focal,
+            LossIn::Asymmetric => LossKind::Asymmetric,
+        };
+    }
+    if hp.loss == LossKind::Asymmetric && task == TaskType::MultiClass {
+        return Err(ApiError::unprocessable(
+            "invalid_hyperparameter",
+            "the asymmetric loss is for binary and multi-label tasks; use bce or focal for multi_class",
+            Some("loss"),
+        ));
+    }
+    if let Some(v) = g.pos_weight {
+        hp.pos_weight = v;
+    }
+    if let Some(v) = in_range(g.focal_gamma, 0.0, 10.0, "focal_gamma")? {
+        hp.focal_gamma = v;
+    }
+    if let Some(v) = in_range(g.asymmetric_gamma_neg, 0.0, 10.0, "asymmetric_gamma_neg")? {
+        hp.asymmetric_gamma_neg = v;
+    }
+    if let Some(v) = in_range(g.asymmetric_gamma_pos, 0.0, 10.0, "asymmetric_gamma_pos")? {
+        hp.asymmetric_gamma_pos = v;
+    }
+    if let Some(v) = in_range(g.asymmetric_clip, 0.0, 0.49, "asymmetric_clip")? {
+        hp.asymmetric_clip = v;
+    }
+    if let Some(v) = in_range(g.hidden_size, 0, 4096, "hidden_size")? {
+        hp.hidden_size = v;
+    }
+    if let Some(v) = in_range(g.dropout, 0.0, 0.9, "dropout")? {
+        hp.dropout = v;
+    }
+    if let Some(v) = in_range(g.max_tokens, 8, 512, "max_tokens")? {
+        hp.max_tokens = v;
+    }
+    if let Some(v) = in_range(g.log_every_steps, 1, 1_000_000, "log_every_steps")? {
+        hp.log_every_steps = v;
+    }
+    Ok(hp)
+}
+
+pub(super) fn valid_model_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}

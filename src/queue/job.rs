@@ -1,0 +1,75 @@
+//! What the queue hands a job handler: the job's context (id, kind, pool) and the typed error
+//! that tells the queue whether to retry the job or stop it.
+use sqlx::PgPool;
+use trainyard_jobs::JobKind;
+
+use super::QueueError;
+
+/// How a job failed: retried later with backoff, or never again.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{0}")]
+    Retryable(String),
+    #[error("{0}")]
+    Fatal(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        // A lost connection or a restarted Postgres: try again later.
+        JobError::Retryable(format!("database: {e}"))
+    }
+}
+
+impl From<QueueError> for JobError {
+    fn from(e: QueueError) -> Self {
+        JobError::Retryable(e.to_string())
+    }
+}
+
+/// The job being run: its id and kind, and the pool its queue lives in.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub id: String,
+    pub kind: JobKind,
+    pub pool: PgPool,
+}
+
+impl JobContext {
+    /// Whether this job has been asked to stop (handlers check at their checkpoints).
+    pub async fn cancel_requested(&self) -> Result<bool, QueueError> {
+        super::cancel_requested(&self.pool, &self.id).await
+    }
+
+    /// Whether this failure ends the job: fatal, cancelled, or its last attempt.
+    pub async fn is_last_attempt(&self, error: &JobError) -> bool {
+        match error {
+            JobError::Cancelled | JobError::Fatal(_) => true,
+            JobError::Retryable(_) => {
+                // apalis.jobs.attempts counts the attempts before this one.
+                let row: Result<Option<(i32, i32)>, _> =
+                    sqlx::query_as("SELECT attempts, max_attempts FROM apalis.jobs WHERE id = $1")
+                        .bind(&self.id)
+                        .fetch_optional(&self.pool)
+                        .await;
+                matches!(row, Ok(Some((attempts, max))) if attempts + 1 >= max)
+            }
+        }
+    }
+
+    /// Records how far the job has got (`job_info.progress_done`, of `progress_total`).
+    pub async fn set_progress(&self, done: i64, total: Option<i64>) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE job_info SET progress_done = $2, progress_total = coalesce($3, progress_total)
+             WHERE job_id = $1",
+        )
+        .bind(&self.id)
+        .bind(done)
+        .bind(total)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

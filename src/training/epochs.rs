@@ -1,0 +1,427 @@
+//! The blocking half of a `train` job: the training thread's epochs, evaluation, early
+//! stopping and checkpoints, and the async writer that publishes its progress.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::metrics::{evaluate, tune_thresholds, Metrics};
+use super::webhook::Telemetry;
+use crate::ml::classifier::ClassifierSpec;
+use crate::ml::trainer::{EarlyStoppingMetric, Hyperparameters, SplitData, TrainError, Trainer};
+use crate::queue;
+use crate::queue::JobError;
+
+/// Shared between the training thread and the async progress writer.
+#[derive(Default)]
+pub(super) struct Progress {
+    pub(super) global_step: AtomicU64,
+    pub(super) total_steps: AtomicU64,
+    pub(super) epoch: AtomicU32,
+    pub(super) samples_per_sec_bits: AtomicU64,
+    pub(super) cancel: AtomicBool,
+    pub(super) finished: AtomicBool,
+}
+
+pub(super) struct Checkpoint {
+    pub(super) epoch: u32,
+    pub(super) state: Vec<u8>,
+    pub(super) best_weights: Vec<u8>,
+    pub(super) best_epoch: u32,
+    pub(super) best_metric: f64,
+    pub(super) bad_epochs: u32,
+}
+
+/// What a finished training returns.
+pub(super) struct Outcome {
+    pub(super) spec: ClassifierSpec,
+    pub(super) weights: Vec<u8>,
+    pub(super) thresholds: Vec<f32>,
+    pub(super) validation: Metrics,
+    pub(super) test: Metrics,
+    pub(super) best_epoch: u32,
+    pub(super) best_metric: f64,
+    pub(super) device: String,
+}
+
+pub(super) async fn load_checkpoint(
+    pool: &PgPool,
+    run_id: Uuid,
+) -> Result<Option<Checkpoint>, JobError> {
+    let row = sqlx::query(
+        "SELECT epoch, state, best_weights, best_epoch, best_metric, bad_epochs
+         FROM training_checkpoints WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| Checkpoint {
+        epoch: r.get::<i32, _>("epoch") as u32,
+        state: r.get("state"),
+        best_weights: r.get("best_weights"),
+        best_epoch: r.get::<i32, _>("best_epoch") as u32,
+        best_metric: r.get("best_metric"),
+        bad_epochs: r.get::<i32, _>("bad_epochs") as u32,
+    }))
+}
+
+/// Writes step/epoch/throughput to the run every `interval` and picks up cancellation.
+pub(super) async fn write_progress(
+    pool: PgPool,
+    run_id: Uuid,
+    job_id: String,
+    progress: Arc<Progress>,
+    interval: Duration,
+) {
+    let mut last = (u64::MAX, u32::MAX, u64::MAX);
+    loop {
+        let finished = progress.finished.load(Ordering::SeqCst);
+        let step = progress.global_step.load(Ordering::Relaxed);
+        let epoch = progress.epoch.load(Ordering::Relaxed);
+        let total = progress.total_steps.load(Ordering::Relaxed);
+        if (step, epoch, total) != last {
+            last = (step, epoch, total);
+            let sps = f64::from_bits(progress.samples_per_sec_bits.load(Ordering::Relaxed));
+            let _ = sqlx::query(
+                "UPDATE training_runs SET global_step = $2, total_steps = $3, epoch = $4,
+                        samples_per_sec = $5, updated_at = now()
+                 WHERE id = $1 AND status = 'running'",
+            )
+            .bind(run_id)
+            .bind(step as i64)
+            .bind(total as i64)
+            .bind(epoch as i32)
+            .bind(sps.is_finite().then_some(sps))
+            .execute(&pool)
+            .await;
+            let _ = sqlx::query(
+                "UPDATE job_info SET progress_done = $2, progress_total = $3 WHERE job_id = $1",
+            )
+            .bind(&job_id)
+            .bind(step as i64)
+            .bind(total as i64)
+            .execute(&pool)
+            .await;
+        }
+        if finished {
+            return;
+        }
+        if let Ok(true) = queue::cancel_requested(&pool, &job_id).await {
+            progress.cancel.store(true, Ordering::SeqCst);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+pub(super) struct BlockingContext {
+    pub(super) pool: PgPool,
+    pub(super) handle: tokio::runtime::Handle,
+    pub(super) run_id: Uuid,
+    pub(super) spec: ClassifierSpec,
+    pub(super) hp: Hyperparameters,
+    pub(super) base_dir: PathBuf,
+    pub(super) device: tch::Device,
+    pub(super) threads: i32,
+    pub(super) telemetry: Telemetry,
+    pub(super) progress: Arc<Progress>,
+    /// The job's span: every epoch's span is its child (the thread does not inherit it).
+    pub(super) span: tracing::Span,
+    pub(super) model_name: String,
+}
+
+fn to_job_error(e: TrainError) -> JobError {
+    match e {
+        TrainError::Cancelled => JobError::Cancelled,
+        // Training is deterministic: the same inputs fail the same way.
+        TrainError::Failed(message) => JobError::Fatal(message),
+    }
+}
+
+pub(super) fn train_blocking(
+    ctx: BlockingContext,
+    train: &SplitData,
+    validation: &SplitData,
+    test: &SplitData,
+    checkpoint: Option<Checkpoint>,
+) -> Result<Outcome, JobError> {
+    if ctx.device == tch::Device::Cpu {
+        let threads = if ctx.threads > 0 {
+            ctx.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as i32)
+        };
+        tch::set_num_threads(threads);
+    }
+    let base_dir = Some(ctx.base_dir.as_path());
+    let labels = ctx.spec.labels.clone();
+    let hp = ctx.hp.clone();
+    let mut trainer = Trainer::new(ctx.spec.clone(), hp.clone(), train, base_dir, ctx.device)
+        .map_err(to_job_error)?;
+    ctx.progress
+        .total_steps
+        .store(trainer.total_steps(), Ordering::Relaxed);
+    let (first_epoch, mut best) = match checkpoint {
+        Some(c) => {
+            trainer.restore_state(&c.state).map_err(to_job_error)?;
+            ctx.progress
+                .global_step
+                .store(c.epoch as u64 * trainer.steps_per_epoch, Ordering::Relaxed);
+            let best = Best {
+                weights: c.best_weights,
+                epoch: c.best_epoch,
+                metric: c.best_metric,
+                bad_epochs: c.bad_epochs,
+            };
+            (c.epoch + 1, best)
+        }
+        None => {
+            let weights = trainer
+                .model
+                .weights_blob()
+                .map_err(|e| JobError::Fatal(e.to_string()))?;
+            (
+                1,
+                Best {
+                    weights,
+                    epoch: 0,
+                    metric: f64::NEG_INFINITY,
+                    bad_epochs: 0,
+                },
+            )
+        }
+    };
+    let val_split = trainer.prepare(validation).map_err(to_job_error)?;
+    let stopped_early = |best: &Best| hp.patience > 0 && best.bad_epochs >= hp.patience;
+    for epoch in first_epoch..=hp.epochs {
+        if stopped_early(&best) {
+            break;
+        }
+        ctx.progress.epoch.store(epoch, Ordering::Relaxed);
+        let epoch_span = tracing::info_span!(
+            parent: &ctx.span,
+            "train_epoch",
+            run.id = %ctx.run_id,
+            epoch,
+            train_loss = tracing::field::Empty,
+            val_macro_f1 = tracing::field::Empty,
+        );
+        let _entered = epoch_span.enter();
+        let steps_before = ctx.progress.global_step.load(Ordering::Relaxed);
+        let telemetry = &ctx.telemetry;
+        let progress = &ctx.progress;
+        let log_every = hp.log_every_steps.max(1);
+        let train_loss = trainer
+            .run_epoch(epoch, &mut |info| {
+                progress
+                    .global_step
+                    .store(info.global_step, Ordering::Relaxed);
+                progress
+                    .samples_per_sec_bits
+                    .store(info.samples_per_sec.to_bits(), Ordering::Relaxed);
+                if info.global_step % log_every == 0 {
+                    telemetry.log_step(
+                        info.global_step,
+                        epoch,
+                        json!({"loss": info.loss, "learning_rate": info.learning_rate,
+                               "samples_per_sec": info.samples_per_sec}),
+                    );
+                }
+                !progress.cancel.load(Ordering::Relaxed)
+            })
+            .map_err(to_job_error)?;
+        let (scores, val_loss) = trainer.evaluate(&val_split).map_err(to_job_error)?;
+        let thresholds = tune_thresholds(&scores, &validation.targets, 0.5);
+        let metrics = evaluate(&labels, &scores, &validation.targets, &thresholds);
+        let value = if validation.is_empty() {
+            -train_loss
+        } else {
+            match hp.early_stopping_metric {
+                EarlyStoppingMetric::ValMacroF1 => metrics.macro_f1,
+                EarlyStoppingMetric::ValMicroF1 => metrics.micro_f1,
+                EarlyStoppingMetric::ValLoss => -val_loss,
+            }
+        };
+        let improved = value > best.metric;
+        if improved {
+            best.weights = trainer
+                .model
+                .weights_blob()
+                .map_err(|e| JobError::Fatal(e.to_string()))?;
+            best.epoch = epoch;
+            best.metric = value;
+            best.bad_epochs = 0;
+        } else {
+            best.bad_epochs += 1;
+        }
+        let state = trainer.state_blob().map_err(to_job_error)?;
+        let global_step = epoch as u64 * trainer.steps_per_epoch;
+        let record = EpochRecord {
+            epoch,
+            global_step,
+            train_loss,
+            val_loss: val_loss.is_finite().then_some(val_loss),
+            metrics: serde_json::to_value(&metrics).unwrap_or_default(),
+            state,
+            best_weights: improved.then_some(best.weights.as_slice()),
+            best_epoch: best.epoch,
+            best_metric: best.metric,
+            bad_epochs: best.bad_epochs,
+        };
+        ctx.handle
+            .block_on(save_epoch(&ctx.pool, ctx.run_id, &record))
+            .map_err(|e| JobError::Retryable(format!("saving epoch {epoch}: {e}")))?;
+        record_epoch_metrics(&ctx, &epoch_span, &record, &metrics, !validation.is_empty());
+        let steps = ctx.progress.global_step.load(Ordering::Relaxed);
+        crate::telemetry::metrics().training_steps.add(
+            steps.saturating_sub(steps_before),
+            &[crate::telemetry::instruments::model(&ctx.model_name)],
+        );
+        ctx.telemetry.log_eval(
+            global_step,
+            epoch,
+            json!({"train_loss": train_loss, "val_loss": record.val_loss,
+                   "macro_f1": metrics.macro_f1, "micro_f1": metrics.micro_f1,
+                   "macro_precision": metrics.macro_precision, "macro_recall": metrics.macro_recall,
+                   "macro_roc_auc": metrics.macro_roc_auc}),
+        );
+    }
+    // Stopped early: the run is complete at the step it reached, not at a fraction of the plan.
+    let reached = ctx.progress.global_step.load(Ordering::Relaxed);
+    if reached > 0 && reached < ctx.progress.total_steps.load(Ordering::Relaxed) {
+        ctx.progress.total_steps.store(reached, Ordering::Relaxed);
+    }
+    // The best epoch's weights, thresholds from validation, then the test split.
+    trainer
+        .model
+        .load_weights_blob(&best.weights)
+        .map_err(|e| JobError::Fatal(e.to_string()))?;
+    let (val_scores, _) = trainer.evaluate(&val_split).map_err(to_job_error)?;
+    let thresholds = tune_thresholds(&val_scores, &validation.targets, 0.5);
+    let validation_metrics = evaluate(&labels, &val_scores, &validation.targets, &thresholds);
+    let (test_scores, _) = trainer
+        .evaluate(&trainer.prepare(test).map_err(to_job_error)?)
+        .map_err(to_job_error)?;
+    let test_metrics = evaluate(&labels, &test_scores, &test.targets, &thresholds);
+    Ok(Outcome {
+        spec: ctx.spec.clone(),
+        weights: best.weights,
+        thresholds,
+        validation: validation_metrics,
+        test: test_metrics,
+        best_epoch: best.epoch,
+        best_metric: best.metric,
+        device: format!("{:?}", ctx.device).to_lowercase(),
+    })
+}
+
+/// Publishes an epoch's loss, validation F1 and throughput as gauges (by run and model); a
+/// validation figure that could not be computed (no validation split) is not published.
+fn record_epoch_metrics(
+    ctx: &BlockingContext,
+    span: &tracing::Span,
+    record: &EpochRecord<'_>,
+    metrics: &Metrics,
+    has_validation: bool,
+) {
+    use opentelemetry::KeyValue;
+    let m = crate::telemetry::metrics();
+    let run = KeyValue::new("run.id", ctx.run_id.to_string());
+    let model = crate::telemetry::instruments::model(&ctx.model_name);
+    span.record("train_loss", record.train_loss);
+    m.training_loss.record(
+        record.train_loss,
+        &[run.clone(), model.clone(), KeyValue::new("split", "train")],
+    );
+    if let Some(val_loss) = record.val_loss {
+        m.training_loss.record(
+            val_loss,
+            &[
+                run.clone(),
+                model.clone(),
+                KeyValue::new("split", "validation"),
+            ],
+        );
+    }
+    if has_validation && metrics.macro_f1.is_finite() {
+        span.record("val_macro_f1", metrics.macro_f1);
+        m.training_validation_f1
+            .record(metrics.macro_f1, &[run.clone(), model.clone()]);
+    }
+    let sps = f64::from_bits(ctx.progress.samples_per_sec_bits.load(Ordering::Relaxed));
+    if sps.is_finite() && sps > 0.0 {
+        m.training_samples_per_second.record(sps, &[run, model]);
+    }
+}
+
+struct Best {
+    weights: Vec<u8>,
+    epoch: u32,
+    metric: f64,
+    bad_epochs: u32,
+}
+
+struct EpochRecord<'a> {
+    epoch: u32,
+    global_step: u64,
+    train_loss: f64,
+    val_loss: Option<f64>,
+    metrics: serde_json::Value,
+    state: Vec<u8>,
+    best_weights: Option<&'a [u8]>,
+    best_epoch: u32,
+    best_metric: f64,
+    bad_epochs: u32,
+}
+
+/// The epoch's metrics and the checkpoint, in one transaction. An epoch already recorded (a
+/// job re-run after its worker died between commit and acknowledgement) is left as it was.
+async fn save_epoch(pool: &PgPool, run_id: Uuid, r: &EpochRecord<'_>) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO training_epochs (run_id, epoch, global_step, train_loss, val_loss, metrics)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id, epoch) DO NOTHING",
+    )
+    .bind(run_id)
+    .bind(r.epoch as i32)
+    .bind(r.global_step as i64)
+    .bind(r.train_loss)
+    .bind(r.val_loss)
+    .bind(&r.metrics)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        sqlx::query(
+            "INSERT INTO training_checkpoints (run_id, epoch, state, best_weights, best_epoch, best_metric, bad_epochs)
+             VALUES ($1, $2, $3, coalesce($4, ''::bytea), $5, $6, $7)
+             ON CONFLICT (run_id) DO UPDATE SET epoch = EXCLUDED.epoch, state = EXCLUDED.state,
+                 best_weights = coalesce($4, training_checkpoints.best_weights),
+                 best_epoch = EXCLUDED.best_epoch, best_metric = EXCLUDED.best_metric,
+                 bad_epochs = EXCLUDED.bad_epochs, updated_at = now()",
+        )
+        .bind(run_id)
+        .bind(r.epoch as i32)
+        .bind(&r.state)
+        .bind(r.best_weights)
+        .bind(r.best_epoch as i32)
+        .bind(r.best_metric)
+        .bind(r.bad_epochs as i32)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE training_runs SET epoch = $2, best_epoch = $3, best_metric = $4, updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(r.epoch as i32)
+        .bind(r.best_epoch as i32)
+        .bind(r.best_metric)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}

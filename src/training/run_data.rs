@@ -1,0 +1,135 @@
+//! What a `train` job reads: the run's stored settings and the dataset's three splits.
+
+use serde_json::json;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::webhook::WebhookConfig;
+use crate::datasets::TaskType;
+use crate::ml::classifier::TrainMode;
+use crate::ml::trainer::{Hyperparameters, SplitData, SplitInputs};
+use crate::queue::JobError;
+
+/// A run's stored settings.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub id: Uuid,
+    pub dataset_id: Uuid,
+    pub model_name: String,
+    pub mode: TrainMode,
+    pub task: TaskType,
+    pub labels: Vec<String>,
+    pub hyperparameters: Hyperparameters,
+    pub device: String,
+    pub auto_promote: bool,
+    pub webhook: Option<WebhookConfig>,
+    pub status: String,
+    pub model_version: Option<i32>,
+}
+
+pub async fn load_run(pool: &PgPool, id: Uuid) -> Result<Option<RunSettings>, JobError> {
+    let Some(row) = sqlx::query(
+        "SELECT id, dataset_id, model_name, mode, task, labels, hyperparameters, device,
+                auto_promote, webhook, status, model_version
+         FROM training_runs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let bad = |what: &str, e: serde_json::Error| JobError::Fatal(format!("run {id}: {what}: {e}"));
+    let webhook: Option<serde_json::Value> = row.get("webhook");
+    Ok(Some(RunSettings {
+        id,
+        dataset_id: row.get("dataset_id"),
+        model_name: row.get("model_name"),
+        mode: serde_json::from_value(json!(row.get::<String, _>("mode")))
+            .map_err(|e| bad("mode", e))?,
+        task: serde_json::from_value(json!(row.get::<String, _>("task")))
+            .map_err(|e| bad("task", e))?,
+        labels: serde_json::from_value(row.get("labels")).map_err(|e| bad("labels", e))?,
+        hyperparameters: serde_json::from_value(row.get("hyperparameters"))
+            .map_err(|e| bad("hyperparameters", e))?,
+        device: row.get("device"),
+        auto_promote: row.get("auto_promote"),
+        webhook: webhook
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| bad("webhook", e))?,
+        status: row.get("status"),
+        model_version: row.get("model_version"),
+    }))
+}
+
+/// One split while it is read: flat embeddings, texts, targets.
+type SplitRows = (Vec<f32>, Vec<String>, Vec<Vec<Option<bool>>>);
+
+pub(super) async fn load_splits(
+    pool: &PgPool,
+    run: &RunSettings,
+    embedding_model: &str,
+    dimensions: i32,
+) -> Result<(SplitData, SplitData, SplitData), JobError> {
+    let rows = sqlx::query(
+        "SELECT r.split, r.labels, r.text, e.vector
+         FROM dataset_records r
+         LEFT JOIN embeddings e ON e.model = $2 AND e.dimensions = $3 AND e.checksum = r.checksum
+         WHERE r.dataset_id = $1 ORDER BY r.position",
+    )
+    .bind(run.dataset_id)
+    .bind(embedding_model)
+    .bind(dimensions)
+    .fetch_all(pool)
+    .await?;
+    let head = run.mode == TrainMode::Head;
+    let mut splits: [SplitRows; 3] = Default::default();
+    for row in rows {
+        let labels: serde_json::Value = row.get("labels");
+        let targets: Vec<Option<bool>> = run
+            .labels
+            .iter()
+            .map(|l| labels.get(l).and_then(|v| v.as_i64()).map(|v| v == 1))
+            .collect();
+        if targets.iter().all(Option::is_none) {
+            continue; // nothing annotated: contributes nothing anywhere
+        }
+        let index = match row.get::<String, _>("split").as_str() {
+            "train" => 0,
+            "validation" => 1,
+            _ => 2,
+        };
+        let split = &mut splits[index];
+        if head {
+            let vector: Option<Vec<u8>> = row.get("vector");
+            let vector = vector.ok_or_else(|| {
+                JobError::Fatal(format!(
+                    "dataset {} has a record without a stored embedding",
+                    run.dataset_id
+                ))
+            })?;
+            split.0.extend(crate::embedding::bytes_to_vector(&vector));
+        } else {
+            split.1.push(row.get("text"));
+        }
+        split.2.push(targets);
+    }
+    let [train, validation, test] = splits.map(|(flat, texts, targets)| SplitData {
+        inputs: if head {
+            SplitInputs::Embeddings {
+                dims: dimensions as usize,
+                flat,
+            }
+        } else {
+            SplitInputs::Texts(texts)
+        },
+        targets,
+    });
+    if train.is_empty() {
+        return Err(JobError::Fatal(
+            "the dataset's training split has no annotated record".into(),
+        ));
+    }
+    Ok((train, validation, test))
+}
