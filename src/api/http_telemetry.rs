@@ -61,7 +61,7 @@ pub async fn around<E: Endpoint>(ep: std::sync::Arc<E>, req: Request) -> poem::R
     if let Some(route) = &route {
         let template = openapi_template(route);
         span.record("http.route", template.as_str());
-        span.record("otel.name", format!("{method} {template}").as_str());
+        telemetry::propagation::rename_span(&span, format!("{method} {template}"));
         attrs.push(KeyValue::new("http.route", template));
     }
     telemetry::metrics()
@@ -70,16 +70,44 @@ pub async fn around<E: Endpoint>(ep: std::sync::Arc<E>, req: Request) -> poem::R
     response
 }
 
-/// poem's `:id` segments in the OpenAPI document's `{id}` spelling.
-fn openapi_template(pattern: &str) -> String {
-    pattern
+/// A route's shape with its parameter names blanked: `/api/v1/datasets/{}`.
+fn shape(template: &str) -> String {
+    template
         .split('/')
-        .map(|segment| match segment.strip_prefix(':') {
-            Some(name) => format!("{{{name}}}"),
-            None => segment.to_string(),
+        .map(|segment| {
+            if segment.starts_with(':') || (segment.starts_with('{') && segment.ends_with('}')) {
+                "{}"
+            } else {
+                segment
+            }
         })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// The route templates of the OpenAPI document, by shape.
+fn documented_routes() -> &'static HashMap<String, String> {
+    static ROUTES: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
+    ROUTES.get_or_init(|| {
+        let doc: serde_json::Value =
+            serde_json::from_str(&super::openapi_json()).unwrap_or_default();
+        doc["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(path, _)| (shape(path), path.clone()))
+            .collect()
+    })
+}
+
+/// poem's matched pattern (poem-openapi names parameters `:param0`) as the OpenAPI document
+/// spells the route: `/api/v1/datasets/{id}`.
+fn openapi_template(pattern: &str) -> String {
+    let shaped = shape(pattern);
+    documented_routes()
+        .get(&shaped)
+        .cloned()
+        .unwrap_or_else(|| shaped.replace("{}", "{param}"))
 }
 
 /// `GET /metrics`: the Prometheus text exposition of this process.
@@ -106,7 +134,7 @@ mod tests {
     #[test]
     fn poem_patterns_read_as_openapi_templates() {
         assert_eq!(
-            super::openapi_template("/api/v1/datasets/:id/records"),
+            super::openapi_template("/api/v1/datasets/:param0/records"),
             "/api/v1/datasets/{id}/records"
         );
         assert_eq!(super::openapi_template("/predict"), "/predict");

@@ -250,6 +250,7 @@ async fn mark(
 }
 
 /// Reads the selected documents with their votes and turns them into records plus stats.
+#[tracing::instrument(name = "db.select_records", skip_all, fields(db.system.name = "postgresql"))]
 async fn select_records(
     state: &WorkerState,
     spec: &DatasetSpec,

@@ -28,6 +28,7 @@ pub async fn begin_batch_write(
 }
 
 /// Which of `checksums` already have a vector for this model and dimension count.
+#[tracing::instrument(name = "db.stored_checksums", skip_all, fields(db.system.name = "postgresql", texts = checksums.len()))]
 pub async fn stored_checksums(
     pool: &sqlx::PgPool,
     model: &str,
@@ -97,6 +98,7 @@ async fn upsert(
 }
 
 /// Stores `(checksum, vector)` rows (checksums distinct); returns how many were written.
+#[tracing::instrument(name = "db.insert_embeddings", skip_all, fields(db.system.name = "postgresql", rows = rows.len()))]
 pub async fn insert_embeddings(
     conn: &mut PgConnection,
     model: &str,

@@ -123,13 +123,17 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,sqlx=warn,apalis=warn,apalis_postgres=warn,apalis_core=warn,opentelemetry=warn,opentelemetry_sdk=warn,h2=warn,tonic=warn")
     });
+    // Filters are per layer: RUST_LOG quiets the log lines without starving the exported
+    // traces, whose spans are at info level.
     let fmt_layer = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_filter(filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .event_format(json_log::JsonWithTraceIds)
+            .with_filter(filter)
             .boxed(),
     };
     let otel_layer = traces_enabled().then(|| {
@@ -148,10 +152,15 @@ pub fn init(format: LogFormat) {
         };
         let tracer = provider.tracer("trainyard");
         let _ = TRACES.set(provider);
-        tracing_opentelemetry::layer().with_tracer(tracer)
+        // trainyard's own spans; never the exporter's own HTTP/gRPC calls (they would
+        // trace themselves).
+        let spans = EnvFilter::try_from_env("TRAINYARD_TRACE_FILTER")
+            .unwrap_or_else(|_| EnvFilter::new("trainyard=info,off"));
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(spans)
     });
     let _ = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt_layer)
         .with(otel_layer)
         .try_init();

@@ -46,3 +46,12 @@ pub fn set_parent_from_map(span: &tracing::Span, map: &HashMap<String, String>) 
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&MapExtractor(map)));
     let _ = span.set_parent(parent);
 }
+
+/// Renames an exported span once its final name is known (an HTTP request's route template
+/// is known only after routing); the OpenTelemetry layer ignores `otel.name` recorded late.
+pub fn rename_span(span: &tracing::Span, name: String) {
+    if super::traces_enabled() {
+        use opentelemetry::trace::TraceContextExt;
+        span.context().span().update_name(name);
+    }
+}

@@ -379,6 +379,7 @@ struct EpochRecord<'a> {
 
 /// The epoch's metrics and the checkpoint, in one transaction. An epoch already recorded (a
 /// job re-run after its worker died between commit and acknowledgement) is left as it was.
+#[tracing::instrument(name = "db.save_epoch", skip_all, fields(db.system.name = "postgresql", epoch = r.epoch))]
 async fn save_epoch(pool: &PgPool, run_id: Uuid, r: &EpochRecord<'_>) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
