@@ -12,6 +12,11 @@ if ! command -v chromium >/dev/null; then
 fi
 "$TRAINYARD_VENV/bin/python" -c "import openai" 2>/dev/null \
   || "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check openai
+# playwright-core (npm) drives Debian's Chromium through the Swagger UI test.
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  (cd tests/browser && npm install --no-audit --no-fund --silent) \
+    || echo "[test] playwright-core could not be installed; the Swagger UI browser test will fail"
+fi
 # The rotel OpenTelemetry collector (its wheel carries the binary) for the OTLP trace test.
 "$TRAINYARD_VENV/bin/python" -c "import rotel" 2>/dev/null \
   || "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check --pre rotel

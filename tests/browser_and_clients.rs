@@ -1,5 +1,6 @@
-//! Real clients against a real server: Swagger UI rendered by headless Chromium, and the
-//! official `openai` Python package calling `/v1/embeddings` unchanged.
+//! Real clients against a real server: Swagger UI in headless Chromium (clicked through with
+//! playwright-core), and the official `openai` Python package calling `/v1/embeddings` and
+//! `/v1/models` unchanged.
 mod support;
 
 use std::process::Command;
@@ -7,48 +8,84 @@ use std::sync::Arc;
 
 use support::*;
 
+/// Swagger UI in real headless Chromium (driven by playwright-core from npm, see
+/// tests/browser/): it renders, shows every operation of the document, "Try it out" on
+/// `GET /api/v1/health` answers 200 inside the page, no request leaves the machine, and a
+/// screenshot is saved under the test output (`$CARGO_TARGET_DIR/test-output/`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swagger_ui_renders_in_headless_chromium() {
     let db = fresh_db().await;
     let app = spawn_api(db.pool.clone(), Arc::new(test_settings(&db.url))).await;
-    let profile = std::env::temp_dir().join(format!("ty-chromium-{}", uuid::Uuid::new_v4()));
-    let url = format!("{}/docs/", app.base);
+    let doc: serde_json::Value = serde_json::from_str(&trainyard::api::openapi_json()).unwrap();
+    let operations: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().unwrap().len())
+        .sum();
+    let out_dir = std::path::PathBuf::from(
+        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()),
+    )
+    .join("test-output");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let shot = out_dir.join("swagger-ui.png");
+    let _ = std::fs::remove_file(&shot);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/swagger_ui.mjs");
+    let base = app.base.clone();
+    let shot_arg = shot.display().to_string();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-                &format!("--user-data-dir={}", profile.display()),
-                "--virtual-time-budget=15000",
-                "--dump-dom",
-                &url,
-            ])
+        Command::new("node")
+            .args([script, &base, &shot_arg])
             .output()
-            .expect("chromium is installed (scripts/test.sh installs it)")
+            .expect("node")
     })
     .await
     .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
-    // Swagger UI fetched /openapi.json and rendered operations from it.
-    assert!(
-        dom.contains("swagger-ui"),
-        "no Swagger UI in the DOM: {}",
-        &dom[..dom.len().min(500)]
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| {
+            panic!(
+                "no JSON from the browser script ({e}): {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(v["error"].is_null(), "browser script failed: {v}");
+    assert_eq!(
+        v["title"].as_str().map(|t| t.starts_with("trainyard")),
+        Some(true),
+        "{v}"
     );
-    for needle in ["opblock", "/api/v1/datasets", "/v1/embeddings", "trainyard"] {
-        assert!(
-            dom.contains(needle),
-            "`{needle}` not rendered; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    assert_eq!(
+        v["operations"].as_u64(),
+        Some(operations as u64),
+        "every operation rendered"
+    );
+    assert_eq!(
+        v["try_it_out_status"], "200",
+        "Try it out inside the page: {v}"
+    );
+    assert!(
+        v["try_it_out_body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("database"),
+        "{v}"
+    );
+    assert_eq!(
+        v["outside"],
+        serde_json::json!([]),
+        "no request left the machine"
+    );
+    assert!(
+        v["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap().ends_with("/api/v1/health")),
+        "the call went out from the page: {v}"
+    );
+    assert!(shot.exists(), "screenshot saved");
+    eprintln!("Swagger UI screenshot: {}", shot.display());
     db.drop_db().await;
 }
 
@@ -72,8 +109,11 @@ try:
     error = None
 except Exception as e:
     error = type(e).__name__ + ": " + str(getattr(e, "code", None)) + ": " + str(e)
+listed = [m.id for m in client.models.list()]
+one = client.models.retrieve("all-MiniLM-L6-v2").id
 print(json.dumps({"default": [d.embedding for d in default.data], "float": floats.data[0].embedding,
-                  "model": default.model, "usage": default.usage.prompt_tokens, "error": error}))
+                  "model": default.model, "usage": default.usage.prompt_tokens, "error": error,
+                  "listed": listed, "retrieved": one}))
 "#;
     let base = app.base.clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -116,6 +156,12 @@ print(json.dumps({"default": [d.embedding for d in default.data], "float": float
         .fold(0.0, f32::max);
     assert!(diff < 1e-6, "same as the encoder ({diff})");
     assert_eq!(v["model"], "all-MiniLM-L6-v2");
+    assert_eq!(
+        v["listed"],
+        serde_json::json!(["all-MiniLM-L6-v2"]),
+        "models.list()"
+    );
+    assert_eq!(v["retrieved"], "all-MiniLM-L6-v2", "models.retrieve()");
     assert!(v["usage"].as_u64().unwrap() > 4);
     let error = v["error"].as_str().unwrap();
     assert!(

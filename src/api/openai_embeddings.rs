@@ -1,4 +1,5 @@
-//! `POST /v1/embeddings`: the OpenAI embeddings API, served from the local model.
+//! `POST /v1/embeddings`: the OpenAI embeddings API, served from the local model; and
+//! `GET /v1/models[/{model}]`, so that the official SDK's `models.list()` finds it.
 //!
 //! `input` is a string or an array of strings; `encoding_format` is `float` (default) or
 //! `base64` (little-endian f32, what the official SDK asks for). Errors are OpenAI-shaped.
@@ -117,10 +118,69 @@ fn parse_input(
     Ok(texts)
 }
 
+/// One model in OpenAI's shape.
+#[derive(Debug, Object)]
+pub struct OpenAiModel {
+    /// The name to pass as `model` to `/v1/embeddings`.
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    /// Unix time this server started serving it.
+    pub created: i64,
+    pub owned_by: String,
+}
+
+#[derive(Debug, Object)]
+pub struct OpenAiModelList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<OpenAiModel>,
+}
+
+fn served_models(state: &AppState) -> Vec<OpenAiModel> {
+    static STARTED: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let created = *STARTED.get_or_init(|| chrono::Utc::now().timestamp());
+    state
+        .settings
+        .embedding_models
+        .values()
+        .filter(|m| m.provider == ProviderType::Local)
+        .map(|m| OpenAiModel {
+            id: m.name.clone(),
+            object: "model".into(),
+            created,
+            owned_by: "trainyard".into(),
+        })
+        .collect()
+}
+
 pub struct OpenAiEmbeddingsApi;
 
 #[OpenApi(tag = "ApiTags::OpenAi")]
 impl OpenAiEmbeddingsApi {
+    /// The embedding models `/v1/embeddings` serves (OpenAI's `models.list`).
+    #[oai(path = "/v1/models", method = "get")]
+    async fn list_models(&self, state: Data<&AppState>) -> Json<OpenAiModelList> {
+        Json(OpenAiModelList {
+            object: "list".into(),
+            data: served_models(&state),
+        })
+    }
+
+    /// One embedding model (OpenAI's `models.retrieve`); 404 `model_not_found` otherwise.
+    #[oai(path = "/v1/models/:model", method = "get")]
+    async fn get_model(
+        &self,
+        state: Data<&AppState>,
+        model: poem_openapi::param::Path<String>,
+    ) -> Result<Json<OpenAiModel>, ApiError> {
+        served_models(&state)
+            .into_iter()
+            .find(|m| m.id == model.0)
+            .map(Json)
+            .ok_or_else(|| ApiError::model_not_found(&model.0))
+    }
+
     /// Create embeddings (OpenAI-compatible) with the local model.
     #[oai(path = "/v1/embeddings", method = "post")]
     async fn create_embeddings(
