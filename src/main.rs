@@ -1,4 +1,5 @@
-//! The `trainyard` binary: serve, worker, migrate, doctor, import, and client verbs.
+//! The `trainyard` binary: serve, worker, migrate, doctor, import, and client verbs (exit
+//! codes: 0 done, 1 failed, 2 usage, 3 cancelled, 4 not found, 5 server unreachable, 6 refused).
 use clap::{Parser, Subcommand};
 use trainyard::cli;
 
@@ -32,10 +33,16 @@ enum Command {
     Openapi,
     /// Build a dataset through the API and watch it with a progress bar.
     BuildDataset(cli::client::BuildDatasetArgs),
-    /// Watch a dataset until it is ready (or failed).
-    Watch(cli::client::WatchArgs),
+    /// Follow a dataset, training run or job (by id) until it ends, with a progress bar.
+    Watch(cli::follow::WatchArgs),
     /// List recent jobs through the API.
     Jobs(cli::client::JobsArgs),
+    /// List datasets as a table (or --json).
+    Datasets(cli::follow::ListArgs),
+    /// List training runs as a table (or --json).
+    Runs(cli::follow::ListArgs),
+    /// List registered models as a table (or --json).
+    Models(cli::follow::ListArgs),
     /// Train a model on a ready dataset through the API, with a progress bar; optionally promote it.
     Train(cli::train_client::TrainArgs),
 }
@@ -66,13 +73,17 @@ async fn main() {
             Ok(())
         }
         Command::BuildDataset(args) => cli::client::build_dataset(args).await,
-        Command::Watch(args) => cli::client::watch(args).await,
+        Command::Watch(args) => cli::follow::watch(args).await,
+        Command::Datasets(args) => cli::follow::datasets(args).await,
+        Command::Runs(args) => cli::follow::runs(args).await,
+        Command::Models(args) => cli::follow::models(args).await,
         Command::Jobs(args) => cli::client::jobs(args).await,
         Command::Train(args) => cli::train_client::train(args).await,
     };
     trainyard::telemetry::shutdown();
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        // Documented in src/cli/exit.rs: 1 failed, 3 cancelled, 4 not found, 5 unreachable.
+        std::process::exit(cli::exit::code_of(&e));
     }
 }

@@ -144,3 +144,83 @@ fn bad_configuration_names_the_key() {
         "{err}"
     );
 }
+
+/// Client verbs keep their promises to scripts: exit codes (0 done, 4 not found, 5 server
+/// unreachable), `watch` on a dataset and on its build job, tables and `--json` listings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_verbs_exit_codes_watch_and_listings() {
+    let db = fresh_db().await;
+    let app = spawn_api(db.pool.clone(), std::sync::Arc::new(test_settings(&db.url))).await;
+    let _worker = spawn_inprocess_worker(&app, 1);
+    let client = |args: &[&str], url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_trainyard"))
+            .args(args)
+            .env("TRAINYARD_URL", url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let nowhere = "http://127.0.0.1:9"; // discard port: nothing listens
+    let out = client(&["datasets"], nowhere);
+    assert_eq!(out.status.code(), Some(5), "unreachable server");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no trainyard API at"));
+    let missing = uuid::Uuid::new_v4().to_string();
+    let out = client(&["watch", &missing], &app.base);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "not found: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (docs, anns) = labelled_docs("c", &sentences(20, "cli"));
+    assert_eq!(app.post("/api/v1/documents", docs).await.0, 200);
+    assert_eq!(app.post("/api/v1/annotations", anns).await.0, 200);
+    let (_, d) = app
+        .post(
+            "/api/v1/datasets",
+            serde_json::json!({"name": "cli", "selection": {"sources": ["c"]},
+              "label_schema": {"type": "binary", "labels": ["spam"]}}),
+        )
+        .await;
+    let id = d["id"].as_str().unwrap().to_string();
+    let job = d["build_job_id"].as_str().unwrap().to_string();
+    let base = app.base.clone();
+    let (id2, base2) = (id.clone(), base.clone());
+    let out = tokio::task::spawn_blocking(move || client(&["watch", &id2, "--json"], &base2))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(last["status"], "ready");
+    assert_eq!(last["progress"]["texts_done"], 20);
+    assert_eq!(last["progress"]["texts_total"], 20);
+    let base3 = base.clone();
+    let out = tokio::task::spawn_blocking(move || client(&["watch", &job], &base3))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "the build job succeeded");
+    let base4 = base.clone();
+    let out = tokio::task::spawn_blocking(move || client(&["datasets"], &base4))
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("id ") && table.contains(&id) && table.contains("ready"),
+        "{table}"
+    );
+    let out = tokio::task::spawn_blocking(move || client(&["jobs", "--json"], &base))
+        .await
+        .unwrap();
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        page["total"].as_i64().unwrap() >= 3,
+        "build + embed jobs: {page}"
+    );
+    db.drop_db().await;
+}

@@ -1,4 +1,5 @@
-//! Client verbs that talk to a running API: build a dataset and watch it, list jobs.
+//! Client verbs that talk to a running API: build a dataset and follow it, list jobs; the
+//! API helpers every verb uses (answer checks with exit codes).
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -38,13 +39,6 @@ pub struct BuildDatasetArgs {
 }
 
 #[derive(clap::Args)]
-pub struct WatchArgs {
-    #[command(flatten)]
-    pub api: Api,
-    pub dataset_id: String,
-}
-
-#[derive(clap::Args)]
 pub struct JobsArgs {
     #[command(flatten)]
     pub api: Api,
@@ -54,17 +48,50 @@ pub struct JobsArgs {
     pub status: Option<String>,
     #[arg(long, default_value_t = 20)]
     pub limit: i64,
+    /// The API's JSON page instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// The body of a 2xx answer; otherwise the API's error message.
+/// The body of a 2xx answer; otherwise the API's error message, with the exit code for it
+/// (404 → not found, other refusals → refused).
 pub async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
         let message = body["error"]["message"].as_str().unwrap_or("no message");
-        anyhow::bail!("API answered {status}: {message}");
+        let code = if status == reqwest::StatusCode::NOT_FOUND {
+            super::exit::NOT_FOUND
+        } else {
+            super::exit::REFUSED
+        };
+        return Err(super::exit::exit_error(
+            code,
+            format!("API answered {status}: {message}"),
+        ));
     }
     Ok(body)
+}
+
+/// GET `path` under the API and check the answer; an unreachable server is exit code 5.
+pub async fn get_json(api: &Api, path: &str) -> anyhow::Result<Value> {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", api.url))
+        .send()
+        .await
+        .map_err(|e| unreachable(api, e))?;
+    check(response).await
+}
+
+/// The error for a server that did not answer.
+pub fn unreachable(api: &Api, e: reqwest::Error) -> anyhow::Error {
+    super::exit::exit_error(
+        super::exit::UNREACHABLE,
+        format!(
+            "no trainyard API at {} ({e}); is `trainyard serve` running? (set --url or TRAINYARD_URL)",
+            api.url
+        ),
+    )
 }
 
 pub async fn build_dataset(args: BuildDatasetArgs) -> anyhow::Result<()> {
@@ -99,11 +126,26 @@ pub async fn build_dataset(args: BuildDatasetArgs) -> anyhow::Result<()> {
     if args.no_wait {
         return Ok(());
     }
-    watch(WatchArgs {
-        api: args.api,
-        dataset_id: id,
-    })
-    .await
+    let dataset = follow_dataset(&args.api, &id).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "id": dataset["id"], "status": dataset["status"], "error": dataset["error"],
+            "new_embeddings": dataset["new_embeddings"], "reused_embeddings": dataset["reused_embeddings"],
+            "stats": dataset["stats"],
+        }))?
+    );
+    let status = dataset["status"].as_str().unwrap_or("?");
+    match super::exit::for_status(status) {
+        0 => Ok(()),
+        code => Err(super::exit::exit_error(
+            code,
+            format!(
+                "dataset ended {status}: {}",
+                dataset["error"].as_str().unwrap_or("")
+            ),
+        )),
+    }
 }
 
 /// `95 s` or `3 m 05 s`.
@@ -116,8 +158,9 @@ fn format_secs(secs: f64) -> String {
     }
 }
 
-pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+/// A dataset's progress bar (texts, rate, ETA) until it is ready, failed or cancelled;
+/// returns its final state.
+pub async fn follow_dataset(api: &Api, dataset_id: &str) -> anyhow::Result<Value> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -130,16 +173,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let mut last_line = String::new();
     let mut last_print = std::time::Instant::now() - Duration::from_secs(60);
     let dataset = loop {
-        let d = check(
-            client
-                .get(format!(
-                    "{}/api/v1/datasets/{}",
-                    args.api.url, args.dataset_id
-                ))
-                .send()
-                .await?,
-        )
-        .await?;
+        let d = get_json(api, &format!("/api/v1/datasets/{dataset_id}")).await?;
         let status = d["status"].as_str().unwrap_or("?").to_string();
         let p = &d["progress"];
         bar.set_length(p["texts_total"].as_u64().unwrap_or(0));
@@ -174,20 +208,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         bar.tick();
     };
     bar.finish();
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&json!({
-            "id": dataset["id"], "status": dataset["status"], "error": dataset["error"],
-            "new_embeddings": dataset["new_embeddings"], "reused_embeddings": dataset["reused_embeddings"],
-            "stats": dataset["stats"],
-        }))?
-    );
-    anyhow::ensure!(
-        dataset["status"] == "ready",
-        "dataset ended {}",
-        dataset["status"]
-    );
-    Ok(())
+    Ok(dataset)
 }
 
 pub async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
@@ -207,6 +228,10 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
             .await?,
     )
     .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&page)?);
+        return Ok(());
+    }
     println!(
         "{:<28} {:<14} {:<10} {:>8} {:>12}  error",
         "id", "kind", "status", "attempts", "progress"

@@ -1,6 +1,8 @@
 //! Command-line verbs; each file is one group of them.
 pub mod client;
 pub mod doctor;
+pub mod exit;
+pub mod follow;
 pub mod import;
 pub mod serve;
 pub mod train_client;

@@ -1,10 +1,6 @@
 //! The `train` client verb: start a training run through the API, follow it with a progress
 //! bar, print its test metrics, and optionally promote the new version.
-use std::io::IsTerminal;
-use std::time::Duration;
-
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::client::{check, Api};
@@ -32,6 +28,9 @@ pub struct TrainArgs {
     /// Promote the new version once the run succeeds.
     #[arg(long)]
     pub promote: bool,
+    /// Print the finished run as JSON on stdout instead of the metrics table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
@@ -64,52 +63,24 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
         args.mode,
         created["job_id"].as_str().unwrap_or("?")
     );
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {msg:24} [{elapsed_precise}] [{bar:40}] {pos}/{len} steps ({eta})",
-        )
-        .unwrap()
-        .progress_chars("=> "),
-    );
-    let started = std::time::Instant::now();
-    let mut last_line = String::new();
-    let run = loop {
-        let r = check(
-            client
-                .get(format!("{}/api/v1/training-runs/{id}", args.api.url))
-                .send()
-                .await?,
-        )
-        .await?;
-        let status = r["status"].as_str().unwrap_or("?").to_string();
-        let p = &r["progress"];
-        bar.set_length(p["total_steps"].as_u64().unwrap_or(0));
-        bar.set_position(p["global_step"].as_u64().unwrap_or(0));
-        let message = format!("{status} epoch {}/{}", p["epoch"], p["total_epochs"]);
-        bar.set_message(message.clone());
-        if !std::io::stderr().is_terminal() && message != last_line {
-            eprintln!(
-                "[{:>5.1}s] {message}, step {}/{}",
-                started.elapsed().as_secs_f64(),
-                bar.position(),
-                bar.length().unwrap_or(0)
-            );
-            last_line = message;
+    let run = super::follow::follow_run(&args.api, &id).await?;
+    let status = run["status"].as_str().unwrap_or("?");
+    if super::exit::for_status(status) != 0 {
+        return Err(super::exit::exit_error(
+            super::exit::for_status(status),
+            format!(
+                "training run ended {status}: {}",
+                run["error"].as_str().unwrap_or("")
+            ),
+        ));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&run)?);
+        if args.promote {
+            promote(&client, &args, &run).await?;
         }
-        if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        bar.tick();
-    };
-    bar.finish();
-    anyhow::ensure!(
-        run["status"] == "succeeded",
-        "training run ended {}: {}",
-        run["status"],
-        run["error"].as_str().unwrap_or("")
-    );
+        return Ok(());
+    }
     let test = &run["test_metrics"];
     println!(
         "model {} version {}: best epoch {}, test macro-F1 {:.3}, micro-F1 {:.3}, macro ROC-AUC {}",
@@ -145,6 +116,17 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
         args.api.url
     );
     if args.promote {
+        promote(&client, &args, &run).await?;
+        println!(
+            "promoted {} version {}",
+            args.model_name, run["model_version"]
+        );
+    }
+    Ok(())
+}
+
+async fn promote(client: &reqwest::Client, args: &TrainArgs, run: &Value) -> anyhow::Result<()> {
+    {
         let version = run["model_version"].as_i64().context("no model version")?;
         check(
             client
@@ -156,7 +138,6 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
                 .await?,
         )
         .await?;
-        println!("promoted {} version {version}", args.model_name);
     }
     Ok(())
 }
