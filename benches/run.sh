@@ -10,3 +10,4 @@ bash benches/queue_throughput.sh
 bash benches/finetune_throughput.sh
 bash benches/predict_throughput.sh
 bash benches/hot_swap.sh
+bash benches/telemetry_overhead.sh

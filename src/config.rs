@@ -298,7 +298,7 @@ impl Settings {
                 format!("`{listen}` is not host:port"),
             ));
         }
-        if !(self.telemetry.queue_sample_secs >= 0.5) {
+        if self.telemetry.queue_sample_secs.is_nan() || self.telemetry.queue_sample_secs < 0.5 {
             return Err(invalid(
                 "telemetry.queue_sample_secs",
                 "must be at least 0.5 seconds",

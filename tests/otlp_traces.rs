@@ -113,7 +113,13 @@ async fn start_receiver() -> (Receiver, u16) {
 }
 
 /// A real trainyard process (`serve` or `worker`) exporting traces as `otel` says.
-fn spawn_traced(db_url: &str, args: &[&str], service: &str, otel: &[(&str, String)]) -> KillOnDrop {
+fn spawn_traced(
+    db_url: &str,
+    args: &[&str],
+    service: &str,
+    otel: &[(&str, String)],
+    json_log: Option<&std::path::Path>,
+) -> KillOnDrop {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainyard"));
     cmd.args(args)
         .env("DATABASE_URL", db_url)
@@ -126,6 +132,11 @@ fn spawn_traced(db_url: &str, args: &[&str], service: &str, otel: &[(&str, Strin
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    if let Some(path) = json_log {
+        cmd.args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(path).unwrap());
+    }
     for (k, v) in otel {
         cmd.env(k, v);
     }
@@ -138,6 +149,7 @@ async fn build_and_collect(
     otel: Vec<(&'static str, String)>,
 ) -> (Vec<SpanRecord>, i64) {
     let db = fresh_db().await;
+    let log_path = std::env::temp_dir().join(format!("ty-worker-{}.jsonl", db.name));
     let api_port = free_port();
     let listen = format!("127.0.0.1:{api_port}");
     let _api = spawn_traced(
@@ -145,6 +157,7 @@ async fn build_and_collect(
         &["serve", "--listen", &listen],
         "trainyard-api",
         &otel,
+        None,
     );
     let _worker = spawn_traced(
         &db.url,
@@ -157,6 +170,7 @@ async fn build_and_collect(
         ],
         "trainyard-worker",
         &otel,
+        Some(&log_path),
     );
     let base = format!("http://{listen}");
     let client = reqwest::Client::new();
@@ -217,10 +231,46 @@ async fn build_and_collect(
         let http = spans.iter().any(|s| s.name == "POST /api/v1/datasets");
         if (http && embed_batches >= batches) || Instant::now() > deadline {
             db.drop_db().await;
+            check_json_log(&log_path, &spans);
             return (spans, batches);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The worker's JSON log: every line inside a job carries the job's id and kind, and the
+/// trace and span ids of the exported spans.
+fn check_json_log(path: &std::path::Path, spans: &[SpanRecord]) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let in_jobs: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("dataset_build started"))
+        })
+        .collect();
+    assert!(!in_jobs.is_empty(), "the build's start was logged: {text}");
+    for l in in_jobs {
+        assert_eq!(l["fields"]["job.kind"], "dataset_build", "{l}");
+        assert!(
+            l["fields"]["job.id"]
+                .as_str()
+                .is_some_and(|id| id.len() == 26),
+            "{l}"
+        );
+        let trace = l["trace_id"].as_str().expect("trace_id in the JSON line");
+        assert!(
+            spans.iter().any(|s| s.trace_id == trace),
+            "the log's trace id is an exported trace"
+        );
+        assert_eq!(l["span_id"].as_str().map(str::len), Some(16), "{l}");
+    }
+    let _ = std::fs::remove_file(path);
 }
 
 /// Checks the tree and prints it with timings.

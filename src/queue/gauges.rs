@@ -83,7 +83,6 @@ fn register_gauges(shared: Shared, interval: Duration) {
                  unit: Option<&'static str>,
                  pick: fn(&QueueSample) -> f64| {
         let shared = shared.clone();
-        let fresh = fresh.clone();
         let mut builder = meter
             .f64_observable_gauge(name)
             .with_description(description)

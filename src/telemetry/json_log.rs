@@ -54,7 +54,9 @@ fn span_fields(text: &str, into: &mut Map<String, Value>) {
             let end = after.find(' ').unwrap_or(after.len());
             (after[..end].to_string(), &after[end..])
         };
-        into.entry(key).or_insert(Value::from(value));
+        if !key.starts_with("otel.") {
+            into.entry(key).or_insert(Value::from(value));
+        }
         rest = next.trim_start();
     }
 }

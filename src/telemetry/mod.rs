@@ -128,10 +128,12 @@ pub fn init(format: LogFormat) {
     let fmt_layer = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_filter(filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(false)
             .event_format(json_log::JsonWithTraceIds)
             .with_filter(filter)
             .boxed(),

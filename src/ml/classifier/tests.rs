@@ -1,5 +1,4 @@
-//! Tests of `classifier`, against hand-computed reference numbers.
-use super::*;
+//! Tests of the classifier: masked losses, AdamW against hand-computed steps, weight blobs.
 use super::*;
 use crate::ml::adamw::AdamW;
 

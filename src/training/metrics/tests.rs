@@ -1,4 +1,4 @@
-//! Tests of `metrics`, against hand-computed reference numbers.
+//! Tests of the metrics and threshold tuning, against hand-computed reference numbers.
 use super::*;
 
 const EPS: f64 = 1e-9;
