@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# GPU readiness check (issue 8 §7): trainyard's ML code on a GPU machine, beside PyTorch.
+#
+#   bash scripts/gpu_check.sh --prepare   # dev machine: build + strip the gpu_check example and
+#                                         # stage it with config.json/tokenizer.json (no weights),
+#                                         # the Python peer and the sentence generator in .gpu_check/
+#   bash scripts/gpu_check.sh             # GPU machine (no Rust, no internet): from the repo root,
+#                                         # with .gpu_check/ carried; --device cuda
+#   bash scripts/gpu_check.sh --cpu       # dev machine / CI: prepare, then the same flow on CPU
+#                                         # with the venv's torch and small sizes (~1-2 minutes)
+#
+# The run: finds python3's own torch `lib` folder for LD_LIBRARY_PATH, writes a seeded random
+# BERT of MiniLM's shape (scripts/gpu_check_peer.py write-weights) beside the staged tokenizer,
+# runs gpu_check (CUDA visible? head and finetune training, CPU/GPU agreement, the serve path,
+# throughput fp32/fp16/bf16), runs the peer (sentence-transformers, else transformers) on the same
+# weights and sentences, and prints both side by side with trainyard/peer ratios.
+# From the device tool: run(command="bash scripts/gpu_check.sh", carry=[".gpu_check"], timeout_s=540).
+# Results (trainyard.json, peer.json, summary.txt) are copied to $GPU_CHECK_OUT, or $OUT if set.
+# Sizes can be overridden: N, BATCH, BUDGET, THREADS, REPEATS, HEAD_STEPS, FINETUNE_STEPS.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STAGE="$ROOT/.gpu_check"
+mode=device build=1
+for arg in "$@"; do
+  case "$arg" in
+    --prepare) mode=prepare ;;
+    --cpu) mode=cpu ;;
+    --no-build) build=0 ;;
+    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument $arg (see --help)" >&2; exit 64 ;;
+  esac
+done
+
+prepare() {
+  # shellcheck source=scripts/env.sh
+  source "$ROOT/scripts/env.sh"
+  cd "$ROOT"
+  if [ "$build" = 1 ]; then
+    echo "[gpu_check] cargo build --release --example gpu_check"
+    cargo build --release --quiet --example gpu_check
+  fi
+  local built="$CARGO_TARGET_DIR/release/examples/gpu_check"
+  [ -x "$built" ] || { echo "[gpu_check] $built is missing: build it first" >&2; exit 1; }
+  rm -rf "$STAGE"
+  mkdir -p "$STAGE/bin" "$STAGE/model/1_Pooling"
+  strip -o "$STAGE/bin/gpu_check" "$built"
+  local m="$TRAINYARD_LOCAL_MODEL_DIR"
+  cp "$m/config.json" "$m/tokenizer.json" "$STAGE/model/"
+  # sentence-transformers' own folder files (a few KB) so that the peer loads MiniLM's exact
+  # pipeline; the 91 MB weights stay behind (random ones are written on the machine).
+  for f in tokenizer_config.json special_tokens_map.json vocab.txt modules.json \
+           sentence_bert_config.json config_sentence_transformers.json 1_Pooling/config.json; do
+    [ -f "$m/$f" ] && cp "$m/$f" "$STAGE/model/$f"
+  done
+  cp "$ROOT/scripts/gpu_check_peer.py" "$ROOT/benches/make_sentences.py" "$STAGE/"
+  local bytes total
+  bytes=$(stat -c %s "$STAGE/bin/gpu_check")
+  total=$(du -sb "$STAGE" | cut -f1)
+  echo "[gpu_check] staged $STAGE: stripped binary $((bytes / 1024 / 1024)) MiB ($bytes bytes, unstripped $(($(stat -c %s "$built") / 1024 / 1024)) MiB), folder $((total / 1024)) KiB"
+  echo "[gpu_check] binary needs: $(readelf -d "$STAGE/bin/gpu_check" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
+  if [ "$total" -gt $((60 * 1024 * 1024)) ]; then
+    echo "[gpu_check] $STAGE is over 60 MiB: it will not fit in one device call" >&2
+    exit 1
+  fi
+}
+
+run_check() {
+  local device="$1" py="${PYTHON:-python3}"
+  local bin="$STAGE/bin/gpu_check"
+  [ -x "$bin" ] || { echo "[gpu_check] $bin is missing: run 'bash scripts/gpu_check.sh --prepare' on the dev machine and carry .gpu_check" >&2; exit 1; }
+  local n batch budget threads repeats head_steps ft_steps dtypes
+  if [ "$device" = cuda ]; then
+    n=${N:-2000} batch=${BATCH:-128} budget=${BUDGET:-16384} threads=${THREADS:-4} repeats=${REPEATS:-5}
+    head_steps=${HEAD_STEPS:-100} ft_steps=${FINETUNE_STEPS:-20} dtypes=fp32,fp16,bf16
+  else
+    n=${N:-200} batch=${BATCH:-32} budget=${BUDGET:-2048} threads=${THREADS:-2} repeats=${REPEATS:-2}
+    head_steps=${HEAD_STEPS:-40} ft_steps=${FINETUNE_STEPS:-6} dtypes=fp32
+  fi
+  # This machine's own libtorch: the `lib` folder beside torch/__init__.py of its python.
+  local torch_lib versions
+  { read -r torch_lib; read -r versions; } < <("$py" -c 'import os, sys, torch
+print(os.path.join(os.path.dirname(torch.__file__), "lib"))
+print("python", sys.version.split()[0], "torch", torch.__version__)')
+  [ -f "$torch_lib/libtorch_cpu.so" ] || { echo "[gpu_check] no libtorch_cpu.so in $torch_lib" >&2; exit 1; }
+  export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  WORK="$(mktemp -d /tmp/gpu_check.XXXXXX)"
+  trap 'rm -rf "$WORK"' EXIT
+  local work="$WORK"
+  echo "[gpu_check] host $(uname -m), $versions, torch lib $torch_lib"
+  if command -v nvidia-smi >/dev/null; then
+    echo "[gpu_check] $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -n1)"
+  fi
+  if ldd "$bin" | grep -q "not found"; then
+    echo "[gpu_check] the binary's libraries are not all found:" >&2
+    ldd "$bin" | grep "not found" >&2
+  fi
+  echo "[gpu_check] binary $(($(stat -c %s "$bin") / 1024 / 1024)) MiB; libtorch_cuda.so -> $(ldd "$bin" | sed -n 's/.*libtorch_cuda.so => \([^ ]*\).*/\1/p')"
+  cp -r "$STAGE/model" "$work/model"
+  "$py" "$STAGE/gpu_check_peer.py" write-weights --model-dir "$work/model" --seed 0
+  "$py" "$STAGE/make_sentences.py" --n "$n" --seed 42 --out "$work/sentences.txt"
+  local started=$SECONDS rc_ours=0 rc_peer=0 all_started=$SECONDS
+  echo "[gpu_check] trainyard gpu_check --device $device (report follows)"
+  timeout 240 "$bin" --device "$device" --model-dir "$work/model" --sentences "$work/sentences.txt" \
+    --n "$n" --batch-size "$batch" --token-budget "$budget" --threads "$threads" --repeats "$repeats" \
+    --head-steps "$head_steps" --finetune-steps "$ft_steps" \
+    --dump-embeddings "$work/trainyard_embeddings.json" --json >"$work/trainyard.json" || rc_ours=$?
+  echo "[gpu_check] trainyard side: exit $rc_ours after $((SECONDS - started))s"
+  started=$SECONDS
+  timeout 180 "$py" "$STAGE/gpu_check_peer.py" bench --model-dir "$work/model" --sentences "$work/sentences.txt" \
+    --device "$device" --batch-size "$batch" --repeats "$repeats" --dtypes "$dtypes" \
+    $([ "$device" = cpu ] && echo "--threads $threads") \
+    --compare "$work/trainyard_embeddings.json" >"$work/peer.json" || rc_peer=$?
+  echo "[gpu_check] peer side: exit $rc_peer after $((SECONDS - started))s"
+  "$py" - "$work/trainyard.json" "$work/peer.json" <<'PY' | tee "$work/summary.txt"
+import json, sys
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.loads(f.read().strip().splitlines()[-1])
+    except Exception as e:  # noqa: BLE001 - report whatever came back
+        return {"error": f"no JSON from {path}: {e}"}
+
+ours, peer = load(sys.argv[1]), load(sys.argv[2])
+print("\n==== gpu_check summary ====")
+cuda = ours.get("cuda", {})
+print(f"device {ours.get('device')}: tch CUDA available {cuda.get('available')}, devices {cuda.get('device_count')}, "
+      f"cudnn {cuda.get('cudnn')}, libtorch_cuda.so {cuda.get('libtorch_cuda')}")
+if peer.get("gpu"):
+    print(f"GPU {peer['gpu']}, torch {peer.get('torch')} (CUDA {peer.get('cuda')}, TF32 matmul {peer.get('tf32_matmul')})")
+h, f = ours.get("head", {}), ours.get("finetune", {})
+if "loss_start" in h:
+    print(f"head: loss {h['loss_start']:.4f} -> {h['loss_end']:.4f} over {h['steps']} steps")
+if "loss_start" in f:
+    print(f"finetune: loss {f['loss_start']:.4f} -> {f['loss_end']:.4f} over {f['steps']} steps, encoder moved {f.get('encoder_max_abs_delta', 0):.2e}")
+a = ours.get("agreement", {})
+if "mode" in a:
+    print(f"agreement ({a['mode']}, tolerance {a['tolerance']:g}): embeddings {a.get('embeddings_max_abs_diff', float('nan')):.2e}, "
+          f"finetune logits {a.get('finetune_logits_max_abs_diff', float('nan')):.2e}, head logits {a.get('head_logits_max_abs_diff', float('nan')):.2e}")
+inf = ours.get("inference", {}).get("finetune", {})
+if inf:
+    print(f"serve path: {inf.get('returned')} of {inf.get('requested')} results, vs trainer {inf.get('max_abs_diff_vs_trainer', float('nan')):.2e}")
+if peer.get("compare"):
+    c = peer["compare"]
+    print(f"trainyard vs {peer.get('peer')} fp32 embeddings ({c['sentences']} sentences, same weights): max abs diff {c['max_abs_diff_trainyard_vs_peer']:.2e} (tolerance {c['tolerance']:g})")
+peer_sps = {r["dtype"]: r["sentences_per_second"] for r in peer.get("results", [])}
+rows = ours.get("throughput", {}).get("results", [])
+if rows:
+    print(f"\nthroughput, {rows[0]['sentences']} sentences of 20-40 words, peer: {peer.get('peer', '?')} batch {peer.get('batch_size')}")
+    print(f"  {'dtype':5} {'trainyard path':44} {'trainyard':>10} {'peer':>10} {'ratio':>7}")
+    for r in rows:
+        what = (f"serve: TextEncoder, token budget {r['token_budget']}" if r["path"] == "serve"
+                else f"fixed: BertEncoder, batch {r['batch_size']}, sorted")
+        p = peer_sps.get(r["dtype"]) if not r.get("smoke") else None
+        ratio = f"{r['sentences_per_second'] / p:6.2f}x" if p else "    -"
+        tag = "  (CPU smoke test)" if r.get("smoke") else ""
+        print(f"  {r['dtype']:5} {what:44} {r['sentences_per_second']:10.1f} {p if p else '-':>10} {ratio:>7}{tag}")
+if ours.get("device") == "cpu":
+    print("  (CPU run: small sizes on a shared machine, so these ratios check the flow, not speed;"
+          " benches/embed_throughput.sh is the CPU benchmark)")
+for hp in ours.get("throughput", {}).get("half_precision", []):
+    print(f"  {hp['dtype']} vs fp32: min cosine {hp['min_cosine_vs_fp32']:.5f}, max abs diff {hp['max_abs_diff_vs_fp32']:.2e}" + ("  (CPU smoke test)" if hp.get("smoke") else ""))
+for s in ours.get("skipped", []):
+    print(f"skipped: {s}")
+for s in ours.get("failures", []):
+    print(f"FAILED: {s}")
+if "error" in ours:
+    print(f"FAILED: trainyard: {ours['error']}")
+if "error" in peer:
+    print(f"FAILED: peer: {peer['error']}")
+peer_ok = "error" not in peer and (peer.get("compare") or {}).get("ok", False)
+print(f"\nresult: trainyard checks {'PASS' if ours.get('ok') else 'FAIL'}, peer {'ok' if peer_ok else 'FAIL'}")
+PY
+  local out="${GPU_CHECK_OUT:-${OUT:-}}"
+  if [ -n "$out" ]; then
+    mkdir -p "$out"
+    cp "$work/trainyard.json" "$work/peer.json" "$work/summary.txt" "$out/"
+    echo "[gpu_check] results copied to $out"
+  fi
+  echo "[gpu_check] total $((SECONDS - all_started))s for both sides"
+  [ "$rc_ours" = 0 ] && [ "$rc_peer" = 0 ] && grep -q "trainyard checks PASS, peer ok" "$work/summary.txt"
+}
+
+case "$mode" in
+  prepare) prepare ;;
+  cpu)
+    prepare
+    PYTHON="${PYTHON:-$TRAINYARD_VENV/bin/python}" run_check cpu
+    ;;
+  device) cd "$ROOT" && run_check cuda ;;
+esac
