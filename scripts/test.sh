@@ -12,6 +12,12 @@ if ! command -v chromium >/dev/null; then
 fi
 "$TRAINYARD_VENV/bin/python" -c "import openai" 2>/dev/null \
   || "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check openai
+# Debian's Prometheus runs every dashboard and alert query against a live trainyard.
+if ! command -v prometheus >/dev/null; then
+  echo "[test] installing prometheus (Debian package)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
+    || echo "[test] prometheus could not be installed; the dashboard query test will fail"
+fi
 # playwright-core (npm) drives Debian's Chromium through the Swagger UI test.
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm install --no-audit --no-fund --silent) \
