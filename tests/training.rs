@@ -456,6 +456,54 @@ async fn head_training_registry_and_inference() {
     assert_eq!(versions.as_array().unwrap().len(), 2);
     assert_eq!(versions[1]["served"], true);
 
+    // Label coverage: per label and source, the training split's positives and negatives,
+    // counted here independently from the records; a source that never annotated a label is
+    // absent under it (reviews carry sentiment and spam = false, emails spam only).
+    let (s, v1) = app.get("/api/v1/models/moderation/versions/1").await;
+    assert_eq!(s, 200, "{v1}");
+    let records: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT source, labels FROM dataset_records WHERE dataset_id = $1::uuid AND split = 'train'",
+    )
+    .bind(dataset.as_str())
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for label in ["spam", "positive_sentiment"] {
+        let mut expected = std::collections::BTreeMap::<String, (i64, i64)>::new();
+        for (source, labels) in &records {
+            match labels[label].as_i64() {
+                Some(1) => expected.entry(source.clone()).or_default().0 += 1,
+                Some(0) => expected.entry(source.clone()).or_default().1 += 1,
+                _ => {}
+            }
+        }
+        let got = &v1["label_coverage"][label];
+        let sources = got["sources"].as_object().unwrap();
+        assert_eq!(sources.len(), expected.len(), "{label}: {got}");
+        for (source, (pos, neg)) in &expected {
+            assert_eq!(
+                sources[source]["positives"].as_i64(),
+                Some(*pos),
+                "{label}/{source}"
+            );
+            assert_eq!(
+                sources[source]["negatives"].as_i64(),
+                Some(*neg),
+                "{label}/{source}"
+            );
+        }
+        let total: i64 = expected.values().map(|(p, _)| p).sum();
+        assert_eq!(got["positives"].as_i64(), Some(total), "{label}");
+    }
+    assert!(
+        v1["label_coverage"]["positive_sentiment"]["sources"]
+            .get("emails")
+            .is_none(),
+        "sentiment is masked on emails"
+    );
+    let (s, e) = app.get("/api/v1/models/moderation/versions/7").await;
+    assert_eq!(s, 404, "{e}");
+
     // A version whose weights are corrupt fails to load and is reported; others keep serving.
     sqlx::query("INSERT INTO models (name) VALUES ('broken')")
         .execute(&db.pool)

@@ -44,6 +44,11 @@ pub struct ModelVersion {
     /// `{validation, test}` metrics at the best epoch.
     pub metrics: serde_json::Value,
     pub weights_bytes: i64,
+    /// Per label: positives and negatives the training split held, in all and per source
+    /// (`{label: {positives, negatives, sources: {source: {positives, negatives}}}}`). A source
+    /// missing under a label never annotated it: the model's score for that label on that
+    /// source's texts is an extrapolation. Absent for versions trained before this was kept.
+    pub label_coverage: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -69,6 +74,25 @@ impl From<RegistryError> for ApiError {
                 },
             })),
             RegistryError::Conflict(m) => ApiError::conflict(m),
+        }
+    }
+}
+
+impl From<registry::VersionSummary> for ModelVersion {
+    fn from(v: registry::VersionSummary) -> Self {
+        ModelVersion {
+            name: v.name,
+            version: v.version,
+            served: v.served,
+            run_id: v.run_id,
+            dataset_id: v.dataset_id,
+            spec: v.spec,
+            embedding_model: v.embedding_model,
+            thresholds: v.thresholds,
+            metrics: v.metrics,
+            weights_bytes: v.weights_bytes,
+            label_coverage: v.label_coverage,
+            created_at: v.created_at,
         }
     }
 }
@@ -110,7 +134,7 @@ impl ModelsApi {
         ))
     }
 
-    /// A model's versions, newest first, with metrics and thresholds.
+    /// A model's versions, newest first, with metrics, thresholds and label coverage.
     #[oai(path = "/models/:name/versions", method = "get")]
     async fn versions(
         &self,
@@ -120,24 +144,30 @@ impl ModelsApi {
         let versions = registry::list_versions(&state.pool, &name)
             .await?
             .ok_or_else(|| ApiError::model_not_found(&name))?;
-        Ok(Json(
-            versions
-                .into_iter()
-                .map(|v| ModelVersion {
-                    name: v.name,
-                    version: v.version,
-                    served: v.served,
-                    run_id: v.run_id,
-                    dataset_id: v.dataset_id,
-                    spec: v.spec,
-                    embedding_model: v.embedding_model,
-                    thresholds: v.thresholds,
-                    metrics: v.metrics,
-                    weights_bytes: v.weights_bytes,
-                    created_at: v.created_at,
-                })
-                .collect(),
-        ))
+        Ok(Json(versions.into_iter().map(ModelVersion::from).collect()))
+    }
+
+    /// One version: metrics, thresholds, and per label which sources annotated it in the
+    /// training split (`label_coverage`).
+    #[oai(path = "/models/:name/versions/:version", method = "get")]
+    async fn version(
+        &self,
+        state: Data<&AppState>,
+        name: Path<String>,
+        version: Path<String>,
+    ) -> Result<Json<ModelVersion>, ApiError> {
+        let wanted = parse_version(&version)?;
+        let versions = registry::list_versions(&state.pool, &name)
+            .await?
+            .ok_or_else(|| ApiError::model_not_found(&name))?;
+        versions
+            .into_iter()
+            .find(|v| v.version == wanted)
+            .map(|v| Json(ModelVersion::from(v)))
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!("model `{}` has no version {wanted}", name.0))
+                    .into()
+            })
     }
 
     /// Serve this version. Every API process loads it in the background and swaps atomically;

@@ -44,6 +44,7 @@ pub struct VersionSummary {
     pub thresholds: serde_json::Value,
     pub metrics: serde_json::Value,
     pub weights_bytes: i64,
+    pub label_coverage: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -78,6 +79,9 @@ pub struct NewVersion<'a> {
     pub device: &'a str,
     /// What became of the run's telemetry webhook events.
     pub telemetry: serde_json::Value,
+    /// Per label: `{positives, negatives, sources: {SOURCE: {positives, negatives}}}` of the
+    /// training split (a source absent from a label never annotated it: masked there).
+    pub label_coverage: serde_json::Value,
 }
 
 /// Stores a finished run's model as the next version of its name, marks the run succeeded and,
@@ -111,8 +115,8 @@ pub async fn register_version(pool: &PgPool, new: &NewVersion<'_>) -> Result<i32
             .await?;
             sqlx::query(
                 "INSERT INTO model_versions (name, version, run_id, dataset_id, spec, embedding_model,
-                                             thresholds, metrics, weights)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                             thresholds, metrics, weights, label_coverage)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(new.model_name)
             .bind(next)
@@ -123,6 +127,7 @@ pub async fn register_version(pool: &PgPool, new: &NewVersion<'_>) -> Result<i32
             .bind(serde_json::json!(new.thresholds))
             .bind(serde_json::json!({"validation": new.validation, "test": new.test}))
             .bind(new.weights)
+            .bind(&new.label_coverage)
             .execute(&mut *tx)
             .await?;
             next
@@ -322,7 +327,7 @@ pub async fn list_versions(
     };
     let rows = sqlx::query(
         "SELECT name, version, run_id, dataset_id, spec, embedding_model, thresholds, metrics,
-                octet_length(weights)::bigint AS weights_bytes, created_at
+                octet_length(weights)::bigint AS weights_bytes, label_coverage, created_at
          FROM model_versions WHERE name = $1 ORDER BY version DESC",
     )
     .bind(name)
@@ -343,6 +348,7 @@ pub async fn list_versions(
                     thresholds: r.get("thresholds"),
                     metrics: r.get("metrics"),
                     weights_bytes: r.get("weights_bytes"),
+                    label_coverage: r.get("label_coverage"),
                     created_at: r.get("created_at"),
                 }
             })

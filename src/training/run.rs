@@ -17,8 +17,8 @@ use trainyard_jobs::TrainArgs;
 use uuid::Uuid;
 
 use super::epochs::{load_checkpoint, train_blocking, write_progress, BlockingContext, Progress};
-use super::run_data::load_splits;
 pub use super::run_data::{load_run, RunSettings};
+use super::run_data::{load_splits, Splits};
 use super::webhook::{Telemetry, WebhookConfig};
 use crate::datasets::store;
 use crate::ml::classifier::ClassifierSpec;
@@ -87,8 +87,12 @@ pub async fn run_training(
         dropout: hp.dropout,
         max_tokens: hp.max_tokens,
     };
-    let (train, validation, test) =
-        load_splits(pool, &run, &dataset.embedding_model, dataset.dimensions).await?;
+    let Splits {
+        train,
+        validation,
+        test,
+        label_coverage,
+    } = load_splits(pool, &run, &dataset.embedding_model, dataset.dimensions).await?;
     let checkpoint = load_checkpoint(pool, run.id).await?;
     let device = pick_device(&run.device);
     sqlx::query(
@@ -171,6 +175,7 @@ pub async fn run_training(
         best_metric: outcome.best_metric,
         device: &outcome.device,
         telemetry: json!(stats),
+        label_coverage: json!(label_coverage),
     };
     let version = crate::registry::register_version(pool, &new_version)
         .await

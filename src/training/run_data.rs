@@ -1,5 +1,7 @@
 //! What a `train` job reads: the run's stored settings and the dataset's three splits.
 
+use std::collections::BTreeMap;
+
 use serde_json::json;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -66,14 +68,50 @@ pub async fn load_run(pool: &PgPool, id: Uuid) -> Result<Option<RunSettings>, Jo
 /// One split while it is read: flat embeddings, texts, targets.
 type SplitRows = (Vec<f32>, Vec<String>, Vec<Vec<Option<bool>>>);
 
+/// Positives and negatives of one label.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LabelCounts {
+    pub positives: i64,
+    pub negatives: i64,
+}
+
+impl LabelCounts {
+    fn add(&mut self, positive: bool) {
+        if positive {
+            self.positives += 1;
+        } else {
+            self.negatives += 1;
+        }
+    }
+}
+
+/// What one label was learned from: the training split's positives and negatives, in all and
+/// per source. A source missing from `sources` never annotated the label in the training split
+/// (the label was masked on its records): a score for it on that source's texts extrapolates.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LabelCoverage {
+    #[serde(flatten)]
+    pub total: LabelCounts,
+    pub sources: BTreeMap<String, LabelCounts>,
+}
+
+/// The three splits the run trains, validates and tests on, and the training split's label
+/// coverage (label -> what it was learned from), counted from the same rows.
+pub(super) struct Splits {
+    pub train: SplitData,
+    pub validation: SplitData,
+    pub test: SplitData,
+    pub label_coverage: BTreeMap<String, LabelCoverage>,
+}
+
 pub(super) async fn load_splits(
     pool: &PgPool,
     run: &RunSettings,
     embedding_model: &str,
     dimensions: i32,
-) -> Result<(SplitData, SplitData, SplitData), JobError> {
+) -> Result<Splits, JobError> {
     let rows = sqlx::query(
-        "SELECT r.split, r.labels, r.text, e.vector
+        "SELECT r.split, r.source, r.labels, r.text, e.vector
          FROM dataset_records r
          LEFT JOIN embeddings e ON e.model = $2 AND e.dimensions = $3 AND e.checksum = r.checksum
          WHERE r.dataset_id = $1 ORDER BY r.position",
@@ -85,6 +123,12 @@ pub(super) async fn load_splits(
     .await?;
     let head = run.mode == TrainMode::Head;
     let mut splits: [SplitRows; 3] = Default::default();
+    // Every label of the run has an entry, also one no training record annotated.
+    let mut coverage: BTreeMap<String, LabelCoverage> = run
+        .labels
+        .iter()
+        .map(|l| (l.clone(), LabelCoverage::default()))
+        .collect();
     for row in rows {
         let labels: serde_json::Value = row.get("labels");
         let targets: Vec<Option<bool>> = run
@@ -100,6 +144,15 @@ pub(super) async fn load_splits(
             "validation" => 1,
             _ => 2,
         };
+        if index == 0 {
+            let source: String = row.get("source");
+            for (label, target) in run.labels.iter().zip(&targets) {
+                let Some(positive) = *target else { continue };
+                let c = coverage.get_mut(label).expect("every label has an entry");
+                c.total.add(positive);
+                c.sources.entry(source.clone()).or_default().add(positive);
+            }
+        }
         let split = &mut splits[index];
         if head {
             let vector: Option<Vec<u8>> = row.get("vector");
@@ -131,5 +184,10 @@ pub(super) async fn load_splits(
             "the dataset's training split has no annotated record".into(),
         ));
     }
-    Ok((train, validation, test))
+    Ok(Splits {
+        train,
+        validation,
+        test,
+        label_coverage: coverage,
+    })
 }
