@@ -20,6 +20,11 @@ where text is the raw RFC 822 message with headers. Note that `id` ("00001", ...
 per-group sequence number and repeats across groups, so external_id is "<group>/<id>".
 The Subject header becomes the title; the body is the text/plain part (or the text/html
 part with tags stripped) when the MIME structure parses, else everything after the header block.
+
+Tags stay empty: trainyard appends tags to the text the model reads, and the email group
+("spam-1", "easy-ham-2") *is* the spam label, so as a tag it would leak the answer into the
+input (and the review domain would mark every review with a line no served text has). The
+review domain and the email group are kept in `metadata`, which is never part of the text.
 """
 
 from __future__ import annotations
@@ -163,7 +168,7 @@ def reviews(sentiment_dir: str, skipped: collections.Counter):
                 "reviews",
                 f"{domain}-{i}",
                 None,
-                [domain],
+                [],
                 text,
                 {"domain": domain},
                 "sentiment-fixtures",
@@ -200,7 +205,7 @@ def emails(spam_dir: str, skipped: collections.Counter):
             "emails",
             external_id,
             title,
-            [group],
+            [],
             text,
             {"group": group},
             "spam-assassin",
@@ -224,7 +229,8 @@ def main() -> int:
             for rec in gen:
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 counts[rec["source"], "total"] += 1
-                counts[rec["source"], "tag " + rec["tags"][0]] += 1
+                meta = rec["metadata"]
+                counts[rec["source"], "%s %s" % next(iter(meta.items()))] += 1
                 for label, value in rec["annotations"][0]["labels"].items():
                     counts[rec["source"], f"{label}={str(value).lower()}"] += 1
                 if rec["title"] is not None:

@@ -698,3 +698,132 @@ async fn killed_training_worker_resumes_from_checkpoint() {
     assert!(job["attempts"].as_i64().unwrap() >= 1, "{job}");
     db.drop_db().await;
 }
+
+/// `label_coverage` of a version: per label, the positives and negatives of the training split
+/// in all and per annotating source, exactly. The expected counts come from the imported file's
+/// own annotations (not from the stored dataset labels the job reads), joined with the train
+/// split's records by (source, external_id). The demo data is partially annotated: sentiment is
+/// known only for reviews, so emails must be absent under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_coverage_counts_the_training_split_per_source() {
+    let db = fresh_db().await;
+    let settings = Arc::new(test_settings(&db.url));
+    let slice = demo_slice(40, 3);
+    import(&db.url, &slice.0);
+    // (source, external_id) -> label -> value, as annotated in the file (one annotator each).
+    let mut annotated: std::collections::HashMap<(String, String), serde_json::Map<String, Value>> =
+        Default::default();
+    for line in std::fs::read_to_string(&slice.0).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let mut labels = serde_json::Map::new();
+        for a in v["annotations"].as_array().unwrap() {
+            labels.extend(a["labels"].as_object().unwrap().clone());
+        }
+        let key = (
+            v["source"].as_str().unwrap().to_string(),
+            v["external_id"].as_str().unwrap().to_string(),
+        );
+        annotated.insert(key, labels);
+    }
+    let app = spawn_api(db.pool.clone(), settings).await;
+    let _worker = spawn_inprocess_worker(&app, 2);
+    let dataset = build_dataset(&app).await;
+
+    // The train split, from the records API.
+    let mut train = Vec::new();
+    loop {
+        let (s, page) = app
+            .get(&format!(
+                "/api/v1/datasets/{dataset}/records?split=train&limit=50&offset={}",
+                train.len()
+            ))
+            .await;
+        assert_eq!(s, 200, "{page}");
+        let items = page["items"].as_array().unwrap().clone();
+        let done = items.is_empty()
+            || train.len() + items.len() >= page["total"].as_u64().unwrap() as usize;
+        train.extend(items);
+        if done {
+            break;
+        }
+    }
+    assert!(train.len() >= 40, "{} training records", train.len());
+    let labels = ["spam", "positive_sentiment"];
+    let mut expected = serde_json::Map::new();
+    for label in labels {
+        let (mut all_pos, mut all_neg) = (0i64, 0i64);
+        let mut per_source = std::collections::BTreeMap::<String, (i64, i64)>::new();
+        for r in &train {
+            let key = (
+                r["source"].as_str().unwrap().to_string(),
+                r["external_id"].as_str().unwrap().to_string(),
+            );
+            match annotated[&key].get(label).and_then(Value::as_bool) {
+                Some(true) => {
+                    all_pos += 1;
+                    per_source.entry(key.0).or_default().0 += 1;
+                }
+                Some(false) => {
+                    all_neg += 1;
+                    per_source.entry(key.0).or_default().1 += 1;
+                }
+                None => {}
+            }
+        }
+        let sources: serde_json::Map<String, Value> = per_source
+            .into_iter()
+            .map(|(s, (p, n))| (s, json!({"positives": p, "negatives": n})))
+            .collect();
+        expected.insert(
+            label.to_string(),
+            json!({"positives": all_pos, "negatives": all_neg, "sources": sources}),
+        );
+    }
+    let expected = Value::Object(expected);
+    // The case this test is about: a label some source never annotated.
+    assert!(
+        expected["positive_sentiment"]["sources"]
+            .get("emails")
+            .is_none()
+            && expected["positive_sentiment"]["sources"]
+                .get("reviews")
+                .is_some()
+            && expected["spam"]["sources"].get("emails").is_some(),
+        "the slice should be partially annotated: {expected}"
+    );
+    assert!(
+        expected["spam"]["positives"].as_i64().unwrap() > 0,
+        "{expected}"
+    );
+
+    let run = start_run(
+        &app,
+        json!({"dataset_id": dataset, "model_name": "coverage", "mode": "head",
+               "hyperparameters": {"epochs": 2, "seed": 11}}),
+    )
+    .await;
+    let r = wait_run(&app, &run, Duration::from_secs(240)).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let (s, v) = app.get("/api/v1/models/coverage/versions/1").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["label_coverage"], expected, "label_coverage of version 1");
+    assert_eq!(v["version"], 1);
+    let (s, list) = app.get("/api/v1/models/coverage/versions").await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(
+        list[0]["label_coverage"], expected,
+        "the list shows the same"
+    );
+
+    // Unknown version, bad version, unknown model: the usual JSON errors.
+    for (path, status, code) in [
+        ("/api/v1/models/coverage/versions/2", 404, "not_found"),
+        ("/api/v1/models/coverage/versions/x", 400, "invalid_request"),
+        ("/api/v1/models/nope/versions/1", 404, "model_not_found"),
+    ] {
+        let (s, e) = app.get(path).await;
+        assert_eq!(s, status, "{path}: {e}");
+        assert_eq!(e["error"]["code"], code, "{path}: {e}");
+    }
+    db.drop_db().await;
+}
