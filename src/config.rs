@@ -40,6 +40,8 @@ pub struct Settings {
     #[serde(default)]
     pub telemetry: TelemetrySettings,
     #[serde(default)]
+    pub auth: AuthSettings,
+    #[serde(default)]
     pub sources: BTreeMap<String, ExternalSource>,
     /// Filled from `embedding_models.toml`, not from `trainyard.toml`.
     #[serde(default)]
@@ -74,6 +76,63 @@ pub struct QueueSettings {
     pub retry_base_secs: f64,
     pub retry_max_secs: f64,
     pub retention_hours: f64,
+}
+
+/// When API tokens are required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Required, unless `serve` listens on a loopback address only (then off, said loudly).
+    Auto,
+    Required,
+    Off,
+}
+
+/// Whether inference (`/predict`, `/batch`, `…/models/{name}/predict|batch`) and
+/// `/v1/embeddings` + `/v1/models` need a token with the `predict` scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InferenceAccess {
+    Public,
+    Token,
+}
+
+/// `[auth]`: tokens, per-token rate limits and CORS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub inference: InferenceAccess,
+    /// `/metrics` without a token (Prometheus scrapers usually carry none).
+    pub public_metrics: bool,
+    /// A verified token is trusted this long before it is checked again (revocation delay).
+    pub token_cache_secs: f64,
+    /// While the database is unreachable, a token verified this recently keeps working.
+    pub outage_grace_secs: f64,
+    /// Requests per second per token (and per client address for requests without one);
+    /// 0 turns rate limiting off.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    /// Origins allowed by CORS (exact, e.g. `https://app.example.com`); empty = no CORS.
+    /// `*` is allowed only with `cors_allow_credentials = false`.
+    pub cors_origins: Vec<String>,
+    pub cors_allow_credentials: bool,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            mode: AuthMode::Auto,
+            inference: InferenceAccess::Token,
+            public_metrics: true,
+            token_cache_secs: 5.0,
+            outage_grace_secs: 300.0,
+            rate_limit_per_second: 100,
+            rate_limit_burst: 200,
+            cors_origins: Vec::new(),
+            cors_allow_credentials: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +368,36 @@ impl Settings {
                 "server.listen",
                 format!("`{}` is not host:port", self.server.listen),
             ));
+        }
+        let auth = &self.auth;
+        if !(auth.token_cache_secs.is_finite() && (0.0..=3600.0).contains(&auth.token_cache_secs)) {
+            return Err(invalid(
+                "auth.token_cache_secs",
+                "must be between 0 and 3600",
+            ));
+        }
+        if !(auth.outage_grace_secs.is_finite() && auth.outage_grace_secs >= 0.0) {
+            return Err(invalid("auth.outage_grace_secs", "must be >= 0"));
+        }
+        if auth.rate_limit_per_second > 0 && auth.rate_limit_burst == 0 {
+            return Err(invalid(
+                "auth.rate_limit_burst",
+                "must be > 0 when rate limits are on",
+            ));
+        }
+        for origin in &auth.cors_origins {
+            if origin == "*" && auth.cors_allow_credentials {
+                return Err(invalid(
+                    "auth.cors_origins",
+                    "`*` cannot be combined with cors_allow_credentials = true; list the origins",
+                ));
+            }
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(invalid(
+                    "auth.cors_origins",
+                    format!("`{origin}` is not an origin like https://app.example.com"),
+                ));
+            }
         }
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));

@@ -43,6 +43,8 @@ enum Command {
     Runs(cli::follow::ListArgs),
     /// List registered models as a table (or --json).
     Models(cli::follow::ListArgs),
+    /// Create, list and revoke API tokens (directly in the database).
+    Token(cli::token::TokenArgs),
     /// Train a model on a ready dataset through the API, with a progress bar; optionally promote it.
     Train(cli::train_client::TrainArgs),
 }
@@ -79,6 +81,7 @@ async fn main() {
         Command::Models(args) => cli::follow::models(args).await,
         Command::Jobs(args) => cli::client::jobs(args).await,
         Command::Train(args) => cli::train_client::train(args).await,
+        Command::Token(args) => cli::token::token(args).await,
     };
     trainyard::telemetry::shutdown();
     if let Err(e) = result {

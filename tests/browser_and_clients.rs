@@ -10,12 +10,25 @@ use support::*;
 
 /// Swagger UI in real headless Chromium (driven by playwright-core from npm, see
 /// tests/browser/): it renders, shows every operation of the document, "Try it out" on
-/// `GET /api/v1/health` answers 200 inside the page, no request leaves the machine, and a
+/// `GET /api/v1/health` answers 200 inside the page, a token entered through "Authorize" makes
+/// the protected `GET /api/v1/jobs` answer 200, no request leaves the machine, and a
 /// screenshot is saved under the test output (`$CARGO_TARGET_DIR/test-output/`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swagger_ui_renders_in_headless_chromium() {
     let db = fresh_db().await;
-    let app = spawn_api(db.pool.clone(), Arc::new(test_settings(&db.url))).await;
+    // Tokens required, as on a non-loopback address: "Authorize" must make a protected call work.
+    let mut settings = test_settings(&db.url);
+    settings.auth.mode = trainyard::config::AuthMode::Required;
+    let app = spawn_api(db.pool.clone(), Arc::new(settings)).await;
+    let token = trainyard::auth::create(
+        &db.pool,
+        "swagger-ui",
+        &[trainyard::auth::Scope::Read],
+        None,
+    )
+    .await
+    .unwrap()
+    .token;
     let doc: serde_json::Value = serde_json::from_str(&trainyard::api::openapi_json()).unwrap();
     let operations: usize = doc["paths"]
         .as_object()
@@ -33,9 +46,10 @@ async fn swagger_ui_renders_in_headless_chromium() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/swagger_ui.mjs");
     let base = app.base.clone();
     let shot_arg = shot.display().to_string();
+    let token_arg = token.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
-            .args([script, &base, &shot_arg])
+            .args([script, &base, &shot_arg, &token_arg])
             .output()
             .expect("node")
     })
@@ -83,6 +97,15 @@ async fn swagger_ui_renders_in_headless_chromium() {
             .iter()
             .any(|r| r.as_str().unwrap().ends_with("/api/v1/health")),
         "the call went out from the page: {v}"
+    );
+    assert_eq!(
+        v["authorized_status"], "200",
+        "a token entered through Authorize opens GET /api/v1/jobs: {v}"
+    );
+    assert_eq!(
+        v["jobs_request_authorization"].as_str(),
+        Some(format!("Bearer {token}").as_str()),
+        "the page sent the token as a bearer header"
     );
     assert!(shot.exists(), "screenshot saved");
     eprintln!("Swagger UI screenshot: {}", shot.display());

@@ -23,6 +23,7 @@ pub async fn around<E: Endpoint>(ep: std::sync::Arc<E>, req: Request) -> poem::R
         url.path = %path,
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
+        auth.token = tracing::field::Empty,
     );
     if req.headers().contains_key("traceparent") {
         let carried: HashMap<String, String> = ["traceparent", "tracestate"]

@@ -1,4 +1,5 @@
 //! Only this module knows HTTP: the poem-openapi service, Swagger UI, and the error mapping.
+pub mod auth;
 pub mod datasets;
 pub mod documents;
 pub mod errors;
@@ -10,6 +11,7 @@ pub mod models;
 pub mod openai_embeddings;
 mod payload_errors;
 pub mod predict;
+pub mod tokens;
 pub mod training;
 mod training_schema;
 
@@ -32,6 +34,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub embedders: Embedders,
     pub models: Arc<ModelServer>,
+    /// Tokens, scopes and rate limits of this process.
+    pub gate: Arc<auth::Gate>,
 }
 
 impl AppState {
@@ -40,6 +44,7 @@ impl AppState {
         let models = ModelServer::new(pool.clone(), settings.clone());
         models.start();
         AppState {
+            gate: Arc::new(auth::Gate::new(pool.clone(), &settings)),
             embedders: Embedders::new(settings.clone()),
             pool,
             settings,
@@ -79,6 +84,7 @@ type Apis = (
     predict::PredictApi,
     openai_embeddings::OpenAiEmbeddingsApi,
     legacy_v1::LegacyV1Api,
+    tokens::TokensApi,
 );
 
 pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
@@ -93,6 +99,7 @@ pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
             predict::PredictApi,
             openai_embeddings::OpenAiEmbeddingsApi,
             legacy_v1::LegacyV1Api,
+            tokens::TokensApi,
         ),
         "trainyard",
         env!("CARGO_PKG_VERSION"),
@@ -101,23 +108,46 @@ pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
     .server(server_url)
 }
 
-/// The OpenAPI document as committed under `openapi/` (stable server URL).
+/// The generated document with the security this process enforces declared on it.
+pub fn document(server_url: &str, policy: auth::Policy) -> String {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&openapi_service(server_url).spec()).expect("poem-openapi emits JSON");
+    auth::declare_security(&mut doc, policy);
+    serde_json::to_string_pretty(&doc).expect("a JSON value serializes")
+}
+
+/// The OpenAPI document as committed under `openapi/` (stable server URL; tokens required,
+/// inference by token: what a non-loopback `serve` enforces by default).
 pub fn openapi_json() -> String {
-    openapi_service("http://127.0.0.1:8322").spec()
+    document("http://127.0.0.1:8322", auth::Policy::documented())
 }
 
 pub fn app(state: AppState) -> impl Endpoint {
     let api = openapi_service("/");
-    let docs = api.swagger_ui();
-    let spec = api.spec_endpoint();
+    // Swagger UI and /openapi.json show the document this process enforces.
+    let served = document("/", state.gate.policy);
+    let ui_html = api.swagger_ui_html().replacen(&api.spec(), &served, 1);
+    let docs = Route::new().at(
+        "/",
+        poem::endpoint::make_sync(move |_| poem::web::Html(ui_html.clone())),
+    );
+    let spec = poem::endpoint::make_sync(move |_| {
+        Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .body(served.clone())
+    });
     let limit = state.settings.server.max_body_bytes;
+    let gate = state.gate.clone();
+    let cors = auth::cors(&state.settings);
     Route::new()
         .nest("/", api)
         .nest("/docs", docs)
-        .at("/openapi.json", spec)
+        .at("/openapi.json", poem::get(spec))
         .at("/metrics", poem::get(http_telemetry::metrics_endpoint))
         .data(state)
         .around(move |ep, req| guard_body(ep, req, limit))
+        .around(move |ep, req| auth::around(ep, req, gate.clone()))
+        .with_if(cors.is_some(), cors.unwrap_or_default())
         .around(http_telemetry::around)
         .catch_all_error(errors::poem_error_to_json)
 }

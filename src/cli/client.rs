@@ -12,6 +12,30 @@ pub struct Api {
     /// Base URL of the trainyard API.
     #[arg(long, env = "TRAINYARD_URL", default_value = "http://127.0.0.1:8322")]
     pub url: String,
+    /// API token sent as `Authorization: Bearer` (needed unless the server's auth is off).
+    #[arg(long, env = "TRAINYARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Api {
+    /// An HTTP client that sends the token, when there is one, with every request.
+    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    super::exit::exit_error(
+                        super::exit::USAGE,
+                        "the token is not valid header text",
+                    )
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?)
+    }
 }
 
 #[derive(clap::Args)]
@@ -60,6 +84,11 @@ pub async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
         let message = body["error"]["message"].as_str().unwrap_or("no message");
+        let hint = match status {
+            reqwest::StatusCode::UNAUTHORIZED => " (pass a token with --token or TRAINYARD_TOKEN)",
+            reqwest::StatusCode::FORBIDDEN => " (this token's scopes do not allow it)",
+            _ => "",
+        };
         let code = if status == reqwest::StatusCode::NOT_FOUND {
             super::exit::NOT_FOUND
         } else {
@@ -67,7 +96,7 @@ pub async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
         };
         return Err(super::exit::exit_error(
             code,
-            format!("API answered {status}: {message}"),
+            format!("API answered {status}: {message}{hint}"),
         ));
     }
     Ok(body)
@@ -75,7 +104,8 @@ pub async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
 
 /// GET `path` under the API and check the answer; an unreachable server is exit code 5.
 pub async fn get_json(api: &Api, path: &str) -> anyhow::Result<Value> {
-    let response = reqwest::Client::new()
+    let response = api
+        .client()?
         .get(format!("{}{path}", api.url))
         .send()
         .await
@@ -95,7 +125,7 @@ pub fn unreachable(api: &Api, e: reqwest::Error) -> anyhow::Error {
 }
 
 pub async fn build_dataset(args: BuildDatasetArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = args.api.client()?;
     let mut body = json!({
         "name": args.name,
         "selection": {"sources": args.sources},
@@ -212,7 +242,7 @@ pub async fn follow_dataset(api: &Api, dataset_id: &str) -> anyhow::Result<Value
 }
 
 pub async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = args.api.client()?;
     let mut query = vec![("limit", args.limit.to_string())];
     if let Some(k) = args.kind {
         query.push(("kind", k));

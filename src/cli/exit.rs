@@ -12,6 +12,7 @@
 use std::fmt;
 
 pub const FAILED: i32 = 1;
+pub const USAGE: i32 = 2;
 pub const CANCELLED: i32 = 3;
 pub const NOT_FOUND: i32 = 4;
 pub const UNREACHABLE: i32 = 5;

@@ -5,4 +5,5 @@ pub mod exit;
 pub mod follow;
 pub mod import;
 pub mod serve;
+pub mod token;
 pub mod train_client;

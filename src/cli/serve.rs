@@ -80,7 +80,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = args
         .listen
         .unwrap_or_else(|| settings.server.listen.clone());
+    // Auth "auto" decides by the address actually bound.
+    let mut bound = (*settings).clone();
+    bound.server.listen = listen.clone();
+    let settings = std::sync::Arc::new(bound);
     let state = AppState::new(pool.clone(), settings.clone());
+    log_auth_policy(&state, &listen);
     let embedders = state.embedders.clone();
     spawn_pruner(pool.clone(), settings.queue.retention_hours);
     spawn_queue_gauges(&pool, &settings);
@@ -114,6 +119,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .await?;
     Ok(())
+}
+
+/// Says at start-up, loudly when it is off, whether tokens are required.
+fn log_auth_policy(state: &AppState, listen: &str) {
+    let policy = state.gate.policy;
+    if !policy.enabled {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF: every client that reaches {listen} can read, submit, delete, \
+             promote and manage tokens (auth.mode = {:?}; \"auto\" turns it off only for loopback \
+             addresses). Set TRAINYARD_AUTH__MODE=required to require tokens.",
+            state.settings.auth.mode
+        );
+    } else {
+        tracing::info!(
+            inference_public = policy.inference_public,
+            "API tokens required on {listen} (create one with `trainyard token create --name NAME --scopes admin`)"
+        );
+    }
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {

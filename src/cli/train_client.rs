@@ -34,7 +34,7 @@ pub struct TrainArgs {
 }
 
 pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = args.api.client()?;
     let mut hp: Value = match &args.hyperparameters {
         Some(text) => serde_json::from_str(text).context("--hyperparameters is not JSON")?,
         None => json!({}),
