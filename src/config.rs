@@ -73,7 +73,15 @@ pub struct QueueSettings {
     pub max_attempts: i32,
     pub retry_base_secs: f64,
     pub retry_max_secs: f64,
+    /// After SIGTERM a worker takes no new jobs and gives running ones this long to finish;
+    /// then it hands what is left back to the queue and exits 0.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: f64,
     pub retention_hours: f64,
+}
+
+fn default_shutdown_grace_secs() -> f64 {
+    30.0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,6 +342,12 @@ impl Settings {
             return Err(invalid(
                 "queue.retry_base_secs",
                 "need 0 <= retry_base_secs <= retry_max_secs",
+            ));
+        }
+        if !(self.queue.shutdown_grace_secs >= 0.0 && self.queue.shutdown_grace_secs <= 86_400.0) {
+            return Err(invalid(
+                "queue.shutdown_grace_secs",
+                "must be between 0 and 86400 seconds",
             ));
         }
         if self.datasets.embed_batch_size == 0 {

@@ -142,5 +142,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         fetch_batch: args.fetch_batch,
         name_prefix: args.name,
     };
-    run_workers(state, options, shutdown_signal()).await
+    run_workers(state, options, shutdown_signal()).await?;
+    // Every job this process held is finished or handed back: exit now rather than wait for a
+    // training thread still winding down past the grace (dropping the runtime would).
+    crate::telemetry::shutdown();
+    std::process::exit(0)
 }
