@@ -64,12 +64,17 @@ async fn assert_build_exact(db: &TestDb, texts: i64) {
     .await
     .unwrap();
     assert_eq!((rows, distinct), (texts, texts));
-    let (undone, new_sum): (i64, Option<i64>) =
-        sqlx::query_as("SELECT count(*) FILTER (WHERE NOT done), sum(new_count) FROM embed_batches")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!((undone, new_sum), (0, Some(texts)), "no batch counted twice");
+    let (undone, new_sum): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE NOT done), sum(new_count) FROM embed_batches",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (undone, new_sum),
+        (0, Some(texts)),
+        "no batch counted twice"
+    );
     let states = wait_queue_settled(&db.pool, Duration::from_secs(30)).await;
     assert!(
         states.iter().all(|(_, status, _)| status == "Done"),
@@ -113,13 +118,16 @@ async fn sigterm_during_a_build_finishes_running_jobs_and_exits_0() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert!(after <= 2, "{after} jobs finished after SIGTERM with concurrency 2");
-    let states = job_states(&db.pool).await;
-    eprintln!("sigterm during build: jobs after exit {states:?}, finished after the signal {after}");
     assert!(
-        states
-            .iter()
-            .all(|(_, s, _)| s == "Done" || s == "Pending"),
+        after <= 2,
+        "{after} jobs finished after SIGTERM with concurrency 2"
+    );
+    let states = job_states(&db.pool).await;
+    eprintln!(
+        "sigterm during build: jobs after exit {states:?}, finished after the signal {after}"
+    );
+    assert!(
+        states.iter().all(|(_, s, _)| s == "Done" || s == "Pending"),
         "every job done or back in the queue: {states:?}"
     );
     let pending: i64 = states
@@ -127,7 +135,10 @@ async fn sigterm_during_a_build_finishes_running_jobs_and_exits_0() {
         .filter(|(_, s, _)| s == "Pending")
         .map(|r| r.2)
         .sum();
-    assert!(pending > 0, "the build was cut mid-way (nothing left to test otherwise)");
+    assert!(
+        pending > 0,
+        "the build was cut mid-way (nothing left to test otherwise)"
+    );
 
     let _second = spawn_worker_process_with(&db.url, "dataset_build,embed", "second", 2, &[]);
     let d = app.wait_dataset(&id, Duration::from_secs(240)).await;
@@ -165,7 +176,10 @@ async fn sigterm_past_the_grace_hands_the_job_back() {
         .expect("the worker exits after SIGTERM");
     eprintln!("sigterm past the grace: exit {status} after {took:?} (grace 1 s)");
     assert_eq!(status.code(), Some(0));
-    assert!(took < Duration::from_secs(8), "bounded by the grace: {took:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "bounded by the grace: {took:?}"
+    );
     let (job_status, attempts, lock): (String, i32, Option<String>) =
         sqlx::query_as("SELECT status, attempts, lock_by FROM apalis.jobs WHERE id = $1")
             .bind(&held)
@@ -279,7 +293,10 @@ async fn sigterm_during_training_hands_back_and_the_run_resumes() {
         "handed back as it was: pending, no attempt used, unlocked"
     );
     let (_, r) = app.get(&format!("/api/v1/training-runs/{run}")).await;
-    assert_ne!(r["status"], "failed", "an interrupted run is not failed: {r}");
+    assert_ne!(
+        r["status"], "failed",
+        "an interrupted run is not failed: {r}"
+    );
     assert_eq!(stored_epochs(&db.pool, &run).await, vec![1]);
 
     let _second = spawn_worker_process_with(&db.url, "train", "trainer-b", 1, &[]);

@@ -110,9 +110,19 @@ async fn run_one(
     if let Err(JobError::Interrupted) = &result {
         // Hand the job back before apalis records the attempt: its record then matches no row
         // locked by this worker, and the job is pending again with its attempts unchanged.
-        match hand_back(&entry.pool, worker.name(), Some(std::slice::from_ref(&context.id))).await {
-            Ok(n) => tracing::info!(job.id = %context.id, handed_back = n, "job interrupted by shutdown, handed back"),
-            Err(e) => tracing::warn!(job.id = %context.id, "could not hand the job back (heartbeat expiry will): {e}"),
+        match hand_back(
+            &entry.pool,
+            worker.name(),
+            Some(std::slice::from_ref(&context.id)),
+        )
+        .await
+        {
+            Ok(n) => {
+                tracing::info!(job.id = %context.id, handed_back = n, "job interrupted by shutdown, handed back")
+            }
+            Err(e) => {
+                tracing::warn!(job.id = %context.id, "could not hand the job back (heartbeat expiry will): {e}")
+            }
         }
     }
     let outcome = match &result {
@@ -256,8 +266,12 @@ pub async fn run_workers(
     let prefix = format!("{name}-");
     match hand_back(&pool, &prefix, None).await {
         Ok(0) => {}
-        Ok(n) => tracing::warn!(worker = %name, handed_back = n, "jobs still running at the end of the grace were handed back"),
-        Err(e) => tracing::error!(worker = %name, "could not hand back held jobs (heartbeat expiry will): {e}"),
+        Ok(n) => {
+            tracing::warn!(worker = %name, handed_back = n, "jobs still running at the end of the grace were handed back")
+        }
+        Err(e) => {
+            tracing::error!(worker = %name, "could not hand back held jobs (heartbeat expiry will): {e}")
+        }
     }
     tracing::info!(worker = %name, "worker stopped");
     Ok(())

@@ -340,12 +340,10 @@ pub async fn wait_exit(
 
 /// `apalis.jobs` rows by (job_type, status), sorted: the queue's state at a glance.
 pub async fn job_states(pool: &PgPool) -> Vec<(String, String, i64)> {
-    sqlx::query_as(
-        "SELECT job_type, status, count(*) FROM apalis.jobs GROUP BY 1, 2 ORDER BY 1, 2",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
+    sqlx::query_as("SELECT job_type, status, count(*) FROM apalis.jobs GROUP BY 1, 2 ORDER BY 1, 2")
+        .fetch_all(pool)
+        .await
+        .unwrap()
 }
 
 /// Polls until no job is `Queued`/`Running`/`Pending`/retrying, or `timeout` passes; returns
