@@ -11,7 +11,7 @@ use support::*;
 use trainyard_jobs::JobKind;
 
 /// Waits until `worker` (a name prefix) is running a job of `kind` and at least `done` jobs of
-/// that kind are done; returns the database's clock at that moment.
+/// that kind are done.
 async fn wait_running(db: &TestDb, kind: &str, worker: &str, done: i64) {
     let start = Instant::now();
     loop {
