@@ -80,10 +80,6 @@ pub struct QueueSettings {
     pub retention_hours: f64,
 }
 
-fn default_shutdown_grace_secs() -> f64 {
-    30.0
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TieRule {
@@ -113,6 +109,11 @@ pub struct TrainingSettings {
     pub webhook_authorization_env: String,
     /// Seconds between progress writes to `training_runs`.
     pub progress_interval_secs: f64,
+}
+
+/// `queue.shutdown_grace_secs` when a config file predates it.
+fn default_shutdown_grace_secs() -> f64 {
+    30.0
 }
 
 impl Default for TrainingSettings {
