@@ -98,12 +98,16 @@ async fn holder(db: &TestDb, kind: &str) -> Vec<String> {
 
 /// Kills a random worker every `min..max` seconds until `done` says the work is finished (or
 /// `max_kills` were made; then the work finishes in peace). Returns the victims and whether
-/// each held a job of `kind` at the time. Chance alone may spare the worker that runs the job
-/// of `kind`: if the first two kills missed it, the third goes to it.
+/// each held a job of `kind` at the time. So that a fast machine cannot finish before the
+/// chaos starts, the first kill goes to a worker running a job of `kind` as soon as `gate` (a
+/// SQL boolean: some of the work is saved) holds; the random kills follow. Chance may still
+/// spare that worker later: if two random kills in a row miss it, the next goes to it.
+#[allow(clippy::too_many_arguments)]
 async fn kill_until<F, Fut>(
     chaos: &mut Chaos,
     db: &TestDb,
     kind: &str,
+    gate: &str,
     (min, max): (f64, f64),
     max_kills: usize,
     timeout: Duration,
@@ -115,7 +119,25 @@ where
 {
     let start = Instant::now();
     let mut victims = Vec::new();
-    let mut next = start + chaos.pause(min, max);
+    while max_kills > 0 && !done().await {
+        assert!(start.elapsed() < timeout, "the work never started");
+        let holders = holder(db, kind).await;
+        let saved: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(gate.to_string()))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if let (Some(first), true) = (holders.first(), saved) {
+            let victim = chaos.kill_one(Some(first));
+            eprintln!(
+                "chaos: t={:.1}s SIGKILL {victim} (held a {kind} job; first kill)",
+                start.elapsed().as_secs_f64()
+            );
+            victims.push((victim.clone(), holders.contains(&victim)));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut next = Instant::now() + chaos.pause(min, max);
     loop {
         if done().await {
             return victims;
@@ -128,7 +150,8 @@ where
         );
         if victims.len() < max_kills && Instant::now() >= next {
             let holders = holder(db, kind).await;
-            let missed_so_far = victims.len() >= 2 && victims.iter().all(|(_, held)| !held);
+            let missed_so_far =
+                victims.len() >= 2 && victims.iter().rev().take(2).all(|(_, held)| !held);
             let prefer = holders.first().filter(|_| missed_so_far).cloned();
             let victim = chaos.kill_one(prefer.as_deref());
             let held = holders.contains(&victim);
@@ -196,10 +219,12 @@ async fn train_under_chaos(
     let (status, r) = app.post("/api/v1/training-runs", request).await;
     assert_eq!(status, 202, "{r}");
     let run = r["id"].as_str().unwrap().to_string();
+    let gate = format!("SELECT count(*) >= 1 FROM training_epochs WHERE run_id = '{run}'");
     let victims = kill_until(
         chaos,
         db,
         "train",
+        &gate,
         pause,
         max_kills,
         Duration::from_secs(900),
@@ -263,6 +288,11 @@ async fn train_under_chaos(
     assert_eq!(versions, 1, "one model version per run");
     let hits = victims.iter().filter(|(_, held)| *held).count();
     assert!(hits >= 1, "no kill hit the training worker: {victims:?}");
+    // The first kill came after epoch 1 was stored: every later attempt starts from a checkpoint.
+    assert!(
+        r["resumed_from"].as_i64().is_some_and(|e| e >= 1),
+        "the run resumed from a checkpoint: {r}"
+    );
     eprintln!(
         "chaos {name}: finished in {:.1}s, {} kills ({hits} of the training worker), resumed_from {}, epochs {stored:?}, test macro-F1 {f1:.3}",
         started.elapsed().as_secs_f64(),
@@ -298,6 +328,7 @@ async fn random_sigkills_during_build_head_and_finetune() {
         &mut chaos,
         &db,
         "embed",
+        "SELECT count(*) >= 1 FROM apalis.jobs WHERE job_type = 'embed' AND status = 'Done'",
         (2.0, 4.0),
         usize::MAX,
         Duration::from_secs(600),
