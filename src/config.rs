@@ -75,6 +75,10 @@ pub struct QueueSettings {
     pub max_attempts: i32,
     pub retry_base_secs: f64,
     pub retry_max_secs: f64,
+    /// After SIGTERM a worker takes no new jobs and gives running ones this long to finish;
+    /// then it hands what is left back to the queue and exits 0.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: f64,
     pub retention_hours: f64,
 }
 
@@ -164,6 +168,11 @@ pub struct TrainingSettings {
     pub webhook_authorization_env: String,
     /// Seconds between progress writes to `training_runs`.
     pub progress_interval_secs: f64,
+}
+
+/// `queue.shutdown_grace_secs` when a config file predates it.
+fn default_shutdown_grace_secs() -> f64 {
+    30.0
 }
 
 impl Default for TrainingSettings {
@@ -423,6 +432,12 @@ impl Settings {
             return Err(invalid(
                 "queue.retry_base_secs",
                 "need 0 <= retry_base_secs <= retry_max_secs",
+            ));
+        }
+        if !(self.queue.shutdown_grace_secs >= 0.0 && self.queue.shutdown_grace_secs <= 86_400.0) {
+            return Err(invalid(
+                "queue.shutdown_grace_secs",
+                "must be between 0 and 86400 seconds",
             ));
         }
         if self.datasets.embed_batch_size == 0 {

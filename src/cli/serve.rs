@@ -165,5 +165,15 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         fetch_batch: args.fetch_batch,
         name_prefix: args.name,
     };
-    run_workers(state, options, shutdown_signal()).await
+    run_workers(state, options, shutdown_signal()).await?;
+    // Every job this process held is finished or handed back: exit now rather than wait for a
+    // model thread still busy past the grace (dropping the runtime would). `_exit`, not `exit`:
+    // libtorch's static destructors must not run under a thread that is still using it (seen:
+    // a model load failing mid-teardown, and its job failing the dataset after the hand-back).
+    crate::telemetry::shutdown();
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: ends the process at once; nothing after this point needs to run.
+    unsafe { libc::_exit(0) }
 }

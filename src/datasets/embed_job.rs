@@ -109,6 +109,7 @@ pub async fn run_embed(
         id: job_id.to_string(),
         kind: trainyard_jobs::JobKind::Embed,
         pool: pool.clone(),
+        stopping: Default::default(),
     };
     let mut by_index: std::collections::HashMap<usize, Vec<f32>> =
         std::collections::HashMap::with_capacity(todo.len());

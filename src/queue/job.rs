@@ -1,5 +1,8 @@
-//! What the queue hands a job handler: the job's context (id, kind, pool) and the typed error
-//! that tells the queue whether to retry the job or stop it.
+//! What the queue hands a job handler: the job's context (id, kind, pool, whether its worker
+//! is stopping) and the typed error that tells the queue whether to retry the job or stop it.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use sqlx::PgPool;
 use trainyard_jobs::JobKind;
 
@@ -14,6 +17,25 @@ pub enum JobError {
     Fatal(String),
     #[error("cancelled")]
     Cancelled,
+    /// The worker is shutting down: the job stopped at a safe point and goes back to its queue
+    /// as it was (no attempt is used up); the next attempt continues from what was saved.
+    #[error("interrupted: the worker is shutting down")]
+    Interrupted,
+}
+
+/// Set once when the worker process that runs a job starts shutting down (SIGTERM): long jobs
+/// check it at their checkpoints and hand the job back with [`JobError::Interrupted`].
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 impl From<sqlx::Error> for JobError {
@@ -29,12 +51,14 @@ impl From<QueueError> for JobError {
     }
 }
 
-/// The job being run: its id and kind, and the pool its queue lives in.
+/// The job being run: its id and kind, the pool its queue lives in, and whether the worker
+/// running it is stopping.
 #[derive(Debug, Clone)]
 pub struct JobContext {
     pub id: String,
     pub kind: JobKind,
     pub pool: PgPool,
+    pub stopping: StopFlag,
 }
 
 impl JobContext {
@@ -43,9 +67,11 @@ impl JobContext {
         super::cancel_requested(&self.pool, &self.id).await
     }
 
-    /// Whether this failure ends the job: fatal, cancelled, or its last attempt.
+    /// Whether this failure ends the job: fatal, cancelled, or its last attempt. An interrupted
+    /// job never ends: it is handed back.
     pub async fn is_last_attempt(&self, error: &JobError) -> bool {
         match error {
+            JobError::Interrupted => false,
             JobError::Cancelled | JobError::Fatal(_) => true,
             JobError::Retryable(_) => {
                 // apalis.jobs.attempts counts the attempts before this one.

@@ -9,7 +9,7 @@ pub mod gauges;
 pub mod job;
 pub mod worker;
 
-pub use job::{JobContext, JobError};
+pub use job::{JobContext, JobError, StopFlag};
 
 use apalis::prelude::{TaskBuilder, TaskId};
 use chrono::{DateTime, Utc};

@@ -5,6 +5,12 @@
 //! Each process gets a unique name (host, pid, random suffix) so that a restarted worker never
 //! inherits a dead one's identity; apalis hands a dead worker's jobs to others after
 //! `heartbeat_secs × missed_heartbeats`.
+//!
+//! Shutdown (SIGTERM): apalis stops fetching and puts the jobs it had fetched but not started
+//! back; every running job's [`StopFlag`] is set, so a long job (training) stops at its next
+//! safe point and returns [`JobError::Interrupted`], which hands its row back to the queue
+//! as it was (`Pending`, no attempt used). Jobs still running after `shutdown_grace_secs` are
+//! handed back the same way by SQL, and the process exits: nothing it held stays `Running`.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +21,7 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 use trainyard_jobs::JobKind;
 
-use super::job::{JobContext, JobError};
+use super::job::{JobContext, JobError, StopFlag};
 use crate::config::QueueSettings;
 
 /// What a handler returns: the job's result (stored by apalis) or how it failed.
@@ -34,6 +40,7 @@ struct QueueEntry {
     kind: JobKind,
     pool: PgPool,
     handler: JobHandler,
+    stopping: StopFlag,
 }
 
 fn into_apalis(
@@ -42,9 +49,33 @@ fn into_apalis(
     match result {
         Ok(value) => Ok(value),
         Err(JobError::Retryable(message)) => Err(message.into()),
+        // Already handed back (see `hand_back`): apalis's record of this attempt matches no
+        // row locked by this worker and changes nothing.
+        Err(e @ JobError::Interrupted) => Err(e.to_string().into()),
         Err(JobError::Fatal(message)) => Err(Box::new(AbortError::new(message))),
         Err(JobError::Cancelled) => Err(Box::new(AbortError::new("cancelled"))),
     }
+}
+
+/// Puts jobs this worker holds back in their queue as they were before it took them: pending,
+/// runnable now, the attempt not counted. `jobs` = None: every job whose lock is held by an
+/// apalis worker named `lock_prefix…`; otherwise only those ids. Returns how many went back.
+async fn hand_back(
+    pool: &PgPool,
+    lock_prefix: &str,
+    jobs: Option<&[String]>,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL,
+                run_at = now(), last_result = '{\"Err\": \"handed back: the worker shut down\"}'::jsonb
+         WHERE status IN ('Queued', 'Running') AND left(lock_by, length($1)) = $1
+           AND ($2::text[] IS NULL OR id = ANY($2))",
+    )
+    .bind(lock_prefix)
+    .bind(jobs)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 async fn run_one(
@@ -52,12 +83,14 @@ async fn run_one(
     id: TaskId,
     metadata: MetadataStore,
     entry: Data<QueueEntry>,
+    worker: WorkerContext,
 ) -> Result<serde_json::Value, BoxDynError> {
     use tracing::Instrument;
     let context = JobContext {
         id: id.to_string(),
         kind: entry.kind,
         pool: entry.pool.clone(),
+        stopping: entry.stopping.clone(),
     };
     let queue = entry.kind.queue();
     // Every log line inside carries the job's id and kind; the span continues the trace of
@@ -74,8 +107,27 @@ async fn run_one(
     let result = (entry.handler)(context.clone(), args)
         .instrument(span)
         .await;
+    if let Err(JobError::Interrupted) = &result {
+        // Hand the job back before apalis records the attempt: its record then matches no row
+        // locked by this worker, and the job is pending again with its attempts unchanged.
+        match hand_back(
+            &entry.pool,
+            worker.name(),
+            Some(std::slice::from_ref(&context.id)),
+        )
+        .await
+        {
+            Ok(n) => {
+                tracing::info!(job.id = %context.id, handed_back = n, "job interrupted by shutdown, handed back")
+            }
+            Err(e) => {
+                tracing::warn!(job.id = %context.id, "could not hand the job back (heartbeat expiry will): {e}")
+            }
+        }
+    }
     let outcome = match &result {
         Ok(_) => "succeeded",
+        Err(JobError::Interrupted) => "interrupted",
         Err(JobError::Cancelled) => "cancelled",
         Err(JobError::Fatal(_)) => "failed",
         Err(e) if context.is_last_attempt(e).await => "failed",
@@ -139,8 +191,10 @@ pub async fn publish_retry_policy(
     Ok(())
 }
 
-/// Runs one apalis worker per queue in `options.queues` until `shutdown` resolves, then lets
-/// running jobs finish (up to 30 s). Every queue must have a handler in `handlers`.
+/// Runs one apalis worker per queue in `options.queues` until `shutdown` resolves; then takes
+/// no new jobs, asks running ones to stop at a safe point, lets them finish for up to
+/// `settings.shutdown_grace_secs`, and hands back whatever is still held. Every queue must have
+/// a handler in `handlers`.
 pub async fn run_workers(
     pool: PgPool,
     settings: QueueSettings,
@@ -157,7 +211,9 @@ pub async fn run_workers(
     // A worker whose backend fails (Postgres restarted, network cut) is restarted under a new
     // name after a short, growing pause, so a database restart never needs a worker restart.
     let watched = pool.clone();
-    let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(30)).should_restart(move |worker, error| {
+    let grace = Duration::from_secs_f64(settings.shutdown_grace_secs.max(0.0));
+    let stopping = StopFlag::default();
+    let mut monitor = Monitor::new().shutdown_timeout(grace).should_restart(move |worker, error| {
         if watched.is_closed() {
             // The process is closing its pool: nothing to restart for.
             return false;
@@ -177,6 +233,7 @@ pub async fn run_workers(
             kind,
             pool: pool.clone(),
             handler,
+            stopping: stopping.clone(),
         };
         let worker_name = format!("{name}-{}", kind.queue());
         let config = pg_config(&settings, kind, fetch_batch);
@@ -193,7 +250,29 @@ pub async fn run_workers(
                 .build(run_one)
         });
     }
-    monitor.run_with_signal(shutdown).await?;
+    let signal = {
+        let stopping = stopping.clone();
+        let name = name.clone();
+        async move {
+            let result = shutdown.await;
+            stopping.set();
+            tracing::info!(worker = %name, grace_secs = grace.as_secs_f64(), "shutting down: no new jobs; running jobs asked to stop");
+            result
+        }
+    };
+    monitor.run_with_signal(signal).await?;
+    // Past the grace (or a job whose record apalis could not write): whatever this process's
+    // apalis workers still hold goes back to its queue now, not after the heartbeat window.
+    let prefix = format!("{name}-");
+    match hand_back(&pool, &prefix, None).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::warn!(worker = %name, handed_back = n, "jobs still running at the end of the grace were handed back")
+        }
+        Err(e) => {
+            tracing::error!(worker = %name, "could not hand back held jobs (heartbeat expiry will): {e}")
+        }
+    }
     tracing::info!(worker = %name, "worker stopped");
     Ok(())
 }

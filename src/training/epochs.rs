@@ -14,7 +14,7 @@ use super::webhook::Telemetry;
 use crate::ml::classifier::ClassifierSpec;
 use crate::ml::trainer::{EarlyStoppingMetric, Hyperparameters, SplitData, TrainError, Trainer};
 use crate::queue;
-use crate::queue::JobError;
+use crate::queue::{JobError, StopFlag};
 
 /// Shared between the training thread and the async progress writer.
 #[derive(Default)]
@@ -24,6 +24,8 @@ pub(super) struct Progress {
     pub(super) epoch: AtomicU32,
     pub(super) samples_per_sec_bits: AtomicU64,
     pub(super) cancel: AtomicBool,
+    /// The worker is shutting down: stop at the next step and hand the job back.
+    pub(super) interrupt: AtomicBool,
     pub(super) finished: AtomicBool,
 }
 
@@ -69,13 +71,15 @@ pub(super) async fn load_checkpoint(
     }))
 }
 
-/// Writes step/epoch/throughput to the run every `interval` and picks up cancellation.
+/// Writes step/epoch/throughput to the run every `interval` and picks up cancellation and the
+/// worker's shutdown.
 pub(super) async fn write_progress(
     pool: PgPool,
     run_id: Uuid,
     job_id: String,
     progress: Arc<Progress>,
     interval: Duration,
+    stopping: StopFlag,
 ) {
     let mut last = (u64::MAX, u32::MAX, u64::MAX);
     loop {
@@ -109,6 +113,9 @@ pub(super) async fn write_progress(
         }
         if finished {
             return;
+        }
+        if stopping.is_set() {
+            progress.interrupt.store(true, Ordering::SeqCst);
         }
         if let Ok(true) = queue::cancel_requested(&pool, &job_id).await {
             progress.cancel.store(true, Ordering::SeqCst);
@@ -200,6 +207,10 @@ pub(super) fn train_blocking(
         if stopped_early(&best) {
             break;
         }
+        // Shutting down between epochs: the last one is saved, the next attempt starts here.
+        if ctx.progress.interrupt.load(Ordering::SeqCst) {
+            return Err(JobError::Interrupted);
+        }
         ctx.progress.epoch.store(epoch, Ordering::Relaxed);
         let epoch_span = tracing::info_span!(
             parent: &ctx.span,
@@ -231,8 +242,18 @@ pub(super) fn train_blocking(
                     );
                 }
                 !progress.cancel.load(Ordering::Relaxed)
+                    && !progress.interrupt.load(Ordering::Relaxed)
             })
-            .map_err(to_job_error)?;
+            .map_err(|e| match e {
+                // Stopped for the worker's shutdown, not by a user: hand the job back.
+                TrainError::Cancelled
+                    if !progress.cancel.load(Ordering::SeqCst)
+                        && progress.interrupt.load(Ordering::SeqCst) =>
+                {
+                    JobError::Interrupted
+                }
+                e => to_job_error(e),
+            })?;
         let (scores, val_loss) = trainer.evaluate(&val_split).map_err(to_job_error)?;
         let thresholds = tune_thresholds(&scores, &validation.targets, 0.5);
         let metrics = evaluate(&labels, &scores, &validation.targets, &thresholds);

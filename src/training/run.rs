@@ -5,7 +5,8 @@
 //! Resume: the checkpoint row holds the last completed epoch's weights and optimizer state and
 //! the best weights so far; a re-run job (its worker was killed) continues after that epoch.
 //! Epoch rows are keyed (run, epoch) and inserted with the checkpoint in one transaction, so
-//! the metrics series never holds an epoch twice.
+//! the metrics series never holds an epoch twice. A worker that shuts down (SIGTERM) stops the
+//! run at its next step and hands the job back; the next attempt resumes the same way.
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::datasets::store;
 use crate::ml::classifier::ClassifierSpec;
 use crate::ml::text_encoder::pick_device;
 use crate::queue;
-use crate::queue::{JobContext, JobError};
+use crate::queue::{JobContext, JobError, StopFlag};
 use crate::worker_state::WorkerState;
 
 /// The `train` handler: trains, and records the failure on the run (failed or cancelled when
@@ -35,7 +36,7 @@ pub async fn handle_train(
     args: TrainArgs,
 ) -> Result<serde_json::Value, JobError> {
     tracing::info!(job = %ctx.id, run = %args.run_id, "train started");
-    let result = run_training(state, &ctx.id, &args).await;
+    let result = run_training(state, &ctx.id, &args, &ctx.stopping).await;
     if let Err(e) = &result {
         tracing::warn!(job = %ctx.id, run = %args.run_id, error = %e, "train failed");
         let last = ctx.is_last_attempt(e).await;
@@ -48,10 +49,14 @@ pub async fn run_training(
     state: &WorkerState,
     job_id: &str,
     args: &TrainArgs,
+    stopping: &StopFlag,
 ) -> Result<serde_json::Value, JobError> {
     let pool = &state.pool;
     if queue::cancel_requested(pool, job_id).await? {
         return Err(JobError::Cancelled);
+    }
+    if stopping.is_set() {
+        return Err(JobError::Interrupted);
     }
     let Some(run) = load_run(pool, args.run_id).await? else {
         return Err(JobError::Fatal(format!(
@@ -133,6 +138,7 @@ pub async fn run_training(
         job_id.to_string(),
         progress.clone(),
         Duration::from_secs_f64(state.settings.training.progress_interval_secs.max(0.05)),
+        stopping.clone(),
     ));
 
     let context = BlockingContext {

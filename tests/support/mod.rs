@@ -272,3 +272,194 @@ pub fn labelled_docs(source: &str, texts: &[String]) -> (Value, Value) {
         .collect();
     (json!({"documents": docs}), json!({"annotations": anns}))
 }
+
+// ---- Worker faults (SIGKILL chaos, SIGTERM): real worker processes with chosen settings. ----
+
+/// A real `trainyard worker` process on `queues` with the test timings of
+/// [`spawn_worker_process_on`], plus `env` (e.g. `TRAINYARD_QUEUE__SHUTDOWN_GRACE_SECS`),
+/// which overrides them.
+pub fn spawn_worker_process_with(
+    url: &str,
+    queues: &str,
+    name: &str,
+    concurrency: usize,
+    env: &[(&str, &str)],
+) -> KillOnDrop {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trainyard"));
+    command
+        .args([
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            &concurrency.to_string(),
+            "--name",
+            name,
+        ])
+        .env("DATABASE_URL", url)
+        .env("TRAINYARD_QUEUE__HEARTBEAT_SECS", "1")
+        .env("TRAINYARD_QUEUE__MISSED_HEARTBEATS", "3")
+        .env("TRAINYARD_QUEUE__POLL_INTERVAL_MS", "200")
+        .env("TRAINYARD_QUEUE__RETRY_BASE_SECS", "0.2")
+        .env("TRAINYARD_QUEUE__MAX_ATTEMPTS", "3")
+        .env("TRAINYARD_DATASETS__EMBED_BATCH_SIZE", "16")
+        .env("TRAINYARD_LOCAL_MODEL__THREADS", "1")
+        .env("TRAINYARD_TRAINING__THREADS", "2")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    KillOnDrop(command.spawn().expect("spawn trainyard worker"))
+}
+
+/// Sends SIGTERM (a polite stop, as an orchestrator does) to a child process.
+pub fn sigterm(child: &Child) {
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill(SIGTERM) failed");
+}
+
+/// Waits for a child to exit, up to `timeout`: its exit status and how long it took, or None.
+pub async fn wait_exit(
+    child: &mut Child,
+    timeout: Duration,
+) -> Option<(std::process::ExitStatus, Duration)> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some((status, start.elapsed()));
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `apalis.jobs` rows by (job_type, status), sorted: the queue's state at a glance.
+pub async fn job_states(pool: &PgPool) -> Vec<(String, String, i64)> {
+    sqlx::query_as("SELECT job_type, status, count(*) FROM apalis.jobs GROUP BY 1, 2 ORDER BY 1, 2")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Polls until no job is `Queued`/`Running`/`Pending`/retrying, or `timeout` passes; returns
+/// the final states (apalis writes a job's end just after its handler returns).
+pub async fn wait_queue_settled(pool: &PgPool, timeout: Duration) -> Vec<(String, String, i64)> {
+    let start = Instant::now();
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM apalis.jobs WHERE status IN ('Pending', 'Queued', 'Running')
+                OR (status = 'Failed' AND attempts < max_attempts)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if open == 0 || start.elapsed() > timeout {
+            return job_states(pool).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `n` documents of `source` whose `spam` label follows the text (every third one carries a
+/// spam phrase), so that a classifier can learn it and F1 means something.
+pub fn spam_docs(source: &str, n: usize) -> (Value, Value) {
+    const SPAM: [&str; 6] = [
+        "win a free prize now, click the link",
+        "claim your cash reward today, limited offer",
+        "cheap pills, no prescription, order now",
+        "you have been selected for a lottery payout",
+        "urgent: verify your bank account to unlock funds",
+        "earn money fast from home, guaranteed income",
+    ];
+    let plain = sentences(n, source);
+    let texts: Vec<String> = plain
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if i % 3 == 0 {
+                format!("{} {t}", SPAM[i % SPAM.len()])
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    labelled_docs(source, &texts)
+}
+
+/// Runs a worker on the given queues inside this process until the returned sender is dropped.
+pub fn spawn_inprocess_worker_on(
+    app: &TestApp,
+    queues: &[JobKind],
+    concurrency: usize,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let state = WorkerState {
+        pool: app.state.pool.clone(),
+        settings: app.state.settings.clone(),
+        embedders: app.state.embedders.clone(),
+    };
+    let options = WorkerOptions {
+        queues: queues.to_vec(),
+        concurrency,
+        fetch_batch: None,
+        name_prefix: Some("test".into()),
+    };
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.await;
+            Ok(())
+        };
+        run_workers(state, options, shutdown).await.unwrap();
+    });
+    tx
+}
+
+/// Creates a binary `spam` dataset of `source` through the API; returns its id.
+pub async fn start_spam_dataset(app: &TestApp, name: &str, source: &str) -> String {
+    let (status, d) = app
+        .post(
+            "/api/v1/datasets",
+            json!({"name": name, "selection": {"sources": [source]},
+                   "label_schema": {"type": "binary", "labels": ["spam"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    d["id"].as_str().unwrap().to_string()
+}
+
+/// Imports [`spam_docs`] of `source` through the API.
+pub async fn import_spam_docs(app: &TestApp, source: &str, n: usize) {
+    let (docs, anns) = spam_docs(source, n);
+    assert_eq!(app.post("/api/v1/documents", docs).await.0, 200);
+    assert_eq!(app.post("/api/v1/annotations", anns).await.0, 200);
+}
+
+/// Polls a training run until it ends or `timeout` passes.
+pub async fn wait_training_run(app: &TestApp, id: &str, timeout: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let (_, r) = app.get(&format!("/api/v1/training-runs/{id}")).await;
+        if matches!(
+            r["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) || start.elapsed() > timeout
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Epoch numbers stored for a run, in order (`training_epochs`, keyed by run and epoch).
+pub async fn stored_epochs(pool: &PgPool, run: &str) -> Vec<i32> {
+    sqlx::query_scalar("SELECT epoch FROM training_epochs WHERE run_id = $1::uuid ORDER BY epoch")
+        .bind(run)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
