@@ -61,6 +61,14 @@ pub struct ServerSettings {
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
+    /// How long a query waits for a pooled connection (or for a new one while Postgres is
+    /// unreachable) before the request is answered 503.
+    #[serde(default = "default_acquire_timeout_secs")]
+    pub acquire_timeout_secs: f64,
+}
+
+fn default_acquire_timeout_secs() -> f64 {
+    2.0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -312,6 +320,17 @@ impl Settings {
         }
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be > 0"));
+        }
+        if !(self.database.acquire_timeout_secs >= 0.05
+            && self.database.acquire_timeout_secs <= 3600.0)
+        {
+            return Err(invalid(
+                "database.acquire_timeout_secs",
+                "must be between 0.05 and 3600 seconds",
+            ));
         }
         if !self.database.url.starts_with("postgres") {
             return Err(invalid("database.url", "must be a postgres:// URL"));
