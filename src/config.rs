@@ -442,4 +442,39 @@ mod tests {
         let err = Settings::load(&dir).unwrap_err().to_string();
         assert!(err.contains("tie_rule"), "{err}");
     }
+
+    #[test]
+    fn acquire_timeout_is_read_bounded_and_defaulted() {
+        let shipped = Settings::load(&Settings::default_dir()).unwrap();
+        assert_eq!(shipped.database.acquire_timeout_secs, 2.0);
+        let dir = std::env::temp_dir().join(format!("ty-config-db-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_config(&dir, "");
+        let text = std::fs::read_to_string(dir.join("trainyard.toml")).unwrap();
+        let with = |line: &str| text.replace("acquire_timeout_secs = 2.0", line);
+        std::fs::write(
+            dir.join("trainyard.toml"),
+            with("acquire_timeout_secs = 0.5"),
+        )
+        .unwrap();
+        assert_eq!(
+            Settings::load(&dir).unwrap().database.acquire_timeout_secs,
+            0.5
+        );
+        // An older config file without the key gets the default.
+        std::fs::write(dir.join("trainyard.toml"), with("")).unwrap();
+        assert_eq!(
+            Settings::load(&dir).unwrap().database.acquire_timeout_secs,
+            2.0
+        );
+        for bad in ["acquire_timeout_secs = 0.0", "acquire_timeout_secs = -1.0"] {
+            std::fs::write(dir.join("trainyard.toml"), with(bad)).unwrap();
+            let err = Settings::load(&dir).unwrap_err().to_string();
+            assert!(
+                err.contains("database.acquire_timeout_secs"),
+                "{bad}: {err}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
