@@ -1,7 +1,8 @@
 //! Hot reload across processes: two `trainyard serve` processes behind one (private) Postgres,
 //! under steady `/predict` load, both swap to each promoted version; Postgres is restarted
 //! under the same load (the models keep answering from memory) and both processes pick up the
-//! next promotions over their reconnected LISTEN connections. Not one request may fail.
+//! next promotions over their reconnected LISTEN connections; a corrupt version is reported
+//! by both while they keep serving the one they had. Not one request may fail.
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -231,6 +232,33 @@ async fn two_servers_swap_and_survive_a_postgres_restart() {
         ));
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    // A version that cannot load (corrupt weights) is reported by both processes, each of
+    // which keeps serving the version it had.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO model_versions (name, version, spec, embedding_model, thresholds, metrics, weights)
+         SELECT name, 4, spec, embedding_model, thresholds, metrics, '\\x00'::bytea FROM model_versions
+         WHERE name = 'moderation' AND version = 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_eq!(promote(&a, 4).await.status, 200);
+    let start = Instant::now();
+    for api in [&a, &b] {
+        loop {
+            let m = api.get("/api/v1/models").await;
+            let model = m.body.as_array().and_then(|m| m.first()).cloned();
+            if let Some(model) = model.filter(|m| m["load_error"].is_string()) {
+                assert_eq!(model["loaded_version"], 2, "{model}");
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{m:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
