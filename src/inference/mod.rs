@@ -8,7 +8,10 @@
 //! the old version's threads stop when its last request drops it.
 //!
 //! Announcements arrive by LISTEN on `registry::CHANNEL`; a poll every
-//! `inference.reload_poll_secs` catches any missed while the connection was down.
+//! `inference.reload_poll_secs` catches any missed while the connection was down, and so does
+//! a read of the registry each time the listener reconnects. While Postgres is away the loaded
+//! models keep answering from memory; a version that could not be read because the database
+//! was unavailable is tried again at the next sync, not recorded as broken.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
