@@ -63,6 +63,14 @@ pub struct ServerSettings {
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
+    /// How long a query waits for a pooled connection (or for a new one while Postgres is
+    /// unreachable) before the request is answered 503.
+    #[serde(default = "default_acquire_timeout_secs")]
+    pub acquire_timeout_secs: f64,
+}
+
+fn default_acquire_timeout_secs() -> f64 {
+    2.0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -411,6 +419,17 @@ impl Settings {
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be > 0"));
+        }
+        if !(self.database.acquire_timeout_secs >= 0.05
+            && self.database.acquire_timeout_secs <= 3600.0)
+        {
+            return Err(invalid(
+                "database.acquire_timeout_secs",
+                "must be between 0.05 and 3600 seconds",
+            ));
+        }
         if !self.database.url.starts_with("postgres") {
             return Err(invalid("database.url", "must be a postgres:// URL"));
         }
@@ -526,5 +545,40 @@ mod tests {
         .unwrap();
         let err = Settings::load(&dir).unwrap_err().to_string();
         assert!(err.contains("tie_rule"), "{err}");
+    }
+
+    #[test]
+    fn acquire_timeout_is_read_bounded_and_defaulted() {
+        let shipped = Settings::load(&Settings::default_dir()).unwrap();
+        assert_eq!(shipped.database.acquire_timeout_secs, 2.0);
+        let dir = std::env::temp_dir().join(format!("ty-config-db-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_config(&dir, "");
+        let text = std::fs::read_to_string(dir.join("trainyard.toml")).unwrap();
+        let with = |line: &str| text.replace("acquire_timeout_secs = 2.0", line);
+        std::fs::write(
+            dir.join("trainyard.toml"),
+            with("acquire_timeout_secs = 0.5"),
+        )
+        .unwrap();
+        assert_eq!(
+            Settings::load(&dir).unwrap().database.acquire_timeout_secs,
+            0.5
+        );
+        // An older config file without the key gets the default.
+        std::fs::write(dir.join("trainyard.toml"), with("")).unwrap();
+        assert_eq!(
+            Settings::load(&dir).unwrap().database.acquire_timeout_secs,
+            2.0
+        );
+        for bad in ["acquire_timeout_secs = 0.0", "acquire_timeout_secs = -1.0"] {
+            std::fs::write(dir.join("trainyard.toml"), with(bad)).unwrap();
+            let err = Settings::load(&dir).unwrap_err().to_string();
+            assert!(
+                err.contains("database.acquire_timeout_secs"),
+                "{bad}: {err}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -9,6 +9,12 @@ use crate::config::DatabaseSettings;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects lazily-retrying: a pool reconnects by itself after Postgres restarts.
+///
+/// Every wait for a connection is bounded by `database.acquire_timeout_secs`: while Postgres
+/// is down the pool keeps trying to connect (backing off) until then and gives up with
+/// `PoolTimedOut`, which the API answers 503; the same bound applies when every pooled
+/// connection is busy. Idle connections are checked before use, so the ones that died with a
+/// restarted server are replaced instead of failing a request.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = settings
         .url
@@ -16,7 +22,7 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .map_err(|e| anyhow::anyhow!("database.url is not a valid Postgres URL: {e}"))?;
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs_f64(settings.acquire_timeout_secs))
         .test_before_acquire(true)
         .connect_with(options)
         .await
@@ -47,4 +53,57 @@ pub async fn migration_state(pool: &PgPool) -> anyhow::Result<(usize, usize)> {
         .await
         .unwrap_or(0);
     Ok((applied as usize, known))
+}
+
+/// Whether an error means "the database is not reachable right now" (down, restarting, every
+/// connection busy, the connection cut) rather than a fault in the query or the data: such
+/// errors are worth retrying later and are answered 503, not 500.
+///
+/// SQLSTATE class 08 is a connection exception; 57P01/57P02/57P03 are a server shutting down
+/// (`terminating connection due to administrator command`), crashing, or still starting;
+/// 53300 is too many connections.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        // The server closed the socket mid-message (sqlx reports some of these as protocol
+        // errors rather than I/O errors).
+        sqlx::Error::Protocol(message) => {
+            let m = message.to_ascii_lowercase();
+            m.contains("eof") || m.contains("connection") || m.contains("closed")
+        }
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_unavailable_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+fn is_unavailable_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_faults_are_unavailable_and_query_faults_are_not() {
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        ))));
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+        assert!(!is_unavailable(&sqlx::Error::Protocol(
+            "unknown message type".into()
+        )));
+        for code in ["08006", "08001", "57P01", "57P02", "57P03", "53300"] {
+            assert!(is_unavailable_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42P01", "57014", "40001"] {
+            assert!(!is_unavailable_sqlstate(code), "{code}");
+        }
+    }
 }

@@ -107,13 +107,23 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!("database unavailable: {e}");
-                ApiError::unavailable("the database is not reachable right now; retry shortly")
-            }
-            _ => ApiError::internal(e),
+        if crate::db::is_unavailable(&e) {
+            // Down, restarting, connection cut, or every pooled connection busy: the request
+            // may succeed if retried, so 503 (logged as a warning, not as a server fault).
+            tracing::warn!("database unavailable: {e}");
+            let message = if matches!(e, sqlx::Error::PoolTimedOut) {
+                "the database did not answer in time (unreachable, or every connection is busy); retry shortly"
+            } else {
+                "the database connection failed (the server is down or restarting); retry shortly"
+            };
+            return ApiError::Unavailable(body(
+                "database_unavailable",
+                "server_error",
+                message,
+                None,
+            ));
         }
+        ApiError::internal(e)
     }
 }
 

@@ -8,7 +8,10 @@
 //! the old version's threads stop when its last request drops it.
 //!
 //! Announcements arrive by LISTEN on `registry::CHANNEL`; a poll every
-//! `inference.reload_poll_secs` catches any missed while the connection was down.
+//! `inference.reload_poll_secs` catches any missed while the connection was down, and so does
+//! a read of the registry each time the listener reconnects. While Postgres is away the loaded
+//! models keep answering from memory; a version that could not be read because the database
+//! was unavailable is tried again at the next sync, not recorded as broken.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,6 +77,19 @@ pub struct ModelStatus {
     pub error: Option<String>,
 }
 
+/// Why a version did not load: a fault of the version (kept as its load failure, never
+/// retried) or of the database (retried at the next sync).
+enum LoadError {
+    Broken(String),
+    DatabaseUnavailable(String),
+}
+
+impl From<String> for LoadError {
+    fn from(message: String) -> Self {
+        LoadError::Broken(message)
+    }
+}
+
 pub struct ModelServer {
     pool: PgPool,
     settings: Arc<Settings>,
@@ -130,9 +146,16 @@ impl ModelServer {
             // Anything announced before LISTEN took effect.
             self.sync().await;
             loop {
-                match listener.recv().await {
-                    Ok(note) => {
+                match listener.try_recv().await {
+                    Ok(Some(note)) => {
                         tracing::info!(payload = note.payload(), "model promotion announced");
+                        self.sync().await;
+                    }
+                    Ok(None) => {
+                        // The connection was lost and the listener has already reconnected
+                        // and listens again: whatever was announced in between is missed,
+                        // so read the registry now rather than at the next poll.
+                        tracing::info!("model announcements: reconnected");
                         self.sync().await;
                     }
                     Err(e) => {
@@ -177,6 +200,14 @@ impl ModelServer {
         }
         tracing::info!(model = name, version, "loading model version");
         match self.build(name, version).await {
+            Err(LoadError::DatabaseUnavailable(e)) => {
+                // Not the version's fault: the next sync (announcement or poll) tries again.
+                tracing::warn!(
+                    model = name,
+                    version,
+                    "model version not loaded yet, the database is unavailable: {e}"
+                );
+            }
             Ok(model) => {
                 let model = Arc::new(model);
                 self.models.rcu(|current| {
@@ -193,7 +224,7 @@ impl ModelServer {
                 m.model_reloads.add(1, &attrs);
                 tracing::info!(model = name, version, "model version now served");
             }
-            Err(e) => {
+            Err(LoadError::Broken(e)) => {
                 tracing::error!(
                     model = name,
                     version,
@@ -209,11 +240,21 @@ impl ModelServer {
         }
     }
 
-    async fn build(&self, name: &str, version: i32) -> Result<LoadedModel, String> {
+    async fn build(&self, name: &str, version: i32) -> Result<LoadedModel, LoadError> {
         let stored = registry::load_version(&self.pool, name, version)
             .await
-            .map_err(|e| format!("database: {e}"))?
+            .map_err(|e| {
+                if crate::db::is_unavailable(&e) {
+                    LoadError::DatabaseUnavailable(e.to_string())
+                } else {
+                    LoadError::Broken(format!("database: {e}"))
+                }
+            })?
             .ok_or_else(|| format!("version {version} of `{name}` does not exist"))?;
+        self.build_from(stored).await.map_err(LoadError::Broken)
+    }
+
+    async fn build_from(&self, stored: registry::StoredVersion) -> Result<LoadedModel, String> {
         let spec: ClassifierSpec =
             serde_json::from_value(stored.spec).map_err(|e| format!("bad spec: {e}"))?;
         let max_tokens = match spec.mode {

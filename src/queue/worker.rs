@@ -218,9 +218,15 @@ pub async fn run_workers(
             // The process is closing its pool: nothing to restart for.
             return false;
         }
-        let pause = Duration::from_millis(500 * (worker.restarts() as u64 + 1).min(10));
+        // The callback is synchronous and runs inside the monitor's future, which polls every
+        // worker of this process: a pause here freezes them all (heartbeats, fetches and their
+        // pending connection attempts). It must stay well under database.acquire_timeout_secs,
+        // or the frozen workers' own attempts time out and they fail in turn, round after
+        // round, long after the database is back (seen with 5 s pauses: minutes). During an
+        // outage the restarts are paced anyway: each new worker waits out the acquire timeout
+        // before it fails; the pause only slows a worker that fails at once.
+        let pause = Duration::from_millis(100 * (worker.restarts() as u64 + 1).min(5));
         tracing::warn!(worker = %worker.name(), restarts = worker.restarts(), ?pause, "worker stopped on error, restarting: {error}");
-        // The callback is synchronous; a blocking pause here only delays this restart.
         std::thread::sleep(pause);
         true
     });

@@ -14,6 +14,9 @@ use trainyard::queue::worker::WorkerOptions;
 use trainyard::worker_state::WorkerState;
 use trainyard_jobs::JobKind;
 
+pub mod private_pg;
+pub mod processes;
+
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 pub struct TestDb {
