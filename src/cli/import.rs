@@ -5,17 +5,18 @@
 //! CSV: a header with `external_id` and any of `title, description, tags, text`; every column
 //! named `label:NAME` holds that label (1/0/true/false; empty = not annotated). `--source`
 //! names the source and `--annotator` the annotator for CSV rows.
-use std::io::BufRead;
+//!
+//! Parsing is `datasets::import_parse` (a pure function). Every bad row is printed on stderr
+//! with its line number and reason; the good rows are imported and the command then exits 1
+//! if any row was bad, or, with `--strict`, nothing is imported when any row is bad.
 use std::path::PathBuf;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
 
-use crate::datasets::documents::{
-    insert_annotations, upsert_documents, NewAnnotation, NewDocument,
-};
+use crate::datasets::documents::{insert_annotations, upsert_documents};
+use crate::datasets::import_parse::{parse_import, ImportFormat};
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
@@ -27,145 +28,9 @@ pub struct ImportArgs {
     /// Annotator for CSV label columns.
     #[arg(long, default_value = "import")]
     pub annotator: String,
-}
-
-#[derive(Deserialize)]
-struct JsonAnnotation {
-    annotator: String,
-    labels: std::collections::BTreeMap<String, bool>,
-    annotated_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Deserialize)]
-struct JsonLine {
-    #[serde(flatten)]
-    document: NewDocument,
-    #[serde(default)]
-    annotations: Vec<JsonAnnotation>,
-}
-
-fn annotations_of(
-    doc: &NewDocument,
-    items: Vec<JsonAnnotation>,
-    now: DateTime<Utc>,
-) -> Vec<NewAnnotation> {
-    items
-        .into_iter()
-        .flat_map(|a| {
-            let at = a.annotated_at.unwrap_or(now);
-            a.labels
-                .into_iter()
-                .map(move |(label, value)| (a.annotator.clone(), label, value, at))
-        })
-        .map(|(annotator, label, value, annotated_at)| NewAnnotation {
-            source: doc.source.clone(),
-            external_id: doc.external_id.clone(),
-            annotator,
-            label,
-            value,
-            annotated_at,
-        })
-        .collect()
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "y" => Some(true),
-        "0" | "false" | "no" | "n" => Some(false),
-        _ => None,
-    }
-}
-
-fn read_csv(
-    args: &ImportArgs,
-    now: DateTime<Utc>,
-) -> anyhow::Result<(Vec<NewDocument>, Vec<NewAnnotation>)> {
-    let source = args
-        .source
-        .clone()
-        .context("--source is required for CSV files")?;
-    let mut reader = csv::Reader::from_path(&args.file)?;
-    let headers = reader.headers()?.clone();
-    let col = |name: &str| headers.iter().position(|h| h == name);
-    let id_col = col("external_id").context("the CSV needs an `external_id` column")?;
-    let labels: Vec<(usize, String)> = headers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, h)| h.strip_prefix("label:").map(|l| (i, l.to_string())))
-        .collect();
-    let (mut docs, mut anns) = (Vec::new(), Vec::new());
-    for (line, record) in reader.records().enumerate() {
-        let record = record.with_context(|| format!("CSV row {}", line + 2))?;
-        let get = |name: &str| {
-            col(name)
-                .and_then(|i| record.get(i))
-                .filter(|v| !v.is_empty())
-                .map(str::to_string)
-        };
-        let external_id = record.get(id_col).unwrap_or_default().to_string();
-        anyhow::ensure!(
-            !external_id.is_empty(),
-            "CSV row {}: empty external_id",
-            line + 2
-        );
-        docs.push(NewDocument {
-            source: source.clone(),
-            external_id: external_id.clone(),
-            title: get("title"),
-            description: get("description"),
-            tags: get("tags")
-                .map(|t| t.split(',').map(|s| s.trim().to_string()).collect())
-                .unwrap_or_default(),
-            text: get("text"),
-            metadata: serde_json::json!({}),
-        });
-        for (i, label) in &labels {
-            let raw = record.get(*i).unwrap_or_default();
-            if raw.trim().is_empty() {
-                continue;
-            }
-            let value = parse_bool(raw).with_context(|| {
-                format!(
-                    "CSV row {}: `{raw}` in label:{label} is not 0/1/true/false",
-                    line + 2
-                )
-            })?;
-            anns.push(NewAnnotation {
-                source: source.clone(),
-                external_id: external_id.clone(),
-                annotator: args.annotator.clone(),
-                label: label.clone(),
-                value,
-                annotated_at: now,
-            });
-        }
-    }
-    Ok((docs, anns))
-}
-
-fn read_jsonl(
-    args: &ImportArgs,
-    now: DateTime<Utc>,
-) -> anyhow::Result<(Vec<NewDocument>, Vec<NewAnnotation>)> {
-    let file = std::fs::File::open(&args.file)
-        .with_context(|| format!("opening {}", args.file.display()))?;
-    let (mut docs, mut anns) = (Vec::new(), Vec::new());
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: JsonLine =
-            serde_json::from_str(&line).with_context(|| format!("line {}", n + 1))?;
-        anyhow::ensure!(
-            !parsed.document.source.is_empty() && !parsed.document.external_id.is_empty(),
-            "line {}: source and external_id are required",
-            n + 1
-        );
-        anns.extend(annotations_of(&parsed.document, parsed.annotations, now));
-        docs.push(parsed.document);
-    }
-    Ok((docs, anns))
+    /// Import nothing when any row is bad (by default the good rows are imported).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
@@ -174,11 +39,33 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         .file
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    let (docs, anns) = if is_csv {
-        read_csv(&args, now)?
+    let format = if is_csv {
+        ImportFormat::Csv {
+            source: args
+                .source
+                .clone()
+                .context("--source is required for CSV files")?,
+            annotator: args.annotator.clone(),
+        }
     } else {
-        read_jsonl(&args, now)?
+        ImportFormat::Jsonl
     };
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let parsed = parse_import(&bytes, &format, now)
+        .with_context(|| format!("importing {}", args.file.display()))?;
+    drop(bytes);
+    for bad in &parsed.bad_rows {
+        eprintln!("{}: {bad}", args.file.display());
+    }
+    let bad = parsed.bad_rows.len();
+    if bad > 0 && args.strict {
+        anyhow::bail!(
+            "{bad} of {} rows are bad (listed above); nothing imported (--strict)",
+            parsed.rows
+        );
+    }
+    let (docs, anns) = (parsed.documents, parsed.annotations);
     let (_, pool) = crate::start(true).await?;
     let bar = ProgressBar::new((docs.len() + anns.len()) as u64);
     bar.set_style(
@@ -213,5 +100,11 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         "imported {} documents ({inserted} new, {updated} updated) and {labels} label rows",
         docs.len()
     );
+    if bad > 0 {
+        anyhow::bail!(
+            "{bad} of {} rows are bad (listed above) and were not imported",
+            parsed.rows
+        );
+    }
     Ok(())
 }

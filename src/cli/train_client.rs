@@ -82,9 +82,33 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let test = &run["test_metrics"];
+    if test.get("macro_f1").is_none() {
+        // The dataset's test split had no annotated record: there are no test metrics.
+        println!(
+            "model {} version {}: best epoch {}, no test split (the dataset's test split is empty; no test metrics)",
+            args.model_name, run["model_version"], run["best_epoch"]
+        );
+    } else {
+        print_test_metrics(&args.model_name, &run, test);
+    }
+    println!(
+        "curves: {}/api/v1/training-runs/{id}/curves.svg",
+        args.api.url
+    );
+    if args.promote {
+        promote(&client, &args, &run).await?;
+        println!(
+            "promoted {} version {}",
+            args.model_name, run["model_version"]
+        );
+    }
+    Ok(())
+}
+
+fn print_test_metrics(model_name: &str, run: &Value, test: &Value) {
     println!(
         "model {} version {}: best epoch {}, test macro-F1 {:.3}, micro-F1 {:.3}, macro ROC-AUC {}",
-        args.model_name,
+        model_name,
         run["model_version"],
         run["best_epoch"],
         test["macro_f1"].as_f64().unwrap_or(f64::NAN),
@@ -111,18 +135,6 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
             l["support"]
         );
     }
-    println!(
-        "curves: {}/api/v1/training-runs/{id}/curves.svg",
-        args.api.url
-    );
-    if args.promote {
-        promote(&client, &args, &run).await?;
-        println!(
-            "promoted {} version {}",
-            args.model_name, run["model_version"]
-        );
-    }
-    Ok(())
 }
 
 async fn promote(client: &reqwest::Client, args: &TrainArgs, run: &Value) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ pub mod documents;
 pub mod embed_job;
 pub mod export;
 pub mod external_source;
+pub mod import_parse;
 pub mod splits;
 pub mod store;
 pub mod text;

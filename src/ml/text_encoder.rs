@@ -121,7 +121,8 @@ pub fn pick_device(setting: &str) -> Device {
     }
 }
 
-pub(crate) fn load_tokenizer(dir: &Path, max_tokens: usize) -> Result<Tokenizer, EncoderError> {
+/// The local model's tokenizer as the encoder uses it: truncation at `max_tokens`, no padding.
+pub fn load_tokenizer(dir: &Path, max_tokens: usize) -> Result<Tokenizer, EncoderError> {
     let path = dir.join("tokenizer.json");
     let mut tokenizer = Tokenizer::from_file(&path)
         .map_err(|e| EncoderError::Load(format!("{}: {e}", path.display())))?;
@@ -300,7 +301,7 @@ fn forward(
 }
 
 /// Length-sorted batches under the token budget: (text indices, padded width, padded?).
-fn plan_batches(lengths: &[usize], budget: usize) -> Vec<(Vec<usize>, usize, bool)> {
+pub fn plan_batches(lengths: &[usize], budget: usize) -> Vec<(Vec<usize>, usize, bool)> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
     let mut batches = Vec::new();

@@ -44,7 +44,9 @@ pub(super) struct Outcome {
     pub(super) weights: Vec<u8>,
     pub(super) thresholds: Vec<f32>,
     pub(super) validation: Metrics,
-    pub(super) test: Metrics,
+    /// `None` when the test split has no annotated record: there is nothing to score, and
+    /// metrics of 0.0 would read as a failed model.
+    pub(super) test: Option<Metrics>,
     pub(super) best_epoch: u32,
     pub(super) best_metric: f64,
     pub(super) device: String,
@@ -323,10 +325,14 @@ pub(super) fn train_blocking(
     let (val_scores, _) = trainer.evaluate(&val_split).map_err(to_job_error)?;
     let thresholds = tune_thresholds(&val_scores, &validation.targets, 0.5);
     let validation_metrics = evaluate(&labels, &val_scores, &validation.targets, &thresholds);
-    let (test_scores, _) = trainer
-        .evaluate(&trainer.prepare(test).map_err(to_job_error)?)
-        .map_err(to_job_error)?;
-    let test_metrics = evaluate(&labels, &test_scores, &test.targets, &thresholds);
+    let test_metrics = if test.is_empty() {
+        None
+    } else {
+        let (test_scores, _) = trainer
+            .evaluate(&trainer.prepare(test).map_err(to_job_error)?)
+            .map_err(to_job_error)?;
+        Some(evaluate(&labels, &test_scores, &test.targets, &thresholds))
+    };
     Ok(Outcome {
         spec: ctx.spec.clone(),
         weights: best.weights,

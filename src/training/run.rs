@@ -176,7 +176,7 @@ pub async fn run_training(
         thresholds: &outcome.thresholds,
         validation: json!(outcome.validation),
         validation_macro_f1: outcome.validation.macro_f1,
-        test: json!(outcome.test),
+        test: test_metrics_json(outcome.test.as_ref()),
         best_epoch: outcome.best_epoch,
         best_metric: outcome.best_metric,
         device: &outcome.device,
@@ -186,15 +186,33 @@ pub async fn run_training(
     let version = crate::registry::register_version(pool, &new_version)
         .await
         .map_err(|e| JobError::Retryable(format!("registering the model: {e}")))?;
-    tracing::info!(run = %run.id, model = %run.model_name, version, macro_f1 = outcome.test.macro_f1, "training finished");
-    Ok(json!({
+    let test_macro_f1 = outcome.test.as_ref().map(|m| m.macro_f1);
+    tracing::info!(run = %run.id, model = %run.model_name, version, test_macro_f1 = ?test_macro_f1, "training finished");
+    let mut result = json!({
         "run_id": run.id,
         "model": run.model_name,
         "model_version": version,
         "best_epoch": outcome.best_epoch,
-        "test_macro_f1": outcome.test.macro_f1,
+        "test_macro_f1": test_macro_f1,
         "telemetry": stats,
-    }))
+    });
+    if outcome.test.is_none() {
+        result["test_split"] = json!(EMPTY_TEST_SPLIT);
+    }
+    Ok(result)
+}
+
+/// The note stored instead of test metrics when the test split has no annotated record.
+pub const EMPTY_TEST_SPLIT: &str = "empty";
+
+/// The test metrics as stored on the run (`test_metrics`) and the version (`metrics.test`):
+/// the metrics, or, when the test split was empty, `{"test_split": "empty", "rows": 0}`: no
+/// figure at all rather than zeros that would read as a failed model.
+pub fn test_metrics_json(test: Option<&crate::training::metrics::Metrics>) -> serde_json::Value {
+    match test {
+        Some(metrics) => json!(metrics),
+        None => json!({"test_split": EMPTY_TEST_SPLIT, "rows": 0}),
+    }
 }
 
 /// Marks the run failed or cancelled when this failure ends its job; otherwise notes the error
