@@ -1,4 +1,5 @@
 //! Only this module knows HTTP: the poem-openapi service, Swagger UI, and the error mapping.
+mod allow_header;
 pub mod datasets;
 pub mod documents;
 pub mod errors;
@@ -6,12 +7,14 @@ pub mod health;
 pub mod http_telemetry;
 pub mod jobs;
 pub mod legacy_v1;
+pub mod limits;
 pub mod models;
 pub mod openai_embeddings;
 mod payload_errors;
 pub mod predict;
 pub mod training;
 mod training_schema;
+mod wire_types;
 
 use std::sync::Arc;
 
@@ -97,7 +100,7 @@ pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
         "trainyard",
         env!("CARGO_PKG_VERSION"),
     )
-    .description("Labelled text in, served classifiers out: documents, annotations, datasets, embeddings, training runs, a model registry, inference and jobs.")
+    .description(format!("Labelled text in, served classifiers out: documents, annotations, datasets, embeddings, training runs, a model registry, inference and jobs.\n\n{}", limits::describe()))
     .server(server_url)
 }
 
@@ -118,6 +121,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/metrics", poem::get(http_telemetry::metrics_endpoint))
         .data(state)
         .around(move |ep, req| guard_body(ep, req, limit))
+        .around(allow_header::around)
         .around(http_telemetry::around)
         .catch_all_error(errors::poem_error_to_json)
 }

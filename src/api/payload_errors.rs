@@ -92,6 +92,9 @@ fn first_problem(
         // A null where a value is allowed (optional fields are checked by their parent).
         return None;
     }
+    if let Some(problem) = outside_limits(schema, value) {
+        return Some((path.to_string(), problem));
+    }
     match schema.get("type").and_then(Value::as_str) {
         Some("object") => {
             let Some(object) = value.as_object() else {
@@ -152,6 +155,48 @@ fn first_problem(
     }
 }
 
+/// The declared limit (length, item count, range) that `value` breaks, if any.
+fn outside_limits(schema: &Value, value: &Value) -> Option<String> {
+    let limit = |key: &str| schema.get(key).and_then(Value::as_f64);
+    let plural = |n: f64, one: &str, many: &str| {
+        if n == 1.0 {
+            format!("{n} {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    let (size, one, many) = match value {
+        Value::String(s) => (Some(s.chars().count() as f64), "character", "characters"),
+        Value::Array(a) => (Some(a.len() as f64), "item", "items"),
+        Value::Object(o) => (Some(o.len() as f64), "property", "properties"),
+        _ => (None, "", ""),
+    };
+    if let Some(size) = size {
+        let (lo, hi) = match value {
+            Value::String(_) => ("minLength", "maxLength"),
+            Value::Array(_) => ("minItems", "maxItems"),
+            _ => ("minProperties", "maxProperties"),
+        };
+        if let Some(min) = limit(lo).filter(|min| size < *min) {
+            return Some(format!("must have at least {}", plural(min, one, many)));
+        }
+        if let Some(max) = limit(hi).filter(|max| size > *max) {
+            return Some(format!(
+                "must have at most {}, not {size}",
+                plural(max, one, many)
+            ));
+        }
+    }
+    let x = value.as_f64()?;
+    if let Some(min) = limit("minimum").filter(|min| x < *min) {
+        return Some(format!("must be >= {min}, not {x}"));
+    }
+    if let Some(max) = limit("maximum").filter(|max| x > *max) {
+        return Some(format!("must be <= {max}, not {x}"));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +255,31 @@ mod tests {
             explain("x (occurred while parsing \"DocumentsIn\")", b"{not json"),
             None
         );
-        assert_eq!(check("DocumentsIn", json!({"documents": []})), None);
+    }
+
+    #[test]
+    fn names_the_field_that_breaks_a_declared_limit() {
+        assert_eq!(
+            check("DocumentsIn", json!({"documents": []})),
+            Some(("documents".into(), "must have at least 1 item".into()))
+        );
+        assert_eq!(
+            check(
+                "DocumentsIn",
+                json!({"documents": [{"source": "s", "external_id": "x".repeat(513), "text": "t"}]})
+            ),
+            Some((
+                "documents[0].external_id".into(),
+                "must have at most 512 characters, not 513".into()
+            ))
+        );
+        assert_eq!(
+            check(
+                "CreateDataset",
+                json!({"name": "n", "selection": {}, "label_schema": {"type": "binary", "labels": ["a"]},
+                       "splits": {"train": 1.5}})
+            ),
+            Some(("splits.train".into(), "must be <= 1, not 1.5".into()))
+        );
     }
 }
