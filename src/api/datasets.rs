@@ -84,10 +84,10 @@ pub struct SplitsIn {
         validator(minimum(value = "0"), maximum(value = "1"))
     )]
     pub test: f64,
-    /// Split seed, 0 to 2^53 - 1 (exact in JSON). Default from config.
+    /// Split seed, 0 to 4294967295. Default from config.
     #[oai(
         nullable,
-        validator(minimum(value = "0"), maximum(value = "9007199254740991"))
+        validator(minimum(value = "0"), maximum(value = "4294967295"))
     )]
     pub seed: Option<u64>,
 }

@@ -1,5 +1,4 @@
 //! Only this module knows HTTP: the poem-openapi service, Swagger UI, and the error mapping.
-mod allow_header;
 pub mod datasets;
 pub mod documents;
 pub mod errors;
@@ -12,6 +11,7 @@ pub mod models;
 pub mod openai_embeddings;
 mod payload_errors;
 pub mod predict;
+mod route_errors;
 pub mod training;
 mod training_schema;
 mod wire_types;
@@ -121,7 +121,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/metrics", poem::get(http_telemetry::metrics_endpoint))
         .data(state)
         .around(move |ep, req| guard_body(ep, req, limit))
-        .around(allow_header::around)
+        .around(route_errors::around)
         .around(http_telemetry::around)
         .catch_all_error(errors::poem_error_to_json)
 }
@@ -163,6 +163,13 @@ async fn guard_body<E: Endpoint>(
             kept = Some(body.clone());
         }
         req.set_body(body);
+    }
+    if let Some(body) = &kept {
+        if let Some(refusal) =
+            payload_errors::check_request(req.method().as_str(), req.uri().path(), body)
+        {
+            return Ok(payload_errors::refusal_response(refusal));
+        }
     }
     match ep.call(req).await {
         Ok(response) => Ok(response.into_response()),

@@ -69,10 +69,10 @@ pub struct HyperparametersIn {
     /// Epochs without improvement before stopping, 0–100 (0 = never). Default 3.
     #[oai(nullable, validator(minimum(value = "0"), maximum(value = "100")))]
     pub patience: Option<u32>,
-    /// Default 42.
+    /// 0 to 4294967295. Default 42.
     #[oai(
         nullable,
-        validator(minimum(value = "0"), maximum(value = "9007199254740991"))
+        validator(minimum(value = "0"), maximum(value = "4294967295"))
     )]
     pub seed: Option<u64>,
     /// bce (with pos_weight), focal or asymmetric (not for multi_class). Default bce.
