@@ -212,7 +212,26 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
             .expect("spawn trainyard serve"),
     );
     let base = format!("http://{listen}");
-    let client = reqwest::Client::new();
+    let headers: Vec<String> = std::env::var("TRAINYARD_SCHEMATHESIS_HEADERS")
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    // The set-up requests carry the same headers (a token, once the API asks for one).
+    let mut defaults = reqwest::header::HeaderMap::new();
+    for h in &headers {
+        let (name, value) = h.split_once(':').expect("headers are `Name: value`");
+        defaults.insert(
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            reqwest::header::HeaderValue::from_str(value.trim()).unwrap(),
+        );
+    }
+    let client = reqwest::Client::builder()
+        .default_headers(defaults)
+        .build()
+        .unwrap();
     let started = Instant::now();
     let doc: Value = loop {
         if let Ok(r) = client.get(format!("{base}/openapi.json")).send().await {
@@ -228,13 +247,6 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
     let operations = operations_in(&doc);
     assert!(operations >= 35, "{operations} operations documented");
 
-    let headers: Vec<String> = std::env::var("TRAINYARD_SCHEMATHESIS_HEADERS")
-        .unwrap_or_default()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
     let report = std::env::temp_dir().join(format!("ty-schemathesis-{}.json", db.name));
     let url = format!("{base}/openapi.json");
     let ran = Instant::now();
