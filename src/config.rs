@@ -360,6 +360,51 @@ impl Settings {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
     }
 
+    /// The API document declares hard limits (`api::limits`); configuration may lower them,
+    /// never raise them, or the document would promise less than the server accepts.
+    fn check_api_limits(&self) -> Result<(), ConfigError> {
+        use crate::api::limits::*;
+        let bounds: [(&str, usize, usize); 5] = [
+            (
+                "server.max_body_bytes",
+                self.server.max_body_bytes,
+                MAX_BODY_BYTES,
+            ),
+            (
+                "server.max_inputs_per_request",
+                self.server.max_inputs_per_request,
+                MAX_INPUTS_PER_REQUEST,
+            ),
+            (
+                "server.max_text_chars",
+                self.server.max_text_chars,
+                MAX_TEXT_CHARS,
+            ),
+            (
+                "server.page_size_max",
+                usize::try_from(self.server.page_size_max).unwrap_or(0),
+                PAGE_SIZE_MAX as usize,
+            ),
+            (
+                "inference.max_batch_texts",
+                self.inference.max_batch_texts,
+                MAX_BATCH_TEXTS,
+            ),
+        ];
+        for (key, value, max) in bounds {
+            if value == 0 || value > max {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be between 1 and {max} (the limit the API document declares; \
+                         configuration may only lower it), got {value}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
             return Err(invalid(
@@ -430,6 +475,7 @@ impl Settings {
                 "must be between 0.05 and 3600 seconds",
             ));
         }
+        self.check_api_limits()?;
         if !self.database.url.starts_with("postgres") {
             return Err(invalid("database.url", "must be a postgres:// URL"));
         }
@@ -579,6 +625,49 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn limits_above_the_documented_bounds_are_refused() {
+        let dir = std::env::temp_dir().join(format!("ty-config-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = std::fs::read_to_string(Settings::default_dir().join("trainyard.toml")).unwrap();
+        write_config(&dir, "");
+        for (from, to, key) in [
+            (
+                "max_text_chars = 100000",
+                "max_text_chars = 100001",
+                "server.max_text_chars",
+            ),
+            (
+                "page_size_max = 1000",
+                "page_size_max = 5000",
+                "server.page_size_max",
+            ),
+            (
+                "max_batch_texts = 1024",
+                "max_batch_texts = 0",
+                "inference.max_batch_texts",
+            ),
+            (
+                "max_body_bytes = 16777216",
+                "max_body_bytes = 16777217",
+                "server.max_body_bytes",
+            ),
+        ] {
+            assert!(text.contains(from), "{from}");
+            std::fs::write(dir.join("trainyard.toml"), text.replace(from, to)).unwrap();
+            let err = Settings::load(&dir).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("may only lower"), "{err}");
+        }
+        // Lowering is fine.
+        std::fs::write(
+            dir.join("trainyard.toml"),
+            text.replace("max_text_chars = 100000", "max_text_chars = 5000"),
+        )
+        .unwrap();
+        assert_eq!(Settings::load(&dir).unwrap().server.max_text_chars, 5000);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

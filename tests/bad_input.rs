@@ -43,21 +43,40 @@ async fn bad_requests_get_clear_4xx() {
     let (s, b) = app
         .post("/api/v1/datasets", ds(json!({"selection": {}})))
         .await;
-    assert_error(s, &b, 400, "selection is empty");
+    assert_error(s, &b, 422, "selection is empty");
+    assert_eq!(b["error"]["code"], "invalid_selection");
     let (s, b) = app
         .post(
             "/api/v1/datasets",
             ds(json!({"splits": {"train": 0.9, "validation": 0.2, "test": 0.1}})),
         )
         .await;
-    assert_error(s, &b, 400, "sum to 1");
+    assert_error(s, &b, 422, "sum to 1");
     let (s, b) = app
         .post(
             "/api/v1/datasets",
             ds(json!({"label_schema": {"type": "binary", "labels": ["a", "b"]}})),
         )
         .await;
-    assert_error(s, &b, 400, "labels");
+    assert_error(s, &b, 422, "labels");
+    // Declared limits are enforced before the handler runs: 400 naming the field.
+    let (s, b) = app
+        .post(
+            "/api/v1/datasets",
+            ds(json!({"splits": {"train": 1.5, "validation": 0.0, "test": 0.0}})),
+        )
+        .await;
+    assert_error(s, &b, 400, "train");
+    let (s, b) = app
+        .post("/api/v1/datasets", ds(json!({"name": "x".repeat(201)})))
+        .await;
+    assert_error(s, &b, 400, "name");
+    let (s, b) = app.post("/batch", json!({"texts": vec!["a"; 1025]})).await;
+    assert_error(s, &b, 400, "texts");
+    let (s, b) = app.get("/api/v1/datasets?limit=1001").await;
+    assert_error(s, &b, 400, "limit");
+    let (s, b) = app.get("/api/v1/jobs?kind=sleep").await;
+    assert_error(s, &b, 400, "kind");
     let (s, b) = app
         .post(
             "/api/v1/datasets",
@@ -70,17 +89,17 @@ async fn bad_requests_get_clear_4xx() {
 
     // Ids that are not ids, and ids that do not exist.
     let (s, b) = app.get("/api/v1/datasets/not-a-uuid").await;
-    assert_error(s, &b, 400, "not a dataset id");
+    assert_error(s, &b, 400, "`id`");
     let (s, b) = app
         .get(&format!("/api/v1/datasets/{}", uuid::Uuid::new_v4()))
         .await;
     assert_error(s, &b, 404, "not found");
     let (s, b) = app.get("/api/v1/jobs/123").await;
-    assert_error(s, &b, 400, "not a job id");
+    assert_error(s, &b, 400, "`id`");
     let (s, b) = app.get("/api/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV").await;
     assert_error(s, &b, 404, "not found");
     let (s, b) = app.get("/api/v1/jobs?status=sleeping").await;
-    assert_error(s, &b, 400, "unknown status");
+    assert_error(s, &b, 400, "`status`");
     let (s, b) = app.get("/api/v1/jobs?limit=0").await;
     assert_error(s, &b, 400, "limit");
     let (s, b) = app.get("/api/v1/datasets?offset=-1").await;
@@ -93,7 +112,7 @@ async fn bad_requests_get_clear_4xx() {
             json!({"documents": [{"source": "s", "external_id": "1", "text": "   "}]}),
         )
         .await;
-    assert_error(s, &b, 400, "no text");
+    assert_error(s, &b, 422, "no text");
     let (s, b) = app
         .post("/api/v1/documents", json!({"documents": []}))
         .await;

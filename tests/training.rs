@@ -397,20 +397,20 @@ async fn head_training_registry_and_inference() {
         (
             "/api/v1/training-runs",
             json!({"dataset_id": dataset, "model_name": "m", "hyperparameters": {"epochs": 0}}),
-            422,
-            "invalid_hyperparameter",
+            400,
+            "invalid_request",
         ),
         (
             "/api/v1/training-runs",
             json!({"dataset_id": dataset, "model_name": "m", "hyperparameters": {"learning_rate": 5.0}}),
-            422,
-            "invalid_hyperparameter",
+            400,
+            "invalid_request",
         ),
         (
             "/api/v1/training-runs",
             json!({"dataset_id": dataset, "model_name": "m", "hyperparameters": {"dropout": 0.95}}),
-            422,
-            "invalid_hyperparameter",
+            400,
+            "invalid_request",
         ),
         (
             "/api/v1/training-runs",

@@ -10,6 +10,7 @@ use trainyard_jobs::{DatasetBuildArgs, JobKind};
 use uuid::Uuid;
 
 use super::errors::ApiError;
+use super::wire_types::MaskedLabel;
 use super::{page_bounds, AppState};
 use crate::config::TieRule;
 use crate::datasets::{store, DatasetSpec, Selection, SplitRatios, TaskType};
@@ -42,8 +43,10 @@ pub enum TieRuleIn {
 pub struct SelectionIn {
     #[oai(default)]
     pub sources: Vec<String>,
-    #[oai(default)]
+    /// trainyard document ids (>= 1).
+    #[oai(default, validator(minimum(value = "1")))]
     pub document_ids: Vec<i64>,
+    #[oai(nullable)]
     pub source: Option<String>,
     #[oai(default)]
     pub external_ids: Vec<String>,
@@ -54,19 +57,38 @@ pub struct LabelSchemaIn {
     /// binary (one label), multi_label (independent labels) or multi_class (one of the labels).
     #[oai(rename = "type")]
     pub task_type: LabelTaskType,
+    /// Distinct, non-empty names: 1 for binary, 2 to 1,000 for multi_class, 1 to 1,000 for
+    /// multi_label.
+    #[oai(validator(min_items = 1, max_items = 1000, min_length = 1, max_length = 512))]
     pub labels: Vec<String>,
     /// What a tied majority vote becomes (binary / multi-label). Default from config.
+    #[oai(nullable)]
     pub tie_rule: Option<TieRuleIn>,
 }
 
 #[derive(Debug, Object)]
 pub struct SplitsIn {
-    #[oai(default = "default_train")]
+    /// Share of records in train, (0, 1]; the three shares sum to 1.
+    #[oai(
+        default = "default_train",
+        validator(minimum(value = "0"), maximum(value = "1"))
+    )]
     pub train: f64,
-    #[oai(default = "default_held_out")]
+    #[oai(
+        default = "default_held_out",
+        validator(minimum(value = "0"), maximum(value = "1"))
+    )]
     pub validation: f64,
-    #[oai(default = "default_held_out")]
+    #[oai(
+        default = "default_held_out",
+        validator(minimum(value = "0"), maximum(value = "1"))
+    )]
     pub test: f64,
+    /// Split seed, 0 to 4294967295. Default from config.
+    #[oai(
+        nullable,
+        validator(minimum(value = "0"), maximum(value = "4294967295"))
+    )]
     pub seed: Option<u64>,
 }
 
@@ -79,17 +101,21 @@ fn default_held_out() -> f64 {
 
 #[derive(Debug, Object)]
 pub struct CreateDataset {
+    /// 1 to 200 characters.
+    #[oai(validator(min_length = 1, max_length = 200))]
     pub name: String,
     #[oai(default)]
     pub description: String,
     pub selection: SelectionIn,
     /// A model from embedding_models.toml; default from config (the local MiniLM).
+    #[oai(nullable)]
     pub embedding_model: Option<String>,
     /// Embed every text again even when a vector is stored.
     #[oai(default)]
     pub force_regenerate: bool,
     pub label_schema: LabelSchemaIn,
     /// Default 80/10/10, seed from config.
+    #[oai(nullable)]
     pub splits: Option<SplitsIn>,
 }
 
@@ -98,14 +124,18 @@ pub struct DatasetProgress {
     pub batches_done: i32,
     pub batches_total: i32,
     /// Texts embedded or found stored so far, over all batches (moves inside a batch).
+    #[oai(nullable)]
     pub texts_done: Option<i64>,
     /// Texts the build fanned out for embedding (absent before the fan-out, or once its jobs
     /// were pruned).
+    #[oai(nullable)]
     pub texts_total: Option<i64>,
     /// Texts per second since the first batch started (absent until one has started, and
     /// once the dataset is no longer embedding).
+    #[oai(nullable)]
     pub texts_per_second: Option<f64>,
     /// Seconds left at that rate (absent when the rate is).
+    #[oai(nullable)]
     pub eta_seconds: Option<f64>,
 }
 
@@ -153,7 +183,9 @@ pub struct Dataset {
     pub status: String,
     pub embedding_model: String,
     pub dimensions: i32,
+    #[oai(nullable)]
     pub build_job_id: Option<String>,
+    #[oai(nullable)]
     pub error: Option<String>,
     pub progress: DatasetProgress,
     /// Embeddings this dataset computed.
@@ -161,11 +193,13 @@ pub struct Dataset {
     /// Embeddings it found already stored.
     pub reused_embeddings: i32,
     /// Records, exclusions, inconsistent labels, label distribution per split.
+    #[oai(nullable)]
     pub stats: Option<serde_json::Value>,
     /// The request the dataset was built from.
     pub spec: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub ready_at: Option<DateTime<Utc>>,
 }
 
@@ -218,11 +252,12 @@ pub struct Record {
     /// train | validation | test
     pub split: String,
     /// label -> 0/1, or null where the label is masked (not annotated for this record).
-    pub labels: BTreeMap<String, Option<u8>>,
+    pub labels: BTreeMap<String, MaskedLabel>,
     /// label -> latest votes {positive, negative}.
     pub votes: serde_json::Value,
     /// The annotators' latest votes disagree on some label.
     pub disagreement: bool,
+    #[oai(nullable)]
     pub embedding: Option<Vec<f32>>,
 }
 
@@ -250,6 +285,15 @@ pub enum ExportResponse {
     Parquet(Binary<Vec<u8>>),
 }
 
+/// A dataset split.
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum SplitName {
+    Train,
+    Validation,
+    Test,
+}
+
 #[derive(Debug, Clone, Copy, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum ExportFormat {
@@ -259,21 +303,26 @@ pub enum ExportFormat {
 
 /// Validates a create request against config; returns the stored spec.
 pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<DatasetSpec, ApiError> {
-    if req.name.trim().is_empty() || req.name.len() > 200 {
-        return Err(ApiError::bad_request(
-            "name must be 1 to 200 characters",
+    if req.name.trim().is_empty()
+        || req.name.chars().count() > super::limits::MAX_DATASET_NAME_CHARS
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_name",
+            "name must be 1 to 200 characters, not all whitespace",
             Some("name"),
         ));
     }
     let sel = &req.selection;
     if sel.sources.is_empty() && sel.document_ids.is_empty() && sel.external_ids.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::unprocessable(
+            "invalid_selection",
             "selection is empty: give sources, document_ids, or source + external_ids",
             Some("selection"),
         ));
     }
     if !sel.external_ids.is_empty() && sel.source.is_none() {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::unprocessable(
+            "invalid_selection",
             "selection.external_ids needs selection.source",
             Some("selection.source"),
         ));
@@ -301,7 +350,8 @@ pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<Dataset
     labels.sort();
     labels.dedup();
     if labels.len() != schema.labels.len() || labels.iter().any(|l| l.trim().is_empty()) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::unprocessable(
+            "invalid_labels",
             "labels must be distinct, non-empty names",
             Some("label_schema.labels"),
         ));
@@ -317,7 +367,8 @@ pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<Dataset
         TaskType::MultiLabel => (1, 1000),
     };
     if labels.len() < needed.0 || labels.len() > needed.1 {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::unprocessable(
+            "invalid_labels",
             format!(
                 "{:?} needs {} to {} labels, got {}",
                 schema.task_type,
@@ -338,7 +389,8 @@ pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<Dataset
         || (sum - 1.0).abs() > 1e-6
         || train <= 0.0
     {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::unprocessable(
+            "invalid_splits",
             format!("split ratios must be >= 0, train > 0, and sum to 1 (got {train} + {validation} + {test})"),
             Some("splits"),
         ));
@@ -412,10 +464,7 @@ pub async fn create_dataset(
         .ok_or_else(|| ApiError::internal("dataset vanished after insert"))
 }
 
-async fn load(state: &AppState, id: &str) -> Result<store::DatasetRow, ApiError> {
-    let uuid = Uuid::parse_str(id).map_err(|_| {
-        ApiError::bad_request(format!("`{id}` is not a dataset id (UUID)"), Some("id"))
-    })?;
+async fn load(state: &AppState, uuid: Uuid) -> Result<store::DatasetRow, ApiError> {
     store::get(&state.pool, uuid)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset", uuid))
@@ -430,7 +479,11 @@ fn to_record(r: store::RecordRow) -> Record {
         checksum: r.checksum,
         text: r.text,
         split: r.split,
-        labels: serde_json::from_value(r.labels).unwrap_or_default(),
+        labels: serde_json::from_value::<BTreeMap<String, Option<u8>>>(r.labels)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(label, value)| (label, MaskedLabel(value)))
+            .collect(),
         votes: r.votes,
         disagreement: r.disagreement,
         embedding: r.embedding,
@@ -458,7 +511,11 @@ impl DatasetsApi {
     async fn list(
         &self,
         state: Data<&AppState>,
+        /// Page size, 1 to 1,000 (`server.page_size_max` may lower it); default 50.
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
+        /// Items to skip, >= 0; default 0.
+        #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
     ) -> Result<Json<DatasetPage>, ApiError> {
         let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
@@ -473,12 +530,8 @@ impl DatasetsApi {
 
     /// One dataset: status, progress and stats.
     #[oai(path = "/datasets/:id", method = "get")]
-    async fn get(
-        &self,
-        state: Data<&AppState>,
-        id: Path<String>,
-    ) -> Result<Json<Dataset>, ApiError> {
-        let row = load(&state, &id).await?;
+    async fn get(&self, state: Data<&AppState>, id: Path<Uuid>) -> Result<Json<Dataset>, ApiError> {
+        let row = load(&state, id.0).await?;
         let (dataset_id, status) = (row.id, row.status.clone());
         let mut dataset: Dataset = row.into();
         dataset
@@ -493,27 +546,28 @@ impl DatasetsApi {
     async fn records(
         &self,
         state: Data<&AppState>,
-        id: Path<String>,
-        /// train | validation | test
-        split: Query<Option<String>>,
+        id: Path<Uuid>,
+        /// Only records of this split.
+        split: Query<Option<SplitName>>,
         #[oai(default)] with_embeddings: Query<bool>,
+        /// Page size, 1 to 1,000 (`server.page_size_max` may lower it); default 50.
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
+        /// Items to skip, >= 0; default 0.
+        #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
     ) -> Result<Json<RecordPage>, ApiError> {
-        let dataset = load(&state, &id).await?;
-        if let Some(s) = split.0.as_deref() {
-            if !["train", "validation", "test"].contains(&s) {
-                return Err(ApiError::bad_request(
-                    format!("unknown split `{s}` (train, validation, test)"),
-                    Some("split"),
-                ));
-            }
-        }
+        let dataset = load(&state, id.0).await?;
+        let split = split.0.map(|s| match s {
+            SplitName::Train => "train",
+            SplitName::Validation => "validation",
+            SplitName::Test => "test",
+        });
         let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
         let (rows, total) = store::records(
             &state.pool,
             &dataset,
-            split.0.as_deref(),
+            split,
             with_embeddings.0,
             limit,
             offset,
@@ -532,10 +586,10 @@ impl DatasetsApi {
     async fn export(
         &self,
         state: Data<&AppState>,
-        id: Path<String>,
+        id: Path<Uuid>,
         format: Query<Option<ExportFormat>>,
     ) -> Result<ExportResponse, ApiError> {
-        let dataset = load(&state, &id).await?;
+        let dataset = load(&state, id.0).await?;
         if dataset.status != "ready" {
             return Err(ApiError::conflict(format!(
                 "dataset {} is {}; export needs it ready",
@@ -565,9 +619,9 @@ impl DatasetsApi {
     async fn delete(
         &self,
         state: Data<&AppState>,
-        id: Path<String>,
+        id: Path<Uuid>,
     ) -> Result<Json<Deleted>, ApiError> {
-        let dataset = load(&state, &id).await?;
+        let dataset = load(&state, id.0).await?;
         let deleted = store::delete(&state.pool, dataset.id).await?;
         Ok(Json(Deleted {
             id: dataset.id,

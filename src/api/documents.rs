@@ -20,21 +20,32 @@ enum ApiTags {
 #[derive(Debug, Object)]
 pub struct DocumentIn {
     /// Where the document comes from (a namespace for `external_id`), e.g. `reviews`.
+    /// 1 to 512 characters, not all whitespace.
+    #[oai(validator(min_length = 1, max_length = 512))]
     pub source: String,
-    /// The document's id in its source.
+    /// The document's id in its source, 1 to 512 characters, not all whitespace.
+    #[oai(validator(min_length = 1, max_length = 512))]
     pub external_id: String,
+    /// Title, description, text and tags together: at most 100,000 characters
+    /// (`server.max_text_chars` may lower it; more is a 413).
+    #[oai(nullable, validator(max_length = 100000))]
     pub title: Option<String>,
+    #[oai(nullable, validator(max_length = 100000))]
     pub description: Option<String>,
-    #[oai(default)]
+    #[oai(default, validator(max_items = 10000, max_length = 100000))]
     pub tags: Vec<String>,
     /// Plain text body.
+    #[oai(nullable, validator(max_length = 100000))]
     pub text: Option<String>,
     /// Any JSON object kept with the document.
-    pub metadata: Option<serde_json::Value>,
+    #[oai(nullable)]
+    pub metadata: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Object)]
 pub struct DocumentsIn {
+    /// 1 to 10,000 documents.
+    #[oai(validator(min_items = 1, max_items = 10000))]
     pub documents: Vec<DocumentIn>,
 }
 
@@ -46,18 +57,28 @@ pub struct UpsertResult {
 
 #[derive(Debug, Object)]
 pub struct AnnotationIn {
+    /// 1 to 512 characters, not all whitespace.
+    #[oai(validator(min_length = 1, max_length = 512))]
     pub source: String,
+    /// 1 to 512 characters, not all whitespace.
+    #[oai(validator(min_length = 1, max_length = 512))]
     pub external_id: String,
-    /// Who labelled it (a user name or a labelling function).
+    /// Who labelled it (a user name or a labelling function), 1 to 512 characters.
+    #[oai(validator(min_length = 1, max_length = 512))]
     pub annotator: String,
-    /// label -> true/false. Labels left out were not judged by this annotator.
+    /// label -> true/false, at least one. Labels left out were not judged by this annotator.
+    /// Label names are 1 to 512 characters.
+    #[oai(validator(min_properties = 1))]
     pub labels: std::collections::BTreeMap<String, bool>,
     /// When the judgement was made; defaults to now. An annotator's latest judgement counts.
+    #[oai(nullable)]
     pub annotated_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Object)]
 pub struct AnnotationsIn {
+    /// 1 to 10,000 annotations.
+    #[oai(validator(min_items = 1, max_items = 10000))]
     pub annotations: Vec<AnnotationIn>,
 }
 
@@ -67,12 +88,13 @@ pub struct AnnotationsResult {
     pub inserted: u64,
 }
 
-const MAX_BATCH: usize = 10_000;
+const MAX_BATCH: usize = super::limits::MAX_INGEST_ITEMS;
 
 fn check_name(value: &str, field: &str, index: usize) -> Result<(), ApiError> {
-    if value.trim().is_empty() || value.len() > 512 {
-        return Err(ApiError::bad_request(
-            format!("{field} of item {index} must be 1 to 512 characters"),
+    if value.trim().is_empty() || value.chars().count() > super::limits::MAX_NAME_CHARS {
+        return Err(ApiError::unprocessable(
+            "invalid_name",
+            format!("{field} of item {index} must be 1 to 512 characters, not all whitespace"),
             Some(field),
         ));
     }
@@ -119,18 +141,11 @@ impl DocumentsApi {
                 .any(|p| p.as_ref().is_some_and(|p| !p.trim().is_empty()))
                 || d.tags.iter().any(|t| !t.trim().is_empty());
             if !has_text {
-                return Err(ApiError::bad_request(
+                return Err(ApiError::unprocessable(
+                    "no_text",
                     format!("document {i} has no text (give text, title, description or tags)"),
                     Some("text"),
                 ));
-            }
-            if let Some(m) = &d.metadata {
-                if !m.is_object() {
-                    return Err(ApiError::bad_request(
-                        format!("metadata of document {i} must be a JSON object"),
-                        Some("metadata"),
-                    ));
-                }
             }
             rows.push(NewDocument {
                 source: d.source,
@@ -139,7 +154,9 @@ impl DocumentsApi {
                 description: d.description,
                 tags: d.tags,
                 text: d.text,
-                metadata: d.metadata.unwrap_or_else(|| serde_json::json!({})),
+                metadata: serde_json::Value::Object(
+                    d.metadata.unwrap_or_default().into_iter().collect(),
+                ),
             });
         }
         let mut conn = state.pool.acquire().await?;

@@ -17,6 +17,7 @@ pub struct ErrorDetail {
     #[oai(rename = "type")]
     pub kind: String,
     /// The request field at fault, when there is one.
+    #[oai(nullable)]
     pub param: Option<String>,
 }
 
@@ -37,6 +38,9 @@ pub enum ApiError {
     Conflict(Json<ErrorBody>),
     #[oai(status = 413)]
     TooLarge(Json<ErrorBody>),
+    /// The body is not `application/json` (or has no content type).
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// Well-formed but semantically invalid (unknown model, unknown label, ...).
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),

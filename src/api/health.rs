@@ -15,6 +15,7 @@ enum ApiTags {
 pub struct Liveness {
     pub status: String,
     /// The served classifier, once one is promoted.
+    #[oai(nullable)]
     pub model: Option<String>,
 }
 
@@ -34,6 +35,7 @@ pub struct EmbeddingModelInfo {
     pub max_tokens: usize,
     pub max_batch_size: usize,
     /// For API models: whether the key variable is set.
+    #[oai(nullable)]
     pub api_key_present: Option<bool>,
 }
 
@@ -42,6 +44,7 @@ pub struct Health {
     /// ok | degraded
     pub status: String,
     pub database: String,
+    #[oai(nullable)]
     pub database_latency_ms: Option<f64>,
     pub migrations_applied: usize,
     pub migrations_known: usize,
@@ -58,8 +61,11 @@ pub struct Health {
 #[derive(Debug, Object)]
 pub struct ServedModel {
     pub name: String,
+    #[oai(nullable)]
     pub loaded_version: Option<i32>,
+    #[oai(nullable)]
     pub failed_version: Option<i32>,
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 

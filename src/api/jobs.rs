@@ -3,7 +3,7 @@ use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi, Tags};
+use poem_openapi::{Enum, Object, OpenApi, Tags};
 
 use super::errors::ApiError;
 use super::{page_bounds, AppState};
@@ -23,7 +23,8 @@ pub struct Progress {
 
 #[derive(Debug, Object)]
 pub struct Job {
-    /// ULID of the job.
+    /// ULID of the job (26 characters of Crockford base32).
+    #[oai(validator(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$"))]
     pub id: String,
     /// Job kind (= queue name): `dataset_build`, `embed` or `train`.
     pub kind: String,
@@ -32,17 +33,25 @@ pub struct Job {
     pub attempts: i32,
     pub max_attempts: i32,
     pub progress: Progress,
+    #[oai(nullable)]
     pub dataset_id: Option<uuid::Uuid>,
     /// The job's result when it succeeded.
+    #[oai(nullable)]
     pub result: Option<serde_json::Value>,
     /// The last attempt's error, if it failed.
+    #[oai(nullable)]
     pub last_error: Option<String>,
+    #[oai(nullable)]
     pub created_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub finished_at: Option<DateTime<Utc>>,
     /// When the job may run next (later than now while it waits out a retry backoff).
+    #[oai(nullable)]
     pub run_at: Option<DateTime<Utc>>,
     /// The worker holding the job.
+    #[oai(nullable)]
     pub worker: Option<String>,
 }
 
@@ -80,14 +89,49 @@ pub struct JobPage {
     pub offset: i64,
 }
 
-const STATUSES: [&str; 6] = [
-    "queued",
-    "running",
-    "retrying",
-    "succeeded",
-    "failed",
-    "cancelled",
-];
+/// A job kind (= queue name).
+#[derive(Debug, Clone, Copy, Enum, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum JobKindName {
+    DatasetBuild,
+    Embed,
+    Train,
+}
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, Enum, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum JobStatusName {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl std::fmt::Display for JobKindName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobKindName::DatasetBuild => trainyard_jobs::JobKind::DatasetBuild.queue(),
+            JobKindName::Embed => trainyard_jobs::JobKind::Embed.queue(),
+            JobKindName::Train => trainyard_jobs::JobKind::Train.queue(),
+        })
+    }
+}
+
+impl std::fmt::Display for JobStatusName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobStatusName::Queued => "queued",
+            JobStatusName::Running => "running",
+            JobStatusName::Retrying => "retrying",
+            JobStatusName::Succeeded => "succeeded",
+            JobStatusName::Failed => "failed",
+            JobStatusName::Cancelled => "cancelled",
+        })
+    }
+}
 
 fn check_job_id(id: &str) -> Result<(), ApiError> {
     ulid::Ulid::from_string(id).map(|_| ()).map_err(|_| {
@@ -107,34 +151,24 @@ impl JobsApi {
     async fn list_jobs(
         &self,
         state: Data<&AppState>,
-        /// `dataset_build`, `embed` or `train`
-        kind: Query<Option<String>>,
-        /// queued | running | retrying | succeeded | failed | cancelled
-        status: Query<Option<String>>,
+        /// Only jobs of this kind.
+        kind: Query<Option<JobKindName>>,
+        /// Only jobs in this state.
+        status: Query<Option<JobStatusName>>,
+        /// Page size, 1 to 1,000 (`server.page_size_max` may lower it); default 50.
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
+        /// Items to skip, >= 0; default 0.
+        #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
     ) -> Result<Json<JobPage>, ApiError> {
-        if let Some(k) = kind.0.as_deref() {
-            if trainyard_jobs::JobKind::from_queue(k).is_none() {
-                return Err(ApiError::bad_request(
-                    format!("unknown job kind `{k}` (dataset_build, embed, train)"),
-                    Some("kind"),
-                ));
-            }
-        }
-        if let Some(s) = status.0.as_deref() {
-            if !STATUSES.contains(&s) {
-                return Err(ApiError::bad_request(
-                    format!("unknown status `{s}` ({})", STATUSES.join(", ")),
-                    Some("status"),
-                ));
-            }
-        }
+        let kind = kind.0.map(|k| k.to_string());
+        let status = status.0.map(|s| s.to_string());
         let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
         let (jobs, total) = queue::list_jobs(
             &state.pool,
-            kind.0.as_deref(),
-            status.0.as_deref(),
+            kind.as_deref(),
+            status.as_deref(),
             limit,
             offset,
         )
@@ -152,6 +186,8 @@ impl JobsApi {
     async fn get_job(
         &self,
         state: Data<&AppState>,
+        /// The job's ULID (26 characters of Crockford base32).
+        #[oai(validator(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"))]
         id: Path<String>,
     ) -> Result<Json<Job>, ApiError> {
         check_job_id(&id)?;
@@ -164,6 +200,8 @@ impl JobsApi {
     async fn cancel_job(
         &self,
         state: Data<&AppState>,
+        /// The job's ULID (26 characters of Crockford base32).
+        #[oai(validator(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"))]
         id: Path<String>,
     ) -> Result<Json<Job>, ApiError> {
         check_job_id(&id)?;
@@ -196,6 +234,8 @@ impl JobsApi {
     async fn retry_job(
         &self,
         state: Data<&AppState>,
+        /// The job's ULID (26 characters of Crockford base32).
+        #[oai(validator(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"))]
         id: Path<String>,
     ) -> Result<Json<Job>, ApiError> {
         check_job_id(&id)?;

@@ -45,10 +45,14 @@ pub struct LegacyModels {
 
 #[derive(Debug, Object)]
 pub struct LegacyBuildRequest {
+    /// 1 to 10,000 bilibili ids.
+    #[oai(validator(min_items = 1, max_items = 10000))]
     pub aid_list: Vec<i64>,
+    #[oai(nullable)]
     pub embedding_model: Option<String>,
     #[oai(default)]
     pub force_regenerate: bool,
+    #[oai(nullable)]
     pub description: Option<String>,
 }
 
@@ -66,8 +70,10 @@ pub struct LegacyDataset {
     pub status: String,
     pub description: String,
     pub embedding_model: String,
+    #[oai(nullable)]
     pub stats: Option<serde_json::Value>,
     pub created_at: String,
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 
@@ -99,10 +105,7 @@ fn legacy(row: store::DatasetRow) -> LegacyDataset {
     }
 }
 
-async fn load(state: &AppState, id: &str) -> Result<store::DatasetRow, ApiError> {
-    let uuid = uuid::Uuid::parse_str(id).map_err(|_| {
-        ApiError::bad_request(format!("`{id}` is not a dataset id"), Some("dataset_id"))
-    })?;
+async fn load(state: &AppState, uuid: uuid::Uuid) -> Result<store::DatasetRow, ApiError> {
     store::get(&state.pool, uuid)
         .await?
         .ok_or_else(|| ApiError::not_found("dataset", uuid))
@@ -188,9 +191,9 @@ impl LegacyV1Api {
     async fn get(
         &self,
         state: Data<&AppState>,
-        dataset_id: Path<String>,
+        dataset_id: Path<uuid::Uuid>,
     ) -> Result<Json<LegacyDataset>, ApiError> {
-        Ok(Json(legacy(load(&state, &dataset_id).await?)))
+        Ok(Json(legacy(load(&state, dataset_id.0).await?)))
     }
 
     /// All datasets, newest first (at most 1000).
@@ -209,9 +212,9 @@ impl LegacyV1Api {
     async fn delete(
         &self,
         state: Data<&AppState>,
-        dataset_id: Path<String>,
+        dataset_id: Path<uuid::Uuid>,
     ) -> Result<Json<LegacyMessage>, ApiError> {
-        let row = load(&state, &dataset_id).await?;
+        let row = load(&state, dataset_id.0).await?;
         store::delete(&state.pool, row.id).await?;
         Ok(Json(LegacyMessage {
             message: "dataset deleted".into(),

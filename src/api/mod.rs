@@ -7,13 +7,16 @@ pub mod health;
 pub mod http_telemetry;
 pub mod jobs;
 pub mod legacy_v1;
+pub mod limits;
 pub mod models;
 pub mod openai_embeddings;
 mod payload_errors;
 pub mod predict;
 pub mod tokens;
+mod route_errors;
 pub mod training;
 mod training_schema;
+mod wire_types;
 
 use std::sync::Arc;
 
@@ -104,7 +107,7 @@ pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
         "trainyard",
         env!("CARGO_PKG_VERSION"),
     )
-    .description("Labelled text in, served classifiers out: documents, annotations, datasets, embeddings, training runs, a model registry, inference and jobs.")
+    .description(format!("Labelled text in, served classifiers out: documents, annotations, datasets, embeddings, training runs, a model registry, inference and jobs.\n\n{}", limits::describe()))
     .server(server_url)
 }
 
@@ -146,6 +149,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/metrics", poem::get(http_telemetry::metrics_endpoint))
         .data(state)
         .around(move |ep, req| guard_body(ep, req, limit))
+        .around(route_errors::around)
         .around(move |ep, req| auth::around(ep, req, gate.clone()))
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .around(http_telemetry::around)
@@ -189,6 +193,13 @@ async fn guard_body<E: Endpoint>(
             kept = Some(body.clone());
         }
         req.set_body(body);
+    }
+    if let Some(body) = &kept {
+        if let Some(refusal) =
+            payload_errors::check_request(req.method().as_str(), req.uri().path(), body)
+        {
+            return Ok(payload_errors::refusal_response(refusal));
+        }
     }
     match ep.call(req).await {
         Ok(response) => Ok(response.into_response()),

@@ -20,11 +20,15 @@ enum ApiTags {
 pub struct Model {
     pub name: String,
     /// The version promoted for serving.
+    #[oai(nullable)]
     pub served_version: Option<i32>,
+    #[oai(nullable)]
     pub latest_version: Option<i32>,
     pub versions: i64,
     /// The version this API process serves from memory, and any load failure.
+    #[oai(nullable)]
     pub loaded_version: Option<i32>,
+    #[oai(nullable)]
     pub load_error: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
@@ -34,7 +38,9 @@ pub struct ModelVersion {
     pub name: String,
     pub version: i32,
     pub served: bool,
+    #[oai(nullable)]
     pub run_id: Option<Uuid>,
+    #[oai(nullable)]
     pub dataset_id: Option<Uuid>,
     /// mode, task, labels and shape.
     pub spec: serde_json::Value,
@@ -48,6 +54,7 @@ pub struct ModelVersion {
     /// (`{label: {positives, negatives, sources: {source: {positives, negatives}}}}`). A source
     /// missing under a label never annotated it: the model's score for that label on that
     /// source's texts is an extrapolation. Absent for versions trained before this was kept.
+    #[oai(nullable)]
     pub label_coverage: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
 }
@@ -58,6 +65,7 @@ pub struct Promotion {
     /// The version now served.
     pub version: i32,
     /// The version served before.
+    #[oai(nullable)]
     pub previous_version: Option<i32>,
 }
 
@@ -95,15 +103,6 @@ impl From<registry::VersionSummary> for ModelVersion {
             created_at: v.created_at,
         }
     }
-}
-
-fn parse_version(v: &str) -> Result<i32, ApiError> {
-    v.parse::<i32>().ok().filter(|v| *v >= 1).ok_or_else(|| {
-        ApiError::bad_request(
-            format!("`{v}` is not a version number (an integer >= 1)"),
-            Some("version"),
-        )
-    })
 }
 
 pub struct ModelsApi;
@@ -154,9 +153,11 @@ impl ModelsApi {
         &self,
         state: Data<&AppState>,
         name: Path<String>,
-        version: Path<String>,
+        /// The version number, >= 1.
+        #[oai(validator(minimum(value = "1")))]
+        version: Path<i32>,
     ) -> Result<Json<ModelVersion>, ApiError> {
-        let wanted = parse_version(&version)?;
+        let wanted = version.0;
         let versions = registry::list_versions(&state.pool, &name)
             .await?
             .ok_or_else(|| ApiError::model_not_found(&name))?;
@@ -177,9 +178,11 @@ impl ModelsApi {
         &self,
         state: Data<&AppState>,
         name: Path<String>,
-        version: Path<String>,
+        /// The version number, >= 1.
+        #[oai(validator(minimum(value = "1")))]
+        version: Path<i32>,
     ) -> Result<Json<Promotion>, ApiError> {
-        let version = parse_version(&version)?;
+        let version = version.0;
         let previous = registry::promote(&state.pool, &name, version).await?;
         Ok(Json(Promotion {
             name: name.0,

@@ -9,6 +9,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi, Tags};
 
 use super::errors::ApiError;
+use super::wire_types::EmbeddingInput;
 use super::AppState;
 use crate::config::ProviderType;
 
@@ -27,13 +28,18 @@ pub enum EncodingFormat {
 
 #[derive(Debug, Object)]
 pub struct EmbeddingsRequest {
-    /// A string or an array of strings (token arrays are not supported).
-    pub input: serde_json::Value,
+    /// A string or an array of 1 to 2,048 strings (`server.max_inputs_per_request` may lower
+    /// it), each 1 to 100,000 characters (`server.max_text_chars` may lower it). Token arrays
+    /// are not supported.
+    pub input: EmbeddingInput,
     /// The local model's name, e.g. `all-MiniLM-L6-v2`.
     pub model: String,
+    #[oai(nullable)]
     pub encoding_format: Option<EncodingFormat>,
     /// Must equal the model's dimensions when given (no truncation).
+    #[oai(nullable, validator(minimum(value = "1")))]
     pub dimensions: Option<usize>,
+    #[oai(nullable)]
     pub user: Option<String>,
 }
 
@@ -214,7 +220,7 @@ impl OpenAiEmbeddingsApi {
         }
         let server = &state.settings.server;
         let texts = parse_input(
-            req.input,
+            req.input.0,
             server.max_inputs_per_request,
             server.max_text_chars,
         )?;

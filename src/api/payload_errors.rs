@@ -1,4 +1,11 @@
-//! Says which field of a JSON body is wrong when poem-openapi rejects it.
+//! Says which field of a JSON body is wrong when poem-openapi rejects it, and refuses what
+//! poem-openapi would let through although the document forbids it.
+//!
+//! poem-openapi takes a JSON number or boolean where the document declares a string (it
+//! stringifies them), so every JSON body is first checked against its operation's declared
+//! schema (`check_request`): a value of the wrong JSON type is a 400 naming the field, like
+//! any other schema violation. Strings holding NUL (U+0000), which Postgres cannot store as
+//! text, are refused there too, with 422.
 //!
 //! poem-openapi's payload error names types, not fields ("Expected input type "string", found
 //! null (occurred while parsing "DocumentIn") ... (occurred while parsing "DocumentsIn")"). Its
@@ -21,6 +28,99 @@ fn schemas() -> &'static Map<String, Value> {
             .cloned()
             .unwrap_or_default()
     })
+}
+
+/// Each documented operation that takes a JSON body: method, path segments, body schema.
+fn body_schemas() -> &'static [(String, Vec<String>, Value)] {
+    static BODIES: OnceLock<Vec<(String, Vec<String>, Value)>> = OnceLock::new();
+    BODIES.get_or_init(|| {
+        let spec: Value = serde_json::from_str(&super::openapi_json()).unwrap_or_default();
+        let mut out = Vec::new();
+        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let content = op
+                    .pointer("/requestBody/content")
+                    .and_then(Value::as_object);
+                let schema = content
+                    .into_iter()
+                    .flatten()
+                    .find(|(mime, _)| mime.starts_with("application/json"))
+                    .map(|(_, c)| c["schema"].clone());
+                if let Some(schema) = schema {
+                    let segments = path.split('/').map(str::to_string).collect();
+                    out.push((method.to_uppercase(), segments, schema));
+                }
+            }
+        }
+        out
+    })
+}
+
+/// Why a JSON body is refused before poem-openapi parses it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A value breaks the declared schema: (path, problem); 400.
+    Invalid(String, String),
+    /// A string holds NUL (U+0000) at this path; 422.
+    Nul(String),
+}
+
+/// Checks a JSON body against the schema its operation declares; `None` when it conforms (or
+/// is not JSON, or the route takes no JSON body: poem-openapi answers those itself).
+pub fn check_request(method: &str, path: &str, body: &[u8]) -> Option<Refusal> {
+    let wanted: Vec<&str> = path.split('/').collect();
+    let (_, _, schema) = body_schemas().iter().find(|(m, template, _)| {
+        m == method
+            && template.len() == wanted.len()
+            && template
+                .iter()
+                .zip(&wanted)
+                .all(|(t, w)| t == w || (t.starts_with('{') && t.ends_with('}')))
+    })?;
+    let value: Value = serde_json::from_slice(body).ok()?;
+    if let Some(at) = nul_at(&value, "") {
+        return Some(Refusal::Nul(at));
+    }
+    first_problem(schemas(), schema, &value, "").map(|(p, why)| Refusal::Invalid(p, why))
+}
+
+/// The 4xx for a refused body, in the one error shape.
+pub fn refusal_response(refusal: Refusal) -> poem::Response {
+    use poem::IntoResponse;
+    match refusal {
+        Refusal::Invalid(path, problem) if path.is_empty() => {
+            super::errors::ApiError::bad_request(format!("invalid request body: {problem}"), None)
+        }
+        Refusal::Invalid(path, problem) => super::errors::ApiError::bad_request(
+            format!("invalid request body: `{path}` {problem}"),
+            Some(&path),
+        ),
+        Refusal::Nul(path) => super::errors::ApiError::unprocessable(
+            "nul_character",
+            format!("`{path}` contains a NUL character (U+0000), which cannot be stored"),
+            Some(&path),
+        ),
+    }
+    .into_response()
+}
+
+/// The path of the first string (or object key) holding NUL.
+fn nul_at(value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::String(s) => s.contains('\0').then(|| path.to_string()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(path.to_string())
+            } else {
+                nul_at(v, &join(path, k))
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// The outermost type poem-openapi was parsing when it failed (the body's schema name).
@@ -49,6 +149,14 @@ fn resolve<'a>(schemas: &'a Map<String, Value>, schema: &'a Value) -> &'a Value 
         Some(name) => schemas.get(name).unwrap_or(schema),
         None => schema,
     }
+}
+
+/// A typed schema that is not declared nullable (`{}` takes anything, null included).
+fn refuses_null(schema: &Value) -> bool {
+    schema.get("nullable") != Some(&Value::Bool(true))
+        && ["type", "$ref", "allOf", "oneOf"]
+            .iter()
+            .any(|k| schema.get(k).is_some())
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -92,6 +200,9 @@ fn first_problem(
         // A null where a value is allowed (optional fields are checked by their parent).
         return None;
     }
+    if let Some(problem) = outside_limits(schema, value) {
+        return Some((path.to_string(), problem));
+    }
     match schema.get("type").and_then(Value::as_str) {
         Some("object") => {
             let Some(object) = value.as_object() else {
@@ -119,6 +230,10 @@ fn first_problem(
             let extra = schema.get("additionalProperties").filter(|a| a.is_object());
             object.iter().find_map(|(key, v)| {
                 let field_schema = properties.and_then(|p| p.get(key)).or(extra)?;
+                if v.is_null() && refuses_null(field_schema) {
+                    // poem-openapi would read it as absent (and take a default).
+                    return Some((join(path, key), "may not be null".to_string()));
+                }
                 first_problem(schemas, field_schema, v, &join(path, key))
             })
         }
@@ -133,7 +248,7 @@ fn first_problem(
                 .find_map(|(i, v)| first_problem(schemas, item_schema, v, &format!("{path}[{i}]")))
         }
         Some("string") => {
-            if value.is_object() || value.is_array() || value.is_boolean() {
+            if !value.is_string() {
                 return expected("a string");
             }
             let allowed = schema.get("enum").and_then(Value::as_array)?;
@@ -150,6 +265,48 @@ fn first_problem(
         Some("boolean") if !value.is_boolean() => expected("a boolean"),
         _ => None,
     }
+}
+
+/// The declared limit (length, item count, range) that `value` breaks, if any.
+fn outside_limits(schema: &Value, value: &Value) -> Option<String> {
+    let limit = |key: &str| schema.get(key).and_then(Value::as_f64);
+    let plural = |n: f64, one: &str, many: &str| {
+        if n == 1.0 {
+            format!("{n} {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    let (size, one, many) = match value {
+        Value::String(s) => (Some(s.chars().count() as f64), "character", "characters"),
+        Value::Array(a) => (Some(a.len() as f64), "item", "items"),
+        Value::Object(o) => (Some(o.len() as f64), "property", "properties"),
+        _ => (None, "", ""),
+    };
+    if let Some(size) = size {
+        let (lo, hi) = match value {
+            Value::String(_) => ("minLength", "maxLength"),
+            Value::Array(_) => ("minItems", "maxItems"),
+            _ => ("minProperties", "maxProperties"),
+        };
+        if let Some(min) = limit(lo).filter(|min| size < *min) {
+            return Some(format!("must have at least {}", plural(min, one, many)));
+        }
+        if let Some(max) = limit(hi).filter(|max| size > *max) {
+            return Some(format!(
+                "must have at most {}, not {size}",
+                plural(max, one, many)
+            ));
+        }
+    }
+    let x = value.as_f64()?;
+    if let Some(min) = limit("minimum").filter(|min| x < *min) {
+        return Some(format!("must be >= {min}, not {x}"));
+    }
+    if let Some(max) = limit("maximum").filter(|max| x > *max) {
+        return Some(format!("must be <= {max}, not {x}"));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -210,6 +367,88 @@ mod tests {
             explain("x (occurred while parsing \"DocumentsIn\")", b"{not json"),
             None
         );
-        assert_eq!(check("DocumentsIn", json!({"documents": []})), None);
+    }
+
+    #[test]
+    fn bodies_are_checked_against_their_operations_schema() {
+        let body = |v: Value| v.to_string().into_bytes();
+        assert_eq!(
+            check_request("POST", "/predict", &body(json!({"text": false}))),
+            Some(Refusal::Invalid(
+                "text".into(),
+                "must be a string, not a boolean".into()
+            ))
+        );
+        assert_eq!(
+            check_request(
+                "POST",
+                "/api/v1/models/m/batch",
+                &body(json!({"texts": ["a", 7]}))
+            ),
+            Some(Refusal::Invalid(
+                "texts[1]".into(),
+                "must be a string, not a number".into()
+            ))
+        );
+        assert_eq!(
+            check_request(
+                "POST",
+                "/api/v1/documents",
+                &body(
+                    json!({"documents": [{"source": "s", "external_id": "1", "tags": ["a\u{0}b"]}]})
+                )
+            ),
+            Some(Refusal::Nul("documents[0].tags[0]".into()))
+        );
+        assert_eq!(
+            check_request(
+                "POST",
+                "/predict",
+                &body(json!({"text": "fine", "threshold": null}))
+            ),
+            None
+        );
+        assert_eq!(
+            check_request("GET", "/predict", &body(json!({"text": 1}))),
+            None
+        );
+        assert_eq!(check_request("POST", "/predict", b"{not json"), None);
+        assert_eq!(
+            check_request(
+                "POST",
+                "/v1/dataset/build",
+                &body(json!({"aid_list": [1], "force_regenerate": null, "description": null}))
+            ),
+            Some(Refusal::Invalid(
+                "force_regenerate".into(),
+                "may not be null".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn names_the_field_that_breaks_a_declared_limit() {
+        assert_eq!(
+            check("DocumentsIn", json!({"documents": []})),
+            Some(("documents".into(), "must have at least 1 item".into()))
+        );
+        assert_eq!(
+            check(
+                "DocumentsIn",
+                json!({"documents": [{"source": "s", "external_id": "x".repeat(513), "text": "t"}]})
+            ),
+            Some((
+                "documents[0].external_id".into(),
+                "must have at most 512 characters, not 513".into()
+            ))
+        );
+        assert_eq!(
+            check(
+                "CreateDataset",
+                json!({"name": "n", "selection": {}, "label_schema": {"type": "binary", "labels": ["a"]},
+                       "splits": {"train": 1.5}})
+            ),
+            Some(("splits.train".into(), "must be <= 1, not 1.5".into()))
+        );
     }
 }

@@ -9,6 +9,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi, Tags};
 
 use super::errors::ApiError;
+use super::wire_types::Threshold;
 use super::AppState;
 use crate::inference::{decide, LoadedModel};
 
@@ -20,18 +21,25 @@ enum ApiTags {
 
 #[derive(Debug, Object)]
 pub struct PredictRequest {
+    /// At most 100,000 characters (`server.max_text_chars` may lower it).
+    #[oai(validator(max_length = 100000))]
     pub text: String,
     /// A number in [0, 1] for every label, a `{label: number}` map (other labels keep their
     /// stored threshold), or absent for the per-label thresholds tuned on validation.
     /// A label is positive when its score is `>=` its threshold.
-    pub threshold: Option<serde_json::Value>,
+    #[oai(nullable)]
+    pub threshold: Option<Threshold>,
 }
 
 #[derive(Debug, Object)]
 pub struct BatchRequest {
+    /// 1 to 1,024 texts (`inference.max_batch_texts` may lower it), each at most 100,000
+    /// characters.
+    #[oai(validator(max_items = 1024, max_length = 100000))]
     pub texts: Vec<String>,
     /// As in `/predict`.
-    pub threshold: Option<serde_json::Value>,
+    #[oai(nullable)]
+    pub threshold: Option<Threshold>,
 }
 
 #[derive(Debug, Object)]
@@ -40,9 +48,12 @@ pub struct PredictResult {
     /// Score per label (probability).
     pub predictions: BTreeMap<String, f32>,
     pub positive_labels: Vec<String>,
+    #[oai(nullable)]
     pub top_label: Option<String>,
+    #[oai(nullable)]
     pub max_score: Option<f32>,
     /// Why this text has no prediction (in a batch, each text fails alone); null otherwise.
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 
@@ -56,7 +67,7 @@ pub struct BatchResult {
 /// Per-label thresholds for one request.
 fn thresholds(
     model: &LoadedModel,
-    given: &Option<serde_json::Value>,
+    given: Option<&serde_json::Value>,
 ) -> Result<Vec<f32>, ApiError> {
     let bad =
         |message: String| ApiError::unprocessable("invalid_threshold", message, Some("threshold"));
@@ -182,7 +193,7 @@ pub async fn predict_one(
             Some("text"),
         ));
     }
-    let thresholds = thresholds(&model, &req.threshold)?;
+    let thresholds = thresholds(&model, req.threshold.as_ref().map(|t| &t.0))?;
     let scores = model
         .scores(vec![req.text.clone()])
         .await
@@ -210,7 +221,7 @@ pub async fn predict_batch(
             Some("texts"),
         ));
     }
-    let thresholds = thresholds(&model, &req.threshold)?;
+    let thresholds = thresholds(&model, req.threshold.as_ref().map(|t| &t.0))?;
     let problems: Vec<Option<String>> = req.texts.iter().map(|t| text_problem(state, t)).collect();
     let good: Vec<String> = req
         .texts

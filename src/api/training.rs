@@ -78,15 +78,6 @@ async fn fetch_run(state: &AppState, id: Uuid) -> Result<TrainingRun, ApiError> 
     Ok(row_to_run(&row))
 }
 
-fn parse_run_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| {
-        ApiError::bad_request(
-            format!("`{id}` is not a training run id (a UUID)"),
-            Some("id"),
-        )
-    })
-}
-
 pub struct TrainingApi;
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Training")]
@@ -203,7 +194,11 @@ impl TrainingApi {
     async fn list(
         &self,
         state: Data<&AppState>,
+        /// Page size, 1 to 1,000 (`server.page_size_max` may lower it); default 50.
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
+        /// Items to skip, >= 0; default 0.
+        #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
     ) -> Result<Json<TrainingRunPage>, ApiError> {
         let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
@@ -231,9 +226,9 @@ impl TrainingApi {
     async fn get(
         &self,
         state: Data<&AppState>,
-        id: Path<String>,
+        id: Path<Uuid>,
     ) -> Result<Json<TrainingRun>, ApiError> {
-        Ok(Json(fetch_run(&state, parse_run_id(&id)?).await?))
+        Ok(Json(fetch_run(&state, id.0).await?))
     }
 
     /// The per-epoch series: train and validation loss, validation metrics.
@@ -241,9 +236,9 @@ impl TrainingApi {
     async fn metrics(
         &self,
         state: Data<&AppState>,
-        id: Path<String>,
+        id: Path<Uuid>,
     ) -> Result<Json<MetricsSeries>, ApiError> {
-        let run = fetch_run(&state, parse_run_id(&id)?).await?;
+        let run = fetch_run(&state, id.0).await?;
         let epochs = epoch_rows(&state, run.id).await?;
         Ok(Json(MetricsSeries {
             run_id: run.id,
@@ -258,9 +253,9 @@ impl TrainingApi {
     async fn curves(
         &self,
         state: Data<&AppState>,
-        id: Path<String>,
+        id: Path<Uuid>,
     ) -> Result<SvgResponse, ApiError> {
-        let run = fetch_run(&state, parse_run_id(&id)?).await?;
+        let run = fetch_run(&state, id.0).await?;
         let points: Vec<EpochPoint> = epoch_rows(&state, run.id)
             .await?
             .iter()
@@ -283,9 +278,9 @@ impl TrainingApi {
     async fn cancel(
         &self,
         state: Data<&AppState>,
-        id: Path<String>,
+        id: Path<Uuid>,
     ) -> Result<Json<TrainingRun>, ApiError> {
-        let run = fetch_run(&state, parse_run_id(&id)?).await?;
+        let run = fetch_run(&state, id.0).await?;
         if matches!(run.status.as_str(), "succeeded" | "failed" | "cancelled") {
             return Err(ApiError::conflict(format!(
                 "training run {} is {}: it cannot be cancelled",

@@ -37,43 +37,72 @@ pub enum EarlyStoppingIn {
 #[derive(Debug, Object, Default)]
 pub struct HyperparametersIn {
     /// 1–1000. Default: head 30, finetune 3.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000")))]
     pub epochs: Option<u32>,
     /// 1–4096. Default: head 64, finetune 16.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "4096")))]
     pub batch_size: Option<usize>,
     /// Learning rate of the classifier head, (0, 1]. Default 1e-3.
+    #[oai(
+        nullable,
+        validator(minimum(value = "0", exclusive), maximum(value = "1"))
+    )]
     pub learning_rate: Option<f64>,
     /// Learning rate of the encoder (finetune), (0, 1]. Default 2e-5.
+    #[oai(
+        nullable,
+        validator(minimum(value = "0", exclusive), maximum(value = "1"))
+    )]
     pub encoder_learning_rate: Option<f64>,
     /// AdamW decoupled weight decay, [0, 1]. Default 0.01.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1")))]
     pub weight_decay: Option<f64>,
     /// Share of all steps spent warming up, [0, 1). Default 0.1; then linear decay to 0.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "0.99")))]
     pub warmup_ratio: Option<f64>,
     /// Global gradient-norm clip, >= 0 (0 = off). Default 1.0.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1000000")))]
     pub max_grad_norm: Option<f64>,
     /// Default val_macro_f1.
+    #[oai(nullable)]
     pub early_stopping_metric: Option<EarlyStoppingIn>,
     /// Epochs without improvement before stopping, 0–100 (0 = never). Default 3.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "100")))]
     pub patience: Option<u32>,
-    /// Default 42.
+    /// 0 to 4294967295. Default 42.
+    #[oai(
+        nullable,
+        validator(minimum(value = "0"), maximum(value = "4294967295"))
+    )]
     pub seed: Option<u64>,
     /// bce (with pos_weight), focal or asymmetric (not for multi_class). Default bce.
+    #[oai(nullable)]
     pub loss: Option<LossIn>,
     /// BCE only: weight positives by negatives/positives per label. Default true.
+    #[oai(nullable)]
     pub pos_weight: Option<bool>,
     /// Focal loss gamma, [0, 10]. Default 2.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "10")))]
     pub focal_gamma: Option<f64>,
     /// Asymmetric loss: gamma for negatives [0, 10] (default 4), positives [0, 10] (default 1),
     /// probability shift for negatives [0, 0.5) (default 0.05).
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "10")))]
     pub asymmetric_gamma_neg: Option<f64>,
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "10")))]
     pub asymmetric_gamma_pos: Option<f64>,
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "0.49")))]
     pub asymmetric_clip: Option<f64>,
     /// Hidden width of the head, 0–4096 (0 = linear). Default 256.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "4096")))]
     pub hidden_size: Option<i64>,
     /// Head dropout, [0, 0.9]. Default 0.1.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "0.9")))]
     pub dropout: Option<f64>,
     /// Finetune: tokens per text, 8–512. Default 128.
+    #[oai(nullable, validator(minimum(value = "8"), maximum(value = "512")))]
     pub max_tokens: Option<usize>,
     /// Telemetry step events every N steps, >= 1. Default 10.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000000")))]
     pub log_every_steps: Option<u64>,
 }
 
@@ -83,6 +112,7 @@ pub struct WebhookIn {
     /// the same with `is_eval: true` after each evaluation.
     pub url: String,
     /// Sent verbatim as the `Authorization` header.
+    #[oai(nullable)]
     pub authorization: Option<String>,
 }
 
@@ -93,14 +123,18 @@ pub struct CreateTrainingRun {
     /// The registry name the trained version is stored under: 1–64 of `A-Za-z0-9._-`.
     pub model_name: String,
     /// Default head.
+    #[oai(nullable)]
     pub mode: Option<ModeIn>,
+    #[oai(nullable)]
     pub hyperparameters: Option<HyperparametersIn>,
     /// auto | cpu | cuda. Default auto (CUDA when the worker has it).
+    #[oai(nullable)]
     pub device: Option<String>,
     /// Promote the new version when its validation macro-F1 beats the served one's.
     #[oai(default)]
     pub auto_promote: bool,
     /// Telemetry webhook; default from config (`training.webhook_url`).
+    #[oai(nullable)]
     pub webhook: Option<WebhookIn>,
 }
 
@@ -110,8 +144,10 @@ pub struct RunProgress {
     pub total_steps: i64,
     pub epoch: i32,
     pub total_epochs: i32,
+    #[oai(nullable)]
     pub samples_per_sec: Option<f64>,
     /// Seconds left at the current throughput.
+    #[oai(nullable)]
     pub eta_secs: Option<f64>,
 }
 
@@ -128,27 +164,39 @@ pub struct TrainingRun {
     /// The hyperparameters in effect, defaults filled in.
     pub hyperparameters: serde_json::Value,
     pub device: String,
+    #[oai(nullable)]
     pub device_used: Option<String>,
     pub auto_promote: bool,
     /// pending | running | succeeded | failed | cancelled
     pub status: String,
+    #[oai(nullable)]
     pub job_id: Option<String>,
+    #[oai(nullable)]
     pub error: Option<String>,
     pub progress: RunProgress,
+    #[oai(nullable)]
     pub best_epoch: Option<i32>,
     /// The early-stopping metric's best value (val_loss is negated).
+    #[oai(nullable)]
     pub best_metric: Option<f64>,
     /// Test-split metrics at the best epoch with the tuned thresholds.
+    #[oai(nullable)]
     pub test_metrics: Option<serde_json::Value>,
     /// Per-label thresholds tuned on validation (best F1; positive when score >= threshold).
+    #[oai(nullable)]
     pub thresholds: Option<serde_json::Value>,
     /// Webhook delivery counts: sent, failed, dropped.
+    #[oai(nullable)]
     pub telemetry: Option<serde_json::Value>,
     /// The epoch a resumed run continued after, when it resumed.
+    #[oai(nullable)]
     pub resumed_from: Option<i32>,
+    #[oai(nullable)]
     pub model_version: Option<i32>,
     pub created_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -165,6 +213,7 @@ pub struct EpochMetrics {
     pub epoch: i32,
     pub global_step: i64,
     pub train_loss: f64,
+    #[oai(nullable)]
     pub val_loss: Option<f64>,
     /// Validation metrics: per label precision/recall/F1/ROC-AUC, macro and micro.
     pub metrics: serde_json::Value,
@@ -175,7 +224,9 @@ pub struct EpochMetrics {
 pub struct MetricsSeries {
     pub run_id: Uuid,
     pub epochs: Vec<EpochMetrics>,
+    #[oai(nullable)]
     pub best_epoch: Option<i32>,
+    #[oai(nullable)]
     pub test_metrics: Option<serde_json::Value>,
 }
 

@@ -1,0 +1,293 @@
+//! The document tells the truth: schemathesis (every check, a fixed seed) against the document
+//! a real `trainyard serve --workers 1` serves, on a fresh database. Every operation must be
+//! tested and no check may fail.
+//!
+//! Needs the venv's schemathesis (`scripts/test.sh` installs the pinned version). Extra request
+//! headers (for example a bearer token) come from `TRAINYARD_SCHEMATHESIS_HEADERS`, one
+//! `Name: value` per line; `TRAINYARD_SCHEMATHESIS_EXAMPLES` overrides the examples per operation.
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const SEED: &str = "1";
+const EXAMPLES_PER_OPERATION: &str = "25";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn venv() -> PathBuf {
+    std::env::var_os("TRAINYARD_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv")))
+}
+
+/// `st run` with every check; `headers` are sent with every request (`Name: value`).
+fn schemathesis(url: &str, report: &std::path::Path, headers: &[String]) -> (bool, String) {
+    let examples = std::env::var("TRAINYARD_SCHEMATHESIS_EXAMPLES")
+        .unwrap_or_else(|_| EXAMPLES_PER_OPERATION.into());
+    let mut cmd = Command::new(venv().join("bin/st"));
+    cmd.args([
+        "--config-file",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml"),
+        "--no-color",
+        "run",
+        url,
+        "--checks",
+        "all",
+        "--seed",
+        SEED,
+        "--max-examples",
+        &examples,
+        // One worker: a fixed seed then gives the same run every time (and CPython 3.11's
+        // `ast.parse`, which hypothesis calls, has crashed under schemathesis's threads).
+        "--workers",
+        "1",
+        "--request-timeout",
+        "60",
+        "--suppress-health-check",
+        "too_slow,data_too_large,filter_too_much",
+        "--generation-database",
+        "none",
+        "--report",
+        "json",
+        "--report-json-path",
+    ])
+    .arg(report);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .expect("schemathesis in the venv (scripts/test.sh installs it)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn operations_in(doc: &Value) -> usize {
+    const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| METHODS.contains(&k.as_str()))
+                .count()
+        })
+        .sum()
+}
+
+async fn call(client: &reqwest::Client, method: &str, url: String, body: Option<Value>) -> Value {
+    let mut request = match method {
+        "POST" => client.post(url),
+        _ => client.get(url),
+    };
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or_default();
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+/// Polls `path` until `done` holds (or panics after `secs`).
+async fn wait_for(client: &reqwest::Client, url: String, secs: u64, done: impl Fn(&Value) -> bool) {
+    let started = Instant::now();
+    loop {
+        let v = call(client, "GET", url.clone(), None).await;
+        if done(&v) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(secs),
+            "waited for {url}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Documents, a dataset, a head trained on it and promoted: so that inference answers 200 and
+/// the registry has something to show (with nothing served, `/predict` honestly answers 503).
+async fn serve_a_trained_model(client: &reqwest::Client, base: &str) {
+    let (docs, notes) = labelled_docs("st", &sentences(60, "schemathesis"));
+    call(
+        client,
+        "POST",
+        format!("{base}/api/v1/documents"),
+        Some(docs),
+    )
+    .await;
+    call(
+        client,
+        "POST",
+        format!("{base}/api/v1/annotations"),
+        Some(notes),
+    )
+    .await;
+    let dataset = call(
+        client,
+        "POST",
+        format!("{base}/api/v1/datasets"),
+        Some(
+            serde_json::json!({"name": "schemathesis", "selection": {"sources": ["st"]},
+                                "label_schema": {"type": "binary", "labels": ["spam"]}}),
+        ),
+    )
+    .await;
+    let id = dataset["id"].as_str().unwrap().to_string();
+    wait_for(client, format!("{base}/api/v1/datasets/{id}"), 300, |d| {
+        assert_ne!(d["status"], "failed", "{d}");
+        d["status"] == "ready"
+    })
+    .await;
+    let run = call(
+        client,
+        "POST",
+        format!("{base}/api/v1/training-runs"),
+        Some(
+            serde_json::json!({"dataset_id": id, "model_name": "st-model",
+                                "hyperparameters": {"epochs": 3}}),
+        ),
+    )
+    .await;
+    let run = run["id"].as_str().unwrap().to_string();
+    wait_for(
+        client,
+        format!("{base}/api/v1/training-runs/{run}"),
+        300,
+        |r| {
+            assert!(
+                !matches!(r["status"].as_str(), Some("failed" | "cancelled")),
+                "{r}"
+            );
+            r["status"] == "succeeded"
+        },
+    )
+    .await;
+    call(
+        client,
+        "POST",
+        format!("{base}/api/v1/models/st-model/versions/1/promote"),
+        None,
+    )
+    .await;
+    wait_for(client, format!("{base}/health"), 60, |h| {
+        h["model"] == "st-model"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_failure_in_any_operation() {
+    let db = fresh_db().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _serve = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_trainyard"))
+            .args(["serve", "--listen", &listen, "--workers", "1"])
+            .env("DATABASE_URL", &db.url)
+            .env("TRAINYARD_QUEUE__HEARTBEAT_SECS", "1")
+            .env("TRAINYARD_LOCAL_MODEL__THREADS", "1")
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn trainyard serve"),
+    );
+    let base = format!("http://{listen}");
+    let headers: Vec<String> = std::env::var("TRAINYARD_SCHEMATHESIS_HEADERS")
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    // The set-up requests carry the same headers (a token, once the API asks for one).
+    let mut defaults = reqwest::header::HeaderMap::new();
+    for h in &headers {
+        let (name, value) = h.split_once(':').expect("headers are `Name: value`");
+        defaults.insert(
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            reqwest::header::HeaderValue::from_str(value.trim()).unwrap(),
+        );
+    }
+    let client = reqwest::Client::builder()
+        .default_headers(defaults)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let doc: Value = loop {
+        if let Ok(r) = client.get(format!("{base}/openapi.json")).send().await {
+            break r.json().await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "serve did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    serve_a_trained_model(&client, &base).await;
+    let operations = operations_in(&doc);
+    assert!(operations >= 35, "{operations} operations documented");
+
+    let report = std::env::temp_dir().join(format!("ty-schemathesis-{}.json", db.name));
+    let url = format!("{base}/openapi.json");
+    let ran = Instant::now();
+    let (ok, output, report) = tokio::task::spawn_blocking(move || {
+        let (ok, output) = schemathesis(&url, &report, &headers);
+        let json = std::fs::read_to_string(&report).unwrap_or_default();
+        let _ = std::fs::remove_file(&report);
+        (ok, output, serde_json::from_str::<Value>(&json).ok())
+    })
+    .await
+    .unwrap();
+    let elapsed = ran.elapsed().as_secs_f64();
+    // The summary is worth seeing in every run (cargo shows it with --nocapture or on failure).
+    let summary: Vec<&str> = output
+        .lines()
+        .skip_while(|l| !l.contains("SUMMARY"))
+        .collect();
+    println!("schemathesis ran {elapsed:.0} s\n{}", summary.join("\n"));
+    let r = report.unwrap_or_else(|| panic!("no report from schemathesis:\n{output}"));
+    let ops = &r["operations"];
+    assert_eq!(
+        ops["total"].as_u64(),
+        Some(operations as u64),
+        "schemathesis saw every documented operation: {ops}"
+    );
+    assert_eq!(
+        ops["tested"].as_u64(),
+        Some(operations as u64),
+        "every operation was tested: {ops}\n{output}"
+    );
+    assert_eq!(r["failures"], Value::Array(vec![]), "failures:\n{output}");
+    assert_eq!(r["errors"], Value::Array(vec![]), "errors:\n{output}");
+    assert!(
+        r["test_cases"]["generated"].as_u64().unwrap_or(0) >= operations as u64 * 5,
+        "enough test cases: {}",
+        r["test_cases"]
+    );
+    assert!(ok, "schemathesis exited non-zero:\n{output}");
+    println!(
+        "schemathesis: {} operations, {} test cases, 0 failures",
+        operations, r["test_cases"]["generated"]
+    );
+    db.drop_db().await;
+}
