@@ -84,6 +84,22 @@ pub const OPERATIONS: &[(&str, &str, Access)] = &[
     ("DELETE", "/api/v1/tokens/{id}", Needs(Admin)),
 ];
 
+/// (METHOD, path template) of every generated operation; the document is read once per process.
+fn documented_operations() -> &'static [(String, String)] {
+    static OPS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    OPS.get_or_init(|| {
+        let doc: Value =
+            serde_json::from_str(&super::openapi_service("/").spec()).unwrap_or_default();
+        let mut ops = Vec::new();
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
+                ops.push((method.to_uppercase(), path.clone()));
+            }
+        }
+        ops
+    })
+}
+
 /// How this process treats requests, decided once at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -190,14 +206,9 @@ impl Gate {
             .map(|(m, p, a)| Template::parse(m, p, *a))
             .collect();
         // Documented operations the table forgot need `admin` (a test keeps this empty).
-        let doc: Value =
-            serde_json::from_str(&super::openapi_service("/").spec()).unwrap_or_default();
-        for (path, ops) in doc["paths"].as_object().into_iter().flatten() {
-            for method in ops.as_object().into_iter().flatten().map(|(m, _)| m) {
-                let method = method.to_uppercase();
-                if !OPERATIONS.iter().any(|(m, p, _)| *m == method && p == path) {
-                    templates.push(Template::parse(&method, path, Needs(Admin)));
-                }
+        for (method, path) in documented_operations() {
+            if !OPERATIONS.iter().any(|(m, p, _)| m == method && p == path) {
+                templates.push(Template::parse(method, path, Needs(Admin)));
             }
         }
         let limiter = NonZeroU32::new(auth.rate_limit_per_second).map(|rate| {
