@@ -6,8 +6,9 @@
 //! trainyard: `queue::worker::run_workers` (the worker path every `trainyard worker` runs: job
 //! span, metrics, typed errors, the backoff trigger on `apalis.jobs`) with a registered
 //! handler that does what every real handler does before its work (a cancel check and a
-//! progress write through its `JobContext`) and returns Ok; jobs enqueued with
-//! `queue::enqueue` (so each has its `job_info` row). "trainyard-bare" is the same worker path
+//! progress write through its `JobContext`, which the process's job tracker turns into one
+//! cancel-flag query and one progress statement per tick for all its jobs) and returns Ok;
+//! jobs enqueued with `queue::enqueue` (so each has its `job_info` row). "trainyard-bare" is the same worker path
 //! with a handler that returns Ok at once: the difference shows what the handler's own
 //! queries cost. Each side runs the same number of workers (each with its own name and
 //! heartbeat, as separate processes would), concurrency and fetch batch, in this process.
@@ -117,13 +118,11 @@ fn trivial_handler(work: HandlerWork) -> JobHandler {
     use HandlerWork::*;
     Arc::new(move |ctx, _args| {
         Box::pin(async move {
-            if matches!(work, CancelCheck | CancelCheckAndProgress)
-                && ctx.cancel_requested().await?
-            {
+            if matches!(work, CancelCheck | CancelCheckAndProgress) && ctx.cancel_requested() {
                 return Err(JobError::Cancelled);
             }
             if matches!(work, Progress | CancelCheckAndProgress) {
-                ctx.set_progress(1, Some(1)).await?;
+                ctx.set_progress(1, Some(1));
             }
             Ok(serde_json::Value::Null)
         })

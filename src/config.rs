@@ -87,6 +87,10 @@ pub struct QueueSettings {
     /// then it hands what is left back to the queue and exits 0.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: f64,
+    /// A worker process reads the cancel flags of the jobs it runs and writes their progress
+    /// this often, for all of them in one statement each (a cancel is seen this late at most).
+    #[serde(default = "default_tracker_interval_ms")]
+    pub tracker_interval_ms: u64,
     pub retention_hours: f64,
 }
 
@@ -181,6 +185,10 @@ pub struct TrainingSettings {
 /// `queue.shutdown_grace_secs` when a config file predates it.
 fn default_shutdown_grace_secs() -> f64 {
     30.0
+}
+
+fn default_tracker_interval_ms() -> u64 {
+    250
 }
 
 impl Default for TrainingSettings {

@@ -38,7 +38,7 @@ pub async fn handle_build(
     args: DatasetBuildArgs,
 ) -> Result<serde_json::Value, JobError> {
     tracing::info!(job = %ctx.id, dataset = %args.dataset_id, "dataset_build started");
-    let result = run_build(state, &ctx.id, &args).await;
+    let result = run_build(state, ctx, &args).await;
     if let Err(e) = &result {
         tracing::warn!(job = %ctx.id, error = %e, "dataset_build failed");
         fail_dataset_if_final(ctx, args.dataset_id, e).await;
@@ -71,7 +71,7 @@ pub(crate) async fn fail_dataset_if_final(
 
 pub async fn run_build(
     state: &WorkerState,
-    job_id: &str,
+    ctx: &JobContext,
     args: &DatasetBuildArgs,
 ) -> Result<serde_json::Value, JobError> {
     let pool = &state.pool;
@@ -87,7 +87,7 @@ pub async fn run_build(
         }
         _ => {}
     }
-    if queue::cancel_requested(pool, job_id).await? {
+    if ctx.cancel_requested() {
         mark(pool, dataset.id, "cancelled", None).await?;
         return Err(JobError::Cancelled);
     }
@@ -224,7 +224,7 @@ pub async fn run_build(
     .execute(&mut *tx)
     .await?;
     sqlx::query("UPDATE job_info SET progress_done = 1, progress_total = 1 WHERE job_id = $1")
-        .bind(job_id)
+        .bind(&ctx.id)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

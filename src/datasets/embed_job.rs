@@ -11,7 +11,6 @@ use trainyard_jobs::EmbedArgs;
 use super::store;
 use crate::embedding::store::{begin_batch_write, insert_embeddings, stored_checksums};
 use crate::embedding::EmbedError;
-use crate::queue;
 use crate::queue::{JobContext, JobError};
 use crate::worker_state::WorkerState;
 use tracing::Instrument;
@@ -25,7 +24,7 @@ pub async fn handle_embed(
     ctx: &JobContext,
     args: EmbedArgs,
 ) -> Result<serde_json::Value, JobError> {
-    let result = run_embed(state, &ctx.id, &args).await;
+    let result = run_embed(state, ctx, &args).await;
     if let Err(e) = &result {
         tracing::warn!(job = %ctx.id, dataset = %args.dataset_id, batch = args.batch_no, error = %e, "embed failed");
         super::build::fail_dataset_if_final(ctx, args.dataset_id, e).await;
@@ -35,11 +34,11 @@ pub async fn handle_embed(
 
 pub async fn run_embed(
     state: &WorkerState,
-    job_id: &str,
+    ctx: &JobContext,
     args: &EmbedArgs,
 ) -> Result<serde_json::Value, JobError> {
     let pool = &state.pool;
-    if queue::cancel_requested(pool, job_id).await? {
+    if ctx.cancel_requested() {
         return Err(JobError::Cancelled);
     }
     let Some(dataset) = store::get(pool, args.dataset_id).await? else {
@@ -105,12 +104,6 @@ pub async fn run_embed(
         texts_embedded = todo.len(),
         tokens = tracing::field::Empty,
     );
-    let ctx = JobContext {
-        id: job_id.to_string(),
-        kind: trainyard_jobs::JobKind::Embed,
-        pool: pool.clone(),
-        stopping: Default::default(),
-    };
     let mut by_index: std::collections::HashMap<usize, Vec<f32>> =
         std::collections::HashMap::with_capacity(todo.len());
     let mut tokens_total: Option<u64> = Some(0);
@@ -143,9 +136,8 @@ pub async fn run_embed(
         }
         tokens_total = tokens_total.zip(tokens).map(|(a, b)| a + b);
         by_index.extend(chunk.iter().copied().zip(vectors));
-        ctx.set_progress(reused + by_index.len() as i64, None)
-            .await?;
-        if ctx.cancel_requested().await? {
+        ctx.set_progress(reused + by_index.len() as i64, None);
+        if ctx.cancel_requested() {
             return Err(JobError::Cancelled);
         }
     }
@@ -160,7 +152,7 @@ pub async fn run_embed(
             todo.len()
         )));
     }
-    if queue::cancel_requested(pool, job_id).await? {
+    if ctx.cancel_requested() {
         return Err(JobError::Cancelled);
     }
 
@@ -210,7 +202,7 @@ pub async fn run_embed(
         }
     }
     sqlx::query("UPDATE job_info SET progress_done = progress_total WHERE job_id = $1")
-        .bind(job_id)
+        .bind(&ctx.id)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use trainyard_jobs::JobKind;
 
+use super::tracker::JobTracker;
 use super::QueueError;
 
 /// How a job failed: retried later with backoff, or never again.
@@ -51,20 +52,23 @@ impl From<QueueError> for JobError {
     }
 }
 
-/// The job being run: its id and kind, the pool its queue lives in, and whether the worker
-/// running it is stopping.
+/// The job being run: its id and kind, the pool its queue lives in, whether the worker
+/// running it is stopping, and the process's ledger of its jobs (cancel flags, progress).
 #[derive(Debug, Clone)]
 pub struct JobContext {
     pub id: String,
     pub kind: JobKind,
     pub pool: PgPool,
     pub stopping: StopFlag,
+    pub(super) tracker: Arc<JobTracker>,
 }
 
 impl JobContext {
-    /// Whether this job has been asked to stop (handlers check at their checkpoints).
-    pub async fn cancel_requested(&self) -> Result<bool, QueueError> {
-        super::cancel_requested(&self.pool, &self.id).await
+    /// Whether this job has been asked to stop (handlers check at their checkpoints). Read
+    /// from memory: the worker process refreshes the flags of all its jobs in one query every
+    /// `queue.tracker_interval_ms` (see [`JobTracker`]), so a checkpoint costs no round trip.
+    pub fn cancel_requested(&self) -> bool {
+        self.tracker.cancel_requested(&self.id)
     }
 
     /// Whether this failure ends the job: fatal, cancelled, or its last attempt. An interrupted
@@ -87,22 +91,10 @@ impl JobContext {
 
     /// Records how far the job has got (`job_info.progress_done`, of `progress_total`).
     ///
-    /// Committed asynchronously: progress is advisory (a crash may lose the last write, and a
-    /// re-run job writes it again), so this statement does not wait for the WAL flush. The
-    /// `set_config(…, true)` is local to the statement's own implicit transaction and ends
-    /// with it; nothing else on the connection is affected. Waiting for the flush made the
-    /// write cost more than the rest of a trivial job (benches/queue_throughput.rs).
-    pub async fn set_progress(&self, done: i64, total: Option<i64>) -> Result<(), QueueError> {
-        sqlx::query(
-            "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
-             UPDATE job_info SET progress_done = $2, progress_total = coalesce($3, progress_total)
-             FROM relaxed WHERE job_id = $1",
-        )
-        .bind(&self.id)
-        .bind(done)
-        .bind(total)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// Buffered: the worker process writes the latest value of every job it runs in one
+    /// statement per tick (see [`JobTracker`]); a job that succeeds counts as complete
+    /// wherever progress is read, so its last value is never written.
+    pub fn set_progress(&self, done: i64, total: Option<i64>) {
+        self.tracker.set_progress(&self.id, done, total);
     }
 }

@@ -7,6 +7,7 @@
 //! survives any worker restart.
 pub mod gauges;
 pub mod job;
+pub mod tracker;
 pub mod worker;
 
 pub use job::{JobContext, JobError, StopFlag};
@@ -165,16 +166,24 @@ fn row_to_view(row: &sqlx::postgres::PgRow) -> Result<JobView, sqlx::Error> {
     };
     let status = api_status(&raw, attempts, max_attempts, cancel.unwrap_or(false));
     let running = matches!(status, "running" | "queued");
+    let progress_total = row
+        .try_get::<Option<i64>, _>("progress_total")?
+        .unwrap_or(0);
+    // A succeeded job is complete whatever its last buffered progress write said (workers
+    // write progress a tick late and not at all after success: see `tracker`).
+    let progress_done = if status == "succeeded" {
+        progress_total
+    } else {
+        row.try_get::<Option<i64>, _>("progress_done")?.unwrap_or(0)
+    };
     Ok(JobView {
         id: row.try_get("id")?,
         kind: row.try_get("job_type")?,
         status: status.to_string(),
         attempts,
         max_attempts,
-        progress_done: row.try_get::<Option<i64>, _>("progress_done")?.unwrap_or(0),
-        progress_total: row
-            .try_get::<Option<i64>, _>("progress_total")?
-            .unwrap_or(0),
+        progress_done,
+        progress_total,
         dataset_id: row.try_get("dataset_id")?,
         result: if status == "succeeded" { result } else { None },
         last_error: if status == "succeeded" {
@@ -323,16 +332,6 @@ pub async fn retry_job(conn: &mut PgConnection, job: &JobView) -> Result<(), Que
     Ok(())
 }
 
-/// Whether a running job has been asked to stop (checked by handlers at checkpoints).
-pub async fn cancel_requested(pool: &PgPool, id: &str) -> Result<bool, QueueError> {
-    let flag: Option<bool> =
-        sqlx::query_scalar("SELECT cancel_requested FROM job_info WHERE job_id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(flag.unwrap_or(false))
-}
-
 /// Deletes finished jobs older than `hours`. Returns how many went.
 pub async fn prune_finished(pool: &PgPool, hours: f64) -> Result<u64, QueueError> {
     let deleted = sqlx::query(
@@ -357,7 +356,9 @@ pub async fn dataset_jobs_progress(
     kind: JobKind,
 ) -> Result<Option<(i64, i64, Option<DateTime<Utc>>)>, QueueError> {
     let row: (i64, Option<i64>, Option<i64>, Option<DateTime<Utc>>) = sqlx::query_as(
-        "SELECT count(*), sum(i.progress_done)::bigint, sum(i.progress_total)::bigint, min(j.lock_at)
+        "SELECT count(*),
+                sum(CASE WHEN j.status = 'Done' THEN i.progress_total ELSE i.progress_done END)::bigint,
+                sum(i.progress_total)::bigint, min(j.lock_at)
          FROM job_info i JOIN apalis.jobs j ON j.id = i.job_id
          WHERE i.dataset_id = $1 AND i.kind = $2",
     )

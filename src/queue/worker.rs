@@ -22,6 +22,7 @@ use sqlx::PgPool;
 use trainyard_jobs::JobKind;
 
 use super::job::{JobContext, JobError, StopFlag};
+use super::tracker::JobTracker;
 use crate::config::QueueSettings;
 
 /// What a handler returns: the job's result (stored by apalis) or how it failed.
@@ -41,6 +42,7 @@ struct QueueEntry {
     pool: PgPool,
     handler: JobHandler,
     stopping: StopFlag,
+    tracker: Arc<JobTracker>,
 }
 
 fn into_apalis(
@@ -91,7 +93,9 @@ async fn run_one(
         kind: entry.kind,
         pool: entry.pool.clone(),
         stopping: entry.stopping.clone(),
+        tracker: entry.tracker.clone(),
     };
+    entry.tracker.start(&context.id);
     let queue = entry.kind.queue();
     // Every log line inside carries the job's id and kind; the span continues the trace of
     // whatever enqueued the job.
@@ -107,6 +111,7 @@ async fn run_one(
     let result = (entry.handler)(context.clone(), args)
         .instrument(span)
         .await;
+    entry.tracker.finish(&context.id, result.is_ok());
     if let Err(JobError::Interrupted) = &result {
         // Hand the job back before apalis records the attempt: its record then matches no row
         // locked by this worker, and the job is pending again with its attempts unchanged.
@@ -213,6 +218,17 @@ pub async fn run_workers(
     let watched = pool.clone();
     let grace = Duration::from_secs_f64(settings.shutdown_grace_secs.max(0.0));
     let stopping = StopFlag::default();
+    // One ledger per process: cancel flags and progress of all its jobs, one round trip each
+    // per tick instead of one per checkpoint.
+    let tracker = Arc::new(JobTracker::default());
+    let (tracker_stop, tracker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let tracker_task = tokio::spawn(tracker.clone().run(
+        pool.clone(),
+        Duration::from_millis(settings.tracker_interval_ms.max(10)),
+        async move {
+            let _ = tracker_stopped.await;
+        },
+    ));
     let mut monitor = Monitor::new().shutdown_timeout(grace).should_restart(move |worker, error| {
         if watched.is_closed() {
             // The process is closing its pool: nothing to restart for.
@@ -240,6 +256,7 @@ pub async fn run_workers(
             pool: pool.clone(),
             handler,
             stopping: stopping.clone(),
+            tracker: tracker.clone(),
         };
         let worker_name = format!("{name}-{}", kind.queue());
         let config = pg_config(&settings, kind, fetch_batch);
@@ -278,6 +295,11 @@ pub async fn run_workers(
         Err(e) => {
             tracing::error!(worker = %name, "could not hand back held jobs (heartbeat expiry will): {e}")
         }
+    }
+    // The last buffered progress of what ran or was handed back.
+    let _ = tracker_stop.send(());
+    if let Err(e) = tracker_task.await {
+        tracing::warn!(worker = %name, "job tracker ended badly: {e}");
     }
     tracing::info!(worker = %name, "worker stopped");
     Ok(())

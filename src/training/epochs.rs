@@ -13,8 +13,7 @@ use super::metrics::{evaluate, tune_thresholds, Metrics};
 use super::webhook::Telemetry;
 use crate::ml::classifier::ClassifierSpec;
 use crate::ml::trainer::{EarlyStoppingMetric, Hyperparameters, SplitData, TrainError, Trainer};
-use crate::queue;
-use crate::queue::{JobError, StopFlag};
+use crate::queue::{JobContext, JobError};
 
 /// Shared between the training thread and the async progress writer.
 #[derive(Default)]
@@ -76,13 +75,12 @@ pub(super) async fn load_checkpoint(
 /// Writes step/epoch/throughput to the run every `interval` and picks up cancellation and the
 /// worker's shutdown.
 pub(super) async fn write_progress(
-    pool: PgPool,
+    ctx: JobContext,
     run_id: Uuid,
-    job_id: String,
     progress: Arc<Progress>,
     interval: Duration,
-    stopping: StopFlag,
 ) {
+    let pool = &ctx.pool;
     let mut last = (u64::MAX, u32::MAX, u64::MAX);
     loop {
         let finished = progress.finished.load(Ordering::SeqCst);
@@ -102,24 +100,17 @@ pub(super) async fn write_progress(
             .bind(total as i64)
             .bind(epoch as i32)
             .bind(sps.is_finite().then_some(sps))
-            .execute(&pool)
+            .execute(pool)
             .await;
-            let _ = sqlx::query(
-                "UPDATE job_info SET progress_done = $2, progress_total = $3 WHERE job_id = $1",
-            )
-            .bind(&job_id)
-            .bind(step as i64)
-            .bind(total as i64)
-            .execute(&pool)
-            .await;
+            ctx.set_progress(step as i64, Some(total as i64));
         }
         if finished {
             return;
         }
-        if stopping.is_set() {
+        if ctx.stopping.is_set() {
             progress.interrupt.store(true, Ordering::SeqCst);
         }
-        if let Ok(true) = queue::cancel_requested(&pool, &job_id).await {
+        if ctx.cancel_requested() {
             progress.cancel.store(true, Ordering::SeqCst);
         }
         tokio::time::sleep(interval).await;

@@ -24,8 +24,7 @@ use super::webhook::{Telemetry, WebhookConfig};
 use crate::datasets::store;
 use crate::ml::classifier::ClassifierSpec;
 use crate::ml::text_encoder::pick_device;
-use crate::queue;
-use crate::queue::{JobContext, JobError, StopFlag};
+use crate::queue::{JobContext, JobError};
 use crate::worker_state::WorkerState;
 
 /// The `train` handler: trains, and records the failure on the run (failed or cancelled when
@@ -36,7 +35,7 @@ pub async fn handle_train(
     args: TrainArgs,
 ) -> Result<serde_json::Value, JobError> {
     tracing::info!(job = %ctx.id, run = %args.run_id, "train started");
-    let result = run_training(state, &ctx.id, &args, &ctx.stopping).await;
+    let result = run_training(state, ctx, &args).await;
     if let Err(e) = &result {
         tracing::warn!(job = %ctx.id, run = %args.run_id, error = %e, "train failed");
         let last = ctx.is_last_attempt(e).await;
@@ -47,15 +46,15 @@ pub async fn handle_train(
 
 pub async fn run_training(
     state: &WorkerState,
-    job_id: &str,
+    ctx: &JobContext,
     args: &TrainArgs,
-    stopping: &StopFlag,
 ) -> Result<serde_json::Value, JobError> {
     let pool = &state.pool;
-    if queue::cancel_requested(pool, job_id).await? {
+    let job_id = ctx.id.as_str();
+    if ctx.cancel_requested() {
         return Err(JobError::Cancelled);
     }
-    if stopping.is_set() {
+    if ctx.stopping.is_set() {
         return Err(JobError::Interrupted);
     }
     let Some(run) = load_run(pool, args.run_id).await? else {
@@ -133,12 +132,10 @@ pub async fn run_training(
     );
     let progress = Arc::new(Progress::default());
     let writer = tokio::spawn(write_progress(
-        pool.clone(),
+        ctx.clone(),
         run.id,
-        job_id.to_string(),
         progress.clone(),
         Duration::from_secs_f64(state.settings.training.progress_interval_secs.max(0.05)),
-        stopping.clone(),
     ));
 
     let context = BlockingContext {
