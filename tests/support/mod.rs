@@ -161,31 +161,7 @@ pub fn spawn_worker_process_on(
     name: &str,
     concurrency: usize,
 ) -> KillOnDrop {
-    let child = Command::new(env!("CARGO_BIN_EXE_trainyard"))
-        .args([
-            "worker",
-            "--queues",
-            queues,
-            "--concurrency",
-            &concurrency.to_string(),
-            "--name",
-            name,
-        ])
-        .env("DATABASE_URL", url)
-        .env("TRAINYARD_QUEUE__HEARTBEAT_SECS", "1")
-        .env("TRAINYARD_QUEUE__MISSED_HEARTBEATS", "3")
-        .env("TRAINYARD_QUEUE__POLL_INTERVAL_MS", "200")
-        .env("TRAINYARD_QUEUE__RETRY_BASE_SECS", "0.2")
-        .env("TRAINYARD_QUEUE__MAX_ATTEMPTS", "3")
-        .env("TRAINYARD_DATASETS__EMBED_BATCH_SIZE", "16")
-        .env("TRAINYARD_LOCAL_MODEL__THREADS", "1")
-        .env("TRAINYARD_TRAINING__THREADS", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn trainyard worker");
-    KillOnDrop(child)
+    spawn_worker_process_with(url, queues, name, concurrency, &[])
 }
 
 impl TestApp {
