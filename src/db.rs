@@ -30,6 +30,76 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// A short, shared check that the database answers, for the health endpoints: each check waits
+/// at most `timeout` (not the pool's acquire timeout) and its result is reused for `fresh_for`,
+/// so probes during an outage answer fast and a burst of them runs one query, not one each.
+pub struct DatabaseProbe {
+    pool: PgPool,
+    timeout: Duration,
+    fresh_for: Duration,
+    /// The last check: when it ended and what it found. Held while a check runs, so concurrent
+    /// callers wait for that check instead of starting their own.
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Reachability)>>,
+}
+
+/// What one check found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reachability {
+    /// `SELECT 1` answered; its round trip in milliseconds.
+    Reachable { latency_ms: f64 },
+    /// An error, or no answer within the probe's timeout.
+    Unavailable,
+}
+
+impl Reachability {
+    pub fn is_reachable(&self) -> bool {
+        matches!(self, Reachability::Reachable { .. })
+    }
+}
+
+impl DatabaseProbe {
+    /// Checks last at most `timeout`; a result is reused for `fresh_for`.
+    pub fn new(pool: PgPool, timeout: Duration, fresh_for: Duration) -> DatabaseProbe {
+        DatabaseProbe {
+            pool,
+            timeout,
+            fresh_for,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The database's state now, or as of a check that ended less than `fresh_for` ago.
+    pub async fn check(&self) -> Reachability {
+        let mut last = self.last.lock().await;
+        if let Some((at, found)) = *last {
+            if at.elapsed() < self.fresh_for {
+                return found;
+            }
+        }
+        let started = std::time::Instant::now();
+        let answer =
+            tokio::time::timeout(self.timeout, sqlx::query("SELECT 1").execute(&self.pool));
+        let found = match answer.await {
+            Ok(Ok(_)) => Reachability::Reachable {
+                latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            },
+            Ok(Err(e)) => {
+                tracing::debug!("health probe: database unavailable: {e}");
+                Reachability::Unavailable
+            }
+            Err(_) => {
+                tracing::debug!(
+                    "health probe: no answer from the database in {:?}",
+                    self.timeout
+                );
+                Reachability::Unavailable
+            }
+        };
+        *last = Some((std::time::Instant::now(), found));
+        found
+    }
+}
+
 /// Applies apalis's migrations (schema `apalis`) and then ours. Idempotent.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::query("CREATE EXTENSION IF NOT EXISTS hstore")

@@ -1,10 +1,12 @@
 //! The document tells the truth: schemathesis (every check, a fixed seed) against the document
-//! a real `trainyard serve --workers 1` serves, on a fresh database. Every operation must be
-//! tested and no check may fail.
+//! a real `trainyard serve --workers 1` serves, on a fresh database, with tokens required
+//! (`auth.mode = "required"`, as on any non-loopback address) and an admin token made by
+//! `trainyard token create`. Every operation must be tested and no check may fail; the served
+//! document must be the committed one.
 //!
 //! Needs the venv's schemathesis (`scripts/test.sh` installs the pinned version). Extra request
-//! headers (for example a bearer token) come from `TRAINYARD_SCHEMATHESIS_HEADERS`, one
-//! `Name: value` per line; `TRAINYARD_SCHEMATHESIS_EXAMPLES` overrides the examples per operation.
+//! headers come from `TRAINYARD_SCHEMATHESIS_HEADERS`, one `Name: value` per line;
+//! `TRAINYARD_SCHEMATHESIS_EXAMPLES` overrides the examples per operation.
 mod support;
 
 use std::path::PathBuf;
@@ -31,8 +33,15 @@ fn venv() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv")))
 }
 
-/// `st run` with every check; `headers` are sent with every request (`Name: value`).
-fn schemathesis(url: &str, report: &std::path::Path, headers: &[String]) -> (bool, String) {
+/// `st run` with every check; `headers` are sent with every request (`Name: value`);
+/// `revocable` is the id of the token that `DELETE /api/v1/tokens/{id}` revokes (see
+/// tests/schemathesis.toml).
+fn schemathesis(
+    url: &str,
+    report: &std::path::Path,
+    headers: &[String],
+    revocable: &str,
+) -> (bool, String) {
     let examples = std::env::var("TRAINYARD_SCHEMATHESIS_EXAMPLES")
         .unwrap_or_else(|_| EXAMPLES_PER_OPERATION.into());
     let mut cmd = Command::new(venv().join("bin/st"));
@@ -67,6 +76,7 @@ fn schemathesis(url: &str, report: &std::path::Path, headers: &[String]) -> (boo
         cmd.args(["-H", h]);
     }
     let out = cmd
+        .env("TRAINYARD_SCHEMATHESIS_REVOCABLE_TOKEN_ID", revocable)
         .stdin(Stdio::null())
         .output()
         .expect("schemathesis in the venv (scripts/test.sh installs it)");
@@ -195,14 +205,52 @@ async fn serve_a_trained_model(client: &reqwest::Client, base: &str) {
     .await;
 }
 
+/// An admin token made the way an operator makes the first one: `trainyard token create`
+/// against the database.
+fn admin_token(database_url: &str, name: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .args([
+            "token", "create", "--name", name, "--scopes", "admin", "--quiet",
+        ])
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run trainyard token create");
+    assert!(
+        out.status.success(),
+        "token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(token.starts_with("ty_"), "{token}");
+    token
+}
+
+/// The document without its `servers` (the served one says `/`, the committed one a full URL).
+fn without_servers(mut doc: Value) -> Value {
+    doc.as_object_mut().unwrap().remove("servers");
+    doc
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_failure_in_any_operation() {
     let db = fresh_db().await;
+    let token = admin_token(&db.url, "schemathesis");
+    // The one token schemathesis may revoke (it must not revoke the one it authenticates with).
+    let revocable = admin_token(&db.url, "revocable");
+    let revocable_id = revocable.split('_').nth(1).unwrap().to_string();
     let listen = format!("127.0.0.1:{}", free_port());
     let _serve = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_trainyard"))
             .args(["serve", "--listen", &listen, "--workers", "1"])
             .env("DATABASE_URL", &db.url)
+            // Tokens required even on loopback: the document then declares every operation's
+            // security, and schemathesis checks that each one refuses a request without it.
+            .env("TRAINYARD_AUTH__MODE", "required")
+            // Rate limits stay on, but far above what one schemathesis worker sends: a 429
+            // depends on timing, and a fixed seed must give the same run every time.
+            .env("TRAINYARD_AUTH__RATE_LIMIT_PER_SECOND", "100000")
+            .env("TRAINYARD_AUTH__RATE_LIMIT_BURST", "100000")
             .env("TRAINYARD_QUEUE__HEARTBEAT_SECS", "1")
             .env("TRAINYARD_LOCAL_MODEL__THREADS", "1")
             .env("RUST_LOG", "error")
@@ -212,14 +260,15 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
             .expect("spawn trainyard serve"),
     );
     let base = format!("http://{listen}");
-    let headers: Vec<String> = std::env::var("TRAINYARD_SCHEMATHESIS_HEADERS")
+    let mut headers: Vec<String> = std::env::var("TRAINYARD_SCHEMATHESIS_HEADERS")
         .unwrap_or_default()
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(str::to_string)
         .collect();
-    // The set-up requests carry the same headers (a token, once the API asks for one).
+    headers.push(format!("Authorization: Bearer {token}"));
+    // The set-up requests carry the same headers.
     let mut defaults = reqwest::header::HeaderMap::new();
     for h in &headers {
         let (name, value) = h.split_once(':').expect("headers are `Name: value`");
@@ -243,6 +292,29 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // What this server declares is what is committed (tokens required, inference by token).
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        without_servers(doc.clone()) == without_servers(committed),
+        "the served document differs from openapi/openapi.json"
+    );
+    assert_eq!(
+        doc["paths"]["/health"]["get"]["security"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        doc["paths"]["/api/v1/datasets"]["post"]["security"],
+        serde_json::json!([{"bearerAuth": []}])
+    );
+    // Without the token the API refuses; the set-up below uses it.
+    let refused = reqwest::get(format!("{base}/api/v1/datasets"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
     serve_a_trained_model(&client, &base).await;
     let operations = operations_in(&doc);
     assert!(operations >= 35, "{operations} operations documented");
@@ -250,8 +322,9 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
     let report = std::env::temp_dir().join(format!("ty-schemathesis-{}.json", db.name));
     let url = format!("{base}/openapi.json");
     let ran = Instant::now();
+    let id = revocable_id.clone();
     let (ok, output, report) = tokio::task::spawn_blocking(move || {
-        let (ok, output) = schemathesis(&url, &report, &headers);
+        let (ok, output) = schemathesis(&url, &report, &headers, &id);
         let json = std::fs::read_to_string(&report).unwrap_or_default();
         let _ = std::fs::remove_file(&report);
         (ok, output, serde_json::from_str::<Value>(&json).ok())
@@ -262,7 +335,7 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
     // The summary is worth seeing in every run (cargo shows it with --nocapture or on failure).
     let summary: Vec<&str> = output
         .lines()
-        .skip_while(|l| !l.contains("SUMMARY"))
+        .skip_while(|l| !l.contains("WARNINGS") && !l.contains("SUMMARY"))
         .collect();
     println!("schemathesis ran {elapsed:.0} s\n{}", summary.join("\n"));
     let r = report.unwrap_or_else(|| panic!("no report from schemathesis:\n{output}"));
@@ -285,6 +358,33 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
         r["test_cases"]
     );
     assert!(ok, "schemathesis exited non-zero:\n{output}");
+    // The run authenticated throughout (a revoked token would have turned every later request
+    // into a 401, which every check accepts), and the revocation did run, on its own token.
+    let after = client
+        .get(format!("{base}/api/v1/tokens"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status().as_u16(), 200, "the admin token still works");
+    let tokens: Value = after.json().await.unwrap();
+    let find = |id: &str| {
+        tokens["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("token {id} listed: {tokens}"))
+    };
+    assert!(
+        !find(&revocable_id)["revoked_at"].is_null(),
+        "DELETE /api/v1/tokens/{{id}} revoked it"
+    );
+    let own_id = token.split('_').nth(1).unwrap();
+    assert!(
+        find(own_id)["revoked_at"].is_null(),
+        "the test's own token is not revoked"
+    );
     println!(
         "schemathesis: {} operations, {} test cases, 0 failures",
         operations, r["test_cases"]["generated"]

@@ -266,7 +266,7 @@ async fn head_training_registry_and_inference() {
     let (s, e) = app.post("/predict", json!({"text": "hello"})).await;
     assert_eq!(s, 503, "{e}");
     let (_, h) = app.get("/health").await;
-    assert_eq!(h, json!({"status": "ok", "model": null}));
+    assert_eq!(h, json!({"status": "ok", "model": null, "database": "ok"}));
 
     // Promote v1: every API process loads it; the second seed's shapes answer.
     let (s, p) = app
@@ -275,7 +275,10 @@ async fn head_training_registry_and_inference() {
     assert_eq!(s, 200, "{p}");
     wait_loaded(&app, "moderation", 1).await;
     let (_, h) = app.get("/health").await;
-    assert_eq!(h, json!({"status": "ok", "model": "moderation"}));
+    assert_eq!(
+        h,
+        json!({"status": "ok", "model": "moderation", "database": "ok"})
+    );
     let (s, p) = app
         .post(
             "/predict",

@@ -138,7 +138,7 @@ impl From<crate::queue::QueueError> for ApiError {
             QueueError::NotFound(id) => ApiError::not_found("job", id),
             QueueError::Conflict { .. } => ApiError::conflict(e.to_string()),
             QueueError::Database(db) => db.into(),
-            QueueError::Apalis(m) => ApiError::internal(m),
+            QueueError::Serialization(_) | QueueError::Apalis(_) => ApiError::internal(e),
         }
     }
 }
@@ -188,5 +188,43 @@ impl ApiError {
             format!("The model `{model}` does not exist or is not served here"),
             Some("model"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueueError;
+
+    fn status_and_code(e: ApiError) -> (u16, String) {
+        let (status, body) = match e {
+            ApiError::Unavailable(b) => (503, b),
+            ApiError::Internal(b) => (500, b),
+            other => panic!("unexpected {other:?}"),
+        };
+        (status, body.0.error.code)
+    }
+
+    #[test]
+    fn an_enqueue_that_loses_the_database_is_a_503_and_a_serialization_bug_a_500() {
+        // `queue::enqueue` turns push_tasks's sqlx error into `QueueError::Database`.
+        for lost in [
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            sqlx::Error::PoolTimedOut,
+        ] {
+            assert_eq!(
+                status_and_code(QueueError::Database(lost).into()),
+                (503, "database_unavailable".to_string())
+            );
+        }
+        assert_eq!(
+            status_and_code(QueueError::Database(sqlx::Error::RowNotFound).into()),
+            (500, "internal".to_string())
+        );
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        assert_eq!(
+            status_and_code(QueueError::Serialization(json).into()),
+            (500, "internal".to_string())
+        );
     }
 }

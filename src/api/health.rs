@@ -1,7 +1,15 @@
 //! Liveness (`/health`) and readiness with details (`/api/v1/health`).
+//!
+//! Both answer 200 while the process can serve (predictions come from memory), and both say
+//! when the database is away: `status` turns `degraded` and `database` `unavailable`. The
+//! database check waits at most [`DATABASE_PROBE_TIMEOUT`] (not the pool's 2 s acquire timeout)
+//! and its result is reused for [`DATABASE_PROBE_FRESH_FOR`], so a probe never hangs and a
+//! burst of probes during an outage costs one check.
+use std::time::Duration;
+
 use poem::web::Data;
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi, Tags};
+use poem_openapi::{Enum, Object, OpenApi, Tags};
 
 use super::AppState;
 
@@ -11,12 +19,50 @@ enum ApiTags {
     Health,
 }
 
+/// The longest a health check waits for the database.
+pub const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a database check's result is reused.
+pub const DATABASE_PROBE_FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The process as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+    /// Something it depends on (the database, a migration) is missing.
+    Degraded,
+}
+
+/// The database as the last check found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum DatabaseState {
+    Ok,
+    /// No answer within 0.5 s, or an error.
+    Unavailable,
+}
+
+impl DatabaseState {
+    fn of(reachable: bool) -> DatabaseState {
+        if reachable {
+            DatabaseState::Ok
+        } else {
+            DatabaseState::Unavailable
+        }
+    }
+}
+
+/// The second seed's `{"status":"ok","model":NAME}`, plus the database's state.
 #[derive(Debug, Object)]
 pub struct Liveness {
-    pub status: String,
+    /// `ok`, or `degraded` while the database is unavailable: the process still answers and
+    /// serves predictions from memory, but nothing that needs the database works.
+    pub status: HealthStatus,
     /// The served classifier, once one is promoted.
     #[oai(nullable)]
     pub model: Option<String>,
+    /// `ok` | `unavailable` (no answer within 0.5 s, checked at most once a second).
+    pub database: DatabaseState,
 }
 
 #[derive(Debug, Object)]
@@ -41,9 +87,11 @@ pub struct EmbeddingModelInfo {
 
 #[derive(Debug, Object)]
 pub struct Health {
-    /// ok | degraded
-    pub status: String,
-    pub database: String,
+    /// `ok`, or `degraded` when the database is unavailable or migrations are missing.
+    pub status: HealthStatus,
+    /// `ok` | `unavailable` (no answer within 0.5 s, checked at most once a second).
+    pub database: DatabaseState,
+    /// The check's round trip; null while the database is unavailable.
     #[oai(nullable)]
     pub database_latency_ms: Option<f64>,
     pub migrations_applied: usize,
@@ -92,7 +140,8 @@ pub struct HealthApi;
 
 #[OpenApi(tag = "ApiTags::Health")]
 impl HealthApi {
-    /// Liveness: the process answers.
+    /// Liveness: the process answers (200 also while the database is unavailable: the served
+    /// model keeps predicting from memory; `status` is then `degraded`).
     #[oai(path = "/health", method = "get")]
     async fn liveness(&self, state: Data<&AppState>) -> Json<Liveness> {
         // The second seed's shape: {"status":"ok","model":NAME}, NAME being the served default.
@@ -100,18 +149,26 @@ impl HealthApi {
             .models
             .default_model_name()
             .filter(|name| state.models.get(name).is_some());
+        let reachable = state.database.check().await.is_reachable();
         Json(Liveness {
-            status: "ok".into(),
+            status: if reachable {
+                HealthStatus::Ok
+            } else {
+                HealthStatus::Degraded
+            },
             model,
+            database: DatabaseState::of(reachable),
         })
     }
 
     /// Readiness: database, migrations, queue depths, live workers, embedding models.
     #[oai(path = "/api/v1/health", method = "get")]
     async fn health(&self, state: Data<&AppState>) -> Json<Health> {
-        let started = std::time::Instant::now();
-        let db_ok = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
-        let latency = started.elapsed().as_secs_f64() * 1000.0;
+        let latency = match state.database.check().await {
+            crate::db::Reachability::Reachable { latency_ms } => Some(latency_ms),
+            crate::db::Reachability::Unavailable => None,
+        };
+        let db_ok = latency.is_some();
         // With the database down, each further query would wait out the pool's acquire
         // timeout: answer at once instead.
         let (applied, known) = if db_ok {
@@ -137,13 +194,12 @@ impl HealthApi {
         };
         Json(Health {
             status: if db_ok && applied == known {
-                "ok"
+                HealthStatus::Ok
             } else {
-                "degraded"
-            }
-            .into(),
-            database: if db_ok { "ok" } else { "unreachable" }.into(),
-            database_latency_ms: db_ok.then_some(latency),
+                HealthStatus::Degraded
+            },
+            database: DatabaseState::of(db_ok),
+            database_latency_ms: latency,
             migrations_applied: applied,
             migrations_known: known,
             queues: queues

@@ -39,6 +39,8 @@ pub struct AppState {
     pub models: Arc<ModelServer>,
     /// Tokens, scopes and rate limits of this process.
     pub gate: Arc<auth::Gate>,
+    /// The health endpoints' short check of the database.
+    pub database: Arc<crate::db::DatabaseProbe>,
 }
 
 impl AppState {
@@ -48,6 +50,11 @@ impl AppState {
         models.start();
         AppState {
             gate: Arc::new(auth::Gate::new(pool.clone(), &settings)),
+            database: Arc::new(crate::db::DatabaseProbe::new(
+                pool.clone(),
+                health::DATABASE_PROBE_TIMEOUT,
+                health::DATABASE_PROBE_FRESH_FOR,
+            )),
             embedders: Embedders::new(settings.clone()),
             pool,
             settings,

@@ -47,7 +47,8 @@ pub struct ModelVersion {
     pub embedding_model: String,
     /// Per-label thresholds in label order.
     pub thresholds: serde_json::Value,
-    /// `{validation, test}` metrics at the best epoch.
+    /// `{validation, test}` metrics at the best epoch; a split that had no annotated record
+    /// holds `{"validation_split": "empty", "rows": 0}` (or `test_split`) instead of figures.
     pub metrics: serde_json::Value,
     pub weights_bytes: i64,
     /// Per label: positives and negatives the training split held, in all and per source

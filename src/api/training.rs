@@ -58,6 +58,7 @@ fn row_to_run(r: &sqlx::postgres::PgRow) -> TrainingRun {
         },
         best_epoch: r.get("best_epoch"),
         best_metric: r.get("best_metric"),
+        validation_metrics: r.get("validation_metrics"),
         test_metrics: r.get("test_metrics"),
         thresholds: r.get("thresholds"),
         telemetry: r.get("telemetry"),

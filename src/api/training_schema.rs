@@ -63,7 +63,8 @@ pub struct HyperparametersIn {
     /// Global gradient-norm clip, >= 0 (0 = off). Default 1.0.
     #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1000000")))]
     pub max_grad_norm: Option<f64>,
-    /// Default val_macro_f1.
+    /// Default val_macro_f1. Without a validation split, early stopping follows the training
+    /// loss whatever this says.
     #[oai(nullable)]
     pub early_stopping_metric: Option<EarlyStoppingIn>,
     /// Epochs without improvement before stopping, 0–100 (0 = never). Default 3.
@@ -176,13 +177,22 @@ pub struct TrainingRun {
     pub progress: RunProgress,
     #[oai(nullable)]
     pub best_epoch: Option<i32>,
-    /// The early-stopping metric's best value (val_loss is negated).
+    /// The early-stopping metric's best value (val_loss is negated; with no validation split,
+    /// the negated training loss).
     #[oai(nullable)]
     pub best_metric: Option<f64>,
-    /// Test-split metrics at the best epoch with the tuned thresholds.
+    /// Validation-split metrics at the best epoch with the tuned thresholds, once the run has
+    /// succeeded; `{"validation_split": "empty", "rows": 0}` when the validation split had no
+    /// annotated record (no validation figures; early stopping on the training loss; every
+    /// threshold 0.5).
+    #[oai(nullable)]
+    pub validation_metrics: Option<serde_json::Value>,
+    /// Test-split metrics at the best epoch with the tuned thresholds; `{"test_split": "empty",
+    /// "rows": 0}` when the test split had no annotated record.
     #[oai(nullable)]
     pub test_metrics: Option<serde_json::Value>,
-    /// Per-label thresholds tuned on validation (best F1; positive when score >= threshold).
+    /// Per-label thresholds tuned on validation (best F1; positive when score >= threshold);
+    /// 0.5 for every label when there was no validation split.
     #[oai(nullable)]
     pub thresholds: Option<serde_json::Value>,
     /// Webhook delivery counts: sent, failed, dropped.
@@ -215,7 +225,8 @@ pub struct EpochMetrics {
     pub train_loss: f64,
     #[oai(nullable)]
     pub val_loss: Option<f64>,
-    /// Validation metrics: per label precision/recall/F1/ROC-AUC, macro and micro.
+    /// Validation metrics: per label precision/recall/F1/ROC-AUC, macro and micro; or
+    /// `{"validation_split": "empty", "rows": 0}` when the run has no validation split.
     pub metrics: serde_json::Value,
     pub created_at: DateTime<Utc>,
 }

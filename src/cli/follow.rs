@@ -171,23 +171,10 @@ pub async fn follow_run(api: &Api, id: &str) -> anyhow::Result<Value> {
         let series = get_json(api, &format!("/api/v1/training-runs/{id}/metrics")).await?;
         let epochs = series["epochs"].as_array().cloned().unwrap_or_default();
         for e in epochs.iter().skip(epochs_shown) {
-            let f1 = e["metrics"]["macro_f1"]
-                .as_f64()
-                .map_or("n/a".into(), |v| format!("{v:.3}"));
-            let val_loss = e["val_loss"]
-                .as_f64()
-                .map_or("n/a".into(), |v| format!("{v:.4}"));
-            bar.println(format!(
-                "  epoch {:>3}: train loss {:.4}, validation loss {val_loss}, validation macro-F1 {f1}",
-                e["epoch"],
-                e["train_loss"].as_f64().unwrap_or(f64::NAN),
-            ));
+            let line = epoch_line(e);
+            bar.println(line.clone());
             if !std::io::stderr().is_terminal() {
-                eprintln!(
-                    "  epoch {:>3}: train loss {:.4}, validation loss {val_loss}, validation macro-F1 {f1}",
-                    e["epoch"],
-                    e["train_loss"].as_f64().unwrap_or(f64::NAN)
-                );
+                eprintln!("{line}");
             }
         }
         epochs_shown = epochs_shown.max(epochs.len());
@@ -321,4 +308,25 @@ pub async fn models(args: ListArgs) -> anyhow::Result<()> {
         ],
     )
     .await
+}
+
+/// One recorded epoch, as `watch` and `train` print it while they follow a run.
+fn epoch_line(e: &Value) -> String {
+    let train_loss = e["train_loss"].as_f64().unwrap_or(f64::NAN);
+    if e["metrics"]["validation_split"] == "empty" {
+        return format!(
+            "  epoch {:>3}: train loss {train_loss:.4}, no validation split",
+            e["epoch"]
+        );
+    }
+    let f1 = e["metrics"]["macro_f1"]
+        .as_f64()
+        .map_or("n/a".into(), |v| format!("{v:.3}"));
+    let val_loss = e["val_loss"]
+        .as_f64()
+        .map_or("n/a".into(), |v| format!("{v:.4}"));
+    format!(
+        "  epoch {:>3}: train loss {train_loss:.4}, validation loss {val_loss}, validation macro-F1 {f1}",
+        e["epoch"]
+    )
 }

@@ -81,6 +81,12 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if run["validation_metrics"]["validation_split"] == "empty" {
+        // No validation figures: say how the run chose its epoch and thresholds instead.
+        println!(
+            "no validation split (the dataset's validation split is empty): no validation metrics; early stopping followed the training loss and every threshold is 0.5"
+        );
+    }
     let test = &run["test_metrics"];
     if test.get("macro_f1").is_none() {
         // The dataset's test split had no annotated record: there are no test metrics.

@@ -48,7 +48,11 @@ impl From<sqlx::Error> for JobError {
 
 impl From<QueueError> for JobError {
     fn from(e: QueueError) -> Self {
-        JobError::Retryable(e.to_string())
+        match e {
+            // The same arguments fail the same way on every attempt.
+            QueueError::Serialization(_) => JobError::Fatal(e.to_string()),
+            _ => JobError::Retryable(e.to_string()),
+        }
     }
 }
 

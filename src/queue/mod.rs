@@ -23,6 +23,10 @@ use uuid::Uuid;
 pub enum QueueError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A job's arguments could not be serialized: a bug, never worth retrying.
+    #[error("job arguments: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// apalis failed for a reason of its own (not the database's).
     #[error("queue: {0}")]
     Apalis(String),
     #[error("job {0} not found")]
@@ -33,6 +37,20 @@ pub enum QueueError {
         status: String,
         action: &'static str,
     },
+}
+
+impl QueueError {
+    /// apalis-postgres wraps the sqlx error of a failed statement (a lost connection mid
+    /// transaction, a restarted server): keep it a database error, so that the API answers it
+    /// like any other (503 `database_unavailable` when the database is away, else 500) and a job
+    /// retries it.
+    pub fn from_apalis(e: apalis_postgres::Error) -> QueueError {
+        match e {
+            apalis_postgres::Error::Database(db) => QueueError::Database(db),
+            apalis_postgres::Error::JsonError(json) => QueueError::Serialization(json),
+            other => QueueError::Apalis(other.to_string()),
+        }
+    }
 }
 
 /// One job to enqueue: kind, serialized arguments, and what it belongs to.
@@ -66,7 +84,7 @@ pub async fn enqueue<A: Serialize>(
     for job in &jobs {
         assert_eq!(job.kind, kind, "one enqueue call per job kind");
         let id = ulid::Ulid::generate();
-        let bytes = serde_json::to_vec(&job.args).map_err(|e| QueueError::Apalis(e.to_string()))?;
+        let bytes = serde_json::to_vec(&job.args)?;
         tasks.push(
             TaskBuilder::new(bytes)
                 .task_id(TaskId::from_ulid(id))
@@ -90,7 +108,7 @@ pub async fn enqueue<A: Serialize>(
     .await?;
     apalis_postgres::queries::push_tasks(conn, kind.queue(), tasks)
         .await
-        .map_err(|e| QueueError::Apalis(e.to_string()))?;
+        .map_err(QueueError::from_apalis)?;
     // Counted when pushed inside the caller's transaction; a rolled-back enqueue still counts.
     crate::telemetry::metrics().jobs_enqueued.add(
         ids.len() as u64,
@@ -396,4 +414,27 @@ pub async fn live_workers(
     .fetch_all(pool)
     .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apalis_database_errors_stay_database_errors() {
+        // What push_tasks returns when the connection dies mid-transaction.
+        let lost = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        let e = QueueError::from_apalis(apalis_postgres::Error::Database(lost));
+        assert!(
+            matches!(&e, QueueError::Database(db) if crate::db::is_unavailable(db)),
+            "{e:?}"
+        );
+        assert!(matches!(JobError::from(e), JobError::Retryable(_)));
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        let e = QueueError::from_apalis(apalis_postgres::Error::JsonError(json));
+        assert!(matches!(e, QueueError::Serialization(_)), "{e:?}");
+        assert!(matches!(JobError::from(e), JobError::Fatal(_)));
+        let e = QueueError::from_apalis(apalis_postgres::Error::WorkerOutOfSync);
+        assert!(matches!(e, QueueError::Apalis(_)), "{e:?}");
+    }
 }

@@ -71,8 +71,9 @@ pub struct NewVersion<'a> {
     pub weights: &'a [u8],
     pub thresholds: &'a [f32],
     pub validation: serde_json::Value,
-    /// Validation macro-F1, compared with the served version's for `auto_promote`.
-    pub validation_macro_f1: f64,
+    /// Validation macro-F1, compared with the served version's for `auto_promote`; `None` when
+    /// the run had no validation split.
+    pub validation_macro_f1: Option<f64>,
     pub test: serde_json::Value,
     pub best_epoch: u32,
     pub best_metric: f64,
@@ -85,8 +86,10 @@ pub struct NewVersion<'a> {
 }
 
 /// Stores a finished run's model as the next version of its name, marks the run succeeded and,
-/// when asked, promotes it if its validation macro-F1 beats the served version's. One
-/// transaction; a run registers at most one version (re-running returns the same one).
+/// when asked, promotes it if its validation macro-F1 beats the served version's (or nothing is
+/// served; a version without validation figures never replaces a served one: there is no
+/// evidence that it is better). One transaction; a run registers at most one version
+/// (re-running returns the same one).
 pub async fn register_version(pool: &PgPool, new: &NewVersion<'_>) -> Result<i32, RegistryError> {
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO models (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
@@ -142,7 +145,8 @@ pub async fn register_version(pool: &PgPool, new: &NewVersion<'_>) -> Result<i32
     sqlx::query(
         "UPDATE training_runs SET status = 'succeeded', finished_at = now(), updated_at = now(),
                 model_version = $2, best_epoch = $3, best_metric = $4, test_metrics = $5,
-                thresholds = $6, telemetry = $7, device_used = $8, error = NULL
+                thresholds = $6, telemetry = $7, device_used = $8, error = NULL,
+                validation_metrics = $9
          WHERE id = $1",
     )
     .bind(new.run_id)
@@ -153,6 +157,7 @@ pub async fn register_version(pool: &PgPool, new: &NewVersion<'_>) -> Result<i32
     .bind(serde_json::Value::Object(thresholds))
     .bind(&new.telemetry)
     .bind(new.device)
+    .bind(&new.validation)
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM training_checkpoints WHERE run_id = $1")
@@ -172,7 +177,12 @@ pub async fn register_version(pool: &PgPool, new: &NewVersion<'_>) -> Result<i32
             .flatten(),
             None => None,
         };
-        if served_f1.is_none_or(|f1| new.validation_macro_f1 > f1) {
+        let better = match (served, new.validation_macro_f1) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(f1)) => served_f1.is_none_or(|served| f1 > served),
+        };
+        if better {
             promote_in_tx(&mut tx, new.model_name, version, "auto_promote").await?;
         }
     }

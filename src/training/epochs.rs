@@ -1,5 +1,11 @@
 //! The blocking half of a `train` job: the training thread's epochs, evaluation, early
 //! stopping and checkpoints, and the async writer that publishes its progress.
+//!
+//! A validation split with no annotated record is not scored: no validation metric is recorded
+//! (never a 0.0), early stopping follows the training loss (the lowest is the best epoch; the
+//! run stops after `patience` epochs without a lower one), and every label keeps the threshold
+//! [`DEFAULT_THRESHOLD`]: thresholds tuned on the training split would fit its overconfident
+//! scores, not new texts.
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,12 +43,17 @@ pub(super) struct Checkpoint {
     pub(super) bad_epochs: u32,
 }
 
+/// Every label's threshold when there is no validation split to tune it on (and a label's
+/// threshold when validation has none of its positives).
+pub(super) const DEFAULT_THRESHOLD: f32 = 0.5;
+
 /// What a finished training returns.
 pub(super) struct Outcome {
     pub(super) spec: ClassifierSpec,
     pub(super) weights: Vec<u8>,
     pub(super) thresholds: Vec<f32>,
-    pub(super) validation: Metrics,
+    /// `None` when the validation split has no annotated record (see the module's doc).
+    pub(super) validation: Option<Metrics>,
     /// `None` when the test split has no annotated record: there is nothing to score, and
     /// metrics of 0.0 would read as a failed model.
     pub(super) test: Option<Metrics>,
@@ -194,7 +205,11 @@ pub(super) fn train_blocking(
             )
         }
     };
-    let val_split = trainer.prepare(validation).map_err(to_job_error)?;
+    let val_split = if validation.is_empty() {
+        None
+    } else {
+        Some(trainer.prepare(validation).map_err(to_job_error)?)
+    };
     let stopped_early = |best: &Best| hp.patience > 0 && best.bad_epochs >= hp.patience;
     for epoch in first_epoch..=hp.epochs {
         if stopped_early(&best) {
@@ -247,18 +262,26 @@ pub(super) fn train_blocking(
                 }
                 e => to_job_error(e),
             })?;
-        let (scores, val_loss) = trainer.evaluate(&val_split).map_err(to_job_error)?;
-        let thresholds = tune_thresholds(&scores, &validation.targets, 0.5);
-        let metrics = evaluate(&labels, &scores, &validation.targets, &thresholds);
-        let value = if validation.is_empty() {
-            -train_loss
-        } else {
-            match hp.early_stopping_metric {
+        // (validation metrics, validation loss), when there is a validation split.
+        let scored = match &val_split {
+            Some(split) => {
+                let (scores, val_loss) = trainer.evaluate(split).map_err(to_job_error)?;
+                let thresholds = tune_thresholds(&scores, &validation.targets, DEFAULT_THRESHOLD);
+                let metrics = evaluate(&labels, &scores, &validation.targets, &thresholds);
+                Some((metrics, val_loss))
+            }
+            None => None,
+        };
+        let value = match &scored {
+            None => -train_loss,
+            Some((metrics, val_loss)) => match hp.early_stopping_metric {
                 EarlyStoppingMetric::ValMacroF1 => metrics.macro_f1,
                 EarlyStoppingMetric::ValMicroF1 => metrics.micro_f1,
                 EarlyStoppingMetric::ValLoss => -val_loss,
-            }
+            },
         };
+        let metrics = scored.as_ref().map(|(m, _)| m);
+        let val_loss = scored.as_ref().map(|(_, l)| *l);
         let improved = value > best.metric;
         if improved {
             best.weights = trainer
@@ -277,8 +300,8 @@ pub(super) fn train_blocking(
             epoch,
             global_step,
             train_loss,
-            val_loss: val_loss.is_finite().then_some(val_loss),
-            metrics: serde_json::to_value(&metrics).unwrap_or_default(),
+            val_loss: val_loss.filter(|l| l.is_finite()),
+            metrics: split_metrics_json(VALIDATION_SPLIT, metrics),
             state,
             best_weights: improved.then_some(best.weights.as_slice()),
             best_epoch: best.epoch,
@@ -288,34 +311,40 @@ pub(super) fn train_blocking(
         ctx.handle
             .block_on(save_epoch(&ctx.pool, ctx.run_id, &record))
             .map_err(|e| JobError::Retryable(format!("saving epoch {epoch}: {e}")))?;
-        record_epoch_metrics(&ctx, &epoch_span, &record, &metrics, !validation.is_empty());
+        record_epoch_metrics(&ctx, &epoch_span, &record, metrics);
         let steps = ctx.progress.global_step.load(Ordering::Relaxed);
         crate::telemetry::metrics().training_steps.add(
             steps.saturating_sub(steps_before),
             &[crate::telemetry::instruments::model(&ctx.model_name)],
         );
-        ctx.telemetry.log_eval(
-            global_step,
-            epoch,
-            json!({"train_loss": train_loss, "val_loss": record.val_loss,
-                   "macro_f1": metrics.macro_f1, "micro_f1": metrics.micro_f1,
-                   "macro_precision": metrics.macro_precision, "macro_recall": metrics.macro_recall,
-                   "macro_roc_auc": metrics.macro_roc_auc}),
-        );
+        let eval = match metrics {
+            Some(m) => json!({"train_loss": train_loss, "val_loss": record.val_loss,
+                   "macro_f1": m.macro_f1, "micro_f1": m.micro_f1,
+                   "macro_precision": m.macro_precision, "macro_recall": m.macro_recall,
+                   "macro_roc_auc": m.macro_roc_auc}),
+            None => json!({"train_loss": train_loss, "validation_split": EMPTY_SPLIT}),
+        };
+        ctx.telemetry.log_eval(global_step, epoch, eval);
     }
     // Stopped early: the run is complete at the step it reached, not at a fraction of the plan.
     let reached = ctx.progress.global_step.load(Ordering::Relaxed);
     if reached > 0 && reached < ctx.progress.total_steps.load(Ordering::Relaxed) {
         ctx.progress.total_steps.store(reached, Ordering::Relaxed);
     }
-    // The best epoch's weights, thresholds from validation, then the test split.
+    // The best epoch's weights, thresholds from validation (or the default), then the test split.
     trainer
         .model
         .load_weights_blob(&best.weights)
         .map_err(|e| JobError::Fatal(e.to_string()))?;
-    let (val_scores, _) = trainer.evaluate(&val_split).map_err(to_job_error)?;
-    let thresholds = tune_thresholds(&val_scores, &validation.targets, 0.5);
-    let validation_metrics = evaluate(&labels, &val_scores, &validation.targets, &thresholds);
+    let (thresholds, validation_metrics) = match &val_split {
+        Some(split) => {
+            let (val_scores, _) = trainer.evaluate(split).map_err(to_job_error)?;
+            let thresholds = tune_thresholds(&val_scores, &validation.targets, DEFAULT_THRESHOLD);
+            let metrics = evaluate(&labels, &val_scores, &validation.targets, &thresholds);
+            (thresholds, Some(metrics))
+        }
+        None => (vec![DEFAULT_THRESHOLD; labels.len()], None),
+    };
     let test_metrics = if test.is_empty() {
         None
     } else {
@@ -342,8 +371,7 @@ fn record_epoch_metrics(
     ctx: &BlockingContext,
     span: &tracing::Span,
     record: &EpochRecord<'_>,
-    metrics: &Metrics,
-    has_validation: bool,
+    metrics: Option<&Metrics>,
 ) {
     use opentelemetry::KeyValue;
     let m = crate::telemetry::metrics();
@@ -364,14 +392,32 @@ fn record_epoch_metrics(
             ],
         );
     }
-    if has_validation && metrics.macro_f1.is_finite() {
-        span.record("val_macro_f1", metrics.macro_f1);
+    if let Some(f1) = metrics.map(|v| v.macro_f1).filter(|f| f.is_finite()) {
+        span.record("val_macro_f1", f1);
         m.training_validation_f1
-            .record(metrics.macro_f1, &[run.clone(), model.clone()]);
+            .record(f1, &[run.clone(), model.clone()]);
     }
     let sps = f64::from_bits(ctx.progress.samples_per_sec_bits.load(Ordering::Relaxed));
     if sps.is_finite() && sps > 0.0 {
         m.training_samples_per_second.record(sps, &[run, model]);
+    }
+}
+
+/// The note stored for a split with no annotated record.
+pub const EMPTY_SPLIT: &str = "empty";
+/// The note's key for the validation split (`{"validation_split": "empty", "rows": 0}`).
+pub const VALIDATION_SPLIT: &str = "validation_split";
+/// The note's key for the test split (`{"test_split": "empty", "rows": 0}`).
+pub const TEST_SPLIT: &str = "test_split";
+
+/// A split's metrics as stored (an epoch's `metrics`, a run's `validation_metrics` and
+/// `test_metrics`, a version's `metrics.validation` and `metrics.test`): the metrics, or, when
+/// the split had no annotated record, `{"<key>": "empty", "rows": 0}`: no figure at all rather
+/// than zeros that would read as a failed model.
+pub fn split_metrics_json(key: &str, metrics: Option<&Metrics>) -> serde_json::Value {
+    match metrics {
+        Some(m) => json!(m),
+        None => json!({key: EMPTY_SPLIT, "rows": 0}),
     }
 }
 

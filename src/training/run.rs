@@ -17,7 +17,10 @@ use sqlx::PgPool;
 use trainyard_jobs::TrainArgs;
 use uuid::Uuid;
 
-use super::epochs::{load_checkpoint, train_blocking, write_progress, BlockingContext, Progress};
+use super::epochs::{
+    load_checkpoint, split_metrics_json, train_blocking, write_progress, BlockingContext, Progress,
+    EMPTY_SPLIT, TEST_SPLIT, VALIDATION_SPLIT,
+};
 pub use super::run_data::{load_run, RunSettings};
 use super::run_data::{load_splits, Splits};
 use super::webhook::{Telemetry, WebhookConfig};
@@ -171,9 +174,9 @@ pub async fn run_training(
         spec: json!(outcome.spec),
         weights: &outcome.weights,
         thresholds: &outcome.thresholds,
-        validation: json!(outcome.validation),
-        validation_macro_f1: outcome.validation.macro_f1,
-        test: test_metrics_json(outcome.test.as_ref()),
+        validation: split_metrics_json(VALIDATION_SPLIT, outcome.validation.as_ref()),
+        validation_macro_f1: outcome.validation.as_ref().map(|m| m.macro_f1),
+        test: split_metrics_json(TEST_SPLIT, outcome.test.as_ref()),
         best_epoch: outcome.best_epoch,
         best_metric: outcome.best_metric,
         device: &outcome.device,
@@ -194,22 +197,12 @@ pub async fn run_training(
         "telemetry": stats,
     });
     if outcome.test.is_none() {
-        result["test_split"] = json!(EMPTY_TEST_SPLIT);
+        result[TEST_SPLIT] = json!(EMPTY_SPLIT);
+    }
+    if outcome.validation.is_none() {
+        result[VALIDATION_SPLIT] = json!(EMPTY_SPLIT);
     }
     Ok(result)
-}
-
-/// The note stored instead of test metrics when the test split has no annotated record.
-pub const EMPTY_TEST_SPLIT: &str = "empty";
-
-/// The test metrics as stored on the run (`test_metrics`) and the version (`metrics.test`):
-/// the metrics, or, when the test split was empty, `{"test_split": "empty", "rows": 0}`: no
-/// figure at all rather than zeros that would read as a failed model.
-pub fn test_metrics_json(test: Option<&crate::training::metrics::Metrics>) -> serde_json::Value {
-    match test {
-        Some(metrics) => json!(metrics),
-        None => json!({"test_split": EMPTY_TEST_SPLIT, "rows": 0}),
-    }
 }
 
 /// Marks the run failed or cancelled when this failure ends its job; otherwise notes the error
