@@ -88,8 +88,7 @@ pub const OPERATIONS: &[(&str, &str, Access)] = &[
 fn documented_operations() -> &'static [(String, String)] {
     static OPS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
     OPS.get_or_init(|| {
-        let doc: Value =
-            serde_json::from_str(&super::openapi_service("/").spec()).unwrap_or_default();
+        let doc = super::generated_document();
         let mut ops = Vec::new();
         for (path, item) in doc["paths"].as_object().into_iter().flatten() {
             for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {

@@ -90,9 +90,7 @@ fn shape(template: &str) -> String {
 fn documented_routes() -> &'static HashMap<String, String> {
     static ROUTES: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
     ROUTES.get_or_init(|| {
-        let doc: serde_json::Value =
-            serde_json::from_str(&super::openapi_json()).unwrap_or_default();
-        doc["paths"]
+        super::generated_document()["paths"]
             .as_object()
             .into_iter()
             .flatten()

@@ -22,8 +22,8 @@ use serde_json::{Map, Value};
 fn schemas() -> &'static Map<String, Value> {
     static SCHEMAS: OnceLock<Map<String, Value>> = OnceLock::new();
     SCHEMAS.get_or_init(|| {
-        let spec: Value = serde_json::from_str(&super::openapi_json()).unwrap_or_default();
-        spec.pointer("/components/schemas")
+        super::generated_document()
+            .pointer("/components/schemas")
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default()
@@ -34,7 +34,7 @@ fn schemas() -> &'static Map<String, Value> {
 fn body_schemas() -> &'static [(String, Vec<String>, Value)] {
     static BODIES: OnceLock<Vec<(String, Vec<String>, Value)>> = OnceLock::new();
     BODIES.get_or_init(|| {
-        let spec: Value = serde_json::from_str(&super::openapi_json()).unwrap_or_default();
+        let spec = super::generated_document();
         let mut out = Vec::new();
         for (path, item) in spec["paths"].as_object().into_iter().flatten() {
             for (method, op) in item.as_object().into_iter().flatten() {

@@ -11,9 +11,7 @@ use poem::{Endpoint, IntoResponse, Request, Response};
 fn documented_paths() -> &'static [(Vec<String>, String)] {
     static PATHS: OnceLock<Vec<(Vec<String>, String)>> = OnceLock::new();
     PATHS.get_or_init(|| {
-        let doc: serde_json::Value =
-            serde_json::from_str(&super::openapi_json()).unwrap_or_default();
-        doc["paths"]
+        super::generated_document()["paths"]
             .as_object()
             .into_iter()
             .flatten()
