@@ -13,20 +13,23 @@ use std::time::Duration;
 use serde_json::json;
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn empty_test_split_gives_no_test_metrics() {
-    let db = fresh_db().await;
-    let app = spawn_api(db.pool.clone(), Arc::new(test_settings(&db.url))).await;
-    let _worker = spawn_inprocess_worker(&app, 2);
-    let (docs, anns) = labelled_docs("mails", &sentences(60, "empty-test"));
+/// 60 labelled documents in a dataset with the given split fractions, built; the dataset's id
+/// and its record count per split.
+async fn dataset_with_splits(
+    app: &TestApp,
+    db: &TestDb,
+    salt: &str,
+    splits: serde_json::Value,
+) -> (String, Vec<(String, i64)>) {
+    let (docs, anns) = labelled_docs("mails", &sentences(60, salt));
     assert_eq!(app.post("/api/v1/documents", docs).await.0, 200);
     assert_eq!(app.post("/api/v1/annotations", anns).await.0, 200);
     let (s, d) = app
         .post(
             "/api/v1/datasets",
-            json!({"name": "no test", "selection": {"sources": ["mails"]},
+            json!({"name": salt, "selection": {"sources": ["mails"]},
                    "label_schema": {"type": "binary", "labels": ["spam"]},
-                   "splits": {"train": 0.75, "validation": 0.25, "test": 0.0, "seed": 3}}),
+                   "splits": splits}),
         )
         .await;
     assert_eq!(s, 200, "{d}");
@@ -41,33 +44,54 @@ async fn empty_test_split_gives_no_test_metrics() {
     .fetch_all(&db.pool)
     .await
     .unwrap();
+    (dataset, per_split)
+}
+
+/// `trainyard train` as a person would run it: it follows the run and prints the outcome.
+async fn train_cli(app: &TestApp, dataset: &str, model: &str, epochs: u32) -> std::process::Output {
+    let args: Vec<String> = [
+        "train",
+        "--url",
+        &app.base,
+        "--dataset",
+        dataset,
+        "--model-name",
+        model,
+        "--epochs",
+        &epochs.to_string(),
+    ]
+    .map(str::to_string)
+    .to_vec();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trainyard"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_test_split_gives_no_test_metrics() {
+    let db = fresh_db().await;
+    let app = spawn_api(db.pool.clone(), Arc::new(test_settings(&db.url))).await;
+    let _worker = spawn_inprocess_worker(&app, 2);
+    let (dataset, per_split) = dataset_with_splits(
+        &app,
+        &db,
+        "empty-test",
+        json!({"train": 0.75, "validation": 0.25, "test": 0.0, "seed": 3}),
+    )
+    .await;
     assert_eq!(
         per_split,
         [("train".to_string(), 45), ("validation".to_string(), 15)],
         "the test split is empty"
     );
 
-    // The client verb, as a person would run it: it follows the run and prints the outcome.
-    let (url, dataset_arg) = (app.base.clone(), dataset.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_trainyard"))
-            .args([
-                "train",
-                "--url",
-                &url,
-                "--dataset",
-                &dataset_arg,
-                "--model-name",
-                "notest",
-                "--epochs",
-                "3",
-            ])
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = train_cli(&app, &dataset, "notest", 3).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -120,29 +144,13 @@ async fn empty_validation_split_gives_no_validation_metrics() {
     let db = fresh_db().await;
     let app = spawn_api(db.pool.clone(), Arc::new(test_settings(&db.url))).await;
     let _worker = spawn_inprocess_worker(&app, 2);
-    let (docs, anns) = labelled_docs("mails", &sentences(60, "empty-validation"));
-    assert_eq!(app.post("/api/v1/documents", docs).await.0, 200);
-    assert_eq!(app.post("/api/v1/annotations", anns).await.0, 200);
-    let (s, d) = app
-        .post(
-            "/api/v1/datasets",
-            json!({"name": "no validation", "selection": {"sources": ["mails"]},
-                   "label_schema": {"type": "binary", "labels": ["spam"]},
-                   "splits": {"train": 0.75, "validation": 0.0, "test": 0.25, "seed": 3}}),
-        )
-        .await;
-    assert_eq!(s, 200, "{d}");
-    let dataset = d["id"].as_str().unwrap().to_string();
-    let d = app.wait_dataset(&dataset, Duration::from_secs(300)).await;
-    assert_eq!(d["status"], "ready", "{d}");
-    let per_split: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT split, count(*) FROM dataset_records WHERE dataset_id = $1::uuid
-         GROUP BY split ORDER BY split",
+    let (dataset, per_split) = dataset_with_splits(
+        &app,
+        &db,
+        "empty-validation",
+        json!({"train": 0.75, "validation": 0.0, "test": 0.25, "seed": 3}),
     )
-    .bind(&dataset)
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         per_split,
         [("test".to_string(), 15), ("train".to_string(), 45)],
@@ -150,26 +158,7 @@ async fn empty_validation_split_gives_no_validation_metrics() {
     );
 
     // The client verb: it says there is no validation split, per epoch and at the end.
-    let (url, dataset_arg) = (app.base.clone(), dataset.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_trainyard"))
-            .args([
-                "train",
-                "--url",
-                &url,
-                "--dataset",
-                &dataset_arg,
-                "--model-name",
-                "noval",
-                "--epochs",
-                "4",
-            ])
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = train_cli(&app, &dataset, "noval", 4).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
