@@ -2,8 +2,9 @@
 # Soak test (by hand, not in CI): a real `serve` and 2 `worker` processes on a fresh database,
 # DURATION seconds (default 600) of mixed load on loopback from scripts/soak_driver.py
 # (ingest, dataset builds, predictions at PREDICT_RPS, training runs + promotions, cancels),
-# then a report: requests by route and status, p50/p99 by route, jobs by final state, RSS of
-# each process at start and end, and verdict lines (lost jobs, 5xx, memory growth).
+# then a report: requests by route and status, p50/p99 by route, jobs by final state, RSS and
+# thread count of each process every 10 s, serve's RSS around each promotion, and verdict lines
+# (lost jobs, 5xx, memory growth over the second half of the load: see the driver).
 # Env: DURATION (600), PREDICT_RPS (20), MEM_BOUND_MB (128), PORT (18322), KEEP_DB=1 keeps the
 # database, SKIP_BUILD=1 uses the binary already built, TRAINYARD_TOKEN is sent as a bearer
 # token when set. Exit status 0 only when every verdict passes.

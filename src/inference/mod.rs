@@ -5,7 +5,7 @@
 //! length-sorted token-budget batching and model replicas as the embedding code), so
 //! concurrent requests share forward passes. The table of served models is an `ArcSwap`: a
 //! request takes its model's `Arc` once and finishes on it even if a swap happens meanwhile;
-//! the old version's threads stop when its last request drops it.
+//! the old version's threads stop when its last request drops it, and hand its memory back.
 //!
 //! Announcements arrive by LISTEN on `registry::CHANNEL`; a poll every
 //! `inference.reload_poll_secs` catches any missed while the connection was down, and so does
@@ -24,7 +24,9 @@ use sqlx::PgPool;
 
 use crate::config::{ProviderType, Settings};
 use crate::ml::classifier::{ClassifierSpec, TrainMode};
-use crate::ml::text_encoder::{pick_device, ClassifierWeights, EncoderOptions, TextEncoder};
+use crate::ml::text_encoder::{
+    pick_device, ClassifierWeights, EncoderOptions, TextEncoder, ThreadWatch,
+};
 use crate::registry;
 
 /// One loaded model version.
@@ -38,6 +40,12 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// This version's encoder threads; they end (and its memory is released) once the version
+    /// is swapped out and its last request is done.
+    pub fn encoder_threads(&self) -> ThreadWatch {
+        self.encoder.thread_watch()
+    }
+
     /// Label probabilities per text, in the spec's label order.
     pub async fn scores(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
         use tracing::Instrument;

@@ -7,8 +7,13 @@
 //! unpadded batch that needs no attention mask), and hands batches to whichever replica is
 //! free. On a CPU, `replicas` single-threaded copies of this small model beat one copy using
 //! the same number of intra-op threads (less synchronisation per small matrix product).
+//!
+//! Dropping the last handle stops every thread: the coordinator's channel closes, it ends and
+//! closes the replicas' channel, each replica drops its model and hands the freed memory back
+//! to the OS (`allocator::release_free_memory`). A served model is replaced this way on every
+//! promotion; [`ThreadWatch`] lets a test see that it happened.
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tch::{Device, Kind, Tensor};
@@ -110,6 +115,18 @@ pub struct TextEncoder {
     sender: mpsc::Sender<Request>,
     pub dimensions: usize,
     pub device: Device,
+    threads: ThreadWatch,
+}
+
+/// Counts an encoder's threads (coordinator and replicas) still running; outlives the encoder.
+/// Each thread holds one strong reference to a token and drops it after its model.
+#[derive(Clone, Debug)]
+pub struct ThreadWatch(Weak<()>);
+
+impl ThreadWatch {
+    pub fn running(&self) -> usize {
+        self.0.strong_count()
+    }
 }
 
 /// Resolves `auto|cpu|cuda` to a tch device.
@@ -160,8 +177,10 @@ impl TextEncoder {
         let (work_tx, work_rx) = mpsc::channel::<BatchJob>();
         let work_rx = Arc::new(Mutex::new(work_rx));
         let (ready_tx, ready_rx) = mpsc::channel();
+        let alive = Arc::new(());
         for replica in 0..replicas {
             let (work_rx, ready_tx, options) = (work_rx.clone(), ready_tx.clone(), options.clone());
+            let alive = alive.clone();
             std::thread::Builder::new()
                 .name(format!("text-encoder-{replica}"))
                 .spawn(move || {
@@ -178,6 +197,11 @@ impl TextEncoder {
                             let _ = ready_tx.send(Err(EncoderError::Load(format!("{e:#}"))));
                         }
                     }
+                    // The model (and its weights blob) is gone: without this its pages stay in
+                    // this thread's malloc arena (see allocator.rs).
+                    drop(options);
+                    super::allocator::release_free_memory();
+                    drop(alive);
                 })
                 .map_err(|e| EncoderError::Load(e.to_string()))?;
         }
@@ -189,15 +213,29 @@ impl TextEncoder {
         let (sender, receiver) = mpsc::channel::<Request>();
         let budget = options.max_tokens_per_batch;
         let wait = options.batch_wait;
+        let threads = ThreadWatch(Arc::downgrade(&alive));
         std::thread::Builder::new()
             .name("text-encoder".into())
-            .spawn(move || coordinate(&tokenizer, budget, replicas, wait, &receiver, &work_tx))
+            .spawn(move || {
+                coordinate(&tokenizer, budget, replicas, wait, &receiver, &work_tx);
+                // The last handle is gone: free the tokenizer before the replicas (stopped by
+                // closing their channel) trim the heap.
+                drop(tokenizer);
+                drop(work_tx);
+                drop(alive);
+            })
             .map_err(|e| EncoderError::Load(e.to_string()))?;
         Ok(TextEncoder {
             sender,
             dimensions,
             device: options.device,
+            threads,
         })
+    }
+
+    /// Watches this encoder's threads: they all end once every handle is dropped.
+    pub fn thread_watch(&self) -> ThreadWatch {
+        self.threads.clone()
     }
 
     pub async fn encode(&self, texts: Vec<String>) -> Result<Encoded, EncoderError> {
