@@ -41,7 +41,8 @@ pub fn tune_for_inference() {
 
 /// Returns the free pages of every malloc arena to the OS (`malloc_trim(0)`, which ignores the
 /// trim threshold and also releases free pages inside the heaps). Called when a model's
-/// threads have dropped it; a no-op outside glibc.
+/// threads have dropped it, and by a worker when a training run's thread is done with its
+/// tensors; a no-op outside glibc.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the OS; it is thread-safe in glibc.

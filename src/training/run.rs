@@ -156,7 +156,13 @@ pub async fn run_training(
         model_name: run.model_name.clone(),
     };
     let outcome = tokio::task::spawn_blocking(move || {
-        train_blocking(context, &train, &validation, &test, checkpoint)
+        let outcome = train_blocking(context, &train, &validation, &test, checkpoint);
+        // The run's tensors, batches and splits are freed by now; the inference malloc
+        // settings (see ml::allocator) would keep their pages in this thread's arena for good,
+        // so a worker would grow with every run it trains.
+        drop((train, validation, test));
+        crate::ml::allocator::release_free_memory();
+        outcome
     })
     .await
     .map_err(|e| JobError::Retryable(format!("training thread: {e}")))?;
