@@ -12,14 +12,6 @@ use sha2::Digest;
 use support::*;
 use trainyard::config::AuthMode;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `trainyard token …` against `url`; (exit code, stdout, stderr).
 fn token_cli(url: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_trainyard"))

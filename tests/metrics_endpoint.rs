@@ -8,14 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn(db_url: &str, args: &[&str]) -> KillOnDrop {
     KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_trainyard"))
@@ -104,14 +96,15 @@ async fn metrics_on_serve_and_worker_with_one_queue_sampler() {
             .text()
             .await
             .unwrap();
-        let w = client
+        // The worker process may not be listening yet: nothing seen, poll again.
+        let w = match client
             .get(format!("http://{worker_metrics}/metrics"))
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         let depth = |t: &str| sample(t, "trainyard_queue_depth", r#"queue="dataset_build""#);
         let live = |t: &str| sample(t, "trainyard_workers_live", r#"queue="train""#);
         let seen = [depth(&a), depth(&w)].iter().flatten().any(|&v| v == 1.0)

@@ -86,14 +86,6 @@ impl TraceService for Receiver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts the receiver on a free port (gzip accepted); returns it and the port.
 async fn start_receiver() -> (Receiver, u16) {
     let receiver = Receiver::default();

@@ -19,14 +19,6 @@ use support::*;
 const SEED: &str = "1";
 const EXAMPLES_PER_OPERATION: &str = "25";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn venv() -> PathBuf {
     std::env::var_os("TRAINYARD_VENV")
         .map(PathBuf::from)

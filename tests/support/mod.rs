@@ -214,6 +214,15 @@ impl TestApp {
     }
 }
 
+/// A TCP port that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// `n` distinct pseudo-sentences, deterministic.
 pub fn sentences(n: usize, salt: &str) -> Vec<String> {
     const WORDS: [&str; 24] = [

@@ -8,21 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::free_port;
+
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 pub struct PrivatePg {
     /// The temp dir: `data/` (the cluster), the socket and `server.log`.
     dir: PathBuf,
     pub port: u16,
-}
-
-/// A TCP port that was free a moment ago (bound to port 0, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A PostgreSQL binary, run as the `postgres` user when this process is root.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::private_pg::free_port;
+use super::free_port;
 use super::KillOnDrop;
 
 /// The test timings (as `test_settings` and `spawn_worker_process` use), as environment.
