@@ -149,6 +149,7 @@ async fn trainyard_round(
             kind,
             args: serde_json::json!({"batch_no": i}),
             dataset_id: None,
+            scoring_job_id: None,
             progress_total: 1,
         })
         .collect();

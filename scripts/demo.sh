@@ -20,7 +20,7 @@ echo "== importing $(wc -l < "$TRAINYARD_DATA_DIR/demo.jsonl") documents (review
 "$BIN" serve > "$LOGS/serve.log" 2>&1 & pids+=($!)
 for i in 1 2; do
   # One embedding thread each: two worker processes share the two cores.
-  TRAINYARD_LOCAL_MODEL__THREADS=1 TRAINYARD_TRAINING__THREADS=2 "$BIN" worker --queues dataset_build,embed,train --concurrency 1 --name "demo-$i" > "$LOGS/worker-$i.log" 2>&1 & pids+=($!)
+  TRAINYARD_LOCAL_MODEL__THREADS=1 TRAINYARD_SCORING__THREADS=1 TRAINYARD_TRAINING__THREADS=2 "$BIN" worker --queues dataset_build,embed,train,score,evaluate --concurrency 1 --name "demo-$i" > "$LOGS/worker-$i.log" 2>&1 & pids+=($!)
 done
 for _ in $(seq 1 50); do curl -fs "$TRAINYARD_URL/health" >/dev/null && break; sleep 0.2; done
 echo "== API at $TRAINYARD_URL (Swagger UI: $TRAINYARD_URL/docs), 2 workers; logs in $LOGS"

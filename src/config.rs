@@ -38,6 +38,8 @@ pub struct Settings {
     #[serde(default)]
     pub inference: InferenceSettings,
     #[serde(default)]
+    pub scoring: ScoringSettings,
+    #[serde(default)]
     pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub auth: AuthSettings,
@@ -227,6 +229,26 @@ impl Default for InferenceSettings {
             threads: 0,
             reload_poll_secs: 5.0,
             max_batch_texts: 1024,
+        }
+    }
+}
+
+/// Batch scoring jobs on the workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringSettings {
+    /// Documents per `score` chunk job (the unit a worker claims, retries and counts).
+    pub chunk_size: usize,
+    /// Model replicas of a version loaded for scoring (each single-threaded on CPU); 0 = all
+    /// cores.
+    pub threads: i32,
+}
+
+impl Default for ScoringSettings {
+    fn default() -> Self {
+        ScoringSettings {
+            chunk_size: 1000,
+            threads: 0,
         }
     }
 }
@@ -431,6 +453,12 @@ impl Settings {
             return Err(invalid(
                 "telemetry.queue_sample_secs",
                 "must be at least 0.5 seconds",
+            ));
+        }
+        if !(1..=100_000).contains(&self.scoring.chunk_size) {
+            return Err(invalid(
+                "scoring.chunk_size",
+                "must be between 1 and 100000 documents",
             ));
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {

@@ -44,6 +44,22 @@ pub fn handler(kind: JobKind, state: WorkerState) -> JobHandler {
             }
             .boxed()
         }),
+        JobKind::Score => Arc::new(move |ctx: JobContext, args| {
+            let state = state.clone();
+            async move {
+                let args = decode(ctx.kind, args)?;
+                crate::scoring::plan::handle_score(&state, &ctx, args).await
+            }
+            .boxed()
+        }),
+        JobKind::Evaluate => Arc::new(move |ctx: JobContext, args| {
+            let state = state.clone();
+            async move {
+                let args = decode(ctx.kind, args)?;
+                crate::scoring::evaluation::handle_evaluate(&state, &ctx, args).await
+            }
+            .boxed()
+        }),
     }
 }
 

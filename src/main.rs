@@ -35,6 +35,9 @@ enum Command {
     BuildDataset(cli::client::BuildDatasetArgs),
     /// Follow a dataset, training run or job (by id) until it ends, with a progress bar.
     Watch(cli::follow::WatchArgs),
+    /// Score a corpus (sources or a dataset) with a model version on the workers, follow it
+    /// with a progress bar, optionally save the results (.jsonl or .parquet).
+    Score(cli::score_client::ScoreArgs),
     /// List recent jobs through the API.
     Jobs(cli::client::JobsArgs),
     /// List datasets as a table (or --json).
@@ -76,6 +79,7 @@ async fn main() {
         }
         Command::BuildDataset(args) => cli::client::build_dataset(args).await,
         Command::Watch(args) => cli::follow::watch(args).await,
+        Command::Score(args) => cli::score_client::score(args).await,
         Command::Datasets(args) => cli::follow::datasets(args).await,
         Command::Runs(args) => cli::follow::runs(args).await,
         Command::Models(args) => cli::follow::models(args).await,

@@ -187,7 +187,7 @@ fn compose_file_names_only_real_things() {
         assert!(var.contains(":-"), "${{{var}}} has no default");
         rest = &rest[i + end..];
     }
-    // The GPU worker reserves a GPU and takes only the train queue; CPU workers scale.
+    // The GPU worker reserves a GPU and takes the train and score queues; CPU workers scale.
     let gpu = &services[&Value::from("gpu-worker")];
     let devices = &gpu["deploy"]["resources"]["reservations"]["devices"][0];
     assert_eq!(devices["capabilities"][0], "gpu");
@@ -198,7 +198,7 @@ fn compose_file_names_only_real_things() {
         .map(|v| v.as_str().unwrap())
         .collect();
     let q = command.iter().position(|c| *c == "--queues").unwrap();
-    assert_eq!(command[q + 1], "train");
+    assert_eq!(command[q + 1], "train,score");
     assert!(
         services[&Value::from("worker")]["deploy"]["replicas"]
             .as_u64()

@@ -16,10 +16,22 @@ pub enum JobKind {
     Embed,
     /// Trains one training run (head or finetune), epoch by epoch, resuming from checkpoints.
     Train,
+    /// Batch scoring: plans a scoring job (selects documents, fans out chunks) or scores one
+    /// chunk of it with a model version.
+    Score,
+    /// Computes an evaluation's metrics once every version has been scored; applies its
+    /// promotion gate.
+    Evaluate,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [JobKind::DatasetBuild, JobKind::Embed, JobKind::Train];
+    pub const ALL: [JobKind; 5] = [
+        JobKind::DatasetBuild,
+        JobKind::Embed,
+        JobKind::Train,
+        JobKind::Score,
+        JobKind::Evaluate,
+    ];
 
     /// The apalis queue name (`apalis.jobs.job_type`) for this kind.
     pub const fn queue(self) -> &'static str {
@@ -27,6 +39,8 @@ impl JobKind {
             JobKind::DatasetBuild => "dataset_build",
             JobKind::Embed => "embed",
             JobKind::Train => "train",
+            JobKind::Score => "score",
+            JobKind::Evaluate => "evaluate",
         }
     }
 
@@ -54,6 +68,21 @@ pub struct TrainArgs {
     pub run_id: Uuid,
 }
 
+/// Arguments of a `score` job: without `chunk`, the plan of a scoring job (selection, fan-out);
+/// with it, one stored chunk of that job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScoreArgs {
+    pub scoring_job_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<i32>,
+}
+
+/// Arguments of an `evaluate` job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvaluateArgs {
+    pub evaluation_id: Uuid,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +95,8 @@ mod tests {
             assert_eq!(JobKind::from_queue(kind.queue()), Some(kind));
         }
         assert_eq!(JobKind::Train.queue(), "train");
+        assert_eq!(JobKind::Score.queue(), "score");
+        assert_eq!(JobKind::Evaluate.queue(), "evaluate");
         assert_eq!(JobKind::from_queue("training"), None);
     }
 }

@@ -82,6 +82,17 @@ pub const OPERATIONS: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/tokens", Needs(Admin)),
     ("GET", "/api/v1/tokens", Needs(Admin)),
     ("DELETE", "/api/v1/tokens/{id}", Needs(Admin)),
+    ("POST", "/api/v1/scoring-jobs", Needs(Submit)),
+    ("GET", "/api/v1/scoring-jobs", Needs(Read)),
+    ("GET", "/api/v1/scoring-jobs/{id}", Needs(Read)),
+    ("GET", "/api/v1/scoring-jobs/{id}/results", Needs(Read)),
+    ("GET", "/api/v1/scoring-jobs/{id}/export", Needs(Read)),
+    ("POST", "/api/v1/scoring-jobs/{id}/cancel", Needs(Submit)),
+    ("POST", "/api/v1/evaluations", Needs(Submit)),
+    ("GET", "/api/v1/evaluations", Needs(Read)),
+    ("GET", "/api/v1/evaluations/{id}", Needs(Read)),
+    ("GET", "/api/v1/evaluations/{id}/disagreements", Needs(Read)),
+    ("POST", "/api/v1/evaluations/{id}/cancel", Needs(Submit)),
 ];
 
 /// (METHOD, path template) of every generated operation; the document is read once per process.

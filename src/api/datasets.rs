@@ -147,9 +147,12 @@ impl DatasetProgress {
         id: Uuid,
         status: &str,
     ) -> Result<(), ApiError> {
-        let Some((done, total, started)) =
-            crate::queue::dataset_jobs_progress(&state.pool, id, trainyard_jobs::JobKind::Embed)
-                .await?
+        let Some((done, total, started)) = crate::queue::owned_jobs_progress(
+            &state.pool,
+            crate::queue::Owner::Dataset(id),
+            trainyard_jobs::JobKind::Embed,
+        )
+        .await?
         else {
             return Ok(());
         };
@@ -450,6 +453,7 @@ pub async fn create_dataset(
         kind: JobKind::DatasetBuild,
         args: DatasetBuildArgs { dataset_id: id },
         dataset_id: Some(id),
+        scoring_job_id: None,
         progress_total: 1,
     };
     let ids = queue::enqueue(&mut tx, vec![job], state.settings.queue.max_attempts).await?;

@@ -26,7 +26,7 @@ pub struct Job {
     /// ULID of the job (26 characters of Crockford base32).
     #[oai(validator(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$"))]
     pub id: String,
-    /// Job kind (= queue name): `dataset_build`, `embed` or `train`.
+    /// Job kind (= queue name): `dataset_build`, `embed`, `train`, `score` or `evaluate`.
     pub kind: String,
     /// queued | running | retrying | succeeded | failed | cancelled
     pub status: String,
@@ -35,6 +35,9 @@ pub struct Job {
     pub progress: Progress,
     #[oai(nullable)]
     pub dataset_id: Option<uuid::Uuid>,
+    /// The scoring job a `score` job plans or scores a chunk of.
+    #[oai(nullable)]
+    pub scoring_job_id: Option<uuid::Uuid>,
     /// The job's result when it succeeded.
     #[oai(nullable)]
     pub result: Option<serde_json::Value>,
@@ -68,6 +71,7 @@ impl From<JobView> for Job {
                 total: v.progress_total,
             },
             dataset_id: v.dataset_id,
+            scoring_job_id: v.scoring_job_id,
             result: v.result,
             last_error: v
                 .last_error
@@ -96,6 +100,8 @@ pub enum JobKindName {
     DatasetBuild,
     Embed,
     Train,
+    Score,
+    Evaluate,
 }
 
 /// A job's state.
@@ -116,6 +122,8 @@ impl std::fmt::Display for JobKindName {
             JobKindName::DatasetBuild => trainyard_jobs::JobKind::DatasetBuild.queue(),
             JobKindName::Embed => trainyard_jobs::JobKind::Embed.queue(),
             JobKindName::Train => trainyard_jobs::JobKind::Train.queue(),
+            JobKindName::Score => trainyard_jobs::JobKind::Score.queue(),
+            JobKindName::Evaluate => trainyard_jobs::JobKind::Evaluate.queue(),
         })
     }
 }
@@ -215,6 +223,13 @@ impl JobsApi {
             .execute(&state.pool)
             .await?;
         }
+        if let Some(scoring_job) = job.scoring_job_id {
+            // A scoring job missing one chunk can never finish: cancelling any of its jobs
+            // cancels it whole.
+            let mut tx = state.pool.begin().await?;
+            crate::scoring::store::cancel(&mut tx, scoring_job).await?;
+            tx.commit().await?;
+        }
         if job.kind == trainyard_jobs::JobKind::DatasetBuild.queue() {
             if let Some(dataset) = job.dataset_id {
                 let mut tx = state.pool.begin().await?;
@@ -222,7 +237,7 @@ impl JobsApi {
                     .bind(dataset)
                     .execute(&mut *tx)
                     .await?;
-                queue::cancel_dataset_jobs(&mut tx, dataset).await?;
+                queue::cancel_owned_jobs(&mut tx, queue::Owner::Dataset(dataset)).await?;
                 tx.commit().await?;
             }
         }
@@ -260,6 +275,28 @@ impl JobsApi {
                  WHERE id = $1 AND status = 'failed'"
             };
             sqlx::query(reset).bind(dataset).execute(&mut *tx).await?;
+        } else if let Some(scoring_job) = job.scoring_job_id {
+            // A failed chunk or plan runs again; its scoring job (and evaluation) with it.
+            sqlx::query(
+                "WITH job AS (
+                    UPDATE scoring_jobs SET error = NULL, finished_at = NULL, updated_at = now(),
+                           status = CASE WHEN plan_job_id = $2 THEN 'pending' ELSE 'scoring' END
+                    WHERE id = $1 AND status = 'failed' RETURNING evaluation_id)
+                 UPDATE evaluations SET status = 'scoring', error = NULL, finished_at = NULL, updated_at = now()
+                 WHERE id = (SELECT evaluation_id FROM job) AND status = 'failed'",
+            )
+            .bind(scoring_job)
+            .bind(&job.id)
+            .execute(&mut *tx)
+            .await?;
+        } else if job.kind == trainyard_jobs::JobKind::Evaluate.queue() {
+            sqlx::query(
+                "UPDATE evaluations SET status = 'evaluating', error = NULL, finished_at = NULL, updated_at = now()
+                 WHERE evaluate_job_id = $1 AND status = 'failed'",
+            )
+            .bind(&job.id)
+            .execute(&mut *tx)
+            .await?;
         }
         queue::retry_job(&mut tx, &job).await?;
         tx.commit().await?;

@@ -3,6 +3,7 @@ pub mod auth;
 pub mod datasets;
 pub mod documents;
 pub mod errors;
+pub mod evaluations;
 pub mod health;
 pub mod http_telemetry;
 pub mod jobs;
@@ -13,6 +14,7 @@ pub mod openai_embeddings;
 mod payload_errors;
 pub mod predict;
 mod route_errors;
+pub mod scoring;
 pub mod tokens;
 pub mod training;
 mod training_schema;
@@ -95,6 +97,8 @@ type Apis = (
     openai_embeddings::OpenAiEmbeddingsApi,
     legacy_v1::LegacyV1Api,
     tokens::TokensApi,
+    scoring::ScoringApi,
+    evaluations::EvaluationsApi,
 );
 
 pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
@@ -110,6 +114,8 @@ pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
             openai_embeddings::OpenAiEmbeddingsApi,
             legacy_v1::LegacyV1Api,
             tokens::TokensApi,
+            scoring::ScoringApi,
+            evaluations::EvaluationsApi,
         ),
         "trainyard",
         env!("CARGO_PKG_VERSION"),

@@ -69,6 +69,16 @@ fn thresholds(
     model: &LoadedModel,
     given: Option<&serde_json::Value>,
 ) -> Result<Vec<f32>, ApiError> {
+    resolve_thresholds(&model.spec.labels, &model.thresholds, given)
+}
+
+/// A request's `threshold` (a number for every label, a `{label: number}` map over the stored
+/// ones, or absent for the stored ones) as one threshold per label.
+pub(crate) fn resolve_thresholds(
+    labels: &[String],
+    stored: &[f32],
+    given: Option<&serde_json::Value>,
+) -> Result<Vec<f32>, ApiError> {
     let bad =
         |message: String| ApiError::unprocessable("invalid_threshold", message, Some("threshold"));
     let check = |x: f64, what: &str| -> Result<f32, ApiError> {
@@ -79,18 +89,17 @@ fn thresholds(
         }
     };
     match given {
-        None | Some(serde_json::Value::Null) => Ok(model.thresholds.clone()),
+        None | Some(serde_json::Value::Null) => Ok(stored.to_vec()),
         Some(serde_json::Value::Number(n)) => {
             let t = check(n.as_f64().unwrap_or(f64::NAN), "threshold")?;
-            Ok(vec![t; model.spec.labels.len()])
+            Ok(vec![t; labels.len()])
         }
         Some(serde_json::Value::Object(map)) => {
-            let mut out = model.thresholds.clone();
+            let mut out = stored.to_vec();
             for (label, value) in map {
-                let Some(i) = model.spec.labels.iter().position(|l| l == label) else {
+                let Some(i) = labels.iter().position(|l| l == label) else {
                     return Err(bad(format!(
-                        "threshold names unknown label `{label}`; the model's labels are {:?}",
-                        model.spec.labels
+                        "threshold names unknown label `{label}`; the model's labels are {labels:?}"
                     )));
                 };
                 let x = value

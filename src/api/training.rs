@@ -43,6 +43,8 @@ fn row_to_run(r: &sqlx::postgres::PgRow) -> TrainingRun {
         device: r.get("device"),
         device_used: r.get("device_used"),
         auto_promote: r.get("auto_promote"),
+        promotion_gate: r.get("promotion_gate"),
+        gate_evaluation_id: r.get("gate_evaluation_id"),
         status,
         job_id: r.get("job_id"),
         error: r
@@ -71,11 +73,14 @@ fn row_to_run(r: &sqlx::postgres::PgRow) -> TrainingRun {
 }
 
 async fn fetch_run(state: &AppState, id: Uuid) -> Result<TrainingRun, ApiError> {
-    let row = sqlx::query("SELECT * FROM training_runs WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&state.pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found("training run", id))?;
+    let row = sqlx::query(
+        "SELECT r.*, (SELECT e.id FROM evaluations e WHERE e.run_id = r.id) AS gate_evaluation_id
+         FROM training_runs r WHERE r.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("training run", id))?;
     Ok(row_to_run(&row))
 }
 
@@ -150,12 +155,34 @@ impl TrainingApi {
             }
             None => None,
         };
+        let gate = match &body.promotion_gate {
+            None => None,
+            Some(_) if !body.auto_promote => {
+                return Err(ApiError::unprocessable(
+                    "invalid_promotion_gate",
+                    "promotion_gate needs auto_promote: true",
+                    Some("promotion_gate"),
+                ))
+            }
+            Some(g) => {
+                super::scoring::ready_dataset(&state, g.dataset_id, "promotion_gate.dataset_id")
+                    .await?;
+                Some(crate::scoring::evaluation::GateSettings {
+                    dataset_id: g.dataset_id,
+                    split: super::scoring::split_name(
+                        g.split.unwrap_or(super::datasets::SplitName::Test),
+                    )
+                    .to_string(),
+                    margin: g.margin,
+                })
+            }
+        };
         let id = Uuid::new_v4();
         let mut tx = state.pool.begin().await?;
         sqlx::query(
             "INSERT INTO training_runs (id, dataset_id, model_name, mode, task, labels, hyperparameters,
-                                        device, auto_promote, webhook, total_epochs)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                                        device, auto_promote, webhook, total_epochs, promotion_gate)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(id)
         .bind(dataset.id)
@@ -168,6 +195,7 @@ impl TrainingApi {
         .bind(body.auto_promote)
         .bind(webhook.map(|w| serde_json::to_value(w).unwrap_or_default()))
         .bind(hp.epochs as i32)
+        .bind(gate.map(|g| serde_json::json!(g)))
         .execute(&mut *tx)
         .await?;
         let ids = queue::enqueue(
@@ -176,6 +204,7 @@ impl TrainingApi {
                 kind: JobKind::Train,
                 args: TrainArgs { run_id: id },
                 dataset_id: Some(dataset.id),
+                scoring_job_id: None,
                 progress_total: 0,
             }],
             state.settings.queue.max_attempts,
@@ -204,7 +233,8 @@ impl TrainingApi {
     ) -> Result<Json<TrainingRunPage>, ApiError> {
         let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
         let rows = sqlx::query(
-            "SELECT * FROM training_runs ORDER BY created_at DESC, id LIMIT $1 OFFSET $2",
+            "SELECT r.*, (SELECT e.id FROM evaluations e WHERE e.run_id = r.id) AS gate_evaluation_id
+             FROM training_runs r ORDER BY r.created_at DESC, r.id LIMIT $1 OFFSET $2",
         )
         .bind(limit)
         .bind(offset)

@@ -131,12 +131,31 @@ pub struct CreateTrainingRun {
     /// auto | cpu | cuda. Default auto (CUDA when the worker has it).
     #[oai(nullable)]
     pub device: Option<String>,
-    /// Promote the new version when its validation macro-F1 beats the served one's.
+    /// Promote the new version when its validation macro-F1 beats the served one's (or, with
+    /// `promotion_gate`, when it wins that evaluation).
     #[oai(default)]
     pub auto_promote: bool,
+    /// With `auto_promote`: instead of comparing validation figures, evaluate the new version
+    /// and the served one on a dataset split and promote only when the new one's macro-F1 (at
+    /// stored thresholds) beats the served one's by at least `margin`.
+    #[oai(nullable)]
+    pub promotion_gate: Option<PromotionGateIn>,
     /// Telemetry webhook; default from config (`training.webhook_url`).
     #[oai(nullable)]
     pub webhook: Option<WebhookIn>,
+}
+
+/// The evaluation a gated `auto_promote` must win.
+#[derive(Debug, Object)]
+pub struct PromotionGateIn {
+    /// A ready dataset labelled with the run's labels (usually one the run did not train on).
+    pub dataset_id: Uuid,
+    /// Default `test`.
+    #[oai(nullable)]
+    pub split: Option<super::datasets::SplitName>,
+    /// Macro-F1 points (0 to 1) the new version must gain; default 0 (any gain).
+    #[oai(default, validator(minimum(value = "0"), maximum(value = "1")))]
+    pub margin: f64,
 }
 
 #[derive(Debug, Object)]
@@ -168,6 +187,13 @@ pub struct TrainingRun {
     #[oai(nullable)]
     pub device_used: Option<String>,
     pub auto_promote: bool,
+    /// `{dataset_id, split, margin}` when `auto_promote` must win an evaluation.
+    #[oai(nullable)]
+    pub promotion_gate: Option<serde_json::Value>,
+    /// The evaluation the gate asked for once the version was registered (its `promotion`
+    /// says what was decided).
+    #[oai(nullable)]
+    pub gate_evaluation_id: Option<Uuid>,
     /// pending | running | succeeded | failed | cancelled
     pub status: String,
     #[oai(nullable)]

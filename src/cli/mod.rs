@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod exit;
 pub mod follow;
 pub mod import;
+pub mod score_client;
 pub mod serve;
 pub mod token;
 pub mod train_client;

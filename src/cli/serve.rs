@@ -22,7 +22,7 @@ pub struct ServeArgs {
 
 #[derive(clap::Args)]
 pub struct WorkerArgs {
-    /// Comma-separated queues: dataset_build, embed.
+    /// Comma-separated queues: dataset_build, embed, train, score, evaluate.
     #[arg(long, value_delimiter = ',', default_value = "dataset_build,embed")]
     pub queues: Vec<String>,
     /// Jobs run at once per queue.
@@ -94,6 +94,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             pool: pool.clone(),
             settings: settings.clone(),
             embedders,
+            scorers: Default::default(),
         };
         let options = WorkerOptions {
             queues: JobKind::ALL.to_vec(),
@@ -158,6 +159,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         pool,
         settings: settings.clone(),
         embedders: Embedders::new(settings),
+        scorers: Default::default(),
     };
     let options = WorkerOptions {
         queues,

@@ -201,6 +201,7 @@ pub async fn run_build(
                 batch_no: no as i32,
             },
             dataset_id: Some(dataset.id),
+            scoring_job_id: None,
             progress_total: batches[no].len() as i64,
         })
         .collect();

@@ -60,7 +60,7 @@ pub async fn list(
 /// Deletes a dataset and its records; shared embeddings stay. Cancels its unfinished jobs.
 pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, crate::queue::QueueError> {
     let mut tx = pool.begin().await?;
-    crate::queue::cancel_dataset_jobs(&mut tx, id).await?;
+    crate::queue::cancel_owned_jobs(&mut tx, crate::queue::Owner::Dataset(id)).await?;
     let gone = sqlx::query("DELETE FROM datasets WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)

@@ -29,6 +29,8 @@ use crate::ml::text_encoder::{
 };
 use crate::registry;
 
+pub mod version_cache;
+
 /// One loaded model version.
 pub struct LoadedModel {
     pub name: String,
@@ -87,9 +89,18 @@ pub struct ModelStatus {
 
 /// Why a version did not load: a fault of the version (kept as its load failure, never
 /// retried) or of the database (retried at the next sync).
-enum LoadError {
+pub enum LoadError {
     Broken(String),
     DatabaseUnavailable(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Broken(m) => write!(f, "{m}"),
+            LoadError::DatabaseUnavailable(m) => write!(f, "database unavailable: {m}"),
+        }
+    }
 }
 
 impl From<String> for LoadError {
@@ -249,72 +260,15 @@ impl ModelServer {
     }
 
     async fn build(&self, name: &str, version: i32) -> Result<LoadedModel, LoadError> {
-        let stored = registry::load_version(&self.pool, name, version)
-            .await
-            .map_err(|e| {
-                if crate::db::is_unavailable(&e) {
-                    LoadError::DatabaseUnavailable(e.to_string())
-                } else {
-                    LoadError::Broken(format!("database: {e}"))
-                }
-            })?
-            .ok_or_else(|| format!("version {version} of `{name}` does not exist"))?;
-        self.build_from(stored).await.map_err(LoadError::Broken)
-    }
-
-    async fn build_from(&self, stored: registry::StoredVersion) -> Result<LoadedModel, String> {
-        let spec: ClassifierSpec =
-            serde_json::from_value(stored.spec).map_err(|e| format!("bad spec: {e}"))?;
-        let max_tokens = match spec.mode {
-            TrainMode::Finetune => spec.max_tokens,
-            TrainMode::Head => {
-                // A head reads the embedding model's vectors: only the local model can make
-                // them here, with its own truncation.
-                let model = self
-                    .settings
-                    .embedding_models
-                    .get(&stored.embedding_model)
-                    .ok_or_else(|| {
-                        format!(
-                            "embedding model `{}` is not configured",
-                            stored.embedding_model
-                        )
-                    })?;
-                if model.provider != ProviderType::Local {
-                    return Err(format!(
-                        "head models on `{}` embeddings cannot be served: only the local model's",
-                        stored.embedding_model
-                    ));
-                }
-                model.max_tokens
-            }
-        };
-        let options = EncoderOptions {
-            model_dir: self.settings.local_model.dir.clone().into(),
-            max_tokens,
-            max_tokens_per_batch: self.settings.local_model.max_tokens_per_batch,
-            threads: self.settings.inference.threads,
-            device: pick_device(&self.settings.local_model.device),
-            classifier: Some(Arc::new(ClassifierWeights {
-                spec: spec.clone(),
-                blob: stored.weights,
-            })),
-            batch_wait: Duration::from_millis(self.settings.inference.batch_wait_ms),
-        };
-        let encoder = tokio::task::spawn_blocking(move || TextEncoder::start(options))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let mut thresholds = stored.thresholds;
-        thresholds.resize(spec.labels.len(), 0.5);
-        Ok(LoadedModel {
-            name: stored.name,
-            version: stored.version,
-            spec,
-            thresholds,
-            loaded_at: Utc::now(),
-            encoder,
-        })
+        load_version(
+            &self.pool,
+            &self.settings,
+            name,
+            version,
+            self.settings.inference.threads,
+            Duration::from_millis(self.settings.inference.batch_wait_ms),
+        )
+        .await
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<LoadedModel>> {
@@ -351,6 +305,90 @@ impl ModelServer {
             })
             .collect()
     }
+}
+
+/// Reads a version from the registry and starts its encoder threads (`threads` replicas on
+/// CPU, 0 = all cores): what `serve` does on a promotion and a worker on a scoring chunk.
+pub(crate) async fn load_version(
+    pool: &PgPool,
+    settings: &Settings,
+    name: &str,
+    version: i32,
+    threads: i32,
+    batch_wait: Duration,
+) -> Result<LoadedModel, LoadError> {
+    let stored = registry::load_version(pool, name, version)
+        .await
+        .map_err(|e| {
+            if crate::db::is_unavailable(&e) {
+                LoadError::DatabaseUnavailable(e.to_string())
+            } else {
+                LoadError::Broken(format!("database: {e}"))
+            }
+        })?
+        .ok_or_else(|| format!("version {version} of `{name}` does not exist"))?;
+    start_version(settings, stored, threads, batch_wait)
+        .await
+        .map_err(LoadError::Broken)
+}
+
+async fn start_version(
+    settings: &Settings,
+    stored: registry::StoredVersion,
+    threads: i32,
+    batch_wait: Duration,
+) -> Result<LoadedModel, String> {
+    let spec: ClassifierSpec =
+        serde_json::from_value(stored.spec).map_err(|e| format!("bad spec: {e}"))?;
+    let max_tokens = match spec.mode {
+        TrainMode::Finetune => spec.max_tokens,
+        TrainMode::Head => {
+            // A head reads the embedding model's vectors: only the local model can make
+            // them here, with its own truncation.
+            let model = settings
+                .embedding_models
+                .get(&stored.embedding_model)
+                .ok_or_else(|| {
+                    format!(
+                        "embedding model `{}` is not configured",
+                        stored.embedding_model
+                    )
+                })?;
+            if model.provider != ProviderType::Local {
+                return Err(format!(
+                    "head models on `{}` embeddings cannot be served: only the local model's",
+                    stored.embedding_model
+                ));
+            }
+            model.max_tokens
+        }
+    };
+    let options = EncoderOptions {
+        model_dir: settings.local_model.dir.clone().into(),
+        max_tokens,
+        max_tokens_per_batch: settings.local_model.max_tokens_per_batch,
+        threads,
+        device: pick_device(&settings.local_model.device),
+        classifier: Some(Arc::new(ClassifierWeights {
+            spec: spec.clone(),
+            blob: stored.weights,
+        })),
+        batch_wait,
+    };
+    let encoder = tokio::task::spawn_blocking(move || TextEncoder::start(options))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut thresholds = stored.thresholds;
+    thresholds.resize(spec.labels.len(), 0.5);
+    Ok(LoadedModel {
+        name: stored.name,
+        version: stored.version,
+        spec,
+        thresholds,
+        loaded_at: Utc::now(),
+        encoder,
+    })
 }
 
 /// One prediction in the second seed's shape.

@@ -58,6 +58,8 @@ pub struct NewJob<A: Serialize> {
     pub kind: JobKind,
     pub args: A,
     pub dataset_id: Option<Uuid>,
+    /// The scoring job a `score` chunk belongs to (its progress and cancel).
+    pub scoring_job_id: Option<Uuid>,
     pub progress_total: i64,
 }
 
@@ -80,6 +82,7 @@ pub async fn enqueue<A: Serialize>(
     let mut tasks = Vec::with_capacity(jobs.len());
     let mut ids = Vec::with_capacity(jobs.len());
     let mut datasets = Vec::with_capacity(jobs.len());
+    let mut scorings = Vec::with_capacity(jobs.len());
     let mut totals = Vec::with_capacity(jobs.len());
     for job in &jobs {
         assert_eq!(job.kind, kind, "one enqueue call per job kind");
@@ -94,16 +97,18 @@ pub async fn enqueue<A: Serialize>(
         );
         ids.push(id.to_string());
         datasets.push(job.dataset_id);
+        scorings.push(job.scoring_job_id);
         totals.push(job.progress_total);
     }
     sqlx::query(
-        "INSERT INTO job_info (job_id, kind, dataset_id, progress_total)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::bigint[])",
+        "INSERT INTO job_info (job_id, kind, dataset_id, progress_total, scoring_job_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::bigint[], $5::uuid[])",
     )
     .bind(&ids)
     .bind(vec![kind.queue(); ids.len()])
     .bind(&datasets)
     .bind(&totals)
+    .bind(&scorings)
     .execute(&mut *conn)
     .await?;
     apalis_postgres::queries::push_tasks(conn, kind.queue(), tasks)
@@ -129,6 +134,7 @@ pub struct JobView {
     pub progress_done: i64,
     pub progress_total: i64,
     pub dataset_id: Option<Uuid>,
+    pub scoring_job_id: Option<Uuid>,
     pub result: Option<serde_json::Value>,
     pub last_error: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
@@ -141,7 +147,7 @@ pub struct JobView {
 const SELECT_JOBS: &str = "
 SELECT j.id, j.job_type, j.status, j.attempts, j.max_attempts, j.run_at, j.lock_at, j.done_at,
        j.last_result, j.lock_by, i.progress_done, i.progress_total, i.cancel_requested,
-       i.dataset_id, i.created_at
+       i.dataset_id, i.scoring_job_id, i.created_at
 FROM apalis.jobs j LEFT JOIN job_info i ON i.job_id = j.id";
 
 /// Maps apalis's raw status to the API's.
@@ -203,6 +209,7 @@ fn row_to_view(row: &sqlx::postgres::PgRow) -> Result<JobView, sqlx::Error> {
         progress_done,
         progress_total,
         dataset_id: row.try_get("dataset_id")?,
+        scoring_job_id: row.try_get("scoring_job_id")?,
         result: if status == "succeeded" { result } else { None },
         last_error: if status == "succeeded" {
             None
@@ -305,20 +312,38 @@ pub async fn cancel_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> 
     get_job(pool, id).await
 }
 
-/// Cancels every unfinished job that belongs to a dataset (used when its build is cancelled).
-pub async fn cancel_dataset_jobs(
-    conn: &mut PgConnection,
-    dataset_id: Uuid,
-) -> Result<u64, QueueError> {
-    sqlx::query("UPDATE job_info SET cancel_requested = true WHERE dataset_id = $1")
-        .bind(dataset_id)
-        .execute(&mut *conn)
-        .await?;
-    let done = sqlx::query(
-        "UPDATE apalis.jobs j SET status = 'Killed', done_at = now(), last_result = '{\"Err\": \"cancelled\"}'::jsonb
-         FROM job_info i WHERE i.job_id = j.id AND i.dataset_id = $1 AND j.status IN ('Pending', 'Failed')",
-    )
-    .bind(dataset_id)
+/// What a group of jobs belongs to: a dataset (its build and embed jobs) or a scoring job
+/// (its plan and chunks).
+#[derive(Debug, Clone, Copy)]
+pub enum Owner {
+    Dataset(Uuid),
+    ScoringJob(Uuid),
+}
+
+impl Owner {
+    fn column_and_id(self) -> (&'static str, Uuid) {
+        match self {
+            Owner::Dataset(id) => ("dataset_id", id),
+            Owner::ScoringJob(id) => ("scoring_job_id", id),
+        }
+    }
+}
+
+/// Cancels every unfinished job of an owner (a cancelled build or scoring job): running ones
+/// stop at their next checkpoint, waiting ones never start.
+pub async fn cancel_owned_jobs(conn: &mut PgConnection, owner: Owner) -> Result<u64, QueueError> {
+    let (column, id) = owner.column_and_id();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE job_info SET cancel_requested = true WHERE {column} = $1"
+    )))
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE apalis.jobs j SET status = 'Killed', done_at = now(), last_result = '{{\"Err\": \"cancelled\"}}'::jsonb
+         FROM job_info i WHERE i.job_id = j.id AND i.{column} = $1 AND j.status IN ('Pending', 'Failed')"
+    )))
+    .bind(id)
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected())
@@ -366,24 +391,26 @@ pub async fn prune_finished(pool: &PgPool, hours: f64) -> Result<u64, QueueError
     Ok(deleted.rows_affected())
 }
 
-/// Progress summed over a dataset's jobs of one kind: (done, total, when the first started),
+/// Progress summed over an owner's jobs of one kind: (done, total, when the first started),
 /// or `None` when it has no such jobs (never had, or pruned).
-pub async fn dataset_jobs_progress(
+pub async fn owned_jobs_progress(
     pool: &PgPool,
-    dataset_id: Uuid,
+    owner: Owner,
     kind: JobKind,
 ) -> Result<Option<(i64, i64, Option<DateTime<Utc>>)>, QueueError> {
-    let row: (i64, Option<i64>, Option<i64>, Option<DateTime<Utc>>) = sqlx::query_as(
-        "SELECT count(*),
+    let (column, id) = owner.column_and_id();
+    let row: (i64, Option<i64>, Option<i64>, Option<DateTime<Utc>>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*),
                 sum(CASE WHEN j.status = 'Done' THEN i.progress_total ELSE i.progress_done END)::bigint,
                 sum(i.progress_total)::bigint, min(j.lock_at)
          FROM job_info i JOIN apalis.jobs j ON j.id = i.job_id
-         WHERE i.dataset_id = $1 AND i.kind = $2",
-    )
-    .bind(dataset_id)
-    .bind(kind.queue())
-    .fetch_one(pool)
-    .await?;
+         WHERE i.{column} = $1 AND i.kind = $2"
+        )))
+        .bind(id)
+        .bind(kind.queue())
+        .fetch_one(pool)
+        .await?;
     Ok((row.0 > 0).then(|| (row.1.unwrap_or(0), row.2.unwrap_or(0), row.3)))
 }
 

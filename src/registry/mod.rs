@@ -66,6 +66,9 @@ pub struct NewVersion<'a> {
     pub model_name: &'a str,
     pub labels: &'a [String],
     pub auto_promote: bool,
+    /// `auto_promote` waits for an evaluation (the run's promotion gate) whenever another
+    /// version is served: the registry then promotes only when nothing is.
+    pub promotion_gated: bool,
     pub embedding_model: &'a str,
     pub spec: serde_json::Value,
     pub weights: &'a [u8],
@@ -179,6 +182,7 @@ pub async fn register_version(pool: &PgPool, new: &NewVersion<'_>) -> Result<i32
         };
         let better = match (served, new.validation_macro_f1) {
             (None, _) => true,
+            (Some(_), _) if new.promotion_gated => false,
             (Some(_), None) => false,
             (Some(_), Some(f1)) => served_f1.is_none_or(|served| f1 > served),
         };
@@ -374,6 +378,54 @@ pub async fn served_versions(pool: &PgPool) -> Result<Vec<(String, i32)>, sqlx::
     )
     .fetch_all(pool)
     .await
+}
+
+/// A version's labels, thresholds and embedding model, without its weights (what a scoring
+/// job or an evaluation records about it).
+pub struct VersionMeta {
+    pub labels: Vec<String>,
+    pub thresholds: Vec<f32>,
+    pub embedding_model: String,
+    /// `head` or `finetune`.
+    pub mode: String,
+}
+
+/// `None` when the model has no such version.
+pub async fn version_meta(
+    pool: &PgPool,
+    name: &str,
+    version: i32,
+) -> Result<Option<VersionMeta>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT spec, embedding_model, thresholds FROM model_versions WHERE name = $1 AND version = $2",
+    )
+    .bind(name)
+    .bind(version)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| {
+        let spec: serde_json::Value = r.get("spec");
+        let labels: Vec<String> =
+            serde_json::from_value(spec["labels"].clone()).unwrap_or_default();
+        let mut thresholds: Vec<f32> =
+            serde_json::from_value(r.get("thresholds")).unwrap_or_default();
+        thresholds.resize(labels.len(), 0.5);
+        VersionMeta {
+            labels,
+            thresholds,
+            embedding_model: r.get("embedding_model"),
+            mode: spec["mode"].as_str().unwrap_or("head").to_string(),
+        }
+    }))
+}
+
+/// The served version of a model: `None` when the model does not exist, `Some(None)` when it
+/// exists and serves nothing.
+pub async fn served_version(pool: &PgPool, name: &str) -> Result<Option<Option<i32>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT served_version FROM models WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
 }
 
 pub async fn load_version(

@@ -27,6 +27,7 @@ pub struct Instruments {
     pub job_duration: Histogram<f64>,
     pub embeddings_computed: Counter<u64>,
     pub embeddings_reused: Counter<u64>,
+    pub documents_scored: Counter<u64>,
     pub embedding_tokens: Counter<u64>,
     pub embedding_provider_errors: Counter<u64>,
     pub training_loss: Gauge<f64>,
@@ -70,6 +71,10 @@ impl Instruments {
             embeddings_computed: meter
                 .u64_counter("trainyard.embeddings.computed")
                 .with_description("Texts embedded by a provider, by model.")
+                .build(),
+            documents_scored: meter
+                .u64_counter("trainyard.documents.scored")
+                .with_description("Documents scored by batch scoring jobs, by model.")
                 .build(),
             embeddings_reused: meter
                 .u64_counter("trainyard.embeddings.reused")

@@ -68,9 +68,15 @@ pub async fn run_training(
     };
     match run.status.as_str() {
         "succeeded" => {
+            // A worker killed between registering the version and asking for the gate's
+            // evaluation left the job unacknowledged: ask now (once per run).
+            let evaluation = match run.model_version {
+                Some(version) => promotion_gate(state, &run, version).await?,
+                None => None,
+            };
             return Ok(
-                json!({"run_id": run.id, "model_version": run.model_version, "already_done": true}),
-            )
+                json!({"run_id": run.id, "model_version": run.model_version, "already_done": true, "gate_evaluation_id": evaluation}),
+            );
         }
         "cancelled" => return Err(JobError::Cancelled),
         _ => {}
@@ -176,6 +182,7 @@ pub async fn run_training(
         model_name: &run.model_name,
         labels: &run.labels,
         auto_promote: run.auto_promote,
+        promotion_gated: run.promotion_gate.is_some(),
         embedding_model: &dataset.embedding_model,
         spec: json!(outcome.spec),
         weights: &outcome.weights,
@@ -192,6 +199,7 @@ pub async fn run_training(
     let version = crate::registry::register_version(pool, &new_version)
         .await
         .map_err(|e| JobError::Retryable(format!("registering the model: {e}")))?;
+    let gate_evaluation = promotion_gate(state, &run, version).await?;
     let test_macro_f1 = outcome.test.as_ref().map(|m| m.macro_f1);
     tracing::info!(run = %run.id, model = %run.model_name, version, test_macro_f1 = ?test_macro_f1, "training finished");
     let mut result = json!({
@@ -201,6 +209,7 @@ pub async fn run_training(
         "best_epoch": outcome.best_epoch,
         "test_macro_f1": test_macro_f1,
         "telemetry": stats,
+        "gate_evaluation_id": gate_evaluation,
     });
     if outcome.test.is_none() {
         result[TEST_SPLIT] = json!(EMPTY_SPLIT);
@@ -209,6 +218,28 @@ pub async fn run_training(
         result[VALIDATION_SPLIT] = json!(EMPTY_SPLIT);
     }
     Ok(result)
+}
+
+/// A gated `auto_promote`: asks for the evaluation that decides (when another version is
+/// served; with nothing served the registry has already promoted).
+async fn promotion_gate(
+    state: &WorkerState,
+    run: &RunSettings,
+    version: i32,
+) -> Result<Option<Uuid>, JobError> {
+    match (&run.promotion_gate, run.auto_promote) {
+        (Some(gate), true) => {
+            crate::scoring::evaluation::ensure_gate_evaluation(
+                state,
+                run.id,
+                &run.model_name,
+                version,
+                gate,
+            )
+            .await
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Marks the run failed or cancelled when this failure ends its job; otherwise notes the error

@@ -24,6 +24,8 @@ pub struct RunSettings {
     pub hyperparameters: Hyperparameters,
     pub device: String,
     pub auto_promote: bool,
+    /// `auto_promote` must first win an evaluation on this dataset split.
+    pub promotion_gate: Option<crate::scoring::evaluation::GateSettings>,
     pub webhook: Option<WebhookConfig>,
     pub status: String,
     pub model_version: Option<i32>,
@@ -32,7 +34,7 @@ pub struct RunSettings {
 pub async fn load_run(pool: &PgPool, id: Uuid) -> Result<Option<RunSettings>, JobError> {
     let Some(row) = sqlx::query(
         "SELECT id, dataset_id, model_name, mode, task, labels, hyperparameters, device,
-                auto_promote, webhook, status, model_version
+                auto_promote, webhook, status, model_version, promotion_gate
          FROM training_runs WHERE id = $1",
     )
     .bind(id)
@@ -56,6 +58,11 @@ pub async fn load_run(pool: &PgPool, id: Uuid) -> Result<Option<RunSettings>, Jo
             .map_err(|e| bad("hyperparameters", e))?,
         device: row.get("device"),
         auto_promote: row.get("auto_promote"),
+        promotion_gate: row
+            .get::<Option<serde_json::Value>, _>("promotion_gate")
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| bad("promotion_gate", e))?,
         webhook: webhook
             .map(serde_json::from_value)
             .transpose()

@@ -121,6 +121,7 @@ pub fn spawn_inprocess_worker(
         pool: app.state.pool.clone(),
         settings: app.state.settings.clone(),
         embedders: app.state.embedders.clone(),
+        scorers: Default::default(),
     };
     let options = WorkerOptions {
         queues: JobKind::ALL.to_vec(),
@@ -390,6 +391,7 @@ pub fn spawn_inprocess_worker_on(
         pool: app.state.pool.clone(),
         settings: app.state.settings.clone(),
         embedders: app.state.embedders.clone(),
+        scorers: Default::default(),
     };
     let options = WorkerOptions {
         queues: queues.to_vec(),

@@ -1,0 +1,679 @@
+//! Evaluations: versions of one model scored on the same dataset split, compared label by
+//! label at their stored thresholds and at thresholds tuned on that split, with the records on
+//! which their decisions differ; and the promotion gate a training run's `auto_promote` can
+//! require.
+//!
+//! An evaluation is one scoring job per version. The transaction that finishes the last of them
+//! (under the evaluation's row lock, so two finishing at once cannot both miss it) moves the
+//! evaluation to `evaluating` and enqueues the `evaluate` job, which writes the results, the
+//! disagreements and the gate's decision in one transaction, guarded by the status.
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool, Row};
+use trainyard_jobs::{EvaluateArgs, JobKind};
+use uuid::Uuid;
+
+use super::store::{self, NewScoringJob};
+use super::{positive_labels, ScoringTarget};
+use crate::config::Settings;
+use crate::queue::{self, JobContext, JobError, NewJob, QueueError};
+use crate::registry::VersionMeta;
+use crate::training::metrics::{evaluate, tune_thresholds, Metrics};
+use crate::worker_state::WorkerState;
+
+/// The metric a promotion gate compares (macro-F1 at each version's stored thresholds: the
+/// decisions it would serve).
+pub const GATE_METRIC: &str = "macro_f1";
+
+/// A gate: promote `candidate` when its macro-F1 on the evaluation's records beats `against`'s
+/// (the version served when the evaluation was asked for) by at least `margin`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromotionGate {
+    pub candidate: i32,
+    pub against: i32,
+    pub margin: f64,
+    pub metric: String,
+    /// `promoted` | `not_promoted`, once decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EvaluationRow {
+    pub id: Uuid,
+    pub model_name: String,
+    pub versions: Vec<i32>,
+    pub dataset_id: Uuid,
+    pub split: String,
+    pub status: String,
+    pub run_id: Option<Uuid>,
+    pub promotion: Option<serde_json::Value>,
+    pub results: Option<serde_json::Value>,
+    pub disagreements: Option<i32>,
+    pub evaluate_job_id: Option<String>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl EvaluationRow {
+    fn from_row(r: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Ok(EvaluationRow {
+            id: r.try_get("id")?,
+            model_name: r.try_get("model_name")?,
+            versions: r.try_get("versions")?,
+            dataset_id: r.try_get("dataset_id")?,
+            split: r.try_get("split")?,
+            status: r.try_get("status")?,
+            run_id: r.try_get("run_id")?,
+            promotion: r.try_get("promotion")?,
+            results: r.try_get("results")?,
+            disagreements: r.try_get("disagreements")?,
+            evaluate_job_id: r.try_get("evaluate_job_id")?,
+            error: r.try_get("error")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+            finished_at: r.try_get("finished_at")?,
+        })
+    }
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<EvaluationRow>, sqlx::Error> {
+    sqlx::query("SELECT * FROM evaluations WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| EvaluationRow::from_row(&r))
+        .transpose()
+}
+
+pub async fn list(
+    pool: &PgPool,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<EvaluationRow>, i64), sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT * FROM evaluations ORDER BY created_at DESC, id LIMIT $1 OFFSET $2")
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(pool)
+            .await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM evaluations")
+        .fetch_one(pool)
+        .await?;
+    let items = rows
+        .iter()
+        .map(EvaluationRow::from_row)
+        .collect::<Result<_, _>>()?;
+    Ok((items, total))
+}
+
+/// A disagreement as stored: the record, its consensus labels, each version's decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Disagreement {
+    pub position: i32,
+    pub document_id: i64,
+    pub source: String,
+    pub external_id: String,
+    pub text: String,
+    pub labels: serde_json::Value,
+    pub predictions: serde_json::Value,
+}
+
+pub async fn disagreements(
+    pool: &PgPool,
+    id: Uuid,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Disagreement>, i64), sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT position, document_id, source, external_id, text, labels, predictions
+         FROM evaluation_disagreements WHERE evaluation_id = $1
+         ORDER BY position LIMIT $2 OFFSET $3",
+    )
+    .bind(id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM evaluation_disagreements WHERE evaluation_id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await?;
+    let items = rows
+        .iter()
+        .map(|r| Disagreement {
+            position: r.get("position"),
+            document_id: r.get("document_id"),
+            source: r.get("source"),
+            external_id: r.get("external_id"),
+            text: r.get("text"),
+            labels: r.get("labels"),
+            predictions: r.get("predictions"),
+        })
+        .collect();
+    Ok((items, total))
+}
+
+/// What a new evaluation compares, checked by the caller (versions exist, dataset ready).
+pub struct NewEvaluation<'a> {
+    pub model_name: &'a str,
+    pub versions: &'a [(i32, VersionMeta)],
+    pub dataset_id: Uuid,
+    pub split: &'a str,
+    /// The training run whose gated `auto_promote` asks for it (one evaluation per run).
+    pub run_id: Option<Uuid>,
+    pub promotion: Option<PromotionGate>,
+}
+
+/// Inserts the evaluation and one scoring job per version (each with its plan job) in one
+/// transaction. For a run's gate, an evaluation that already exists is returned as it is.
+pub async fn create(
+    pool: &PgPool,
+    new: &NewEvaluation<'_>,
+    max_attempts: i32,
+) -> Result<Uuid, QueueError> {
+    let mut tx = pool.begin().await?;
+    let id: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO evaluations (id, model_name, versions, dataset_id, split, run_id, promotion)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id) DO NOTHING RETURNING id",
+    )
+    .bind(Uuid::new_v4())
+    .bind(new.model_name)
+    .bind(new.versions.iter().map(|v| v.0).collect::<Vec<_>>())
+    .bind(new.dataset_id)
+    .bind(new.split)
+    .bind(new.run_id)
+    .bind(new.promotion.as_ref().map(|p| json!(p)))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(id) = id else {
+        let existing: Uuid = sqlx::query_scalar("SELECT id FROM evaluations WHERE run_id = $1")
+            .bind(new.run_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        return Ok(existing);
+    };
+    let target = ScoringTarget::Dataset {
+        dataset_id: new.dataset_id,
+        split: Some(new.split.to_string()),
+    };
+    for (version, meta) in new.versions {
+        store::create(
+            &mut tx,
+            &NewScoringJob {
+                model_name: new.model_name,
+                version: *version,
+                labels: &meta.labels,
+                thresholds: &meta.thresholds,
+                threshold_source: "stored",
+                target: &target,
+                evaluation_id: Some(id),
+            },
+            max_attempts,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Called in the transaction that finished one of the evaluation's scoring jobs: when every
+/// one is done, moves the evaluation on and enqueues its `evaluate` job (once).
+pub(crate) async fn start_if_scored(
+    conn: &mut PgConnection,
+    evaluation_id: Uuid,
+    settings: &Settings,
+) -> Result<(), QueueError> {
+    // The row lock orders concurrent finishers: the later one sees the earlier one's commit.
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM evaluations WHERE id = $1 FOR UPDATE")
+            .bind(evaluation_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if status.as_deref() != Some("scoring") {
+        return Ok(());
+    }
+    let unfinished: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM scoring_jobs WHERE evaluation_id = $1 AND status <> 'done'",
+    )
+    .bind(evaluation_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if unfinished > 0 {
+        return Ok(());
+    }
+    let ids = queue::enqueue(
+        conn,
+        vec![NewJob {
+            kind: JobKind::Evaluate,
+            args: EvaluateArgs { evaluation_id },
+            dataset_id: None,
+            scoring_job_id: None,
+            progress_total: 1,
+        }],
+        settings.queue.max_attempts,
+    )
+    .await?;
+    sqlx::query(
+        "UPDATE evaluations SET status = 'evaluating', evaluate_job_id = $2, updated_at = now() WHERE id = $1",
+    )
+    .bind(evaluation_id)
+    .bind(&ids[0])
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Cancels an evaluation that has not finished, and its scoring jobs.
+pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<bool, QueueError> {
+    let mut tx = pool.begin().await?;
+    let changed = sqlx::query(
+        "UPDATE evaluations SET status = 'cancelled', updated_at = now(), finished_at = now()
+         WHERE id = $1 AND status IN ('scoring', 'evaluating')",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if changed {
+        let jobs: Vec<Uuid> =
+            sqlx::query_scalar("SELECT id FROM scoring_jobs WHERE evaluation_id = $1")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+        for job in jobs {
+            store::cancel(&mut tx, job).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// One evaluated record: what the dataset says and each version's scores.
+struct EvalRecord {
+    position: i32,
+    document_id: i64,
+    source: String,
+    external_id: String,
+    text: String,
+    labels: BTreeMap<String, Option<u8>>,
+}
+
+/// One version's side of the comparison.
+struct Side {
+    version: i32,
+    labels: Vec<String>,
+    thresholds: Vec<f32>,
+    /// Per record (in `records` order), the version's scores.
+    scores: Vec<Vec<f32>>,
+}
+
+/// Metrics as shown: labels nobody annotated on these records are listed apart rather than
+/// given figures that could not be computed.
+fn metrics_json(metrics: &Metrics, thresholds: &[f32], labels: &[String]) -> serde_json::Value {
+    let mut value = json!(metrics);
+    let annotated: Vec<&crate::training::metrics::LabelMetrics> = metrics
+        .per_label
+        .iter()
+        .filter(|m| m.support + m.negatives > 0)
+        .collect();
+    value["per_label"] = json!(annotated);
+    value["not_annotated"] = json!(metrics
+        .per_label
+        .iter()
+        .filter(|m| m.support + m.negatives == 0)
+        .map(|m| m.label.clone())
+        .collect::<Vec<_>>());
+    value["thresholds"] = json!(labels
+        .iter()
+        .cloned()
+        .zip(thresholds.iter().copied())
+        .collect::<BTreeMap<String, f32>>());
+    value
+}
+
+/// The `evaluate` handler.
+pub async fn handle_evaluate(
+    state: &WorkerState,
+    ctx: &JobContext,
+    args: EvaluateArgs,
+) -> Result<serde_json::Value, JobError> {
+    let result = run_evaluate(state, ctx, &args).await;
+    if let Err(e) = &result {
+        tracing::warn!(job = %ctx.id, evaluation = %args.evaluation_id, error = %e, "evaluate failed");
+        if !matches!(e, JobError::Cancelled) && ctx.is_last_attempt(e).await {
+            let _ = sqlx::query(
+                "UPDATE evaluations SET status = 'failed', error = $2, updated_at = now(), finished_at = now()
+                 WHERE id = $1 AND status NOT IN ('done', 'cancelled')",
+            )
+            .bind(args.evaluation_id)
+            .bind(format!("job {} failed: {e}", ctx.id))
+            .execute(&state.pool)
+            .await;
+        }
+    }
+    result
+}
+
+async fn run_evaluate(
+    state: &WorkerState,
+    ctx: &JobContext,
+    args: &EvaluateArgs,
+) -> Result<serde_json::Value, JobError> {
+    let pool = &state.pool;
+    let evaluation = get(pool, args.evaluation_id).await?.ok_or_else(|| {
+        JobError::Fatal(format!(
+            "evaluation {} no longer exists",
+            args.evaluation_id
+        ))
+    })?;
+    match evaluation.status.as_str() {
+        "cancelled" => return Err(JobError::Cancelled),
+        "done" | "failed" => {
+            return Ok(json!({"evaluation_id": evaluation.id, "status": evaluation.status}))
+        }
+        _ => {}
+    }
+    if ctx.cancel_requested() {
+        return Err(JobError::Cancelled);
+    }
+    let rows = sqlx::query(
+        "SELECT r.position, r.document_id, r.source, r.external_id, r.text, r.labels
+         FROM dataset_records r JOIN documents d ON d.id = r.document_id
+         WHERE r.dataset_id = $1 AND r.split = $2 ORDER BY r.position",
+    )
+    .bind(evaluation.dataset_id)
+    .bind(&evaluation.split)
+    .fetch_all(pool)
+    .await?;
+    let records: Vec<EvalRecord> = rows
+        .iter()
+        .map(|r| EvalRecord {
+            position: r.get("position"),
+            document_id: r.get("document_id"),
+            source: r.get("source"),
+            external_id: r.get("external_id"),
+            text: r.get("text"),
+            labels: serde_json::from_value(r.get("labels")).unwrap_or_default(),
+        })
+        .collect();
+    let ids: Vec<i64> = records.iter().map(|r| r.document_id).collect();
+    let jobs = sqlx::query(
+        "SELECT version, labels, thresholds FROM scoring_jobs WHERE evaluation_id = $1 ORDER BY version",
+    )
+    .bind(evaluation.id)
+    .fetch_all(pool)
+    .await?;
+    let mut sides = Vec::new();
+    for job in &jobs {
+        let version: i32 = job.get("version");
+        let stored: HashMap<i64, Vec<f32>> = sqlx::query(
+            "SELECT document_id, scores FROM document_scores
+             WHERE model_name = $1 AND version = $2 AND document_id = ANY($3)",
+        )
+        .bind(&evaluation.model_name)
+        .bind(version)
+        .bind(&ids)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| (r.get("document_id"), r.get("scores")))
+        .collect();
+        let scores: Option<Vec<Vec<f32>>> = ids.iter().map(|id| stored.get(id).cloned()).collect();
+        let Some(scores) = scores else {
+            return Err(JobError::Fatal(format!(
+                "version {version} has no score for {} of the {} records",
+                ids.iter().filter(|id| !stored.contains_key(id)).count(),
+                ids.len()
+            )));
+        };
+        sides.push(Side {
+            version,
+            labels: job.get("labels"),
+            thresholds: job.get("thresholds"),
+            scores,
+        });
+    }
+
+    let annotated = records
+        .iter()
+        .filter(|r| r.labels.values().any(Option::is_some))
+        .count();
+    if annotated == 0 {
+        return Err(JobError::Fatal(format!(
+            "the {} split of dataset {} has no annotated record: nothing to evaluate on",
+            evaluation.split, evaluation.dataset_id
+        )));
+    }
+    let mut results = Vec::new();
+    let mut macro_f1 = HashMap::new();
+    for side in &sides {
+        let targets: Vec<Vec<Option<bool>>> = records
+            .iter()
+            .map(|r| {
+                side.labels
+                    .iter()
+                    .map(|l| r.labels.get(l).copied().flatten().map(|v| v == 1))
+                    .collect()
+            })
+            .collect();
+        let at_stored = evaluate(&side.labels, &side.scores, &targets, &side.thresholds);
+        let tuned = tune_thresholds(&side.scores, &targets, 0.5);
+        let at_tuned = evaluate(&side.labels, &side.scores, &targets, &tuned);
+        macro_f1.insert(side.version, at_stored.macro_f1);
+        results.push(json!({
+            "version": side.version,
+            "labels": side.labels,
+            "records": records.len(),
+            "at_stored_thresholds": metrics_json(&at_stored, &side.thresholds, &side.labels),
+            "at_tuned_thresholds": metrics_json(&at_tuned, &tuned, &side.labels),
+        }));
+    }
+
+    // Records on which the versions' decisions (at their stored thresholds) differ.
+    let mut disagreements = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        let decisions: Vec<Vec<String>> = sides
+            .iter()
+            .map(|s| positive_labels(&s.labels, &s.scores[i], &s.thresholds))
+            .collect();
+        if decisions.windows(2).all(|w| w[0] == w[1]) {
+            continue;
+        }
+        let predictions: serde_json::Map<String, serde_json::Value> = sides
+            .iter()
+            .zip(&decisions)
+            .map(|(s, d)| {
+                (
+                    s.version.to_string(),
+                    json!({
+                        "positive_labels": d,
+                        "scores": s.labels.iter().cloned().zip(s.scores[i].iter().copied()).collect::<BTreeMap<String, f32>>(),
+                    }),
+                )
+            })
+            .collect();
+        disagreements.push((record, serde_json::Value::Object(predictions)));
+    }
+
+    let mut tx = pool.begin().await?;
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM evaluations WHERE id = $1 FOR UPDATE")
+            .bind(evaluation.id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if status != "evaluating" {
+        return match status.as_str() {
+            "cancelled" => Err(JobError::Cancelled),
+            _ => Ok(json!({"evaluation_id": evaluation.id, "status": status})),
+        };
+    }
+    sqlx::query("DELETE FROM evaluation_disagreements WHERE evaluation_id = $1")
+        .bind(evaluation.id)
+        .execute(&mut *tx)
+        .await?;
+    for block in disagreements.chunks(5000) {
+        sqlx::query(
+            "INSERT INTO evaluation_disagreements (evaluation_id, position, document_id, source, external_id, text, labels, predictions)
+             SELECT $1, * FROM UNNEST($2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[])",
+        )
+        .bind(evaluation.id)
+        .bind(block.iter().map(|d| d.0.position).collect::<Vec<_>>())
+        .bind(block.iter().map(|d| d.0.document_id).collect::<Vec<_>>())
+        .bind(block.iter().map(|d| d.0.source.as_str()).collect::<Vec<_>>())
+        .bind(block.iter().map(|d| d.0.external_id.as_str()).collect::<Vec<_>>())
+        .bind(block.iter().map(|d| d.0.text.as_str()).collect::<Vec<_>>())
+        .bind(block.iter().map(|d| json!(d.0.labels)).collect::<Vec<_>>())
+        .bind(block.iter().map(|d| d.1.clone()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let promotion = match &evaluation.promotion {
+        Some(gate) => {
+            let gate: PromotionGate = serde_json::from_value(gate.clone())
+                .map_err(|e| JobError::Fatal(format!("stored promotion gate unreadable: {e}")))?;
+            Some(decide_gate(&mut tx, &evaluation.model_name, gate, &macro_f1).await?)
+        }
+        None => None,
+    };
+    sqlx::query(
+        "UPDATE evaluations SET status = 'done', results = $2, disagreements = $3, promotion = coalesce($4, promotion),
+                updated_at = now(), finished_at = now()
+         WHERE id = $1",
+    )
+    .bind(evaluation.id)
+    .bind(json!({"versions": results}))
+    .bind(disagreements.len() as i32)
+    .bind(promotion.as_ref().map(|p| json!(p)))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE job_info SET progress_done = 1, progress_total = 1 WHERE job_id = $1")
+        .bind(&ctx.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(evaluation = %evaluation.id, records = records.len(), disagreements = disagreements.len(), "evaluation done");
+    Ok(json!({
+        "evaluation_id": evaluation.id,
+        "records": records.len(),
+        "disagreements": disagreements.len(),
+        "promotion": promotion,
+    }))
+}
+
+/// Applies a gate inside the evaluation's transaction: promotes the candidate when it beats the
+/// version it was compared with by at least the margin (and by more than nothing), and that
+/// version is still the served one.
+async fn decide_gate(
+    conn: &mut PgConnection,
+    model: &str,
+    mut gate: PromotionGate,
+    macro_f1: &HashMap<i32, f64>,
+) -> Result<PromotionGate, JobError> {
+    let (Some(&candidate), Some(&against)) =
+        (macro_f1.get(&gate.candidate), macro_f1.get(&gate.against))
+    else {
+        return Err(JobError::Fatal(
+            "the gate's versions were not both evaluated".into(),
+        ));
+    };
+    let delta = candidate - against;
+    let served: Option<i32> =
+        sqlx::query_scalar("SELECT served_version FROM models WHERE name = $1 FOR UPDATE")
+            .bind(model)
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten();
+    let figures = format!(
+        "macro-F1 {candidate:.4} (v{}) vs {against:.4} (v{}): {delta:+.4}, margin {}",
+        gate.candidate, gate.against, gate.margin
+    );
+    if served != Some(gate.against) {
+        gate.decision = Some("not_promoted".into());
+        gate.reason = Some(format!(
+            "{figures}; the served version is now {} (the gate compared with v{}), so nothing was changed",
+            served.map_or("none".to_string(), |v| format!("v{v}")),
+            gate.against
+        ));
+    } else if delta > 0.0 && delta >= gate.margin {
+        crate::registry::promote_in_tx(conn, model, gate.candidate, "auto_promote")
+            .await
+            .map_err(|e| JobError::Retryable(format!("promoting: {e}")))?;
+        gate.decision = Some("promoted".into());
+        gate.reason = Some(format!("{figures}: promoted"));
+    } else {
+        gate.decision = Some("not_promoted".into());
+        gate.reason = Some(format!(
+            "{figures}: below the margin, v{} keeps serving",
+            gate.against
+        ));
+    }
+    tracing::info!(model, decision = ?gate.decision, reason = ?gate.reason, "promotion gate decided");
+    Ok(gate)
+}
+
+/// A training run's gated `auto_promote`: when a version other than the new one is served,
+/// asks for an evaluation of both on the gate's dataset split (once per run); the `evaluate`
+/// job then decides. Returns the evaluation's id, or `None` when nothing else is served.
+pub async fn ensure_gate_evaluation(
+    state: &WorkerState,
+    run_id: Uuid,
+    model_name: &str,
+    version: i32,
+    gate: &GateSettings,
+) -> Result<Option<Uuid>, JobError> {
+    let pool = &state.pool;
+    let served = crate::registry::served_version(pool, model_name)
+        .await?
+        .flatten();
+    let Some(against) = served.filter(|&v| v != version) else {
+        return Ok(None);
+    };
+    let mut versions = Vec::new();
+    for v in [against, version] {
+        let meta = crate::registry::version_meta(pool, model_name, v)
+            .await?
+            .ok_or_else(|| JobError::Fatal(format!("version {v} of `{model_name}` vanished")))?;
+        versions.push((v, meta));
+    }
+    let id = create(
+        pool,
+        &NewEvaluation {
+            model_name,
+            versions: &versions,
+            dataset_id: gate.dataset_id,
+            split: &gate.split,
+            run_id: Some(run_id),
+            promotion: Some(PromotionGate {
+                candidate: version,
+                against,
+                margin: gate.margin,
+                metric: GATE_METRIC.into(),
+                decision: None,
+                reason: None,
+            }),
+        },
+        state.settings.queue.max_attempts,
+    )
+    .await?;
+    tracing::info!(run = %run_id, model = model_name, version, against, evaluation = %id, "auto_promote waits for its evaluation");
+    Ok(Some(id))
+}
+
+/// What a training run's gate asks for (stored on the run as `promotion_gate`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateSettings {
+    pub dataset_id: Uuid,
+    pub split: String,
+    pub margin: f64,
+}

@@ -1,0 +1,248 @@
+//! Scoring jobs in Postgres: creation (row and plan job in one transaction), reads, result
+//! pages, cancel, and failing a job whose chunk ran out of attempts.
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Row};
+use trainyard_jobs::{JobKind, ScoreArgs};
+use uuid::Uuid;
+
+use super::{positive_labels, ScoredDocument, ScoringTarget};
+use crate::queue::{self, JobContext, JobError, NewJob, Owner, QueueError};
+
+#[derive(Debug, Clone)]
+pub struct ScoringJobRow {
+    pub id: Uuid,
+    pub model_name: String,
+    pub version: i32,
+    pub labels: Vec<String>,
+    pub thresholds: Vec<f32>,
+    pub threshold_source: String,
+    pub request: serde_json::Value,
+    pub evaluation_id: Option<Uuid>,
+    pub status: String,
+    pub plan_job_id: Option<String>,
+    pub error: Option<String>,
+    pub chunks_total: i32,
+    pub chunks_done: i32,
+    pub documents_total: i64,
+    pub excluded_empty_text: i64,
+    pub scored: i64,
+    pub reused: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl ScoringJobRow {
+    pub fn target(&self) -> Result<ScoringTarget, serde_json::Error> {
+        serde_json::from_value(self.request.clone())
+    }
+
+    fn from_row(r: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Ok(ScoringJobRow {
+            id: r.try_get("id")?,
+            model_name: r.try_get("model_name")?,
+            version: r.try_get("version")?,
+            labels: r.try_get("labels")?,
+            thresholds: r.try_get("thresholds")?,
+            threshold_source: r.try_get("threshold_source")?,
+            request: r.try_get("request")?,
+            evaluation_id: r.try_get("evaluation_id")?,
+            status: r.try_get("status")?,
+            plan_job_id: r.try_get("plan_job_id")?,
+            error: r.try_get("error")?,
+            chunks_total: r.try_get("chunks_total")?,
+            chunks_done: r.try_get("chunks_done")?,
+            documents_total: r.try_get("documents_total")?,
+            excluded_empty_text: r.try_get("excluded_empty_text")?,
+            scored: r.try_get("scored")?,
+            reused: r.try_get("reused")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+        })
+    }
+}
+
+/// What a new scoring job scores, with which version and thresholds.
+pub struct NewScoringJob<'a> {
+    pub model_name: &'a str,
+    pub version: i32,
+    pub labels: &'a [String],
+    pub thresholds: &'a [f32],
+    /// `stored` (the version's own) or `request`.
+    pub threshold_source: &'a str,
+    pub target: &'a ScoringTarget,
+    pub evaluation_id: Option<Uuid>,
+}
+
+/// Inserts the scoring job and enqueues its plan inside the caller's transaction.
+pub async fn create(
+    conn: &mut PgConnection,
+    new: &NewScoringJob<'_>,
+    max_attempts: i32,
+) -> Result<Uuid, QueueError> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO scoring_jobs (id, model_name, version, labels, thresholds, threshold_source, request, evaluation_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(new.model_name)
+    .bind(new.version)
+    .bind(new.labels)
+    .bind(new.thresholds)
+    .bind(new.threshold_source)
+    .bind(serde_json::to_value(new.target)?)
+    .bind(new.evaluation_id)
+    .execute(&mut *conn)
+    .await?;
+    let ids = queue::enqueue(
+        conn,
+        vec![NewJob {
+            kind: JobKind::Score,
+            args: ScoreArgs {
+                scoring_job_id: id,
+                chunk: None,
+            },
+            dataset_id: None,
+            scoring_job_id: Some(id),
+            progress_total: 1,
+        }],
+        max_attempts,
+    )
+    .await?;
+    sqlx::query("UPDATE scoring_jobs SET plan_job_id = $2 WHERE id = $1")
+        .bind(id)
+        .bind(&ids[0])
+        .execute(&mut *conn)
+        .await?;
+    Ok(id)
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<ScoringJobRow>, sqlx::Error> {
+    sqlx::query("SELECT * FROM scoring_jobs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| ScoringJobRow::from_row(&r))
+        .transpose()
+}
+
+/// Scoring jobs newest first, and how many there are.
+pub async fn list(
+    pool: &PgPool,
+    evaluation_id: Option<Uuid>,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<ScoringJobRow>, i64), sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT * FROM scoring_jobs WHERE ($1::uuid IS NULL OR evaluation_id = $1)
+         ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+    )
+    .bind(evaluation_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM scoring_jobs WHERE ($1::uuid IS NULL OR evaluation_id = $1)",
+    )
+    .bind(evaluation_id)
+    .fetch_one(pool)
+    .await?;
+    let items = rows
+        .iter()
+        .map(ScoringJobRow::from_row)
+        .collect::<Result<_, _>>()?;
+    Ok((items, total))
+}
+
+/// One page of a job's results in document order, and the number of documents it covers. A
+/// document not scored yet is left out of the page (a finished job has every one).
+pub async fn results(
+    pool: &PgPool,
+    job: &ScoringJobRow,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<ScoredDocument>, i64), sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT m.position, m.document_id, d.source, d.external_id, s.scores
+         FROM scoring_job_documents m
+         JOIN documents d ON d.id = m.document_id
+         JOIN document_scores s ON s.model_name = $2 AND s.version = $3 AND s.document_id = m.document_id
+         WHERE m.scoring_job_id = $1
+         ORDER BY m.position LIMIT $4 OFFSET $5",
+    )
+    .bind(job.id)
+    .bind(&job.model_name)
+    .bind(job.version)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?;
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM scoring_job_documents WHERE scoring_job_id = $1")
+            .bind(job.id)
+            .fetch_one(pool)
+            .await?;
+    let items = rows
+        .iter()
+        .map(|r| {
+            let scores: Vec<f32> = r.get("scores");
+            ScoredDocument {
+                position: r.get("position"),
+                document_id: r.get("document_id"),
+                source: r.get("source"),
+                external_id: r.get("external_id"),
+                version: job.version,
+                positive_labels: positive_labels(&job.labels, &scores, &job.thresholds),
+                scores: job.labels.iter().cloned().zip(scores).collect(),
+            }
+        })
+        .collect();
+    Ok((items, total))
+}
+
+/// Cancels a scoring job that has not finished: its waiting chunks never start, running ones
+/// stop at their next checkpoint. Returns false when it had already ended.
+pub async fn cancel(conn: &mut PgConnection, id: Uuid) -> Result<bool, QueueError> {
+    let changed = sqlx::query(
+        "UPDATE scoring_jobs SET status = 'cancelled', updated_at = now(), finished_at = now()
+         WHERE id = $1 AND status IN ('pending', 'planning', 'scoring')",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if changed {
+        queue::cancel_owned_jobs(conn, Owner::ScoringJob(id)).await?;
+    }
+    Ok(changed)
+}
+
+/// When this failure ends the job (fatal, or its last attempt), the scoring job fails with it,
+/// and so does the evaluation it belongs to.
+pub(crate) async fn fail_if_final(ctx: &JobContext, id: Uuid, error: &JobError) {
+    if matches!(error, JobError::Cancelled) || !ctx.is_last_attempt(error).await {
+        return;
+    }
+    let message = format!("job {} failed: {error}", ctx.id);
+    let update = sqlx::query(
+        "WITH failed AS (
+            UPDATE scoring_jobs SET status = 'failed', error = $2, updated_at = now(), finished_at = now()
+            WHERE id = $1 AND status NOT IN ('done', 'cancelled', 'failed')
+            RETURNING evaluation_id)
+         UPDATE evaluations SET status = 'failed', error = $2, updated_at = now(), finished_at = now()
+         WHERE id = (SELECT evaluation_id FROM failed) AND status NOT IN ('done', 'cancelled')",
+    )
+    .bind(id)
+    .bind(&message)
+    .execute(&ctx.pool)
+    .await;
+    if let Err(e) = update {
+        tracing::error!(scoring_job = %id, "could not mark scoring job failed: {e}");
+    }
+}
