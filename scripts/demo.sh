@@ -144,6 +144,10 @@ for (source, text), p in zip(written, results[len(test):]):
         show("written for the demo in the style of %s; in domain: %s" % (source, ", ".join(in_domain(source))),
              source, text, p, {})
 PY
+echo "== batch scoring on the workers (a score job fanned out in chunks): the test split with version $VERSION"
+# Scores are stored per (model, version, document): a rerun of the demo reuses them (scored 0).
+"$BIN" score --model moderation --version "$VERSION" --dataset "$DATASET" --split test \
+  --output "$LOGS/test_scores.parquet"
 echo "== jobs"
 "$BIN" jobs --limit 8
 echo "== open Swagger UI at $TRAINYARD_URL/docs; training curves at the 'curves:' URL above"

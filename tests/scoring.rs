@@ -14,11 +14,11 @@ use serde_json::{json, Value};
 use support::*;
 use trainyard_jobs::JobKind;
 
-/// Polls a scoring job until it ends.
-async fn wait_scoring(app: &TestApp, id: &str, timeout: Duration) -> Value {
+/// Polls a scoring job or an evaluation (`path`) until it is done, failed or cancelled.
+async fn wait_ended(app: &TestApp, path: &str, timeout: Duration) -> Value {
     let start = Instant::now();
     loop {
-        let (_, j) = app.get(&format!("/api/v1/scoring-jobs/{id}")).await;
+        let (_, j) = app.get(path).await;
         if matches!(j["status"].as_str(), Some("done" | "failed" | "cancelled"))
             || start.elapsed() > timeout
         {
@@ -28,17 +28,12 @@ async fn wait_scoring(app: &TestApp, id: &str, timeout: Duration) -> Value {
     }
 }
 
+async fn wait_scoring(app: &TestApp, id: &str, timeout: Duration) -> Value {
+    wait_ended(app, &format!("/api/v1/scoring-jobs/{id}"), timeout).await
+}
+
 async fn wait_evaluation(app: &TestApp, id: &str, timeout: Duration) -> Value {
-    let start = Instant::now();
-    loop {
-        let (_, e) = app.get(&format!("/api/v1/evaluations/{id}")).await;
-        if matches!(e["status"].as_str(), Some("done" | "failed" | "cancelled"))
-            || start.elapsed() > timeout
-        {
-            return e;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_ended(app, &format!("/api/v1/evaluations/{id}"), timeout).await
 }
 
 /// Trains a head on the spam dataset and returns the version number.
@@ -87,6 +82,19 @@ async fn all_results(app: &TestApp, id: &str) -> Vec<Value> {
     }
 }
 
+/// Ingests unlabelled documents of `source`, external ids `c0000`, `c0001`, … in text order.
+async fn post_unlabelled(app: &TestApp, source: &str, texts: &[String]) {
+    let docs: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"source": source, "external_id": format!("c{i:04}"), "text": t}))
+        .collect();
+    let (status, answer) = app
+        .post("/api/v1/documents", json!({"documents": docs}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 /// A dataset of spam documents (ready) and a promoted head version on it.
 async fn spam_model(app: &TestApp, model: &str) -> String {
     import_spam_docs(app, "train", 240).await;
@@ -110,15 +118,7 @@ async fn scoring_fans_out_survives_a_kill_and_rescores_only_what_is_missing() {
     );
     spam_model(&app, "spam").await;
     let corpus = sentences(600, "corpus");
-    let docs: Vec<Value> = corpus
-        .iter()
-        .enumerate()
-        .map(|(i, t)| json!({"source": "corpus", "external_id": format!("c{i:04}"), "text": t}))
-        .collect();
-    let (status, _) = app
-        .post("/api/v1/documents", json!({"documents": docs}))
-        .await;
-    assert_eq!(status, 200);
+    post_unlabelled(&app, "corpus", &corpus).await;
 
     let env = [
         ("TRAINYARD_SCORING__CHUNK_SIZE", "50"),
@@ -358,6 +358,54 @@ async fn scoring_fans_out_survives_a_kill_and_rescores_only_what_is_missing() {
         "the changed text (now spam) was scored again: {c17} vs {}",
         results[17]
     );
+
+    // The client verb: starts a job, follows it, writes the export; exit code 0.
+    let out_file = std::env::temp_dir().join(format!("scores-{}.parquet", std::process::id()));
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .args([
+            "score",
+            "--url",
+            &app.base,
+            "--model",
+            "spam",
+            "--sources",
+            "corpus",
+            "--output",
+        ])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    let stdout: Value = serde_json::from_slice(&cli.stdout).unwrap_or(Value::Null);
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(
+        (
+            stdout["status"].as_str(),
+            stdout["documents"].as_i64(),
+            stdout["scored"].as_i64()
+        ),
+        (Some("done"), Some(610), Some(0)),
+        "{stdout}"
+    );
+    let bytes = std::fs::read(&out_file).unwrap();
+    assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"));
+    let _ = std::fs::remove_file(&out_file);
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .args([
+            "score",
+            "--url",
+            &app.base,
+            "--model",
+            "nope",
+            "--sources",
+            "corpus",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(6), "refused by the API");
     drop(trainer);
     db.drop_db().await;
 }
@@ -372,17 +420,7 @@ async fn a_cancelled_scoring_job_stops_and_a_new_one_scores_only_the_rest() {
     let _worker = spawn_inprocess_worker(&app, 1);
     spam_model(&app, "spam").await;
     let texts = sentences(400, "cancel");
-    let docs: Vec<Value> = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| json!({"source": "many", "external_id": format!("m{i}"), "text": t}))
-        .collect();
-    assert_eq!(
-        app.post("/api/v1/documents", json!({"documents": docs}))
-            .await
-            .0,
-        200
-    );
+    post_unlabelled(&app, "many", &texts).await;
     let body = json!({"model": "spam", "selection": {"sources": ["many"]}});
     let (_, job) = app.post("/api/v1/scoring-jobs", body.clone()).await;
     let id = job["id"].as_str().unwrap().to_string();

@@ -52,6 +52,42 @@ pub struct SelectionIn {
     pub external_ids: Vec<String>,
 }
 
+impl SelectionIn {
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty() && self.document_ids.is_empty() && self.external_ids.is_empty()
+    }
+
+    /// Checks a selection found at `param` in the body and returns it as stored.
+    pub fn checked(&self, param: &str) -> Result<Selection, ApiError> {
+        if self.is_empty() {
+            return Err(ApiError::unprocessable(
+                "invalid_selection",
+                format!("{param} is empty: give sources, document_ids, or source + external_ids"),
+                Some(param),
+            ));
+        }
+        if !self.external_ids.is_empty() && self.source.is_none() {
+            return Err(ApiError::unprocessable(
+                "invalid_selection",
+                format!("{param}.external_ids needs {param}.source"),
+                Some(&format!("{param}.source")),
+            ));
+        }
+        if self.document_ids.iter().any(|&id| id <= 0) {
+            return Err(ApiError::bad_request(
+                "document ids are positive integers",
+                Some(&format!("{param}.document_ids")),
+            ));
+        }
+        Ok(Selection {
+            sources: self.sources.clone(),
+            document_ids: self.document_ids.clone(),
+            source: self.source.clone(),
+            external_ids: self.external_ids.clone(),
+        })
+    }
+}
+
 #[derive(Debug, Object)]
 pub struct LabelSchemaIn {
     /// binary (one label), multi_label (independent labels) or multi_class (one of the labels).
@@ -315,27 +351,7 @@ pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<Dataset
             Some("name"),
         ));
     }
-    let sel = &req.selection;
-    if sel.sources.is_empty() && sel.document_ids.is_empty() && sel.external_ids.is_empty() {
-        return Err(ApiError::unprocessable(
-            "invalid_selection",
-            "selection is empty: give sources, document_ids, or source + external_ids",
-            Some("selection"),
-        ));
-    }
-    if !sel.external_ids.is_empty() && sel.source.is_none() {
-        return Err(ApiError::unprocessable(
-            "invalid_selection",
-            "selection.external_ids needs selection.source",
-            Some("selection.source"),
-        ));
-    }
-    if sel.document_ids.iter().any(|&id| id <= 0) {
-        return Err(ApiError::bad_request(
-            "document ids are positive integers",
-            Some("selection.document_ids"),
-        ));
-    }
+    let selection = req.selection.checked("selection")?;
     let model = req
         .embedding_model
         .clone()
@@ -405,12 +421,7 @@ pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<Dataset
         None => state.settings.datasets.tie_rule,
     };
     Ok(DatasetSpec {
-        selection: Selection {
-            sources: sel.sources.clone(),
-            document_ids: sel.document_ids.clone(),
-            source: sel.source.clone(),
-            external_ids: sel.external_ids.clone(),
-        },
+        selection,
         embedding_model: model,
         force_regenerate: req.force_regenerate,
         task_type,

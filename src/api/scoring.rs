@@ -9,11 +9,10 @@ use poem_openapi::payload::{Binary, Json, PlainText};
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
-use super::datasets::{ExportFormat, SplitName};
+use super::datasets::{ExportFormat, SelectionIn, SplitName};
 use super::errors::ApiError;
 use super::wire_types::Threshold;
 use super::{page_bounds, AppState};
-use crate::datasets::Selection;
 use crate::queue::Owner;
 use crate::registry::VersionMeta;
 use crate::scoring::store::{self, NewScoringJob, ScoringJobRow};
@@ -30,15 +29,8 @@ enum ApiTags {
 /// optionally one `split`). Not both.
 #[derive(Debug, Object, Default)]
 pub struct ScoringSelectionIn {
-    #[oai(default)]
-    pub sources: Vec<String>,
-    /// trainyard document ids (>= 1).
-    #[oai(default, validator(minimum(value = "1")))]
-    pub document_ids: Vec<i64>,
-    #[oai(nullable)]
-    pub source: Option<String>,
-    #[oai(default)]
-    pub external_ids: Vec<String>,
+    #[oai(flatten)]
+    pub documents: SelectionIn,
     /// A dataset's records (their texts as the dataset was built).
     #[oai(nullable)]
     pub dataset_id: Option<Uuid>,
@@ -339,27 +331,25 @@ pub fn split_name(split: SplitName) -> &'static str {
 }
 
 async fn target(state: &AppState, sel: &ScoringSelectionIn) -> Result<ScoringTarget, ApiError> {
-    let by_documents =
-        !sel.sources.is_empty() || !sel.document_ids.is_empty() || !sel.external_ids.is_empty();
-    match (sel.dataset_id, by_documents) {
-        (Some(_), true) => Err(ApiError::unprocessable(
+    match (sel.dataset_id, sel.documents.is_empty()) {
+        (Some(_), false) => Err(ApiError::unprocessable(
             "invalid_selection",
             "selection names both a dataset and documents: give one",
             Some("selection"),
         )),
-        (Some(dataset_id), false) => {
+        (Some(dataset_id), true) => {
             ready_dataset(state, dataset_id, "selection.dataset_id").await?;
             Ok(ScoringTarget::Dataset {
                 dataset_id,
                 split: sel.split.map(|s| split_name(s).to_string()),
             })
         }
-        (None, false) => Err(ApiError::unprocessable(
+        (None, true) => Err(ApiError::unprocessable(
             "invalid_selection",
             "selection is empty: give sources, document_ids, source + external_ids, or dataset_id",
             Some("selection"),
         )),
-        (None, true) => {
+        (None, false) => {
             if sel.split.is_some() {
                 return Err(ApiError::unprocessable(
                     "invalid_selection",
@@ -367,20 +357,8 @@ async fn target(state: &AppState, sel: &ScoringSelectionIn) -> Result<ScoringTar
                     Some("selection.split"),
                 ));
             }
-            if !sel.external_ids.is_empty() && sel.source.is_none() {
-                return Err(ApiError::unprocessable(
-                    "invalid_selection",
-                    "selection.external_ids needs selection.source",
-                    Some("selection.source"),
-                ));
-            }
             Ok(ScoringTarget::Documents {
-                selection: Selection {
-                    sources: sel.sources.clone(),
-                    document_ids: sel.document_ids.clone(),
-                    source: sel.source.clone(),
-                    external_ids: sel.external_ids.clone(),
-                },
+                selection: sel.documents.checked("selection")?,
             })
         }
     }
