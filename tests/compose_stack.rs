@@ -27,6 +27,7 @@ const METRICS: &[&str] = &[
     "trainyard_workers_live",
     "trainyard_embeddings_computed_total",
     "trainyard_embeddings_reused_total",
+    "trainyard_documents_scored_total",
     "trainyard_embedding_tokens_total",
     "trainyard_embedding_provider_errors_total",
     "trainyard_training_loss",
