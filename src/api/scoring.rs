@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
+use poem::Body;
 use poem_openapi::param::{Path, Query};
-use poem_openapi::payload::{Binary, Json, PlainText};
+use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
@@ -238,12 +239,13 @@ pub enum ScoringJobCreated {
 
 #[derive(ApiResponse)]
 pub enum ScoresExport {
-    /// JSON Lines: one scored document per line.
+    /// JSON Lines: one scored document per line (streamed).
     #[oai(status = 200, content_type = "application/x-ndjson")]
-    Jsonl(PlainText<String>),
-    /// Apache Parquet (labels and thresholds in the file's metadata).
+    Jsonl(Binary<Body>),
+    /// Apache Parquet, a row group per 20,000 documents (streamed; labels and thresholds in the
+    /// file's metadata).
     #[oai(status = 200, content_type = "application/vnd.apache.parquet")]
-    Parquet(Binary<Vec<u8>>),
+    Parquet(Binary<Body>),
 }
 
 /// The version a request names (or the served one) and what the registry records about it.
@@ -479,7 +481,7 @@ impl ScoringApi {
         }))
     }
 
-    /// Every result of a finished scoring job, as JSON Lines or Parquet.
+    /// Every result of a finished scoring job, as JSON Lines or Parquet, streamed in pages.
     #[oai(path = "/scoring-jobs/:id/export", method = "get")]
     async fn export(
         &self,
@@ -494,15 +496,18 @@ impl ScoringApi {
                 job.id, job.status
             )));
         }
-        let (rows, _) = store::results(&state.pool, &job, i64::MAX, 0).await?;
-        match format.0.unwrap_or(ExportFormat::Jsonl) {
-            ExportFormat::Jsonl => Ok(ScoresExport::Jsonl(PlainText(
-                crate::scoring::export::to_jsonl(&rows),
-            ))),
-            ExportFormat::Parquet => Ok(ScoresExport::Parquet(Binary(
-                crate::scoring::export::to_parquet(&job, &rows).map_err(ApiError::internal)?,
-            ))),
-        }
+        use crate::scoring::export::{stream, Format};
+        let format = match format.0.unwrap_or(ExportFormat::Jsonl) {
+            ExportFormat::Jsonl => Format::Jsonl,
+            ExportFormat::Parquet => Format::Parquet,
+        };
+        let body = Body::from_bytes_stream(
+            stream(state.pool.clone(), job, format).map_err(ApiError::internal)?,
+        );
+        Ok(match format {
+            Format::Jsonl => ScoresExport::Jsonl(Binary(body)),
+            Format::Parquet => ScoresExport::Parquet(Binary(body)),
+        })
     }
 
     /// Cancel a scoring job: waiting chunks never start, running ones stop at their next

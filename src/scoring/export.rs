@@ -1,10 +1,16 @@
-//! A scoring job's results as JSON Lines or Apache Parquet.
+//! A scoring job's results as JSON Lines or Apache Parquet, streamed: the rows are read in
+//! pages of [`PAGE`] by position and each page leaves as soon as it is encoded (a Parquet row
+//! group per page), so an export of millions of rows holds one page in memory, not the job.
 //!
 //! Parquet columns: position, document_id, source, external_id, version, scores (a list of
 //! floats in the label order stored in the file's `trainyard.labels` metadata) and
 //! positive_labels (a list of strings). Written with parquet's column writer, like the dataset
 //! export.
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use futures::Stream;
+use sqlx::PgPool;
 
 use parquet::basic::Compression;
 use parquet::data_type::{ByteArray, ByteArrayType, FloatType, Int32Type, Int64Type};
@@ -13,8 +19,11 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
-use super::store::ScoringJobRow;
+use super::store::{results_after, ScoringJobRow};
 use super::ScoredDocument;
+
+/// Rows read, encoded and sent at a time (one Parquet row group).
+pub const PAGE: i64 = 20_000;
 
 const SCHEMA: &str = "
 message scored_document {
@@ -77,7 +86,34 @@ fn list_levels<T: Clone>(rows: impl Iterator<Item = Vec<T>>) -> (Vec<T>, Vec<i16
     (values, defs, reps)
 }
 
-pub fn to_parquet(job: &ScoringJobRow, rows: &[ScoredDocument]) -> anyhow::Result<Vec<u8>> {
+/// The bytes a Parquet writer has produced and the stream has not sent yet.
+#[derive(Clone, Default)]
+struct Pending(Arc<Mutex<Vec<u8>>>);
+
+impl Pending {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Write for Pending {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn parquet_writer(
+    job: &ScoringJobRow,
+    sink: Pending,
+) -> anyhow::Result<SerializedFileWriter<Pending>> {
     let schema = Arc::new(parse_message_type(SCHEMA)?);
     let props = Arc::new(
         WriterProperties::builder()
@@ -97,8 +133,13 @@ pub fn to_parquet(job: &ScoringJobRow, rows: &[ScoredDocument]) -> anyhow::Resul
             ]))
             .build(),
     );
-    let mut buffer = Vec::new();
-    let mut writer = SerializedFileWriter::new(&mut buffer, schema, props)?;
+    Ok(SerializedFileWriter::new(sink, schema, props)?)
+}
+
+fn write_row_group(
+    writer: &mut SerializedFileWriter<Pending>,
+    rows: &[ScoredDocument],
+) -> anyhow::Result<()> {
     let mut group = writer.next_row_group()?;
     let mut column = 0;
     while let Some(mut col) = group.next_column()? {
@@ -150,6 +191,69 @@ pub fn to_parquet(job: &ScoringJobRow, rows: &[ScoredDocument]) -> anyhow::Resul
         column += 1;
     }
     group.close()?;
-    writer.close()?;
-    Ok(buffer)
+    Ok(())
+}
+
+/// The export's file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jsonl,
+    Parquet,
+}
+
+/// Where an export stream is: the last position sent, and the Parquet writer when there is one.
+struct Cursor {
+    after: i32,
+    parquet: Option<(SerializedFileWriter<Pending>, Pending)>,
+}
+
+/// A done job's results as a stream of encoded chunks (one page each, the Parquet footer
+/// last). A database error mid-way ends the stream with that error (the client sees a
+/// truncated transfer, never a file that looks complete).
+pub fn stream(
+    pool: PgPool,
+    job: ScoringJobRow,
+    format: Format,
+) -> anyhow::Result<impl Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static> {
+    let parquet = match format {
+        Format::Jsonl => None,
+        Format::Parquet => {
+            let sink = Pending::default();
+            Some((parquet_writer(&job, sink.clone())?, sink))
+        }
+    };
+    let start = Cursor { after: -1, parquet };
+    Ok(futures::stream::unfold(Some(start), move |cursor| {
+        let (pool, job) = (pool.clone(), job.clone());
+        async move {
+            let mut cursor = cursor?;
+            let rows = match results_after(&pool, &job, cursor.after, PAGE).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(scoring_job = %job.id, "export stopped: {e}");
+                    return Some((Err(std::io::Error::other(e)), None));
+                }
+            };
+            let Some(last) = rows.last().map(|r| r.position) else {
+                // The end: JSON Lines has nothing more; Parquet writes its footer.
+                let (writer, sink) = cursor.parquet.take()?;
+                return Some((
+                    writer
+                        .close()
+                        .map(|_| sink.take())
+                        .map_err(std::io::Error::other),
+                    None,
+                ));
+            };
+            cursor.after = last;
+            let bytes = match cursor.parquet.as_mut() {
+                None => Ok(to_jsonl(&rows).into_bytes()),
+                Some((writer, sink)) => write_row_group(writer, &rows)
+                    .map(|_| sink.take())
+                    .map_err(std::io::Error::other),
+            };
+            let next = bytes.is_ok().then_some(cursor);
+            Some((bytes, next))
+        }
+    }))
 }

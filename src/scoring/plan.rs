@@ -69,7 +69,7 @@ pub async fn run_plan(
         .iter()
         .filter(|i| stored.get(&i.document_id) != Some(&i.checksum))
         .collect();
-    let chunk_size = state.settings.scoring.chunk_size.max(1);
+    let chunk_size = chunk_size(missing.len(), state.settings.scoring.chunk_size);
     let chunks: Vec<&[&Item]> = missing.chunks(chunk_size).collect();
 
     let mut tx = pool.begin().await?;
@@ -175,6 +175,19 @@ pub async fn run_plan(
     }))
 }
 
+/// Documents per chunk: at most `configured`; a smaller job is cut into up to [`MIN_CHUNKS`]
+/// chunks of no fewer than 100 documents, so that several workers share it.
+fn chunk_size(documents: usize, configured: usize) -> usize {
+    let configured = configured.max(1);
+    documents
+        .div_ceil(MIN_CHUNKS)
+        .max(configured.min(100))
+        .min(configured)
+}
+
+/// Chunks a job of at least 800 documents is cut into, at the least.
+const MIN_CHUNKS: usize = 8;
+
 /// The documents a target covers, in a stable order (a dataset's record order; else source and
 /// external id, as a dataset orders them), and how many had no text.
 async fn select(
@@ -267,4 +280,19 @@ pub async fn handle_score(
         store::fail_if_final(ctx, args.scoring_job_id, e).await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_size;
+
+    #[test]
+    fn small_jobs_are_shared_and_large_ones_use_the_configured_size() {
+        assert_eq!(chunk_size(100_000, 1000), 1000);
+        assert_eq!(chunk_size(905, 1000), 114);
+        assert_eq!(chunk_size(300, 1000), 100);
+        assert_eq!(chunk_size(600, 50), 50);
+        assert_eq!(chunk_size(0, 1000), 100);
+        assert_eq!(chunk_size(10, 0), 1);
+    }
 }

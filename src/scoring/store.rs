@@ -159,6 +159,26 @@ pub async fn list(
     Ok((items, total))
 }
 
+const RESULTS: &str = "
+SELECT m.position, m.document_id, d.source, d.external_id, s.scores
+FROM scoring_job_documents m
+JOIN documents d ON d.id = m.document_id
+JOIN document_scores s ON s.model_name = $2 AND s.version = $3 AND s.document_id = m.document_id
+WHERE m.scoring_job_id = $1";
+
+fn to_scored(job: &ScoringJobRow, r: &sqlx::postgres::PgRow) -> ScoredDocument {
+    let scores: Vec<f32> = r.get("scores");
+    ScoredDocument {
+        position: r.get("position"),
+        document_id: r.get("document_id"),
+        source: r.get("source"),
+        external_id: r.get("external_id"),
+        version: job.version,
+        positive_labels: positive_labels(&job.labels, &scores, &job.thresholds),
+        scores: job.labels.iter().cloned().zip(scores).collect(),
+    }
+}
+
 /// One page of a job's results in document order, and the number of documents it covers. A
 /// document not scored yet is left out of the page (a finished job has every one).
 pub async fn results(
@@ -167,14 +187,9 @@ pub async fn results(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<ScoredDocument>, i64), sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT m.position, m.document_id, d.source, d.external_id, s.scores
-         FROM scoring_job_documents m
-         JOIN documents d ON d.id = m.document_id
-         JOIN document_scores s ON s.model_name = $2 AND s.version = $3 AND s.document_id = m.document_id
-         WHERE m.scoring_job_id = $1
-         ORDER BY m.position LIMIT $4 OFFSET $5",
-    )
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{RESULTS} ORDER BY m.position LIMIT $4 OFFSET $5"
+    )))
     .bind(job.id)
     .bind(&job.model_name)
     .bind(job.version)
@@ -187,22 +202,28 @@ pub async fn results(
             .bind(job.id)
             .fetch_one(pool)
             .await?;
-    let items = rows
-        .iter()
-        .map(|r| {
-            let scores: Vec<f32> = r.get("scores");
-            ScoredDocument {
-                position: r.get("position"),
-                document_id: r.get("document_id"),
-                source: r.get("source"),
-                external_id: r.get("external_id"),
-                version: job.version,
-                positive_labels: positive_labels(&job.labels, &scores, &job.thresholds),
-                scores: job.labels.iter().cloned().zip(scores).collect(),
-            }
-        })
-        .collect();
-    Ok((items, total))
+    Ok((rows.iter().map(|r| to_scored(job, r)).collect(), total))
+}
+
+/// The next `limit` results after `position` (keyset paging: an export reads a job of any
+/// size in pages of constant cost).
+pub async fn results_after(
+    pool: &PgPool,
+    job: &ScoringJobRow,
+    position: i32,
+    limit: i64,
+) -> Result<Vec<ScoredDocument>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{RESULTS} AND m.position > $4 ORDER BY m.position LIMIT $5"
+    )))
+    .bind(job.id)
+    .bind(&job.model_name)
+    .bind(job.version)
+    .bind(position)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(|r| to_scored(job, r)).collect())
 }
 
 /// Cancels a scoring job that has not finished: its waiting chunks never start, running ones
