@@ -483,7 +483,7 @@ async fn evaluations_compare_versions_and_gate_promotion() {
     settings.scoring.chunk_size = 25;
     settings.scoring.threads = 1;
     let app = spawn_api(db.pool.clone(), Arc::new(settings)).await;
-    let _worker = spawn_inprocess_worker(&app, 2);
+    let worker = spawn_inprocess_worker(&app, 2);
     let dataset = spam_model(&app, "spam").await;
     // v2 learns the opposite labels (spam texts, every annotation flipped), so it decides
     // differently on many records and scores far worse.
@@ -732,5 +732,56 @@ async fn evaluations_compare_versions_and_gate_promotion() {
         (422, Some("promotion_gate")),
         "{e}"
     );
+
+    // Cancelling one scoring job of an evaluation cancels the evaluation and its other job
+    // (nothing runs them here: the worker is stopped first).
+    drop(worker);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, ev) = app
+        .post(
+            "/api/v1/evaluations",
+            json!({"model": "spam", "versions": [3, 4], "dataset_id": holdout, "split": "train"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{ev}");
+    let jobs: Vec<String> = ev["scoring_jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap().to_string())
+        .collect();
+    let (status, first) = app
+        .post(
+            &format!("/api/v1/scoring-jobs/{}/cancel", jobs[0]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, first["status"].as_str()),
+        (200, Some("cancelled")),
+        "{first}"
+    );
+    let evaluation = ev["id"].as_str().unwrap();
+    let (_, e) = app.get(&format!("/api/v1/evaluations/{evaluation}")).await;
+    assert_eq!(e["status"], "cancelled", "{e}");
+    let (_, second) = app.get(&format!("/api/v1/scoring-jobs/{}", jobs[1])).await;
+    assert_eq!(second["status"], "cancelled", "{second}");
+    let plan = second["plan_job_id"].as_str().unwrap();
+    let (_, plan_job) = app.get(&format!("/api/v1/jobs/{plan}")).await;
+    assert_eq!(plan_job["status"], "cancelled", "{plan_job}");
+    let (status, retried) = app
+        .post(&format!("/api/v1/jobs/{plan}/retry"), json!({}))
+        .await;
+    assert_eq!(
+        status, 409,
+        "a cancelled scoring job is not resumed: {retried}"
+    );
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/evaluations/{evaluation}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409);
     db.drop_db().await;
 }

@@ -133,7 +133,9 @@ impl ScoringJob {
         .await?
         {
             // The plan job counts 1 of 1; the chunks count documents.
-            let planned = r.status != "pending" && r.status != "planning";
+            // Nothing to show before the plan stored its chunks (also when the job failed or
+            // was cancelled before that).
+            let planned = r.chunks_total > 0 || matches!(r.status.as_str(), "scoring" | "done");
             if planned {
                 let (done, total) = if r.status == "done" {
                     (r.scored, r.scored)

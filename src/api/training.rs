@@ -167,6 +167,21 @@ impl TrainingApi {
             Some(g) => {
                 super::scoring::ready_dataset(&state, g.dataset_id, "promotion_gate.dataset_id")
                     .await?;
+                let gate_labels = crate::datasets::store::get(&state.pool, g.dataset_id)
+                    .await?
+                    .and_then(|d| d.spec().ok())
+                    .map(|s| s.labels)
+                    .unwrap_or_default();
+                if !spec.labels.iter().any(|l| gate_labels.contains(l)) {
+                    return Err(ApiError::unprocessable(
+                        "labels_mismatch",
+                        format!(
+                            "the run predicts {:?}; dataset {} is labelled {gate_labels:?}: the gate could compare nothing",
+                            spec.labels, g.dataset_id
+                        ),
+                        Some("promotion_gate.dataset_id"),
+                    ));
+                }
                 Some(crate::scoring::evaluation::GateSettings {
                     dataset_id: g.dataset_id,
                     split: super::scoring::split_name(

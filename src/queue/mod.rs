@@ -349,6 +349,43 @@ pub async fn cancel_owned_jobs(conn: &mut PgConnection, owner: Owner) -> Result<
     Ok(done.rows_affected())
 }
 
+/// Cancels one job inside the caller's transaction: running, it stops at its next checkpoint;
+/// waiting, it never starts. A finished job is left as it is.
+pub async fn cancel_job_in(conn: &mut PgConnection, id: &str) -> Result<(), QueueError> {
+    sqlx::query("UPDATE job_info SET cancel_requested = true WHERE job_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Killed', done_at = now(), last_result = '{\"Err\": \"cancelled\"}'::jsonb
+         WHERE id = $1 AND status IN ('Pending', 'Failed')",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Puts every failed job of an owner back in its queue with a fresh attempt budget (a
+/// scoring job whose chunks failed runs them all again). Returns how many.
+pub async fn retry_failed_owned_jobs(
+    conn: &mut PgConnection,
+    owner: Owner,
+) -> Result<u64, QueueError> {
+    let (column, id) = owner.column_and_id();
+    let retried = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE apalis.jobs j SET status = 'Pending', attempts = 0, run_at = now(), done_at = NULL,
+                lock_by = NULL, lock_at = NULL, last_result = NULL
+         FROM job_info i
+         WHERE i.job_id = j.id AND i.{column} = $1 AND NOT i.cancel_requested
+           AND (j.status = 'Killed' OR (j.status = 'Failed' AND j.attempts >= j.max_attempts))"
+    )))
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(retried.rows_affected())
+}
+
 /// Puts a failed (or cancelled) job back in its queue with a fresh attempt budget.
 /// Runs inside the caller's transaction, so that whatever the job depends on can be reset
 /// in the same commit (a worker must never see the job pending before that).

@@ -1,7 +1,7 @@
 //! One chunk of a scoring job (a `score` job with a chunk): runs the model version on this
 //! worker and upserts the documents' scores.
 //!
-//! Idempotent: scores are unique per (model, version, document); the chunk is marked done and
+//! Idempotent: scores are unique per (model, version, document, text checksum); the chunk is marked done and
 //! the job's counter advanced in the same transaction, guarded by `NOT done`, so a chunk
 //! counts once however often it runs (after a kill, a retry). The transaction that completes
 //! the last chunk finishes the job and, when it belongs to an evaluation whose other versions
@@ -114,8 +114,7 @@ pub async fn run_chunk(
          SELECT $1, $2, t.document_id, t.checksum, p.flat[(t.n - 1) * p.width + 1 : t.n * p.width]
          FROM UNNEST($3::bigint[], $4::text[]) WITH ORDINALITY AS t(document_id, checksum, n),
               (SELECT $5::real[] AS flat, $6::int AS width) p
-         ON CONFLICT (model_name, version, document_id) DO UPDATE
-            SET checksum = EXCLUDED.checksum, scores = EXCLUDED.scores, scored_at = now()",
+         ON CONFLICT (model_name, version, document_id, checksum) DO NOTHING",
     )
     .bind(&job.model_name)
     .bind(job.version)

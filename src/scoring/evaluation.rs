@@ -273,30 +273,37 @@ pub(crate) async fn start_if_scored(
     Ok(())
 }
 
-/// Cancels an evaluation that has not finished, and its scoring jobs.
+/// Cancels an evaluation that has not finished, with its scoring jobs and its `evaluate` job.
 pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<bool, QueueError> {
     let mut tx = pool.begin().await?;
-    let changed = sqlx::query(
-        "UPDATE evaluations SET status = 'cancelled', updated_at = now(), finished_at = now()
-         WHERE id = $1 AND status IN ('scoring', 'evaluating')",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if changed {
-        let jobs: Vec<Uuid> =
-            sqlx::query_scalar("SELECT id FROM scoring_jobs WHERE evaluation_id = $1")
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await?;
-        for job in jobs {
-            store::cancel(&mut tx, job).await?;
-        }
-    }
+    let changed = cancel_in(&mut tx, id).await?;
     tx.commit().await?;
     Ok(changed)
+}
+
+/// [`cancel`] inside the caller's transaction. Locks the scoring jobs before the evaluation, the
+/// order in which a finishing chunk takes them, so the two never deadlock.
+pub(crate) async fn cancel_in(conn: &mut PgConnection, id: Uuid) -> Result<bool, QueueError> {
+    let jobs: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM scoring_jobs WHERE evaluation_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let scoring_cancelled = store::lock_and_cancel(conn, &jobs).await?;
+    let evaluate_job: Option<Option<String>> = sqlx::query_scalar(
+        "UPDATE evaluations SET status = 'cancelled', updated_at = now(), finished_at = now()
+         WHERE id = $1 AND status IN ('scoring', 'evaluating') RETURNING evaluate_job_id",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(evaluate_job) = evaluate_job else {
+        return Ok(scoring_cancelled);
+    };
+    if let Some(job) = evaluate_job {
+        queue::cancel_job_in(conn, &job).await?;
+    }
+    Ok(true)
 }
 
 /// One evaluated record: what the dataset says and each version's scores.
@@ -306,6 +313,7 @@ struct EvalRecord {
     source: String,
     external_id: String,
     text: String,
+    checksum: String,
     labels: BTreeMap<String, Option<u8>>,
 }
 
@@ -327,7 +335,27 @@ fn metrics_json(metrics: &Metrics, thresholds: &[f32], labels: &[String]) -> ser
         .iter()
         .filter(|m| m.support + m.negatives > 0)
         .collect();
-    value["per_label"] = json!(annotated);
+    // A label with no positive among these records has no recall and no F1 (not 0.0), and
+    // the macro figures average the labels that have them.
+    value["per_label"] = json!(annotated
+        .iter()
+        .map(|m| {
+            let mut v = json!(m);
+            if m.support == 0 {
+                v["recall"] = serde_json::Value::Null;
+                v["f1"] = serde_json::Value::Null;
+            }
+            v
+        })
+        .collect::<Vec<_>>());
+    let defined: Vec<&&crate::training::metrics::LabelMetrics> =
+        annotated.iter().filter(|m| m.support > 0).collect();
+    let mean = |f: &dyn Fn(&crate::training::metrics::LabelMetrics) -> f64| {
+        (!defined.is_empty())
+            .then(|| defined.iter().map(|m| f(m)).sum::<f64>() / defined.len() as f64)
+    };
+    value["macro_recall"] = json!(mean(&|m| m.recall));
+    value["macro_f1"] = json!(mean(&|m| m.f1));
     value["not_annotated"] = json!(metrics
         .per_label
         .iter()
@@ -351,7 +379,15 @@ pub async fn handle_evaluate(
     let result = run_evaluate(state, ctx, &args).await;
     if let Err(e) = &result {
         tracing::warn!(job = %ctx.id, evaluation = %args.evaluation_id, error = %e, "evaluate failed");
-        if !matches!(e, JobError::Cancelled) && ctx.is_last_attempt(e).await {
+        if matches!(e, JobError::Cancelled) {
+            let _ = sqlx::query(
+                "UPDATE evaluations SET status = 'cancelled', updated_at = now(), finished_at = now()
+                 WHERE id = $1 AND status = 'evaluating'",
+            )
+            .bind(args.evaluation_id)
+            .execute(&state.pool)
+            .await;
+        } else if ctx.is_last_attempt(e).await {
             let _ = sqlx::query(
                 "UPDATE evaluations SET status = 'failed', error = $2, updated_at = now(), finished_at = now()
                  WHERE id = $1 AND status NOT IN ('done', 'cancelled')",
@@ -388,7 +424,7 @@ async fn run_evaluate(
         return Err(JobError::Cancelled);
     }
     let rows = sqlx::query(
-        "SELECT r.position, r.document_id, r.source, r.external_id, r.text, r.labels
+        "SELECT r.position, r.document_id, r.source, r.external_id, r.text, r.checksum, r.labels
          FROM dataset_records r JOIN documents d ON d.id = r.document_id
          WHERE r.dataset_id = $1 AND r.split = $2 ORDER BY r.position",
     )
@@ -404,6 +440,7 @@ async fn run_evaluate(
             source: r.get("source"),
             external_id: r.get("external_id"),
             text: r.get("text"),
+            checksum: r.get("checksum"),
             labels: serde_json::from_value(r.get("labels")).unwrap_or_default(),
         })
         .collect();
@@ -417,8 +454,9 @@ async fn run_evaluate(
     let mut sides = Vec::new();
     for job in &jobs {
         let version: i32 = job.get("version");
-        let stored: HashMap<i64, Vec<f32>> = sqlx::query(
-            "SELECT document_id, scores FROM document_scores
+        // Scores of the records' own texts (the key holds the text's checksum).
+        let stored: HashMap<(i64, String), Vec<f32>> = sqlx::query(
+            "SELECT document_id, checksum, scores FROM document_scores
              WHERE model_name = $1 AND version = $2 AND document_id = ANY($3)",
         )
         .bind(&evaluation.model_name)
@@ -427,14 +465,21 @@ async fn run_evaluate(
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|r| (r.get("document_id"), r.get("scores")))
+        .map(|r| ((r.get("document_id"), r.get("checksum")), r.get("scores")))
         .collect();
-        let scores: Option<Vec<Vec<f32>>> = ids.iter().map(|id| stored.get(id).cloned()).collect();
+        let key = |r: &EvalRecord| (r.document_id, r.checksum.clone());
+        let scores: Option<Vec<Vec<f32>>> = records
+            .iter()
+            .map(|r| stored.get(&key(r)).cloned())
+            .collect();
         let Some(scores) = scores else {
             return Err(JobError::Fatal(format!(
                 "version {version} has no score for {} of the {} records",
-                ids.iter().filter(|id| !stored.contains_key(id)).count(),
-                ids.len()
+                records
+                    .iter()
+                    .filter(|r| !stored.contains_key(&key(r)))
+                    .count(),
+                records.len()
             )));
         };
         sides.push(Side {
@@ -445,15 +490,18 @@ async fn run_evaluate(
         });
     }
 
-    let annotated = records
-        .iter()
-        .filter(|r| r.labels.values().any(Option::is_some))
-        .count();
-    if annotated == 0 {
-        return Err(JobError::Fatal(format!(
-            "the {} split of dataset {} has no annotated record: nothing to evaluate on",
-            evaluation.split, evaluation.dataset_id
-        )));
+    for side in &sides {
+        let annotated = records.iter().any(|r| {
+            side.labels
+                .iter()
+                .any(|l| r.labels.get(l).copied().flatten().is_some())
+        });
+        if !annotated {
+            return Err(JobError::Fatal(format!(
+                "no record of the {} split of dataset {} annotates a label of version {} ({:?}): nothing to evaluate on",
+                evaluation.split, evaluation.dataset_id, side.version, side.labels
+            )));
+        }
     }
     let mut results = Vec::new();
     let mut macro_f1 = HashMap::new();
@@ -470,12 +518,13 @@ async fn run_evaluate(
         let at_stored = evaluate(&side.labels, &side.scores, &targets, &side.thresholds);
         let tuned = tune_thresholds(&side.scores, &targets, 0.5);
         let at_tuned = evaluate(&side.labels, &side.scores, &targets, &tuned);
-        macro_f1.insert(side.version, at_stored.macro_f1);
+        let stored_json = metrics_json(&at_stored, &side.thresholds, &side.labels);
+        macro_f1.insert(side.version, stored_json["macro_f1"].as_f64());
         results.push(json!({
             "version": side.version,
             "labels": side.labels,
             "records": records.len(),
-            "at_stored_thresholds": metrics_json(&at_stored, &side.thresholds, &side.labels),
+            "at_stored_thresholds": stored_json,
             "at_tuned_thresholds": metrics_json(&at_tuned, &tuned, &side.labels),
         }));
     }
@@ -485,7 +534,11 @@ async fn run_evaluate(
     for (i, record) in records.iter().enumerate() {
         let decisions: Vec<Vec<String>> = sides
             .iter()
-            .map(|s| positive_labels(&s.labels, &s.scores[i], &s.thresholds))
+            .map(|s| {
+                let mut positive = positive_labels(&s.labels, &s.scores[i], &s.thresholds);
+                positive.sort();
+                positive
+            })
             .collect();
         if decisions.windows(2).all(|w| w[0] == w[1]) {
             continue;
@@ -578,7 +631,7 @@ async fn decide_gate(
     conn: &mut PgConnection,
     model: &str,
     mut gate: PromotionGate,
-    macro_f1: &HashMap<i32, f64>,
+    macro_f1: &HashMap<i32, Option<f64>>,
 ) -> Result<PromotionGate, JobError> {
     let (Some(&candidate), Some(&against)) =
         (macro_f1.get(&gate.candidate), macro_f1.get(&gate.against))
@@ -586,6 +639,14 @@ async fn decide_gate(
         return Err(JobError::Fatal(
             "the gate's versions were not both evaluated".into(),
         ));
+    };
+    let (Some(candidate), Some(against)) = (candidate, against) else {
+        gate.decision = Some("not_promoted".into());
+        gate.reason = Some(format!(
+            "macro-F1 could not be computed on these records (no positive of any label of v{} or v{}): nothing was changed",
+            gate.candidate, gate.against
+        ));
+        return Ok(gate);
     };
     let delta = candidate - against;
     let served: Option<i32> =

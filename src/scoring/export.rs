@@ -69,7 +69,8 @@ pub fn to_jsonl(rows: &[ScoredDocument]) -> String {
     out
 }
 
-/// Definition and repetition levels of a required list of lists (def 1 = empty, 2 = value).
+/// Definition and repetition levels of required lists of required values (def 0 = an empty
+/// list, 1 = a value; rep 0 starts a row).
 fn list_levels<T: Clone>(rows: impl Iterator<Item = Vec<T>>) -> (Vec<T>, Vec<i16>, Vec<i16>) {
     let (mut values, mut defs, mut reps) = (Vec::new(), Vec::new(), Vec::new());
     for row in rows {

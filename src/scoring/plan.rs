@@ -1,10 +1,10 @@
 //! The plan of a scoring job (a `score` job without a chunk): selects the documents, keeps
-//! those whose score for the version is missing or was computed on another text, and fans
-//! them out as chunks.
+//! those whose score for the version on this very text (checksum) is missing, and fans them
+//! out as chunks.
 //!
 //! Idempotent: the membership, the chunks and their jobs are written in one transaction under
 //! the scoring job's row lock, guarded by its status; a re-run after that commit only reports.
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use serde_json::json;
 use sqlx::Row;
@@ -53,7 +53,7 @@ pub async fn run_plan(
 
     // Scores this version already has for these documents, on the same text.
     let ids: Vec<i64> = items.iter().map(|i| i.document_id).collect();
-    let stored: HashMap<i64, String> = sqlx::query(
+    let stored: HashSet<(i64, String)> = sqlx::query(
         "SELECT document_id, checksum FROM document_scores
          WHERE model_name = $1 AND version = $2 AND document_id = ANY($3)",
     )
@@ -67,7 +67,7 @@ pub async fn run_plan(
     .collect();
     let missing: Vec<&Item> = items
         .iter()
-        .filter(|i| stored.get(&i.document_id) != Some(&i.checksum))
+        .filter(|i| !stored.contains(&(i.document_id, i.checksum.clone())))
         .collect();
     let chunk_size = chunk_size(missing.len(), state.settings.scoring.chunk_size);
     let chunks: Vec<&[&Item]> = missing.chunks(chunk_size).collect();
@@ -78,8 +78,10 @@ pub async fn run_plan(
             .bind(job.id)
             .fetch_one(&mut *tx)
             .await?;
-    if status != "planning" {
-        return Ok(json!({"scoring_job_id": job.id, "status": status}));
+    match status.as_str() {
+        "planning" => {}
+        "cancelled" => return Err(JobError::Cancelled),
+        _ => return Ok(json!({"scoring_job_id": job.id, "status": status})),
     }
     for table in ["scoring_job_documents", "scoring_chunks"] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -89,11 +91,11 @@ pub async fn run_plan(
         .execute(&mut *tx)
         .await?;
     }
-    for (block_no, block) in ids.chunks(10_000).enumerate() {
+    for (block_no, block) in items.chunks(10_000).enumerate() {
         let offset = (block_no * 10_000) as i32;
         sqlx::query(
-            "INSERT INTO scoring_job_documents (scoring_job_id, position, document_id)
-             SELECT $1, * FROM UNNEST($2::int[], $3::bigint[])",
+            "INSERT INTO scoring_job_documents (scoring_job_id, position, document_id, checksum)
+             SELECT $1, * FROM UNNEST($2::int[], $3::bigint[], $4::text[])",
         )
         .bind(job.id)
         .bind(
@@ -101,7 +103,13 @@ pub async fn run_plan(
                 .map(|i| offset + i)
                 .collect::<Vec<_>>(),
         )
-        .bind(block)
+        .bind(block.iter().map(|i| i.document_id).collect::<Vec<_>>())
+        .bind(
+            block
+                .iter()
+                .map(|i| i.checksum.as_str())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await?;
     }

@@ -164,6 +164,7 @@ SELECT m.position, m.document_id, d.source, d.external_id, s.scores
 FROM scoring_job_documents m
 JOIN documents d ON d.id = m.document_id
 JOIN document_scores s ON s.model_name = $2 AND s.version = $3 AND s.document_id = m.document_id
+                       AND s.checksum = m.checksum
 WHERE m.scoring_job_id = $1";
 
 fn to_scored(job: &ScoringJobRow, r: &sqlx::postgres::PgRow) -> ScoredDocument {
@@ -227,21 +228,55 @@ pub async fn results_after(
 }
 
 /// Cancels a scoring job that has not finished: its waiting chunks never start, running ones
-/// stop at their next checkpoint. Returns false when it had already ended.
+/// stop at their next checkpoint. A job of an evaluation cannot finish alone: the evaluation
+/// and its other scoring jobs are cancelled with it. Returns false when it had already ended.
 pub async fn cancel(conn: &mut PgConnection, id: Uuid) -> Result<bool, QueueError> {
-    let changed = sqlx::query(
-        "UPDATE scoring_jobs SET status = 'cancelled', updated_at = now(), finished_at = now()
-         WHERE id = $1 AND status IN ('pending', 'planning', 'scoring')",
+    let Some(evaluation) = sqlx::query_scalar::<_, Option<Uuid>>(
+        "SELECT evaluation_id FROM scoring_jobs WHERE id = $1",
     )
     .bind(id)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?
-    .rows_affected()
-        == 1;
-    if changed {
-        queue::cancel_owned_jobs(conn, Owner::ScoringJob(id)).await?;
+    else {
+        return Ok(false);
+    };
+    if let Some(evaluation) = evaluation {
+        let unfinished: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM scoring_jobs WHERE id = $1 AND status IN ('pending', 'planning', 'scoring')",
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        return match unfinished {
+            Some(_) => super::evaluation::cancel_in(conn, evaluation).await,
+            None => Ok(false),
+        };
     }
-    Ok(changed)
+    lock_and_cancel(conn, &[id]).await
+}
+
+/// Locks the scoring jobs' rows (in id order, as every writer of several does) and cancels the
+/// unfinished ones with their queued jobs; true when any was.
+pub(crate) async fn lock_and_cancel(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<bool, QueueError> {
+    let locked: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM scoring_jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    let cancelled: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE scoring_jobs SET status = 'cancelled', updated_at = now(), finished_at = now()
+         WHERE id = ANY($1) AND status IN ('pending', 'planning', 'scoring') RETURNING id",
+    )
+    .bind(&locked)
+    .fetch_all(&mut *conn)
+    .await?;
+    for job in &cancelled {
+        queue::cancel_owned_jobs(conn, Owner::ScoringJob(*job)).await?;
+    }
+    Ok(!cancelled.is_empty())
 }
 
 /// When this failure ends the job (fatal, or its last attempt), the scoring job fails with it,
