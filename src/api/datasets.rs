@@ -200,13 +200,9 @@ impl DatasetProgress {
         self.texts_done = Some(done);
         self.texts_total = Some(total);
         if status == "embedding" {
-            if let Some(started) = started {
-                let elapsed = (Utc::now() - started).num_milliseconds() as f64 / 1000.0;
-                if elapsed > 0.5 && done > 0 {
-                    let rate = done as f64 / elapsed;
-                    self.texts_per_second = Some(rate);
-                    self.eta_seconds = Some((total - done).max(0) as f64 / rate);
-                }
+            if let Some((rate, eta)) = super::rate_and_eta(done, total, started) {
+                self.texts_per_second = Some(rate);
+                self.eta_seconds = Some(eta);
             }
         }
         Ok(())

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::datasets::SplitName;
 use super::errors::ApiError;
-use super::scoring::{ready_dataset, resolve_version, split_name};
+use super::scoring::{dataset_labels, ready_dataset, resolve_version, split_name};
 use super::{page_bounds, AppState};
 use crate::scoring::evaluation::{self, EvaluationRow, NewEvaluation};
 
@@ -167,12 +167,8 @@ impl EvaluationsApi {
         for v in &sorted {
             versions.push(resolve_version(&state, &body.model, Some(*v), "versions").await?);
         }
-        ready_dataset(&state, body.dataset_id, "dataset_id").await?;
-        let dataset_labels = crate::datasets::store::get(&state.pool, body.dataset_id)
-            .await?
-            .and_then(|d| d.spec().ok())
-            .map(|s| s.labels)
-            .unwrap_or_default();
+        let dataset_labels =
+            dataset_labels(&ready_dataset(&state, body.dataset_id, "dataset_id").await?);
         for (v, meta) in &versions {
             if !meta.labels.iter().any(|l| dataset_labels.contains(l)) {
                 return Err(ApiError::unprocessable(

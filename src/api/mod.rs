@@ -65,6 +65,21 @@ impl AppState {
     }
 }
 
+/// Items per second since `started` and seconds left at that rate: absent until something is
+/// done and half a second has passed (a rate over less means nothing).
+pub fn rate_and_eta(
+    done: i64,
+    total: i64,
+    started: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<(f64, f64)> {
+    let elapsed = (chrono::Utc::now() - started?).num_milliseconds() as f64 / 1000.0;
+    if elapsed <= 0.5 || done <= 0 {
+        return None;
+    }
+    let rate = done as f64 / elapsed;
+    Some((rate, (total - done).max(0) as f64 / rate))
+}
+
 /// Validated (limit, offset); limit defaults to 50.
 pub fn page_bounds(
     state: &AppState,

@@ -145,13 +145,9 @@ impl ScoringJob {
                 progress.texts_done = Some(done);
                 progress.texts_total = Some(total);
                 if r.status == "scoring" {
-                    if let Some(started) = started {
-                        let elapsed = (Utc::now() - started).num_milliseconds() as f64 / 1000.0;
-                        if elapsed > 0.5 && done > 0 {
-                            let rate = done as f64 / elapsed;
-                            progress.texts_per_second = Some(rate);
-                            progress.eta_seconds = Some((total - done).max(0) as f64 / rate);
-                        }
+                    if let Some((rate, eta)) = super::rate_and_eta(done, total, started) {
+                        progress.texts_per_second = Some(rate);
+                        progress.eta_seconds = Some(eta);
                     }
                 }
             }
@@ -306,7 +302,11 @@ pub async fn resolve_version(
 }
 
 /// A ready dataset named by a request (422 otherwise).
-pub async fn ready_dataset(state: &AppState, id: Uuid, param: &str) -> Result<(), ApiError> {
+pub async fn ready_dataset(
+    state: &AppState,
+    id: Uuid,
+    param: &str,
+) -> Result<crate::datasets::store::DatasetRow, ApiError> {
     let dataset = crate::datasets::store::get(&state.pool, id)
         .await?
         .ok_or_else(|| {
@@ -323,7 +323,12 @@ pub async fn ready_dataset(state: &AppState, id: Uuid, param: &str) -> Result<()
             Some(param),
         ));
     }
-    Ok(())
+    Ok(dataset)
+}
+
+/// The labels a dataset was built with (none when its stored request is unreadable).
+pub fn dataset_labels(dataset: &crate::datasets::store::DatasetRow) -> Vec<String> {
+    dataset.spec().map(|s| s.labels).unwrap_or_default()
 }
 
 pub fn split_name(split: SplitName) -> &'static str {

@@ -165,13 +165,14 @@ impl TrainingApi {
                 ))
             }
             Some(g) => {
-                super::scoring::ready_dataset(&state, g.dataset_id, "promotion_gate.dataset_id")
-                    .await?;
-                let gate_labels = crate::datasets::store::get(&state.pool, g.dataset_id)
-                    .await?
-                    .and_then(|d| d.spec().ok())
-                    .map(|s| s.labels)
-                    .unwrap_or_default();
+                let gate_labels = super::scoring::dataset_labels(
+                    &super::scoring::ready_dataset(
+                        &state,
+                        g.dataset_id,
+                        "promotion_gate.dataset_id",
+                    )
+                    .await?,
+                );
                 if !spec.labels.iter().any(|l| gate_labels.contains(l)) {
                     return Err(ApiError::unprocessable(
                         "labels_mismatch",
