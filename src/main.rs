@@ -38,6 +38,9 @@ enum Command {
     /// Score a corpus (sources or a dataset) with a model version on the workers, follow it
     /// with a progress bar, optionally save the results (.jsonl or .parquet).
     Score(cli::score_client::ScoreArgs),
+    /// Download a model version as a folder other tools load: the finetuned encoder for
+    /// Hugging Face transformers, the head as safetensors, labels/thresholds/pooling as JSON.
+    Export(cli::export_client::ExportArgs),
     /// List recent jobs through the API.
     Jobs(cli::client::JobsArgs),
     /// List datasets as a table (or --json).
@@ -80,6 +83,7 @@ async fn main() {
         Command::BuildDataset(args) => cli::client::build_dataset(args).await,
         Command::Watch(args) => cli::follow::watch(args).await,
         Command::Score(args) => cli::score_client::score(args).await,
+        Command::Export(args) => cli::export_client::export(args).await,
         Command::Datasets(args) => cli::follow::datasets(args).await,
         Command::Runs(args) => cli::follow::runs(args).await,
         Command::Models(args) => cli::follow::models(args).await,

@@ -106,6 +106,7 @@ fn encoder() -> &'static TextEncoder {
             max_tokens_per_batch: 2048,
             threads: 1,
             device: tch::Device::Cpu,
+            pooling: Default::default(),
             classifier: None,
             batch_wait: std::time::Duration::ZERO,
         })

@@ -166,7 +166,7 @@ print(json.dumps({"default": [d.embedding for d in default.data], "float": float
     let direct = app
         .state
         .embedders
-        .local_encoder()
+        .local_encoder("all-MiniLM-L6-v2")
         .await
         .unwrap()
         .encode(vec!["The cat sat on the mat.".into()])

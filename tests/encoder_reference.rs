@@ -11,6 +11,7 @@ fn encoder(max_tokens_per_batch: usize) -> TextEncoder {
         max_tokens_per_batch,
         threads: 2,
         device: tch::Device::Cpu,
+        pooling: Default::default(),
         classifier: None,
         batch_wait: std::time::Duration::ZERO,
     })

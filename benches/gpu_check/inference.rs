@@ -26,6 +26,7 @@ fn encoder_options(
         max_tokens_per_batch: args.token_budget,
         threads: args.threads,
         device: args.device,
+        pooling: Default::default(),
         classifier,
         batch_wait: Duration::ZERO,
     }
@@ -163,7 +164,7 @@ fn encode_fixed(
             let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
             let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
             encoder
-                .sentence_embeddings(&ids, &mask, padded)
+                .sentence_embeddings(&ids, &mask, padded, Default::default())
                 .to_device(Device::Cpu)
                 .contiguous()
         });

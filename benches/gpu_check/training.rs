@@ -72,6 +72,7 @@ fn spec(mode: TrainMode, input_dim: i64, max_tokens: usize) -> ClassifierSpec {
         hidden_size: 256,
         dropout: 0.1,
         max_tokens,
+        pooling: Default::default(),
     }
 }
 
@@ -278,7 +279,7 @@ fn outputs_on(args: &Args, device: Device, t: &Trained, texts: &[String]) -> Res
     Ok(tch::no_grad(|| {
         let cpu = |x: Tensor| x.to_kind(Kind::Float).to_device(Device::Cpu);
         [
-            cpu(encoder.sentence_embeddings(&ids, &mask, padded)),
+            cpu(encoder.sentence_embeddings(&ids, &mask, padded, Default::default())),
             cpu(ft.logits(
                 ClassifierInput::Tokens {
                     ids: &ids,

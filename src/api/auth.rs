@@ -62,6 +62,11 @@ pub const OPERATIONS: &[(&str, &str, Access)] = &[
         Needs(Read),
     ),
     (
+        "GET",
+        "/api/v1/models/{name}/versions/{version}/export",
+        Needs(Read),
+    ),
+    (
         "POST",
         "/api/v1/models/{name}/versions/{version}/promote",
         Needs(Admin),

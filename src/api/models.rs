@@ -1,9 +1,9 @@
-//! `/api/v1/models`: the model registry: list models and versions, promote, roll back.
+//! `/api/v1/models`: the model registry: list models and versions, promote, roll back, export.
 use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::Path;
-use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi, Tags};
+use poem_openapi::payload::{Binary, Json};
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
 use super::errors::ApiError;
@@ -106,6 +106,22 @@ impl From<registry::VersionSummary> for ModelVersion {
     }
 }
 
+/// A version's export (see `registry::export`).
+#[derive(ApiResponse)]
+pub enum VersionExport {
+    /// A tar holding one folder `{name}-v{version}/`: for a finetuned version the encoder as
+    /// `transformers` loads it (`config.json`, tokenizer, `model.safetensors`), then
+    /// `head.safetensors`, `trainyard.json` (labels, thresholds, pooling, truncation, metrics)
+    /// and a README with the Python that reproduces the scores.
+    #[oai(status = 200, content_type = "application/x-tar")]
+    Tar(
+        Binary<Vec<u8>>,
+        /// `attachment; filename="{name}-v{version}.tar"`
+        #[oai(header = "Content-Disposition")]
+        String,
+    ),
+}
+
 pub struct ModelsApi;
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Models")]
@@ -170,6 +186,47 @@ impl ModelsApi {
                 RegistryError::NotFound(format!("model `{}` has no version {wanted}", name.0))
                     .into()
             })
+    }
+
+    /// Export this version for other tools: a tar of a folder that Hugging Face `transformers`
+    /// loads (finetuned encoder), the head as safetensors, and a JSON with labels,
+    /// thresholds, pooling and truncation. A head-only version exports its head and names
+    /// its embedding model.
+    #[oai(path = "/models/:name/versions/:version/export", method = "get")]
+    async fn export(
+        &self,
+        state: Data<&AppState>,
+        name: Path<String>,
+        /// The version number, >= 1.
+        #[oai(validator(minimum(value = "1")))]
+        version: Path<i32>,
+    ) -> Result<VersionExport, ApiError> {
+        use crate::registry::export::{export_version, ExportError};
+        let export = match export_version(&state.pool, &state.settings, &name, version.0).await {
+            Ok(Some(export)) => export,
+            Ok(None) => {
+                return Err(match registry::served_version(&state.pool, &name).await? {
+                    None => ApiError::model_not_found(&name),
+                    Some(_) => RegistryError::NotFound(format!(
+                        "model `{}` has no version {}",
+                        name.0, version.0
+                    ))
+                    .into(),
+                })
+            }
+            Err(ExportError::Database(e)) => return Err(e.into()),
+            Err(ExportError::Unavailable(message)) => {
+                return Err(ApiError::unavailable(format!(
+                    "version {} of `{}` cannot be exported by this server: {message}",
+                    version.0, name.0
+                )))
+            }
+            Err(ExportError::Internal(message)) => return Err(ApiError::internal(message)),
+        };
+        Ok(VersionExport::Tar(
+            Binary(export.tar),
+            format!("attachment; filename=\"{}.tar\"", export.folder),
+        ))
     }
 
     /// Serve this version. Every API process loads it in the background and swaps atomically;

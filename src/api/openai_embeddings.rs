@@ -195,18 +195,16 @@ impl OpenAiEmbeddingsApi {
         body: Json<EmbeddingsRequest>,
     ) -> Result<Json<EmbeddingsResponse>, ApiError> {
         let req = body.0;
-        let model =
-            state
-                .settings
-                .embedding_models
-                .get(&req.model)
-                .or_else(|| {
-                    state.settings.embedding_models.values().find(|m| {
-                        m.name == req.model || req.model.ends_with(&format!("/{}", m.name))
-                    })
+        let models = &state.settings.embedding_models;
+        let (key, model) = models
+            .get_key_value(&req.model)
+            .or_else(|| {
+                models.iter().find(|(_, m)| {
+                    m.name == req.model || req.model.ends_with(&format!("/{}", m.name))
                 })
-                .filter(|m| m.provider == ProviderType::Local)
-                .ok_or_else(|| ApiError::model_not_found(&req.model))?;
+            })
+            .filter(|(_, m)| m.provider == ProviderType::Local)
+            .ok_or_else(|| ApiError::model_not_found(&req.model))?;
         if let Some(d) = req.dimensions {
             if d != model.dimensions {
                 return Err(ApiError::bad_request(
@@ -226,7 +224,7 @@ impl OpenAiEmbeddingsApi {
         )?;
         let encoder = state
             .embedders
-            .local_encoder()
+            .local_encoder(key)
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         let encoded = encoder.encode(texts).await.map_err(ApiError::internal)?;

@@ -40,6 +40,7 @@ fn row_to_run(r: &sqlx::postgres::PgRow) -> TrainingRun {
         task: r.get("task"),
         labels: serde_json::from_value(r.get("labels")).unwrap_or_default(),
         hyperparameters: hp,
+        base_model: r.get("base_model"),
         device: r.get("device"),
         device_used: r.get("device_used"),
         auto_promote: r.get("auto_promote"),
@@ -70,6 +71,56 @@ fn row_to_run(r: &sqlx::postgres::PgRow) -> TrainingRun {
         started_at: r.get("started_at"),
         finished_at: r.get("finished_at"),
     }
+}
+
+/// The checkpoint a finetune starts from: the request's `base_model`, else the dataset's
+/// embedding model when it is local, else the default embedding model. It must be a local
+/// model whose folder this server can see (a worker on another machine resolves the same key
+/// in its own configuration).
+fn finetune_base(
+    state: &AppState,
+    requested: Option<&str>,
+    dataset_model: &str,
+) -> Result<String, ApiError> {
+    let models = &state.settings.embedding_models;
+    let is_local = |key: &str| {
+        models
+            .get(key)
+            .is_some_and(|m| m.provider == crate::config::ProviderType::Local)
+    };
+    let key = match requested {
+        Some(key) => {
+            if !is_local(key) {
+                let local: Vec<&String> = models
+                    .iter()
+                    .filter(|(k, _)| is_local(k))
+                    .map(|(k, _)| k)
+                    .collect();
+                return Err(ApiError::unprocessable(
+                    "unknown_base_model",
+                    format!(
+                        "base_model `{key}` is not a local embedding model; local ones: {local:?}"
+                    ),
+                    Some("base_model"),
+                ));
+            }
+            key.to_string()
+        }
+        None if is_local(dataset_model) => dataset_model.to_string(),
+        None => state.settings.datasets.default_embedding_model.clone(),
+    };
+    crate::embedding::local_checkpoint(&state.settings, &key).map_err(|e| {
+        ApiError::unprocessable(
+            "base_model_unavailable",
+            format!("finetune cannot start from `{key}`: {e}"),
+            Some(if requested.is_some() {
+                "base_model"
+            } else {
+                "mode"
+            }),
+        )
+    })?;
+    Ok(key)
 }
 
 async fn fetch_run(state: &AppState, id: Uuid) -> Result<TrainingRun, ApiError> {
@@ -132,13 +183,23 @@ impl TrainingApi {
             ModeIn::Finetune => TrainMode::Finetune,
         };
         let hp = resolve_hyperparameters(mode, spec.task_type, body.hyperparameters)?;
-        if mode == TrainMode::Finetune && state.settings.local_model.dir.is_empty() {
-            return Err(ApiError::unprocessable(
-                "no_local_model",
-                "finetune needs the local model (local_model.dir is not set)",
-                Some("mode"),
-            ));
-        }
+        let base_model = match mode {
+            TrainMode::Head => {
+                if body.base_model.is_some() {
+                    return Err(ApiError::unprocessable(
+                        "invalid_base_model",
+                        "base_model is for finetune runs; a head reads the dataset's embeddings",
+                        Some("base_model"),
+                    ));
+                }
+                None
+            }
+            TrainMode::Finetune => Some(finetune_base(
+                &state,
+                body.base_model.as_deref(),
+                &dataset.embedding_model,
+            )?),
+        };
         let webhook = match body.webhook {
             Some(w) => {
                 let parsed = reqwest::Url::parse(&w.url)
@@ -197,8 +258,9 @@ impl TrainingApi {
         let mut tx = state.pool.begin().await?;
         sqlx::query(
             "INSERT INTO training_runs (id, dataset_id, model_name, mode, task, labels, hyperparameters,
-                                        device, auto_promote, webhook, total_epochs, promotion_gate)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                        device, auto_promote, webhook, total_epochs, promotion_gate,
+                                        base_model)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(id)
         .bind(dataset.id)
@@ -212,6 +274,7 @@ impl TrainingApi {
         .bind(webhook.map(|w| serde_json::to_value(w).unwrap_or_default()))
         .bind(hp.epochs as i32)
         .bind(gate.map(|g| serde_json::json!(g)))
+        .bind(&base_model)
         .execute(&mut *tx)
         .await?;
         let ids = queue::enqueue(

@@ -140,6 +140,12 @@ pub struct CreateTrainingRun {
     /// stored thresholds) beats the served one's by at least `margin`.
     #[oai(nullable)]
     pub promotion_gate: Option<PromotionGateIn>,
+    /// Finetune only: the local embedding model (a BERT-family checkpoint folder declared in
+    /// embedding_models.toml with `type = "local"`) whose encoder the run starts from.
+    /// Default: the dataset's embedding model when it is local, else
+    /// `datasets.default_embedding_model`.
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub base_model: Option<String>,
     /// Telemetry webhook; default from config (`training.webhook_url`).
     #[oai(nullable)]
     pub webhook: Option<WebhookIn>,
@@ -183,6 +189,10 @@ pub struct TrainingRun {
     pub labels: Vec<String>,
     /// The hyperparameters in effect, defaults filled in.
     pub hyperparameters: serde_json::Value,
+    /// Finetune: the local embedding model the encoder started from (absent for heads and for
+    /// runs from before base models could be chosen).
+    #[oai(skip_serializing_if_is_none)]
+    pub base_model: Option<String>,
     pub device: String,
     #[oai(nullable)]
     pub device_used: Option<String>,

@@ -54,22 +54,29 @@ pub async fn doctor() -> anyhow::Result<()> {
     }
     for (key, m) in &settings.embedding_models {
         let detail = match m.provider {
-            ProviderType::Local => {
-                let dir = std::path::Path::new(&settings.local_model.dir);
-                let ok =
-                    dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists();
-                if !ok {
-                    healthy = false;
-                }
-                format!(
-                    "local, weights {}",
-                    if ok {
-                        format!("found in {}", dir.display())
-                    } else {
-                        format!("MISSING in `{}`", dir.display())
+            ProviderType::Local => match crate::embedding::local_checkpoint(&settings, key) {
+                Ok(c) => {
+                    let ok = crate::ml::bert::checkpoint_file(&c.dir).is_ok()
+                        && c.dir.join("tokenizer.json").exists();
+                    if !ok {
+                        healthy = false;
                     }
-                )
-            }
+                    format!(
+                        "local, {} pooling{}, weights {}",
+                        c.pooling.pooling.as_str(),
+                        if c.pooling.normalize { " + L2" } else { "" },
+                        if ok {
+                            format!("found in {}", c.dir.display())
+                        } else {
+                            format!("MISSING in `{}`", c.dir.display())
+                        }
+                    )
+                }
+                Err(e) => {
+                    healthy = false;
+                    format!("local, UNAVAILABLE: {e}")
+                }
+            },
             ProviderType::OpenAiCompatible => format!(
                 "openai-compatible {}, key {}",
                 m.api_endpoint.as_deref().unwrap_or("?"),

@@ -2,6 +2,7 @@
 pub mod client;
 pub mod doctor;
 pub mod exit;
+pub mod export_client;
 pub mod follow;
 pub mod import;
 pub mod score_client;

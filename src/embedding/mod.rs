@@ -1,13 +1,74 @@
-//! Embedding providers behind one type: the local MiniLM (tch) or an OpenAI-compatible API.
+//! Embedding providers behind one type: local BERT-family checkpoints (tch; all-MiniLM-L6-v2
+//! by default, any folder named in embedding_models.toml) or an OpenAI-compatible API.
 pub mod openai_compatible;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use crate::config::{EmbeddingModelConfig, ProviderType, Settings};
+use crate::ml::bert::{folder_pooling, PoolingSpec};
 use crate::ml::text_encoder::{pick_device, EncoderOptions, TextEncoder};
 use openai_compatible::OpenAiCompatibleClient;
+
+/// A `type = "local"` model's checkpoint folder and how its embeddings are made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalCheckpoint {
+    pub dir: PathBuf,
+    pub pooling: PoolingSpec,
+    /// Tokens per text, special tokens included (the model's `max_tokens`).
+    pub max_tokens: usize,
+}
+
+/// Resolves the local model `key` of `embedding_models.toml`: its folder (`dir` with
+/// `${VAR}` expanded, else `local_model.dir`) and its pooling (the entry's, else the folder's
+/// sentence-transformers files, else mean + L2). Fails with a message naming the key when the
+/// model is not local or the folder has no `config.json`.
+pub fn local_checkpoint(settings: &Settings, key: &str) -> Result<LocalCheckpoint, EmbedError> {
+    let model = settings
+        .embedding_models
+        .get(key)
+        .ok_or_else(|| EmbedError::UnknownModel(key.to_string()))?;
+    if model.provider != ProviderType::Local {
+        return Err(EmbedError::Fatal(format!(
+            "embedding model `{key}` is not a local model"
+        )));
+    }
+    let dir = match &model.dir {
+        Some(dir) => shellexpand::env(dir)
+            .map_err(|e| {
+                EmbedError::Fatal(format!(
+                    "embedding_models.{key}.dir: ${{{}}} is not set",
+                    e.var_name
+                ))
+            })?
+            .into_owned(),
+        None => settings.local_model.dir.clone(),
+    };
+    if dir.is_empty() {
+        return Err(EmbedError::Fatal(format!(
+            "embedding model `{key}` has no folder: set its `dir` or local_model.dir"
+        )));
+    }
+    let dir = PathBuf::from(dir);
+    if !dir.join("config.json").is_file() {
+        return Err(EmbedError::Fatal(format!(
+            "embedding model `{key}`: {} has no config.json",
+            dir.display()
+        )));
+    }
+    let (folder_mode, folder_normalize) = folder_pooling(&dir);
+    let pooling = PoolingSpec {
+        pooling: model.pooling.or(folder_mode).unwrap_or_default(),
+        normalize: model.normalize.or(folder_normalize).unwrap_or(true),
+    };
+    Ok(LocalCheckpoint {
+        dir,
+        pooling,
+        max_tokens: model.max_tokens,
+    })
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EmbedError {
@@ -33,18 +94,20 @@ pub enum Provider {
     OpenAiCompatible(OpenAiCompatibleClient),
 }
 
-/// The configured models; the local encoder is started on first use and then shared.
+type EncoderCell = Arc<tokio::sync::OnceCell<TextEncoder>>;
+
+/// The configured models; each local model's encoder is started on first use and then shared.
 #[derive(Clone)]
 pub struct Embedders {
     settings: Arc<Settings>,
-    local: Arc<tokio::sync::OnceCell<TextEncoder>>,
+    local: Arc<Mutex<BTreeMap<String, EncoderCell>>>,
 }
 
 impl Embedders {
     pub fn new(settings: Arc<Settings>) -> Self {
         Embedders {
             settings,
-            local: Arc::new(tokio::sync::OnceCell::new()),
+            local: Default::default(),
         }
     }
 
@@ -59,38 +122,51 @@ impl Embedders {
             .ok_or_else(|| EmbedError::UnknownModel(name.to_string()))
     }
 
-    /// The local encoder (loaded once per process, on its own thread).
-    pub async fn local_encoder(&self) -> Result<TextEncoder, EmbedError> {
+    /// The encoder of local model `key` (loaded once per process, on its own threads); checks
+    /// that it outputs the configured number of dimensions.
+    pub async fn local_encoder(&self, key: &str) -> Result<TextEncoder, EmbedError> {
+        let checkpoint = local_checkpoint(&self.settings, key)?;
+        let dimensions = self.model(key)?.dimensions;
+        let cell = self
+            .local
+            .lock()
+            .expect("the encoder map's lock is never poisoned")
+            .entry(key.to_string())
+            .or_default()
+            .clone();
         let settings = self.settings.clone();
-        self.local
-            .get_or_try_init(|| async move {
-                let local = settings
-                    .embedding_models
-                    .values()
-                    .find(|m| m.provider == ProviderType::Local)
-                    .ok_or_else(|| EmbedError::Fatal("no local model configured".into()))?;
-                let options = EncoderOptions {
-                    model_dir: settings.local_model.dir.clone().into(),
-                    max_tokens: local.max_tokens,
-                    max_tokens_per_batch: settings.local_model.max_tokens_per_batch,
-                    threads: settings.local_model.threads,
-                    device: pick_device(&settings.local_model.device),
-                    classifier: None,
-                    batch_wait: std::time::Duration::ZERO,
-                };
-                tokio::task::spawn_blocking(move || TextEncoder::start(options))
-                    .await
-                    .map_err(|e| EmbedError::Fatal(e.to_string()))?
-                    .map_err(|e| EmbedError::Fatal(e.to_string()))
-            })
-            .await
-            .cloned()
+        let key = key.to_string();
+        cell.get_or_try_init(|| async move {
+            let options = EncoderOptions {
+                model_dir: checkpoint.dir,
+                max_tokens: checkpoint.max_tokens,
+                max_tokens_per_batch: settings.local_model.max_tokens_per_batch,
+                threads: settings.local_model.threads,
+                device: pick_device(&settings.local_model.device),
+                pooling: checkpoint.pooling,
+                classifier: None,
+                batch_wait: std::time::Duration::ZERO,
+            };
+            let encoder = tokio::task::spawn_blocking(move || TextEncoder::start(options))
+                .await
+                .map_err(|e| EmbedError::Fatal(e.to_string()))?
+                .map_err(|e| EmbedError::Fatal(e.to_string()))?;
+            if encoder.dimensions != dimensions {
+                return Err(EmbedError::Fatal(format!(
+                    "embedding model `{key}` outputs {} dimensions; embedding_models.toml says {dimensions}",
+                    encoder.dimensions
+                )));
+            }
+            Ok(encoder)
+        })
+        .await
+        .cloned()
     }
 
     pub async fn provider(&self, name: &str) -> Result<Provider, EmbedError> {
         let model = self.model(name)?.clone();
         match model.provider {
-            ProviderType::Local => Ok(Provider::Local(self.local_encoder().await?)),
+            ProviderType::Local => Ok(Provider::Local(self.local_encoder(name).await?)),
             ProviderType::OpenAiCompatible => Ok(Provider::OpenAiCompatible(
                 OpenAiCompatibleClient::new(model)?,
             )),

@@ -340,35 +340,14 @@ async fn start_version(
 ) -> Result<LoadedModel, String> {
     let spec: ClassifierSpec =
         serde_json::from_value(stored.spec).map_err(|e| format!("bad spec: {e}"))?;
-    let max_tokens = match spec.mode {
-        TrainMode::Finetune => spec.max_tokens,
-        TrainMode::Head => {
-            // A head reads the embedding model's vectors: only the local model can make
-            // them here, with its own truncation.
-            let model = settings
-                .embedding_models
-                .get(&stored.embedding_model)
-                .ok_or_else(|| {
-                    format!(
-                        "embedding model `{}` is not configured",
-                        stored.embedding_model
-                    )
-                })?;
-            if model.provider != ProviderType::Local {
-                return Err(format!(
-                    "head models on `{}` embeddings cannot be served: only the local model's",
-                    stored.embedding_model
-                ));
-            }
-            model.max_tokens
-        }
-    };
+    let (model_dir, max_tokens) = version_encoder(settings, &spec, &stored.embedding_model)?;
     let options = EncoderOptions {
-        model_dir: settings.local_model.dir.clone().into(),
+        model_dir,
         max_tokens,
         max_tokens_per_batch: settings.local_model.max_tokens_per_batch,
         threads,
         device: pick_device(&settings.local_model.device),
+        pooling: spec.pooling,
         classifier: Some(Arc::new(ClassifierWeights {
             spec: spec.clone(),
             blob: stored.weights,
@@ -389,6 +368,41 @@ async fn start_version(
         loaded_at: Utc::now(),
         encoder,
     })
+}
+
+/// The folder a version's encoder is built from, and its truncation. A head reads the
+/// embedding model's vectors: only a local model can make them here, with its own truncation.
+/// A finetuned encoder starts from its base model's folder (the version's `embedding_model`;
+/// versions finetuned before base models could be chosen name a dataset's embedding model,
+/// and were trained from `local_model.dir`).
+pub fn version_encoder(
+    settings: &Settings,
+    spec: &ClassifierSpec,
+    embedding_model: &str,
+) -> Result<(std::path::PathBuf, usize), String> {
+    let configured = settings.embedding_models.get(embedding_model);
+    match spec.mode {
+        TrainMode::Finetune => match configured {
+            Some(m) if m.provider == ProviderType::Local => {
+                let checkpoint = crate::embedding::local_checkpoint(settings, embedding_model)
+                    .map_err(|e| e.to_string())?;
+                Ok((checkpoint.dir, spec.max_tokens))
+            }
+            _ => Ok((settings.local_model.dir.clone().into(), spec.max_tokens)),
+        },
+        TrainMode::Head => {
+            let model = configured
+                .ok_or_else(|| format!("embedding model `{embedding_model}` is not configured"))?;
+            if model.provider != ProviderType::Local {
+                return Err(format!(
+                    "head models on `{embedding_model}` embeddings cannot be served: only a local model's"
+                ));
+            }
+            let checkpoint = crate::embedding::local_checkpoint(settings, embedding_model)
+                .map_err(|e| e.to_string())?;
+            Ok((checkpoint.dir, checkpoint.max_tokens))
+        }
+    }
 }
 
 /// One prediction in the second seed's shape.

@@ -1,13 +1,15 @@
-//! A BERT encoder in tch (the all-MiniLM-L6-v2 shape) with mean pooling and L2 normalisation.
+//! A BERT encoder in tch (any BERT-family checkpoint folder: all-MiniLM-L6-v2, bge-small, ...)
+//! with mean or CLS pooling and optional L2 normalisation.
 //!
-//! Parameter paths match the safetensors names of sentence-transformers' BERT checkpoints
+//! Parameter paths match the safetensors names of Hugging Face `BertModel` checkpoints
 //! (`embeddings.word_embeddings.weight`, `encoder.layer.N.attention.self.query.weight`, ...),
-//! so `VarStore::load` fills the model directly. Pipeline: token types all 0, erf GELU,
-//! LayerNorm eps from config (1e-12), mean over the attention mask (denominator clamped at
-//! 1e-9), L2 normalise.
+//! so `VarStore::load` fills the model directly (a `bert.` prefix, as `BertFor*` checkpoints
+//! have, is stripped). Pipeline: token types all 0, erf GELU, LayerNorm eps from config
+//! (1e-12), then mean over the attention mask (denominator clamped at 1e-9) or the first
+//! token's state, then L2 normalisation when the model's pipeline has it.
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -24,6 +26,43 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default = "default_act")]
     pub hidden_act: String,
+}
+
+/// How token states become one sentence vector (sentence-transformers' `1_Pooling` modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean over attended tokens (all-MiniLM-L6-v2).
+    #[default]
+    Mean,
+    /// The first (`[CLS]`) token's state (bge-small-en-v1.5).
+    Cls,
+}
+
+impl Pooling {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+        }
+    }
+}
+
+/// How a sentence vector is made from an encoder's token states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolingSpec {
+    pub pooling: Pooling,
+    /// L2-normalise the pooled vector.
+    pub normalize: bool,
+}
+
+impl Default for PoolingSpec {
+    fn default() -> Self {
+        PoolingSpec {
+            pooling: Pooling::Mean,
+            normalize: true,
+        }
+    }
 }
 
 fn default_eps() -> f64 {
@@ -235,45 +274,169 @@ impl BertEncoder {
         x
     }
 
-    /// Sentence embeddings: mean over attended tokens, then L2-normalised. [batch, hidden], f32.
+    /// Sentence embeddings, pooled as `pooling` says. [batch, hidden], f32.
     pub fn sentence_embeddings(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
         padded: bool,
+        pooling: PoolingSpec,
     ) -> Tensor {
         let hidden = self
             .hidden_states(input_ids, attention_mask, padded)
             .to_kind(Kind::Float);
-        mean_pool_normalize(&hidden, attention_mask)
+        pool(&hidden, attention_mask, pooling)
+    }
+}
+
+/// One vector per row of `hidden` ([batch, seq, hidden]): mean or CLS, then L2 if asked.
+pub fn pool(hidden: &Tensor, attention_mask: &Tensor, spec: PoolingSpec) -> Tensor {
+    let pooled = match spec.pooling {
+        Pooling::Mean => {
+            let mask = attention_mask.to_kind(Kind::Float).unsqueeze(-1);
+            let summed = (hidden * &mask).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+            let counts = mask
+                .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+                .clamp_min(1e-9);
+            summed / counts
+        }
+        Pooling::Cls => hidden.select(1, 0),
+    };
+    if spec.normalize {
+        let norm = pooled
+            .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
+            .clamp_min(1e-12);
+        pooled / norm
+    } else {
+        pooled
     }
 }
 
 /// Mean pooling over the mask (denominator clamped at 1e-9) followed by L2 normalisation.
 pub fn mean_pool_normalize(hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
-    let mask = attention_mask.to_kind(Kind::Float).unsqueeze(-1);
-    let summed = (hidden * &mask).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-    let counts = mask
-        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
-        .clamp_min(1e-9);
-    let mean = summed / counts;
-    let norm = mean
-        .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
-        .clamp_min(1e-12);
-    mean / norm
+    pool(hidden, attention_mask, PoolingSpec::default())
 }
 
-/// Builds the encoder on `device`, loads `model.safetensors` from `dir`, freezes it and fuses
-/// its attention projections for inference.
+/// Builds the encoder on `device`, loads its checkpoint from `dir`, freezes it and fuses its
+/// attention projections for inference.
 pub fn load_encoder(dir: &Path, device: Device) -> anyhow::Result<(nn::VarStore, BertEncoder)> {
     let config = BertConfig::from_file(&dir.join("config.json"))?;
     let mut vs = nn::VarStore::new(device);
     let mut encoder = BertEncoder::new(&vs.root(), config);
-    vs.load(dir.join("model.safetensors"))
-        .map_err(|e| anyhow::anyhow!("loading {}: {e}", dir.join("model.safetensors").display()))?;
+    let missing = load_checkpoint_into(&mut vs, dir, "")?;
+    if let Some(name) = missing.first() {
+        anyhow::bail!("{} lacks `{name}`", dir.display());
+    }
     vs.freeze();
     encoder.fuse_for_inference();
     Ok((vs, encoder))
+}
+
+/// What a sentence-transformers folder says about pooling: `1_Pooling/config.json`'s mode
+/// (mean or CLS; `None` when absent or another mode) and whether `modules.json` lists a
+/// `Normalize` module (`None` without `modules.json`).
+pub fn folder_pooling(dir: &Path) -> (Option<Pooling>, Option<bool>) {
+    let read = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
+    };
+    let modules = read("modules.json");
+    let pooling_dir = modules
+        .as_ref()
+        .and_then(|m| m.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m["type"].as_str().is_some_and(|t| t.ends_with(".Pooling")))
+        .and_then(|m| m["path"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "1_Pooling".into());
+    let pooling = read(&format!("{pooling_dir}/config.json")).and_then(|c| {
+        let on = |key: &str| c[key].as_bool() == Some(true);
+        if on("pooling_mode_cls_token") {
+            Some(Pooling::Cls)
+        } else if on("pooling_mode_mean_tokens") {
+            Some(Pooling::Mean)
+        } else {
+            None
+        }
+    });
+    let normalize = modules.map(|m| {
+        m.as_array().is_some_and(|a| {
+            a.iter().any(|m| {
+                m["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with(".Normalize"))
+            })
+        })
+    });
+    (pooling, normalize)
+}
+
+/// The weights file of a checkpoint folder: `model.safetensors`, else `pytorch_model.bin`.
+pub fn checkpoint_file(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    for name in ["model.safetensors", "pytorch_model.bin"] {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    anyhow::bail!(
+        "{} has neither model.safetensors nor pytorch_model.bin",
+        dir.display()
+    )
+}
+
+/// The checkpoint's tensors by name, with a `bert.` prefix (from `BertFor*` checkpoints)
+/// stripped so that names match `BertModel`'s.
+pub fn read_checkpoint(dir: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let path = checkpoint_file(dir)?;
+    let tensors = if path.extension().is_some_and(|e| e == "safetensors") {
+        Tensor::read_safetensors(&path)
+    } else {
+        Tensor::loadz_multi(&path)
+    }
+    .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
+    Ok(tensors
+        .into_iter()
+        .map(|(name, t)| match name.strip_prefix("bert.") {
+            Some(rest) => (rest.to_string(), t),
+            None => (name, t),
+        })
+        .collect())
+}
+
+/// Copies a checkpoint folder's encoder weights into the variables of `vs` (names under
+/// `prefix`); returns the encoder variables the checkpoint lacked. Variables outside the
+/// encoder (`classifier.*`) are left alone; a shape mismatch is an error.
+pub fn load_checkpoint_into(
+    vs: &mut nn::VarStore,
+    dir: &Path,
+    prefix: &str,
+) -> anyhow::Result<Vec<String>> {
+    let loaded: std::collections::HashMap<String, Tensor> =
+        read_checkpoint(dir)?.into_iter().collect();
+    let mut missing = Vec::new();
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            if name.starts_with("classifier.") {
+                continue;
+            }
+            let key = name.strip_prefix(prefix).unwrap_or(&name);
+            match loaded.get(key) {
+                Some(t) if t.size() == var.size() => {
+                    var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
+                }
+                Some(t) => anyhow::bail!(
+                    "{}: `{key}` has shape {:?}, the config says {:?}",
+                    dir.display(),
+                    t.size(),
+                    var.size()
+                ),
+                None => missing.push(name.clone()),
+            }
+        }
+        Ok(())
+    })?;
+    missing.sort();
+    Ok(missing)
 }
 
 #[cfg(test)]

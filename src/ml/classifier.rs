@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::bert::{mean_pool_normalize, BertConfig, BertEncoder};
+use super::bert::{load_checkpoint_into, pool, BertConfig, BertEncoder, PoolingSpec};
 use crate::datasets::TaskType;
 
 /// How a model is built: which mode, which task, what shape. Stored with every model version.
@@ -31,6 +31,10 @@ pub struct ClassifierSpec {
     pub dropout: f64,
     /// Tokens per text (finetune; head models use the embedding model's own limit).
     pub max_tokens: usize,
+    /// How the encoder's token states become the head's input (the embedding model's
+    /// pooling; versions stored before this field existed used mean + L2).
+    #[serde(default)]
+    pub pooling: PoolingSpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,7 +159,7 @@ impl Classifier {
     }
 
     /// A fresh model. With `base_dir` (required for finetune, optional for head) the encoder is
-    /// built and its weights loaded from the directory's `model.safetensors`.
+    /// built from the folder's `config.json` and its weights loaded from its checkpoint.
     pub fn new(
         spec: ClassifierSpec,
         device: Device,
@@ -174,12 +178,9 @@ impl Classifier {
         }
         let head = MlpHead::new(vs.root() / "classifier", &spec);
         if let Some(dir) = base_dir {
-            let path = dir.join("model.safetensors");
-            let missing = vs
-                .load_partial(&path)
-                .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
-            if let Some(name) = missing.iter().find(|n| !n.starts_with("classifier.")) {
-                anyhow::bail!("{} lacks `{name}`", path.display());
+            let missing = load_checkpoint_into(&mut vs, dir, "")?;
+            if let Some(name) = missing.first() {
+                anyhow::bail!("the checkpoint in {} lacks `{name}`", dir.display());
             }
         }
         if spec.mode == TrainMode::Head {
@@ -233,7 +234,7 @@ impl Classifier {
                 let hidden = encoder
                     .hidden_states(ids, mask, padded)
                     .to_kind(Kind::Float);
-                mean_pool_normalize(&hidden, mask)
+                pool(&hidden, mask, self.spec.pooling)
             }
         };
         self.head.forward_t(&pooled, rng)

@@ -4,6 +4,7 @@ pub mod adamw;
 pub mod allocator;
 pub mod bert;
 pub mod classifier;
+pub mod export;
 pub mod text_encoder;
 pub mod trainer;
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
-use super::bert::{load_encoder, BertEncoder};
+use super::bert::{load_encoder, BertEncoder, PoolingSpec};
 use super::classifier::{Classifier, ClassifierInput, ClassifierSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,9 @@ pub struct EncoderOptions {
     /// Threads in all: on CPU, this many single-threaded replicas; 0 = all cores.
     pub threads: i32,
     pub device: Device,
+    /// How token states become an embedding (without a classifier; a classifier pools as
+    /// its spec says).
+    pub pooling: PoolingSpec,
     /// A classifier on top: each replica outputs label probabilities instead of embeddings.
     pub classifier: Option<Arc<ClassifierWeights>>,
     /// After the first waiting request, how long to wait for more to batch with it.
@@ -259,7 +262,11 @@ impl TextEncoder {
 /// What a replica runs: the bare encoder, or a classifier (encoder + head).
 enum ReplicaModel {
     /// The store owns the parameters the encoder uses: kept alive with it.
-    Encoder(#[allow(dead_code)] tch::nn::VarStore, Box<BertEncoder>),
+    Encoder(
+        #[allow(dead_code)] tch::nn::VarStore,
+        Box<BertEncoder>,
+        PoolingSpec,
+    ),
     Classifier(Box<Classifier>),
 }
 
@@ -270,7 +277,10 @@ impl ReplicaModel {
             None => {
                 let (vs, encoder) = load_encoder(&options.model_dir, options.device)?;
                 let width = encoder.config.hidden_size as usize;
-                Ok((ReplicaModel::Encoder(vs, Box::new(encoder)), width))
+                Ok((
+                    ReplicaModel::Encoder(vs, Box::new(encoder), options.pooling),
+                    width,
+                ))
             }
             Some(weights) => {
                 let mut model = Classifier::new(
@@ -289,7 +299,9 @@ impl ReplicaModel {
 
     fn outputs(&self, input: &Tensor, mask: &Tensor, padded: bool) -> Tensor {
         match self {
-            ReplicaModel::Encoder(_, encoder) => encoder.sentence_embeddings(input, mask, padded),
+            ReplicaModel::Encoder(_, encoder, pooling) => {
+                encoder.sentence_embeddings(input, mask, padded, *pooling)
+            }
             ReplicaModel::Classifier(model) => {
                 let logits = model.logits(
                     ClassifierInput::Tokens {

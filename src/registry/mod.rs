@@ -5,6 +5,8 @@
 //! appended to `model_promotions`; rollback replays that log as a stack (promotions push,
 //! rollbacks pop) and serves the version below the top. NOTIFY is transactional: it is
 //! delivered when the promotion commits, never for one that rolled back.
+pub mod export;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};

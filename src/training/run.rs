@@ -24,8 +24,9 @@ use super::epochs::{
 pub use super::run_data::{load_run, RunSettings};
 use super::run_data::{load_splits, Splits};
 use super::webhook::{Telemetry, WebhookConfig};
+use crate::config::ProviderType;
 use crate::datasets::store;
-use crate::ml::classifier::ClassifierSpec;
+use crate::ml::classifier::{ClassifierSpec, TrainMode};
 use crate::ml::text_encoder::pick_device;
 use crate::queue::{JobContext, JobError};
 use crate::worker_state::WorkerState;
@@ -91,14 +92,52 @@ pub async fn run_training(
         )));
     }
     let hp = run.hyperparameters.clone();
+    // The encoder a finetune starts from (and a head's serving encoder): the run's base model,
+    // else (heads, older runs) the dataset's embedding model when it is local.
+    let encoder_model = match run.mode {
+        TrainMode::Finetune => run.base_model.clone(),
+        TrainMode::Head => None,
+    }
+    .or_else(|| {
+        state
+            .settings
+            .embedding_models
+            .get(&dataset.embedding_model)
+            .filter(|m| m.provider == ProviderType::Local)
+            .map(|_| dataset.embedding_model.clone())
+    });
+    let checkpoint = match &encoder_model {
+        Some(key) => Some(
+            crate::embedding::local_checkpoint(&state.settings, key)
+                .map_err(|e| JobError::Fatal(format!("base model: {e}")))?,
+        ),
+        None => None,
+    };
+    let (base_dir, pooling) = match (&checkpoint, run.mode) {
+        (Some(c), _) => (c.dir.clone(), c.pooling),
+        (None, TrainMode::Finetune) => (
+            PathBuf::from(&state.settings.local_model.dir),
+            Default::default(),
+        ),
+        (None, TrainMode::Head) => (PathBuf::new(), Default::default()),
+    };
+    let input_dim = match run.mode {
+        TrainMode::Finetune => {
+            crate::ml::bert::BertConfig::from_file(&base_dir.join("config.json"))
+                .map_err(|e| JobError::Fatal(format!("base model {}: {e}", base_dir.display())))?
+                .hidden_size
+        }
+        TrainMode::Head => dataset.dimensions as i64,
+    };
     let spec = ClassifierSpec {
         mode: run.mode,
         task: run.task,
         labels: run.labels.clone(),
-        input_dim: dataset.dimensions as i64,
+        input_dim,
         hidden_size: hp.hidden_size,
         dropout: hp.dropout,
         max_tokens: hp.max_tokens,
+        pooling,
     };
     let Splits {
         train,
@@ -153,7 +192,7 @@ pub async fn run_training(
         run_id: run.id,
         spec,
         hp,
-        base_dir: PathBuf::from(&state.settings.local_model.dir),
+        base_dir,
         device,
         threads: state.settings.training.threads,
         telemetry: telemetry.clone(),
@@ -183,7 +222,11 @@ pub async fn run_training(
         labels: &run.labels,
         auto_promote: run.auto_promote,
         promotion_gated: run.promotion_gate.is_some(),
-        embedding_model: &dataset.embedding_model,
+        // A finetuned encoder is served from its base model's folder.
+        embedding_model: match run.mode {
+            TrainMode::Finetune => encoder_model.as_deref().unwrap_or(&dataset.embedding_model),
+            TrainMode::Head => &dataset.embedding_model,
+        },
         spec: json!(outcome.spec),
         weights: &outcome.weights,
         thresholds: &outcome.thresholds,

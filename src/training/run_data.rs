@@ -29,12 +29,15 @@ pub struct RunSettings {
     pub webhook: Option<WebhookConfig>,
     pub status: String,
     pub model_version: Option<i32>,
+    /// Finetune: the local embedding model the encoder starts from (None: `local_model.dir`,
+    /// for runs created before base models could be chosen).
+    pub base_model: Option<String>,
 }
 
 pub async fn load_run(pool: &PgPool, id: Uuid) -> Result<Option<RunSettings>, JobError> {
     let Some(row) = sqlx::query(
         "SELECT id, dataset_id, model_name, mode, task, labels, hyperparameters, device,
-                auto_promote, webhook, status, model_version, promotion_gate
+                auto_promote, webhook, status, model_version, promotion_gate, base_model
          FROM training_runs WHERE id = $1",
     )
     .bind(id)
@@ -69,6 +72,7 @@ pub async fn load_run(pool: &PgPool, id: Uuid) -> Result<Option<RunSettings>, Jo
             .map_err(|e| bad("webhook", e))?,
         status: row.get("status"),
         model_version: row.get("model_version"),
+        base_model: row.get("base_model"),
     }))
 }
 

