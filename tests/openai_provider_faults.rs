@@ -116,6 +116,9 @@ fn model(endpoint: &str, max_attempts: u32) -> EmbeddingModelConfig {
         max_concurrency: 1,
         max_attempts,
         timeout_secs: 0.5,
+        dir: None,
+        pooling: None,
+        normalize: None,
     }
 }
 
