@@ -148,6 +148,21 @@ echo "== batch scoring on the workers (a score job fanned out in chunks): the te
 # Scores are stored per (model, version, document): a rerun of the demo reuses them (scored 0).
 "$BIN" score --model moderation --version "$VERSION" --dataset "$DATASET" --split test \
   --output "$LOGS/test_scores.parquet"
+echo "== exporting version $VERSION for other tools (GET /api/v1/models/moderation/versions/$VERSION/export)"
+rm -rf "$LOGS/export"
+"$BIN" export --model moderation --version "$VERSION" --dir "$LOGS/export"
+python3 - "$LOGS/export/moderation-v$VERSION" <<'PY'
+import json, os, sys
+folder = sys.argv[1]
+meta = json.load(open(os.path.join(folder, "trainyard.json")))
+for name in sorted(os.listdir(folder)):
+    print("  %-20s %10d bytes" % (name, os.path.getsize(os.path.join(folder, name))))
+print("  a %s version: labels %s, thresholds %s, %s; it reads %s embeddings (%d dimensions, %s pooling%s)"
+      % (meta["mode"], meta["labels"], [round(t, 3) for t in meta["thresholds"]], meta["activation"],
+         meta["embedding_model"]["name"], meta["embedding_model"]["dimensions"], meta["pooling"]["mode"],
+         " + L2" if meta["pooling"]["normalize"] else ""))
+print("  README.md in the folder has the Python (transformers + safetensors) that reproduces the scores")
+PY
 echo "== jobs"
 "$BIN" jobs --limit 8
 echo "== open Swagger UI at $TRAINYARD_URL/docs; training curves at the 'curves:' URL above"

@@ -323,7 +323,7 @@ pub struct EmbeddingModelConfig {
     #[serde(default = "default_timeout")]
     pub timeout_secs: f64,
     /// `type = "local"`: the checkpoint folder (`config.json`, `tokenizer.json`,
-    /// `model.safetensors` or `pytorch_model.bin`); `${VAR}` is replaced by the environment
+    /// `model.safetensors`); `${VAR}` is replaced by the environment
     /// variable. Absent: `local_model.dir` (the all-MiniLM-L6-v2 weights).
     #[serde(default)]
     pub dir: Option<String>,

@@ -370,30 +370,29 @@ pub fn folder_pooling(dir: &Path) -> (Option<Pooling>, Option<bool>) {
     (pooling, normalize)
 }
 
-/// The weights file of a checkpoint folder: `model.safetensors`, else `pytorch_model.bin`.
+/// The weights file of a checkpoint folder: `model.safetensors` (a folder with only a pickled
+/// `pytorch_model.bin` must be converted first; libtorch's C++ loader cannot read pickles).
 pub fn checkpoint_file(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
-    for name in ["model.safetensors", "pytorch_model.bin"] {
-        let path = dir.join(name);
-        if path.is_file() {
-            return Ok(path);
-        }
+    let path = dir.join("model.safetensors");
+    if path.is_file() {
+        return Ok(path);
     }
-    anyhow::bail!(
-        "{} has neither model.safetensors nor pytorch_model.bin",
-        dir.display()
-    )
+    if dir.join("pytorch_model.bin").is_file() {
+        anyhow::bail!(
+            "{} has only pytorch_model.bin: save it as model.safetensors (Python: \
+             transformers' `AutoModel.from_pretrained(dir).save_pretrained(dir)`)",
+            dir.display()
+        )
+    }
+    anyhow::bail!("{} has no model.safetensors", dir.display())
 }
 
 /// The checkpoint's tensors by name, with a `bert.` prefix (from `BertFor*` checkpoints)
 /// stripped so that names match `BertModel`'s.
 pub fn read_checkpoint(dir: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
     let path = checkpoint_file(dir)?;
-    let tensors = if path.extension().is_some_and(|e| e == "safetensors") {
-        Tensor::read_safetensors(&path)
-    } else {
-        Tensor::loadz_multi(&path)
-    }
-    .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
+    let tensors = Tensor::read_safetensors(&path)
+        .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
     Ok(tensors
         .into_iter()
         .map(|(name, t)| match name.strip_prefix("bert.") {

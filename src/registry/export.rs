@@ -97,25 +97,27 @@ fn build(
     let spec = &row.spec;
     row.thresholds.resize(spec.labels.len(), 0.5);
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    let embedding = settings.embedding_models.get(&row.embedding_model);
-    let local = embedding.is_some_and(|m| m.provider == ProviderType::Local);
-    // The encoder's folder (finetune: the base the weights were trained from).
-    let base = match (spec.mode, local) {
-        (TrainMode::Finetune, _) | (TrainMode::Head, true) => Some(
+    // A finetuned encoder's folder: the base the weights were trained from.
+    let base = match spec.mode {
+        TrainMode::Finetune => Some(
             crate::inference::version_encoder(settings, spec, &row.embedding_model)
                 .map_err(ExportError::Unavailable)?,
         ),
-        (TrainMode::Head, false) => None,
+        TrainMode::Head => None,
     };
     let weights = crate::ml::export::export_weights(
         &row.weights,
-        match spec.mode {
-            TrainMode::Finetune => base.as_ref().map(|(dir, _)| dir.as_path()),
-            TrainMode::Head => None,
-        },
+        base.as_ref().map(|(dir, _)| dir.as_path()),
     )
     .map_err(|e| ExportError::Internal(format!("{e:#}")))?;
-    let max_tokens = base.as_ref().map(|(_, t)| *t);
+    // Truncation: the run's for a finetune, the embedding model's (when configured) for a head.
+    let max_tokens = match &base {
+        Some((_, tokens)) => Some(*tokens),
+        None => settings
+            .embedding_models
+            .get(&row.embedding_model)
+            .map(|m| m.max_tokens),
+    };
     if let (TrainMode::Finetune, Some((dir, max_tokens))) = (spec.mode, &base) {
         let encoder = weights.encoder.clone().ok_or_else(|| {
             ExportError::Internal("a finetuned version without encoder weights".into())
