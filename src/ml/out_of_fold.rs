@@ -47,8 +47,15 @@ pub fn out_of_fold_probabilities(input: &FoldInput<'_>) -> Result<Vec<f32>, Fold
             input.dims
         )));
     }
-    if input.classes < 2 || input.targets.iter().any(|t| *t < 0 || *t as usize >= input.classes) {
-        return Err(FoldError::Invalid("targets must be classes 0..classes (>= 2)".into()));
+    if input.classes < 2
+        || input
+            .targets
+            .iter()
+            .any(|t| *t < 0 || *t as usize >= input.classes)
+    {
+        return Err(FoldError::Invalid(
+            "targets must be classes 0..classes (>= 2)".into(),
+        ));
     }
     let device = Device::Cpu;
     let x = Tensor::from_slice(input.features)
@@ -69,7 +76,9 @@ pub fn out_of_fold_probabilities(input: &FoldInput<'_>) -> Result<Vec<f32>, Fold
             .map(|i| i as i64)
             .collect();
         if train.is_empty() {
-            return Err(FoldError::Invalid(format!("fold {fold} leaves nothing to train on")));
+            return Err(FoldError::Invalid(format!(
+                "fold {fold} leaves nothing to train on"
+            )));
         }
         let train_idx = Tensor::from_slice(&train).to_device(device);
         let held_idx = Tensor::from_slice(&held).to_device(device);
