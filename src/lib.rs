@@ -13,6 +13,7 @@ pub mod job_registry;
 pub mod ml;
 pub mod queue;
 pub mod registry;
+pub mod review;
 pub mod scoring;
 pub mod telemetry;
 pub mod training;

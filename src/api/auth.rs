@@ -98,6 +98,7 @@ pub const OPERATIONS: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/evaluations/{id}", Needs(Read)),
     ("GET", "/api/v1/evaluations/{id}/disagreements", Needs(Read)),
     ("POST", "/api/v1/evaluations/{id}/cancel", Needs(Submit)),
+    ("GET", "/api/v1/review-queue", Needs(Read)),
 ];
 
 /// (METHOD, path template) of every generated operation; the document is read once per process.

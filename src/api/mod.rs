@@ -13,6 +13,7 @@ pub mod models;
 pub mod openai_embeddings;
 mod payload_errors;
 pub mod predict;
+pub mod review;
 mod route_errors;
 pub mod scoring;
 pub mod tokens;
@@ -114,6 +115,7 @@ type Apis = (
     tokens::TokensApi,
     scoring::ScoringApi,
     evaluations::EvaluationsApi,
+    review::ReviewApi,
 );
 
 pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
@@ -131,6 +133,7 @@ pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
             tokens::TokensApi,
             scoring::ScoringApi,
             evaluations::EvaluationsApi,
+            review::ReviewApi,
         ),
         "trainyard",
         env!("CARGO_PKG_VERSION"),

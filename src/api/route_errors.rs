@@ -1,7 +1,8 @@
 //! Errors of routing, said the way the document says the route: a `405 Method Not Allowed`
 //! carries the `Allow` header (RFC 9110 §15.5.6) with the methods the document lists for the
-//! path, and a path parameter that does not parse is a 400 naming the parameter as documented
-//! (poem-openapi's own message calls it `param0`).
+//! path, a path parameter that does not parse is a 400 naming the parameter as documented
+//! (poem-openapi's own message calls it `param0`), and a query parameter that does not parse
+//! is a 400 with its name in `param`.
 use std::sync::OnceLock;
 
 use poem::http::{header, HeaderValue, StatusCode};
@@ -78,6 +79,12 @@ fn path_error(path: &str, error: &poem_openapi::error::ParsePathError) -> Option
     )
 }
 
+/// A 400 naming the query parameter poem-openapi could not parse (missing, wrong type, out of
+/// range, not one of the documented values) in `param`, with poem-openapi's own message.
+fn param_error(error: &poem_openapi::error::ParseParamError) -> Response {
+    super::errors::ApiError::bad_request(error.to_string(), Some(error.name)).into_response()
+}
+
 fn percent_decoded(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -112,7 +119,10 @@ pub async fn around<E: Endpoint>(ep: std::sync::Arc<E>, req: Request) -> poem::R
         Err(e) => match e
             .downcast_ref::<poem_openapi::error::ParsePathError>()
             .and_then(|p| path_error(&path, p))
-        {
+            .or_else(|| {
+                e.downcast_ref::<poem_openapi::error::ParseParamError>()
+                    .map(param_error)
+            }) {
             Some(response) => response,
             None => return Err(e),
         },

@@ -5,12 +5,11 @@
 //! of a build whose fan-out already committed does nothing but report.
 use std::collections::{BTreeMap, HashSet};
 
-use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::Row;
 use trainyard_jobs::{DatasetBuildArgs, EmbedArgs, JobKind};
 
-use super::consensus::{self, Vote};
+use super::consensus;
 use super::splits::{stratified_split, Split};
 use super::text::{checksum, combine_text};
 use super::{store, DatasetSpec, TaskType};
@@ -289,22 +288,7 @@ async fn select_records(
             continue;
         }
         let raw: serde_json::Value = row.get("votes");
-        let votes: Vec<Vote> = raw
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|v| {
-                        Some(Vote {
-                            annotator: v["a"].as_str()?.to_string(),
-                            label: v["l"].as_str()?.to_string(),
-                            value: v["v"].as_bool()?,
-                            at: v["t"].as_str()?.parse::<DateTime<Utc>>().ok()?,
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let votes = consensus::votes_from_json(&raw);
         let c = match spec.task_type {
             TaskType::MultiClass => consensus::multi_class(&votes, &spec.labels),
             TaskType::Binary | TaskType::MultiLabel => {

@@ -35,11 +35,13 @@ pub struct Consensus {
     pub ties: u32,
 }
 
-/// Latest value per (annotator, label); later time wins, equal times: the later-listed row.
-pub fn latest_votes(votes: &[Vote]) -> BTreeMap<String, Tally> {
+/// Each annotator's latest value per label: label -> annotator -> value. Later time wins;
+/// equal times: the later-listed row. The one definition of "latest" that consensus, its
+/// tallies and the review queue share.
+pub fn latest_values(votes: &[Vote]) -> BTreeMap<String, BTreeMap<String, bool>> {
     let mut latest: BTreeMap<(&str, &str), (&DateTime<Utc>, bool)> = BTreeMap::new();
     for v in votes {
-        let key = (v.annotator.as_str(), v.label.as_str());
+        let key = (v.label.as_str(), v.annotator.as_str());
         match latest.get(&key) {
             Some((at, _)) if *at > &v.at => {}
             _ => {
@@ -47,16 +49,65 @@ pub fn latest_votes(votes: &[Vote]) -> BTreeMap<String, Tally> {
             }
         }
     }
-    let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
-    for ((_, label), (_, value)) in latest {
-        let t = tallies.entry(label.to_string()).or_default();
-        if value {
-            t.positive += 1;
-        } else {
-            t.negative += 1;
+    let mut out: BTreeMap<String, BTreeMap<String, bool>> = BTreeMap::new();
+    for ((label, annotator), (_, value)) in latest {
+        out.entry(label.to_string())
+            .or_default()
+            .insert(annotator.to_string(), value);
+    }
+    out
+}
+
+/// Latest value per (annotator, label); later time wins, equal times: the later-listed row.
+pub fn latest_votes(votes: &[Vote]) -> BTreeMap<String, Tally> {
+    latest_values(votes)
+        .into_iter()
+        .map(|(label, by_annotator)| {
+            let positive = by_annotator.values().filter(|v| **v).count() as u32;
+            let negative = by_annotator.len() as u32 - positive;
+            (label, Tally { positive, negative })
+        })
+        .collect()
+}
+
+/// Multi-class: each annotator's latest positive class among `classes` (annotator -> class).
+pub fn latest_classes(votes: &[Vote], classes: &[String]) -> BTreeMap<String, String> {
+    let mut latest_class: BTreeMap<&str, (&DateTime<Utc>, &str)> = BTreeMap::new();
+    for v in votes
+        .iter()
+        .filter(|v| v.value && classes.contains(&v.label))
+    {
+        match latest_class.get(v.annotator.as_str()) {
+            Some((at, _)) if *at > &v.at => {}
+            _ => {
+                latest_class.insert(&v.annotator, (&v.at, &v.label));
+            }
         }
     }
-    tallies
+    latest_class
+        .into_iter()
+        .map(|(a, (_, c))| (a.to_string(), c.to_string()))
+        .collect()
+}
+
+/// Votes as `select_records` and the review queue aggregate them in SQL:
+/// `[{"a": annotator, "l": label, "v": value, "t": time}, ...]`; malformed items are skipped.
+pub fn votes_from_json(raw: &serde_json::Value) -> Vec<Vote> {
+    raw.as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| {
+                    Some(Vote {
+                        annotator: v["a"].as_str()?.to_string(),
+                        label: v["l"].as_str()?.to_string(),
+                        value: v["v"].as_bool()?,
+                        at: v["t"].as_str()?.parse::<DateTime<Utc>>().ok()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Multi-label / binary consensus over `labels` (labels outside the schema are ignored).
@@ -104,24 +155,13 @@ pub fn multi_label(votes: &[Vote], labels: &[String], tie: TieRule) -> Consensus
 /// class wins. A tie for first place is never broken by a rule: the record's labels are all
 /// masked (it is flagged and left out of training).
 pub fn multi_class(votes: &[Vote], classes: &[String]) -> Consensus {
-    let mut latest_class: BTreeMap<&str, (&DateTime<Utc>, &str)> = BTreeMap::new();
-    for v in votes
-        .iter()
-        .filter(|v| v.value && classes.contains(&v.label))
-    {
-        match latest_class.get(v.annotator.as_str()) {
-            Some((at, _)) if *at > &v.at => {}
-            _ => {
-                latest_class.insert(&v.annotator, (&v.at, &v.label));
-            }
-        }
-    }
+    let latest_class = latest_classes(votes, classes);
     let mut tallies: BTreeMap<String, Tally> = classes
         .iter()
         .map(|c| (c.clone(), Tally::default()))
         .collect();
-    for (_, class) in latest_class.values() {
-        tallies.get_mut(*class).expect("class in schema").positive += 1;
+    for class in latest_class.values() {
+        tallies.get_mut(class).expect("class in schema").positive += 1;
     }
     let best = tallies.values().map(|t| t.positive).max().unwrap_or(0);
     let winners: Vec<&String> = tallies
@@ -188,6 +228,33 @@ mod tests {
             }
         );
         assert!(c.disagreement);
+    }
+
+    #[test]
+    fn latest_values_keep_each_annotators_last_answer() {
+        let votes = [
+            vote("alice", "scam", true, 1),
+            vote("alice", "scam", false, 3),
+            vote("bob", "scam", true, 2),
+            // Equal times: the later-listed row wins.
+            vote("bob", "scam", false, 2),
+            vote("carol", "ham", true, 1),
+        ];
+        let latest = latest_values(&votes);
+        assert!(!latest["scam"]["alice"]);
+        assert!(!latest["scam"]["bob"]);
+        assert!(latest["ham"]["carol"]);
+        assert_eq!(
+            latest_votes(&votes)["scam"],
+            Tally {
+                positive: 0,
+                negative: 2
+            }
+        );
+        let classes = labels(&["scam", "ham"]);
+        let by_annotator = latest_classes(&votes, &classes);
+        assert_eq!(by_annotator["bob"], "scam");
+        assert_eq!(by_annotator["carol"], "ham");
     }
 
     #[test]

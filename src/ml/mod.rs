@@ -1,10 +1,11 @@
-//! Everything that knows tch: the BERT encoder, the classifier, the training loop, and the
-//! threads that serve them.
+//! Everything that knows tch: the BERT encoder, the classifier, the training loop, the threads
+//! that serve them, and the review queue's out-of-fold probabilities.
 pub mod adamw;
 pub mod allocator;
 pub mod bert;
 pub mod classifier;
 pub mod export;
+pub mod out_of_fold;
 pub mod text_encoder;
 pub mod trainer;
 
