@@ -63,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         dropout: 0.0,
         max_tokens,
         pooling: Default::default(),
+        base_model: None,
     };
     let data = SplitData {
         inputs: SplitInputs::Texts(rows),

@@ -163,6 +163,26 @@ print("  a %s version: labels %s, thresholds %s, %s; it reads %s embeddings (%d 
          " + L2" if meta["pooling"]["normalize"] else ""))
 print("  README.md in the folder has the Python (transformers + safetensors) that reproduces the scores")
 PY
+echo "== what to label next: annotations that out-of-fold predictions contradict (GET /api/v1/review-queue?strategy=suspect_label)"
+curl -fs "$TRAINYARD_URL/api/v1/review-queue?model=moderation&strategy=suspect_label&source=emails&label=spam&limit=5" \
+  >"$LOGS/review_suspects.json"
+curl -fs "$TRAINYARD_URL/api/v1/review-queue?model=moderation&strategy=uncovered&source=emails&limit=1" \
+  >"$LOGS/review_uncovered.json"
+python3 - "$LOGS/review_suspects.json" "$LOGS/review_uncovered.json" <<'PY'
+import json, sys
+q = json.load(open(sys.argv[1]))
+c = q["counts"]
+print("  emails with a spam consensus and an embedding: %d ranked (%s without an embedding)"
+      % (q["total"], c.get("without_embedding", "?")))
+print("  5-fold logistic regressions on the embeddings; the first 5 to send back to annotators:")
+for item in q["items"]:
+    text = " ".join(item["text"].split())
+    print("   - %s: %s" % (item["external_id"], item["explanation"]))
+    print("     %s" % (text[:110] + ("..." if len(text) > 110 else "")))
+u = json.load(open(sys.argv[2]))
+print("  labels nobody ever annotated on emails (masked in training): %s; %d (label, email) pairs queued for a first look"
+      % (", ".join(u["uncovered_labels"]) or "none", u["total"]))
+PY
 echo "== jobs"
 "$BIN" jobs --limit 8
 echo "== open Swagger UI at $TRAINYARD_URL/docs; training curves at the 'curves:' URL above"

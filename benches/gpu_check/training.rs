@@ -73,6 +73,7 @@ fn spec(mode: TrainMode, input_dim: i64, max_tokens: usize) -> ClassifierSpec {
         dropout: 0.1,
         max_tokens,
         pooling: Default::default(),
+        base_model: None,
     }
 }
 

@@ -299,6 +299,7 @@ impl From<ReviewError> for ApiError {
                 param,
             } => ApiError::unprocessable(code, message, Some(param)),
             ReviewError::Database(e) => e.into(),
+            ReviewError::Busy => ApiError::unavailable(ReviewError::Busy.to_string()),
             ReviewError::Internal(e) => ApiError::internal(e),
         }
     }

@@ -107,7 +107,28 @@ fn finetune_base(
             key.to_string()
         }
         None if is_local(dataset_model) => dataset_model.to_string(),
-        None => state.settings.datasets.default_embedding_model.clone(),
+        // A dataset of a provider's embeddings: the default model when it is local, else the
+        // local model on `local_model.dir` (what every finetune started from before base
+        // models could be chosen), else any local one.
+        None => {
+            let default = &state.settings.datasets.default_embedding_model;
+            if is_local(default) {
+                default.clone()
+            } else {
+                models
+                    .iter()
+                    .filter(|(k, _)| is_local(k))
+                    .min_by_key(|(_, m)| m.dir.is_some())
+                    .map(|(k, _)| k.clone())
+                    .ok_or_else(|| {
+                        ApiError::unprocessable(
+                            "no_local_model",
+                            "finetune needs a local embedding model to start from; none is configured",
+                            Some("mode"),
+                        )
+                    })?
+            }
+        }
     };
     crate::embedding::local_checkpoint(&state.settings, &key).map_err(|e| {
         ApiError::unprocessable(

@@ -58,7 +58,13 @@ pub fn local_checkpoint(settings: &Settings, key: &str) -> Result<LocalCheckpoin
             dir.display()
         )));
     }
-    let (folder_mode, folder_normalize) = folder_pooling(&dir);
+    // An explicit `pooling` and `normalize` override the folder's files (even ones trainyard
+    // could not follow); otherwise the folder decides, and an unsupported pipeline is refused.
+    let (folder_mode, folder_normalize) = match (model.pooling, model.normalize) {
+        (Some(_), Some(_)) => (None, None),
+        _ => folder_pooling(&dir)
+            .map_err(|e| EmbedError::Fatal(format!("embedding model `{key}`: {e}")))?,
+    };
     let pooling = PoolingSpec {
         pooling: model.pooling.or(folder_mode).unwrap_or_default(),
         normalize: model.normalize.or(folder_normalize).unwrap_or(true),
@@ -125,8 +131,6 @@ impl Embedders {
     /// The encoder of local model `key` (loaded once per process, on its own threads); checks
     /// that it outputs the configured number of dimensions.
     pub async fn local_encoder(&self, key: &str) -> Result<TextEncoder, EmbedError> {
-        let checkpoint = local_checkpoint(&self.settings, key)?;
-        let dimensions = self.model(key)?.dimensions;
         let cell = self
             .local
             .lock()
@@ -134,6 +138,11 @@ impl Embedders {
             .entry(key.to_string())
             .or_default()
             .clone();
+        if let Some(encoder) = cell.get() {
+            return Ok(encoder.clone());
+        }
+        let checkpoint = local_checkpoint(&self.settings, key)?;
+        let dimensions = self.model(key)?.dimensions;
         let settings = self.settings.clone();
         let key = key.to_string();
         cell.get_or_try_init(|| async move {

@@ -372,9 +372,10 @@ async fn start_version(
 
 /// The folder a version's encoder is built from, and its truncation. A head reads the
 /// embedding model's vectors: only a local model can make them here, with its own truncation.
-/// A finetuned encoder starts from its base model's folder (the version's `embedding_model`;
-/// versions finetuned before base models could be chosen name a dataset's embedding model,
-/// and were trained from `local_model.dir`).
+/// A finetuned encoder is served from its base model's folder (`spec.base_model`); one
+/// finetuned before base models could be chosen has none and was trained from
+/// `local_model.dir`. A base model no longer configured here is an error, never a fallback to
+/// another folder.
 pub fn version_encoder(
     settings: &Settings,
     spec: &ClassifierSpec,
@@ -382,13 +383,13 @@ pub fn version_encoder(
 ) -> Result<(std::path::PathBuf, usize), String> {
     let configured = settings.embedding_models.get(embedding_model);
     match spec.mode {
-        TrainMode::Finetune => match configured {
-            Some(m) if m.provider == ProviderType::Local => {
-                let checkpoint = crate::embedding::local_checkpoint(settings, embedding_model)
-                    .map_err(|e| e.to_string())?;
+        TrainMode::Finetune => match &spec.base_model {
+            Some(base) => {
+                let checkpoint = crate::embedding::local_checkpoint(settings, base)
+                    .map_err(|e| format!("base model `{base}`: {e}"))?;
                 Ok((checkpoint.dir, spec.max_tokens))
             }
-            _ => Ok((settings.local_model.dir.clone().into(), spec.max_tokens)),
+            None => Ok((settings.local_model.dir.clone().into(), spec.max_tokens)),
         },
         TrainMode::Head => {
             let model = configured

@@ -26,6 +26,10 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// `bert` (absent is taken as bert); other families (RoBERTa's position ids, ...) are
+    /// refused rather than run wrongly.
+    #[serde(default)]
+    pub model_type: Option<String>,
 }
 
 /// How token states become one sentence vector (sentence-transformers' `1_Pooling` modes).
@@ -74,8 +78,24 @@ fn default_act() -> String {
 
 impl BertConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<BertConfig> {
-        let text = std::fs::read_to_string(path)?;
-        Ok(serde_json::from_str(&text)?)
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let config: BertConfig =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if let Some(kind) = config.model_type.as_deref().filter(|k| *k != "bert") {
+            anyhow::bail!(
+                "{}: model_type `{kind}` is not supported (only BERT checkpoints)",
+                path.display()
+            );
+        }
+        if !matches!(config.hidden_act.as_str(), "gelu" | "gelu_new") {
+            anyhow::bail!(
+                "{}: hidden_act `{}` is not supported (gelu or gelu_new)",
+                path.display(),
+                config.hidden_act
+            );
+        }
+        Ok(config)
     }
 }
 
@@ -333,9 +353,10 @@ pub fn load_encoder(dir: &Path, device: Device) -> anyhow::Result<(nn::VarStore,
 }
 
 /// What a sentence-transformers folder says about pooling: `1_Pooling/config.json`'s mode
-/// (mean or CLS; `None` when absent or another mode) and whether `modules.json` lists a
-/// `Normalize` module (`None` without `modules.json`).
-pub fn folder_pooling(dir: &Path) -> (Option<Pooling>, Option<bool>) {
+/// (mean or CLS; `None` without that file) and whether `modules.json` lists a `Normalize`
+/// module (`None` without `modules.json`). A pipeline trainyard would run differently (another
+/// pooling mode, a `Dense` or other module) is an error, not a silent mean.
+pub fn folder_pooling(dir: &Path) -> Result<(Option<Pooling>, Option<bool>), String> {
     let read = |name: &str| -> Option<serde_json::Value> {
         serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
     };
@@ -348,16 +369,50 @@ pub fn folder_pooling(dir: &Path) -> (Option<Pooling>, Option<bool>) {
         .find(|m| m["type"].as_str().is_some_and(|t| t.ends_with(".Pooling")))
         .and_then(|m| m["path"].as_str().map(str::to_string))
         .unwrap_or_else(|| "1_Pooling".into());
-    let pooling = read(&format!("{pooling_dir}/config.json")).and_then(|c| {
-        let on = |key: &str| c[key].as_bool() == Some(true);
-        if on("pooling_mode_cls_token") {
-            Some(Pooling::Cls)
-        } else if on("pooling_mode_mean_tokens") {
-            Some(Pooling::Mean)
-        } else {
-            None
+    if let Some(other) = modules
+        .as_ref()
+        .and_then(|m| m.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m["type"].as_str())
+        .find(|t| {
+            ![".Transformer", ".Pooling", ".Normalize"]
+                .iter()
+                .any(|k| t.ends_with(k))
+        })
+    {
+        return Err(format!(
+            "{}/modules.json has a `{other}` module, which trainyard does not run",
+            dir.display()
+        ));
+    }
+    let pooling = match read(&format!("{pooling_dir}/config.json")) {
+        None => None,
+        Some(c) => {
+            let on: Vec<&str> = c
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter(|(k, v)| {
+                            k.starts_with("pooling_mode_") && v.as_bool() == Some(true)
+                        })
+                        .map(|(k, _)| k.as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            match on.as_slice() {
+                ["pooling_mode_cls_token"] => Some(Pooling::Cls),
+                ["pooling_mode_mean_tokens"] => Some(Pooling::Mean),
+                _ => {
+                    return Err(format!(
+                        "{}/{pooling_dir}/config.json asks for {on:?}; trainyard pools by mean or CLS only \
+                         (set `pooling` and `normalize` on the model to override)",
+                        dir.display()
+                    ))
+                }
+            }
         }
-    });
+    };
     let normalize = modules.map(|m| {
         m.as_array().is_some_and(|a| {
             a.iter().any(|m| {
@@ -367,7 +422,7 @@ pub fn folder_pooling(dir: &Path) -> (Option<Pooling>, Option<bool>) {
             })
         })
     });
-    (pooling, normalize)
+    Ok((pooling, normalize))
 }
 
 /// The weights file of a checkpoint folder: `model.safetensors` (a folder with only a pickled

@@ -35,6 +35,11 @@ pub struct ClassifierSpec {
     /// pooling; versions stored before this field existed used mean + L2).
     #[serde(default)]
     pub pooling: PoolingSpec,
+    /// Finetune: the local embedding model (key of embedding_models.toml) the encoder started
+    /// from, whose folder serves it. `None` for heads and for versions trained before base
+    /// models could be chosen (those started from `local_model.dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

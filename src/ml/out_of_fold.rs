@@ -33,6 +33,11 @@ pub enum FoldError {
     Torch(#[from] tch::TchError),
 }
 
+/// Sets the calling thread's intra-op thread count for the fits that follow on it.
+pub fn set_threads(threads: i32) {
+    tch::set_num_threads(threads.max(1));
+}
+
 /// Each row's class probabilities (`n × classes`, row-major) from the model trained on the
 /// other folds. The loss is the mean cross-entropy plus `||W||² / (2n)`: the L2 penalty of
 /// scikit-learn's default `LogisticRegression` (C = 1), the model cleanlab's examples use.

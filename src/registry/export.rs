@@ -105,6 +105,10 @@ fn build(
         ),
         TrainMode::Head => None,
     };
+    if let Some((dir, _)) = &base {
+        crate::ml::bert::checkpoint_file(dir)
+            .map_err(|e| ExportError::Unavailable(e.to_string()))?;
+    }
     let weights = crate::ml::export::export_weights(
         &row.weights,
         base.as_ref().map(|(dir, _)| dir.as_path()),
@@ -201,7 +205,10 @@ fn encoder_files(
     let mut tokenizer_config: Value = std::fs::read(dir.join("tokenizer_config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_else(|| json!({"tokenizer_class": "BertTokenizer", "do_lower_case": true}));
+        // Without the base's file: the class only. `tokenizer.json` carries the normalizer
+        // (lower-casing, accents) that trainyard ran; guessing `do_lower_case` here could
+        // make transformers rebuild a different one.
+        .unwrap_or_else(|| json!({"tokenizer_class": "BertTokenizer"}));
     tokenizer_config["model_max_length"] = json!(max_tokens);
     files.push((
         "tokenizer_config.json".into(),
@@ -298,7 +305,12 @@ fn manifest(
             "model_name": embedding.map(|m| m.name.clone()),
             "dimensions": embedding.map(|m| m.dimensions),
         },
-        "pooling": pooling_json(spec.pooling),
+        // Only a local encoder's pooling is trainyard's to state: a head on a provider's
+        // vectors reads them as the provider makes them.
+        "pooling": match (spec.mode, embedding.map(|m| m.provider)) {
+            (TrainMode::Head, Some(ProviderType::Local)) | (TrainMode::Finetune, _) => pooling_json(spec.pooling),
+            _ => Value::Null,
+        },
         "truncation": {
             "max_tokens": max_tokens,
             "side": "right",

@@ -56,6 +56,9 @@ pub enum ReviewError {
     },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// Another `suspect_label` ranking kept this process busy for a minute.
+    #[error("another suspect_label ranking is running in this process; ask again shortly")]
+    Busy,
     #[error("{0}")]
     Internal(String),
 }

@@ -251,6 +251,16 @@ pub fn rank_suspects(verdicts: Vec<Verdict>) -> Vec<Ranked> {
         .collect()
 }
 
+/// Threads for the out-of-fold fits: `training.threads`, else half the cores (at least one),
+/// so that serving keeps the rest.
+fn fit_threads(settings: &Settings) -> i32 {
+    if settings.training.threads > 0 {
+        settings.training.threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1) as i32)
+    }
+}
+
 pub(super) async fn rank(
     pool: &PgPool,
     settings: &Settings,
@@ -286,12 +296,9 @@ pub(super) async fn rank(
             TaskType::Binary | TaskType::MultiLabel => consensus::multi_label(v, labels, tie),
         };
         let any = match version.task {
-            // Multi-class: a consensus class exists (and is one of the considered labels when
-            // a label was asked for).
-            TaskType::MultiClass => c
-                .labels
-                .iter()
-                .any(|(l, v)| *v == Some(1) && labels.contains(l)),
+            // Multi-class: a consensus class exists. Every class is fitted, whatever `label`
+            // asks for (one class alone cannot be fitted); the verdicts are filtered after.
+            TaskType::MultiClass => c.labels.values().any(|v| *v == Some(1)),
             _ => labels
                 .iter()
                 .any(|l| c.labels.get(l).copied().flatten().is_some()),
@@ -340,9 +347,6 @@ pub(super) async fn rank(
                 else {
                     continue;
                 };
-                if !labels.contains(&version.labels[class]) {
-                    continue;
-                }
                 data.document_ids.push(*id);
                 data.given.push(class);
                 data.features
@@ -377,9 +381,25 @@ pub(super) async fn rank(
     };
     let loaded = started.elapsed();
     let rows: usize = tasks.iter().map(|t| t.given.len()).sum();
-    let (verdicts, skipped) = tokio::task::spawn_blocking(move || check_labels(&tasks))
+    // One ranking at a time per process, on a fixed thread count: the fits would otherwise
+    // compete with each other and with the encoders that serve predictions, and a thread
+    // count left over from another task on this pooled thread would change their speed.
+    static FITTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _permit = tokio::time::timeout(std::time::Duration::from_secs(60), FITTING.acquire())
         .await
-        .map_err(|e| ReviewError::Internal(format!("out-of-fold task: {e}")))??;
+        .map_err(|_| ReviewError::Busy)?
+        .map_err(|e| ReviewError::Internal(e.to_string()))?;
+    let threads = fit_threads(settings);
+    let (mut verdicts, skipped) = tokio::task::spawn_blocking(move || {
+        crate::ml::out_of_fold::set_threads(threads);
+        check_labels(&tasks)
+    })
+    .await
+    .map_err(|e| ReviewError::Internal(format!("out-of-fold task: {e}")))??;
+    if version.task == TaskType::MultiClass {
+        // `label` asked: the documents whose consensus, or whose contradicting class, it is.
+        verdicts.retain(|v| labels.contains(&v.reason.label) || labels.contains(&v.reason.other));
+    }
     tracing::debug!(
         documents = docs.len(),
         rows,

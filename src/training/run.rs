@@ -138,6 +138,10 @@ pub async fn run_training(
         dropout: hp.dropout,
         max_tokens: hp.max_tokens,
         pooling,
+        base_model: match run.mode {
+            TrainMode::Finetune => encoder_model.clone(),
+            TrainMode::Head => None,
+        },
     };
     let Splits {
         train,

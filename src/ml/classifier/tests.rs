@@ -12,6 +12,7 @@ fn spec(task: TaskType, labels: usize) -> ClassifierSpec {
         dropout: 0.0,
         max_tokens: 16,
         pooling: Default::default(),
+        base_model: None,
     }
 }
 
