@@ -33,10 +33,11 @@ pub struct Job {
     pub attempts: i32,
     pub max_attempts: i32,
     pub progress: Progress,
-    #[oai(nullable)]
+    /// The dataset a `dataset_build` or `embed` job works for (absent for other kinds).
+    #[oai(skip_serializing_if_is_none)]
     pub dataset_id: Option<uuid::Uuid>,
-    /// The scoring job a `score` job plans or scores a chunk of.
-    #[oai(nullable)]
+    /// The scoring job a `score` job plans or scores a chunk of (absent for other kinds).
+    #[oai(skip_serializing_if_is_none)]
     pub scoring_job_id: Option<uuid::Uuid>,
     /// The job's result when it succeeded.
     #[oai(nullable)]
