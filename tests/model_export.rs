@@ -7,37 +7,10 @@ mod support;
 use std::io::Read;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::*;
-
-async fn wait_loaded(app: &TestApp, name: &str, version: i64) {
-    let start = Instant::now();
-    loop {
-        let (_, models) = app.get("/api/v1/models").await;
-        let loaded = models
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["name"] == name))
-            .map(|m| m["loaded_version"].clone());
-        if loaded == Some(json!(version)) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "version {version} never loaded: {models}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn train(app: &TestApp, body: Value) -> Value {
-    let (status, run) = app.post("/api/v1/training-runs", body).await;
-    assert_eq!(status, 202, "{run}");
-    let run = wait_training_run(app, run["id"].as_str().unwrap(), Duration::from_secs(600)).await;
-    assert_eq!(run["status"], "succeeded", "{run}");
-    run
-}
 
 /// 50 texts: spam and ham like the training data, and unlike it (long, unicode, one letter).
 fn probe_texts() -> Vec<String> {
@@ -138,7 +111,7 @@ async fn exported_versions_reproduce_trainyard_scores_in_python() {
     assert_eq!(d["status"], "ready", "{d}");
 
     // A finetuned version (short texts, one epoch: the point is the round trip, not F1).
-    let run = train(
+    let run = train_to_success(
         &app,
         json!({"dataset_id": dataset, "model_name": "ft-export", "mode": "finetune",
                "auto_promote": true,
@@ -283,7 +256,7 @@ async fn exported_versions_reproduce_trainyard_scores_in_python() {
     let _ = std::fs::remove_dir_all(&out_dir);
 
     // A head-only version: its head and the name of its embedding model, no encoder.
-    train(
+    train_to_success(
         &app,
         json!({"dataset_id": dataset, "model_name": "head-export", "auto_promote": true,
                "hyperparameters": {"epochs": 20, "seed": 5}}),

@@ -7,7 +7,7 @@ mod support;
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::*;
@@ -156,30 +156,6 @@ async fn second_local_model_matches_sentence_transformers_with_mean_and_cls_pool
     db.drop_db().await;
 }
 
-async fn train(app: &TestApp, body: Value) -> Value {
-    let (status, run) = app.post("/api/v1/training-runs", body).await;
-    assert_eq!(status, 202, "{run}");
-    let run = wait_training_run(app, run["id"].as_str().unwrap(), Duration::from_secs(600)).await;
-    assert_eq!(run["status"], "succeeded", "{run}");
-    run
-}
-
-async fn wait_loaded(app: &TestApp, name: &str) {
-    let start = Instant::now();
-    loop {
-        let (_, models) = app.get("/api/v1/models").await;
-        let loaded = models
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["name"] == name))
-            .map(|m| m["loaded_version"].clone());
-        if loaded == Some(json!(1)) {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(90), "{models}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The exported files of `name` v1: path (without the folder) -> bytes.
 async fn export(app: &TestApp, name: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
     let bytes = app
@@ -300,13 +276,13 @@ async fn datasets_heads_and_finetunes_start_from_the_second_folder() {
 
     // A head on the CLS model's stored embeddings is served through that folder with CLS
     // pooling: its scores are the exported head applied to /v1/embeddings' CLS vectors.
-    train(
+    train_to_success(
         &app,
         json!({"dataset_id": dataset, "model_name": "cls-head", "auto_promote": true,
                "hyperparameters": {"epochs": 20, "hidden_size": 0, "seed": 2}}),
     )
     .await;
-    wait_loaded(&app, "cls-head").await;
+    wait_loaded(&app, "cls-head", 1).await;
     let files = export(&app, "cls-head").await;
     let manifest: Value = serde_json::from_slice(&files["trainyard.json"]).unwrap();
     assert_eq!(manifest["embedding_model"]["name"], CLS);
@@ -326,8 +302,7 @@ async fn datasets_heads_and_finetunes_start_from_the_second_folder() {
     // A finetune whose base defaults to the dataset's (local) model. With an encoder learning
     // rate of 1e-9 the encoder stays that folder's: the exported encoder equals the folder's
     // weights, and the served scores equal the head on the folder's CLS embeddings.
-    let run = train(
-        &app,
+    let run = train_to_success(&app,
         json!({"dataset_id": dataset, "model_name": "cls-ft", "mode": "finetune", "auto_promote": true,
                "hyperparameters": {"epochs": 1, "batch_size": 16, "max_tokens": 256,
                                     "hidden_size": 0, "learning_rate": 0.01,
@@ -337,7 +312,7 @@ async fn datasets_heads_and_finetunes_start_from_the_second_folder() {
     assert_eq!(run["base_model"], CLS, "{run}");
     let (_, version) = app.get("/api/v1/models/cls-ft/versions/1").await;
     assert_eq!(version["embedding_model"], CLS, "{version}");
-    wait_loaded(&app, "cls-ft").await;
+    wait_loaded(&app, "cls-ft", 1).await;
     let files = export(&app, "cls-ft").await;
     let exported = safetensors::SafeTensors::deserialize(&files["model.safetensors"]).unwrap();
     let folder = std::fs::read(

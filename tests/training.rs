@@ -128,25 +128,6 @@ async fn start_run(app: &TestApp, body: Value) -> String {
     r["id"].as_str().unwrap().to_string()
 }
 
-async fn wait_loaded(app: &TestApp, name: &str, version: i64) {
-    let start = Instant::now();
-    loop {
-        let (_, models) = app.get("/api/v1/models").await;
-        let loaded = models
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["name"] == name))
-            .map(|m| m["loaded_version"].clone());
-        if loaded == Some(json!(version)) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "version {version} never loaded: {models}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_training_registry_and_inference() {
     let db = fresh_db().await;

@@ -453,3 +453,32 @@ pub async fn stored_epochs(pool: &PgPool, run: &str) -> Vec<i32> {
         .await
         .unwrap()
 }
+
+/// Waits until this API process serves `version` of `name` from memory (`loaded_version`).
+pub async fn wait_loaded(app: &TestApp, name: &str, version: i64) {
+    let start = Instant::now();
+    loop {
+        let (_, models) = app.get("/api/v1/models").await;
+        let loaded = models
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == name))
+            .map(|m| m["loaded_version"].clone());
+        if loaded == Some(json!(version)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "version {version} never loaded: {models}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts a training run (202) and waits for it to succeed; returns the run.
+pub async fn train_to_success(app: &TestApp, body: Value) -> Value {
+    let (status, run) = app.post("/api/v1/training-runs", body).await;
+    assert_eq!(status, 202, "{run}");
+    let run = wait_training_run(app, run["id"].as_str().unwrap(), Duration::from_secs(600)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    run
+}
