@@ -4,7 +4,6 @@
 //! head and names its embedding model; `trainyard export` unpacks it; bad requests are 4xx.
 mod support;
 
-use std::io::Read;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,23 +79,6 @@ fn max_diff(served: &Value, python: &Value, label: &str) -> f64 {
         .zip(rows)
         .map(|(r, p)| (r["predictions"][label].as_f64().unwrap() - p[k].as_f64().unwrap()).abs())
         .fold(0.0, f64::max)
-}
-
-/// The tar's entries: path -> bytes.
-fn untar(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let mut archive = tar::Archive::new(bytes);
-    let mut files = std::collections::BTreeMap::new();
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.header().entry_type().is_dir() {
-            continue;
-        }
-        let path = entry.path().unwrap().to_string_lossy().to_string();
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).unwrap();
-        files.insert(path, data);
-    }
-    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,6 @@
 //! datasets, heads and a finetune that start from that folder, against the real Postgres.
 mod support;
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,18 +169,10 @@ async fn export(app: &TestApp, name: &str) -> std::collections::BTreeMap<String,
         .bytes()
         .await
         .unwrap();
-    let mut files = std::collections::BTreeMap::new();
-    for entry in tar::Archive::new(bytes.as_ref()).entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.header().entry_type().is_dir() {
-            continue;
-        }
-        let path = entry.path().unwrap().to_string_lossy().to_string();
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).unwrap();
-        files.insert(path.split_once('/').unwrap().1.to_string(), data);
-    }
-    files
+    untar(&bytes)
+        .into_iter()
+        .map(|(path, data)| (path.split_once('/').unwrap().1.to_string(), data))
+        .collect()
 }
 
 fn f32s(view: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {

@@ -381,7 +381,6 @@ pub fn version_encoder(
     spec: &ClassifierSpec,
     embedding_model: &str,
 ) -> Result<(std::path::PathBuf, usize), String> {
-    let configured = settings.embedding_models.get(embedding_model);
     match spec.mode {
         TrainMode::Finetune => match &spec.base_model {
             Some(base) => {
@@ -392,7 +391,9 @@ pub fn version_encoder(
             None => Ok((settings.local_model.dir.clone().into(), spec.max_tokens)),
         },
         TrainMode::Head => {
-            let model = configured
+            let model = settings
+                .embedding_models
+                .get(embedding_model)
                 .ok_or_else(|| format!("embedding model `{embedding_model}` is not configured"))?;
             if model.provider != ProviderType::Local {
                 return Err(format!(

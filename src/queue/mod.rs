@@ -301,13 +301,7 @@ pub async fn cancel_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> 
     .bind(&job.kind)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "UPDATE apalis.jobs SET status = 'Killed', done_at = now(), last_result = '{\"Err\": \"cancelled\"}'::jsonb
-         WHERE id = $1 AND status IN ('Pending', 'Failed')",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
+    kill_if_waiting(&mut tx, id).await?;
     tx.commit().await?;
     get_job(pool, id).await
 }
@@ -356,6 +350,12 @@ pub async fn cancel_job_in(conn: &mut PgConnection, id: &str) -> Result<(), Queu
         .bind(id)
         .execute(&mut *conn)
         .await?;
+    kill_if_waiting(conn, id).await
+}
+
+/// Ends a job that is waiting (pending, or failed and waiting for its retry) as cancelled; a
+/// running or finished one is left to its cancel flag.
+async fn kill_if_waiting(conn: &mut PgConnection, id: &str) -> Result<(), QueueError> {
     sqlx::query(
         "UPDATE apalis.jobs SET status = 'Killed', done_at = now(), last_result = '{\"Err\": \"cancelled\"}'::jsonb
          WHERE id = $1 AND status IN ('Pending', 'Failed')",

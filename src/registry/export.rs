@@ -122,22 +122,20 @@ fn build(
             .get(&row.embedding_model)
             .map(|m| m.max_tokens),
     };
-    if let (TrainMode::Finetune, Some((dir, max_tokens))) = (spec.mode, &base) {
-        let encoder = weights.encoder.clone().ok_or_else(|| {
+    let crate::ml::export::ExportedWeights {
+        encoder,
+        head,
+        head_shapes,
+    } = weights;
+    if let Some((dir, max_tokens)) = &base {
+        let encoder = encoder.ok_or_else(|| {
             ExportError::Internal("a finetuned version without encoder weights".into())
         })?;
         files.extend(encoder_files(dir, *max_tokens, spec)?);
         files.push(("model.safetensors".into(), encoder));
     }
-    files.push(("head.safetensors".into(), weights.head.clone()));
-    let manifest = manifest(
-        name,
-        version,
-        &row,
-        &weights.head_shapes,
-        max_tokens,
-        settings,
-    );
+    files.push(("head.safetensors".into(), head));
+    let manifest = manifest(name, version, &row, &head_shapes, max_tokens, settings);
     files.push((
         "trainyard.json".into(),
         serde_json::to_vec_pretty(&manifest).expect("JSON serializes"),

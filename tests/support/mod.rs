@@ -482,3 +482,20 @@ pub async fn train_to_success(app: &TestApp, body: Value) -> Value {
     assert_eq!(run["status"], "succeeded", "{run}");
     run
 }
+
+/// A tar's files (directories left out): path -> bytes.
+pub fn untar(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use std::io::Read;
+    let mut files = std::collections::BTreeMap::new();
+    for entry in tar::Archive::new(bytes).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type().is_dir() {
+            continue;
+        }
+        let path = entry.path().unwrap().to_string_lossy().to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        files.insert(path, data);
+    }
+    files
+}
