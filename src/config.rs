@@ -182,6 +182,14 @@ pub struct TrainingSettings {
     pub webhook_authorization_env: String,
     /// Seconds between progress writes to `training_runs`.
     pub progress_interval_secs: f64,
+    /// MiB of stored vectors a head run keeps in memory per split; a larger split is spilled
+    /// to a temporary file and read a batch at a time.
+    #[serde(default = "default_head_vectors_in_memory_mb")]
+    pub head_vectors_in_memory_mb: usize,
+}
+
+fn default_head_vectors_in_memory_mb() -> usize {
+    128
 }
 
 /// `queue.shutdown_grace_secs` when a config file predates it.
@@ -200,6 +208,7 @@ impl Default for TrainingSettings {
             webhook_url: String::new(),
             webhook_authorization_env: String::new(),
             progress_interval_secs: 1.0,
+            head_vectors_in_memory_mb: default_head_vectors_in_memory_mb(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod queue;
 pub mod registry;
 pub mod review;
 pub mod scoring;
+pub mod streamed_export;
 pub mod telemetry;
 pub mod training;
 pub mod worker_state;

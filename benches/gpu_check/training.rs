@@ -130,10 +130,9 @@ pub fn head_section(r: &mut Report, args: &Args, trained: &mut Option<Trained>) 
     let (rows, dims) = (256, 384);
     let (flat, targets) = synthetic_embeddings(rows, dims);
     let data = SplitData {
-        inputs: SplitInputs::Embeddings {
-            dims,
-            flat: flat.clone(),
-        },
+        inputs: SplitInputs::Embeddings(std::sync::Arc::new(
+            trainyard::ml::trainer::VectorRows::from_flat(dims, flat.clone()),
+        )),
         targets,
     };
     let mut hp = Hyperparameters::defaults_for(TrainMode::Head);

@@ -3,8 +3,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
+use poem::Body;
 use poem_openapi::param::{Path, Query};
-use poem_openapi::payload::{Binary, Json, PlainText};
+use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
 use trainyard_jobs::{DatasetBuildArgs, JobKind};
 use uuid::Uuid;
@@ -312,12 +313,12 @@ pub struct Deleted {
 
 #[derive(ApiResponse)]
 pub enum ExportResponse {
-    /// JSON Lines: one record per line, with its embedding.
+    /// JSON Lines: one record per line, with its embedding (streamed).
     #[oai(status = 200, content_type = "application/x-ndjson")]
-    Jsonl(PlainText<String>),
-    /// Apache Parquet.
+    Jsonl(Binary<Body>),
+    /// Apache Parquet, a row group per 5,000 records (streamed).
     #[oai(status = 200, content_type = "application/vnd.apache.parquet")]
-    Parquet(Binary<Vec<u8>>),
+    Parquet(Binary<Body>),
 }
 
 /// A dataset split.
@@ -607,22 +608,18 @@ impl DatasetsApi {
                 dataset.id, dataset.status
             )));
         }
-        let (rows, _) = store::records(&state.pool, &dataset, None, true, i64::MAX, 0).await?;
-        match format.0.unwrap_or(ExportFormat::Jsonl) {
-            ExportFormat::Jsonl => {
-                let mut out = String::new();
-                for r in rows {
-                    out.push_str(&serde_json::to_string(&r).map_err(ApiError::internal)?);
-                    out.push('\n');
-                }
-                Ok(ExportResponse::Jsonl(PlainText(out)))
-            }
-            ExportFormat::Parquet => {
-                let bytes = crate::datasets::export::to_parquet(&dataset, &rows)
-                    .map_err(ApiError::internal)?;
-                Ok(ExportResponse::Parquet(Binary(bytes)))
-            }
-        }
+        use crate::datasets::export::{stream, Format};
+        let format = match format.0.unwrap_or(ExportFormat::Jsonl) {
+            ExportFormat::Jsonl => Format::Jsonl,
+            ExportFormat::Parquet => Format::Parquet,
+        };
+        let body = Body::from_bytes_stream(
+            stream(state.pool.clone(), dataset, format).map_err(ApiError::internal)?,
+        );
+        Ok(match format {
+            Format::Jsonl => ExportResponse::Jsonl(Binary(body)),
+            Format::Parquet => ExportResponse::Parquet(Binary(body)),
+        })
     }
 
     /// Delete a dataset and its records. Shared embeddings stay for other datasets.

@@ -3,17 +3,18 @@
 //!
 //! Idempotent: records, batches and embed jobs are written in one transaction, and a re-run
 //! of a build whose fan-out already committed does nothing but report.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+
+use futures::TryStreamExt;
 
 use serde_json::json;
 use sqlx::Row;
 use trainyard_jobs::{DatasetBuildArgs, EmbedArgs, JobKind};
 
 use super::consensus;
-use super::splits::{stratified_split, Split};
+use super::splits::{cut_points, split_key, Split};
 use super::text::{checksum, combine_text};
 use super::{store, DatasetSpec, TaskType};
-use crate::embedding::store::stored_checksums;
 use crate::queue::{self, NewJob};
 use crate::queue::{JobContext, JobError};
 use crate::worker_state::WorkerState;
@@ -27,7 +28,6 @@ struct Record {
     labels: BTreeMap<String, Option<u8>>,
     votes: serde_json::Value,
     disagreement: bool,
-    split: Split,
 }
 
 /// The `dataset_build` handler: builds, and fails the dataset when this failure ends the job.
@@ -110,43 +110,23 @@ pub async fn run_build(
                 })?;
         }
     }
-
-    let (records, mut stats) = select_records(state, &spec, dataset.id).await?;
-    if records.is_empty() {
-        let message = "the selection has no labelled documents with text";
-        mark(pool, dataset.id, "failed", Some(message)).await?;
-        return Err(JobError::Fatal(message.into()));
-    }
-
     let model = state
         .embedders
         .model(&spec.embedding_model)
         .map_err(|e| JobError::Fatal(e.to_string()))?
         .clone();
-    // Unique texts of this dataset, in first-seen order: duplicates are embedded once.
-    let mut seen = HashSet::new();
-    let unique: Vec<(&str, &str)> = records
-        .iter()
-        .filter(|r| seen.insert(r.checksum.as_str()))
-        .map(|r| (r.checksum.as_str(), r.text.as_str()))
-        .collect();
-    let checksums: Vec<&str> = unique.iter().map(|u| u.0).collect();
-    let stored: HashSet<String> = if spec.force_regenerate {
-        HashSet::new()
-    } else {
-        stored_checksums(pool, &model.name, model.dimensions as i32, &checksums).await?
-    };
-    let missing: Vec<(&str, &str)> = unique
-        .iter()
-        .copied()
-        .filter(|(c, _)| !stored.contains(*c))
-        .collect();
-    let batch_size = state.settings.datasets.embed_batch_size;
-    let batches: Vec<&[(&str, &str)]> = missing.chunks(batch_size).collect();
-    stats["unique_texts"] = json!(unique.len());
-    stats["embed_batches"] = json!(batches.len());
 
+    // Records are staged in a temporary table (dropped at commit) as they stream in; the split
+    // is then ranked and the records written by the database, so the worker holds one chunk.
     let mut tx = pool.begin().await?;
+    sqlx::query(CREATE_STAGING).execute(&mut *tx).await?;
+    let staged = stage_records(state, ctx, &spec, &mut tx).await?;
+    if staged.records == 0 {
+        drop(tx);
+        let message = "the selection has no labelled documents with text";
+        mark(pool, dataset.id, "failed", Some(message)).await?;
+        return Err(JobError::Fatal(message.into()));
+    }
     // Lock the dataset row: concurrent re-runs of this job serialise here.
     let status: String = sqlx::query_scalar("SELECT status FROM datasets WHERE id = $1 FOR UPDATE")
         .bind(dataset.id)
@@ -163,47 +143,60 @@ pub async fn run_build(
         .bind(dataset.id)
         .execute(&mut *tx)
         .await?;
-    for (chunk_no, chunk) in records.chunks(5000).enumerate() {
-        let offset = (chunk_no * 5000) as i32;
-        sqlx::query(
-            "INSERT INTO dataset_records (dataset_id, position, document_id, source, external_id, checksum, text, split, labels, votes, disagreement)
-             SELECT $1, * FROM UNNEST($2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::jsonb[], $11::bool[])",
-        )
+    let ratios = (spec.splits.train, spec.splits.validation, spec.splits.test);
+    let cuts: Vec<(i32, i64, i64)> = staged
+        .strata
+        .iter()
+        .map(|(id, _, n)| {
+            let (train_end, validation_end) = cut_points(*n, ratios);
+            (*id, train_end as i64, validation_end as i64)
+        })
+        .collect();
+    sqlx::query(WRITE_RECORDS)
         .bind(dataset.id)
-        .bind((0..chunk.len() as i32).map(|i| offset + i).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.document_id).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.source.as_str()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.external_id.as_str()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.checksum.as_str()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.text.as_str()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.split.as_str()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| json!(r.labels)).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.votes.clone()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.disagreement).collect::<Vec<_>>())
+        .bind(cuts.iter().map(|c| c.0).collect::<Vec<_>>())
+        .bind(cuts.iter().map(|c| c.1).collect::<Vec<_>>())
+        .bind(cuts.iter().map(|c| c.2).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-    }
-    for (no, batch) in batches.iter().enumerate() {
-        sqlx::query("INSERT INTO embed_batches (dataset_id, batch_no, checksums, texts) VALUES ($1, $2, $3, $4)")
-            .bind(dataset.id)
-            .bind(no as i32)
-            .bind(batch.iter().map(|b| b.0).collect::<Vec<_>>())
-            .bind(batch.iter().map(|b| b.1).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-    }
-    let jobs: Vec<NewJob<EmbedArgs>> = (0..batches.len())
-        .map(|no| NewJob {
+    // Fresh statistics for the statements below and for the pages read from the new records.
+    sqlx::query("ANALYZE dataset_records")
+        .execute(&mut *tx)
+        .await?;
+    let unique: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT DISTINCT checksum FROM dataset_records WHERE dataset_id = $1) u",
+    )
+    .bind(dataset.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let batch_size = state.settings.datasets.embed_batch_size as i64;
+    let batches: Vec<(i32, i32)> = sqlx::query_as(WRITE_EMBED_BATCHES)
+        .bind(dataset.id)
+        .bind(&model.name)
+        .bind(model.dimensions as i32)
+        .bind(batch_size)
+        .bind(spec.force_regenerate)
+        .fetch_all(&mut *tx)
+        .await?;
+    let missing: i64 = batches.iter().map(|b| b.1 as i64).sum();
+    let mut stats = staged.stats(&spec.labels, ratios);
+    stats["unique_texts"] = json!(unique);
+    stats["embed_batches"] = json!(batches.len());
+
+    let mut jobs: Vec<NewJob<EmbedArgs>> = batches
+        .iter()
+        .map(|&(no, size)| NewJob {
             kind: JobKind::Embed,
             args: EmbedArgs {
                 dataset_id: dataset.id,
-                batch_no: no as i32,
+                batch_no: no,
             },
             dataset_id: Some(dataset.id),
             scoring_job_id: None,
-            progress_total: batches[no].len() as i64,
+            progress_total: size as i64,
         })
         .collect();
+    jobs.sort_by_key(|j| j.args.batch_no);
     queue::enqueue(&mut tx, jobs, state.settings.queue.max_attempts).await?;
     let final_status = if batches.is_empty() {
         "ready"
@@ -219,7 +212,7 @@ pub async fn run_build(
     .bind(dataset.id)
     .bind(final_status)
     .bind(batches.len() as i32)
-    .bind((unique.len() - missing.len()) as i32)
+    .bind((unique - missing) as i32)
     .bind(&stats)
     .execute(&mut *tx)
     .await?;
@@ -228,10 +221,284 @@ pub async fn run_build(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    tracing::info!(dataset = %dataset.id, records = records.len(), batches = batches.len(), "dataset built; embedding fanned out");
+    tracing::info!(dataset = %dataset.id, records = staged.records, batches = batches.len(), "dataset built; embedding fanned out");
     Ok(
-        json!({"dataset_id": dataset.id, "status": final_status, "records": records.len(), "batches": batches.len()}),
+        json!({"dataset_id": dataset.id, "status": final_status, "records": staged.records, "batches": batches.len()}),
     )
+}
+
+/// The build's scratch table: one row per record, in record order (`seq`), with its stratum
+/// (an id of the label vector) and its sort key inside the stratum.
+const CREATE_STAGING: &str = "
+CREATE TEMPORARY TABLE build_staging (
+    seq          INTEGER NOT NULL,
+    stratum      INTEGER NOT NULL,
+    split_key    BYTEA   NOT NULL,
+    document_id  BIGINT  NOT NULL,
+    source       TEXT    NOT NULL,
+    external_id  TEXT    NOT NULL,
+    checksum     TEXT    NOT NULL,
+    text         TEXT    NOT NULL,
+    labels       JSONB   NOT NULL,
+    votes        JSONB   NOT NULL,
+    disagreement BOOLEAN NOT NULL
+) ON COMMIT DROP";
+
+/// Staged records into `dataset_records`: each stratum ranked by its sort key and cut at the
+/// ($2 stratum, $3 train_end, $4 validation_end) points, as `splits::stratified_split` does;
+/// `split_position` numbers each split's records in record order (pages of one split).
+const WRITE_RECORDS: &str = "
+INSERT INTO dataset_records (dataset_id, position, document_id, source, external_id, checksum,
+                             text, split, labels, votes, disagreement, split_position)
+SELECT $1, b.seq, b.document_id, b.source, b.external_id, b.checksum, b.text, s.split, b.labels,
+       b.votes, b.disagreement, (row_number() OVER (PARTITION BY s.split ORDER BY b.seq) - 1)::int
+FROM (
+    SELECT r.seq, CASE WHEN r.rank < c.train_end THEN 'train'
+                       WHEN r.rank < c.validation_end THEN 'validation'
+                       ELSE 'test' END AS split
+    FROM (SELECT seq, stratum, row_number() OVER (PARTITION BY stratum ORDER BY split_key) - 1 AS rank
+          FROM build_staging) r
+    JOIN unnest($2::int[], $3::bigint[], $4::bigint[]) AS c(stratum, train_end, validation_end)
+      ON c.stratum = r.stratum
+) s
+JOIN build_staging b ON b.seq = s.seq";
+
+/// The dataset's distinct texts whose vector model `$2` (dimensions `$3`) has not stored (all
+/// of them when `$5`, force_regenerate), cut into batches of `$4` in first-seen order. The
+/// stored check is one primary-key probe per text (a LATERAL subquery with a LIMIT cannot be
+/// turned into a scan of the model's vectors, whatever the statistics).
+pub const WRITE_EMBED_BATCHES: &str = "
+WITH firsts AS (
+    SELECT checksum, min(position) AS position FROM dataset_records
+    WHERE dataset_id = $1 GROUP BY checksum
+), missing AS (
+    SELECT f.checksum, f.position FROM firsts f
+    LEFT JOIN LATERAL (
+        SELECT 1 AS hit FROM embeddings e
+        WHERE e.model = $2 AND e.dimensions = $3 AND e.checksum = f.checksum LIMIT 1
+    ) stored ON NOT $5
+    WHERE stored.hit IS NULL
+), numbered AS (
+    SELECT m.checksum, m.position, ((row_number() OVER (ORDER BY m.position) - 1) / $4)::int AS batch_no
+    FROM missing m
+)
+INSERT INTO embed_batches (dataset_id, batch_no, checksums, texts)
+SELECT $1, n.batch_no, array_agg(n.checksum ORDER BY n.position), array_agg(r.text ORDER BY n.position)
+FROM numbered n JOIN dataset_records r ON r.dataset_id = $1 AND r.position = n.position
+GROUP BY n.batch_no
+RETURNING batch_no, cardinality(checksums)";
+
+/// What streaming the selection into the staging table counted.
+#[derive(Default)]
+struct Staged {
+    records: usize,
+    documents_selected: usize,
+    empty_text: usize,
+    unlabelled: usize,
+    ties: u32,
+    disagreements: usize,
+    /// (stratum id, label values in label order, records).
+    strata: Vec<(i32, Vec<Option<u8>>, usize)>,
+}
+
+impl Staged {
+    /// The build's stats; each split's label counts follow from the strata's cut points.
+    fn stats(&self, labels: &[String], ratios: (f64, f64, f64)) -> serde_json::Value {
+        let mut distribution = serde_json::Map::new();
+        for split in [Split::Train, Split::Validation, Split::Test] {
+            let mut counts = vec![(0usize, 0usize, 0usize); labels.len()];
+            let mut records = 0;
+            for (_, values, n) in &self.strata {
+                let (train_end, validation_end) = cut_points(*n, ratios);
+                let in_split = match split {
+                    Split::Train => train_end,
+                    Split::Validation => validation_end - train_end,
+                    Split::Test => n - validation_end,
+                };
+                records += in_split;
+                for (c, v) in counts.iter_mut().zip(values) {
+                    match v {
+                        Some(1) => c.0 += in_split,
+                        Some(_) => c.1 += in_split,
+                        None => c.2 += in_split,
+                    }
+                }
+            }
+            let per_label: serde_json::Map<String, serde_json::Value> = labels
+                .iter()
+                .zip(counts)
+                .map(|(l, (pos, neg, masked))| {
+                    (
+                        l.clone(),
+                        json!({"positive": pos, "negative": neg, "masked": masked}),
+                    )
+                })
+                .collect();
+            distribution.insert(
+                split.as_str().into(),
+                json!({"records": records, "labels": per_label}),
+            );
+        }
+        json!({
+            "documents_selected": self.documents_selected,
+            "records": self.records,
+            "excluded_empty_text": self.empty_text,
+            "excluded_unlabelled": self.unlabelled,
+            "inconsistent_labels": self.disagreements,
+            "ties": self.ties,
+            "splits": distribution,
+        })
+    }
+}
+
+/// Documents read and staged at a time.
+const STAGE_CHUNK: usize = 5000;
+
+/// The selection's documents, each with every vote, in record order (source, external id).
+/// Each document's votes are one index probe on `annotations (document_id)`.
+const SELECT_DOCUMENTS: &str = "
+SELECT d.id, d.source, d.external_id, d.title, d.description, d.tags, d.body,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('a', a.annotator, 'l', a.label, 'v', a.value, 't', a.annotated_at)), '[]'::jsonb)
+        FROM annotations a WHERE a.document_id = d.id) AS votes
+FROM documents d
+WHERE d.source = ANY($1) OR d.id = ANY($2) OR (d.source = $3 AND d.external_id = ANY($4))
+ORDER BY d.source, d.external_id";
+
+/// Streams the selected documents, turns them into records (text, checksum, consensus,
+/// stratum) and stages them chunk by chunk; the worker never holds more than one chunk.
+#[tracing::instrument(name = "db.stage_records", skip_all, fields(db.system.name = "postgresql"))]
+async fn stage_records(
+    state: &WorkerState,
+    ctx: &JobContext,
+    spec: &DatasetSpec,
+    tx: &mut sqlx::PgConnection,
+) -> Result<Staged, JobError> {
+    let sel = &spec.selection;
+    let mut rows = sqlx::query(SELECT_DOCUMENTS)
+        .bind(&sel.sources)
+        .bind(&sel.document_ids)
+        .bind(&sel.source)
+        .bind(&sel.external_ids)
+        .fetch(&state.pool);
+    let mut staged = Staged::default();
+    let mut strata: HashMap<Vec<Option<u8>>, (i32, usize)> = HashMap::new();
+    let mut chunk: Vec<(Record, i32, [u8; 16])> = Vec::with_capacity(STAGE_CHUNK);
+    loop {
+        let row = rows.try_next().await?;
+        let done = row.is_none();
+        if let Some(row) = row {
+            staged.documents_selected += 1;
+            if let Some(record) = to_record(spec, &row, &mut staged) {
+                // The label vector in the request's label order (the stats read it so).
+                let values: Vec<Option<u8>> = spec
+                    .labels
+                    .iter()
+                    .map(|l| record.labels.get(l).copied().flatten())
+                    .collect();
+                let next_id = strata.len() as i32;
+                let entry = strata.entry(values).or_insert((next_id, 0));
+                entry.1 += 1;
+                let key = split_key(
+                    spec.splits.seed,
+                    &format!("{}/{}", record.source, record.external_id),
+                );
+                chunk.push((record, entry.0, key));
+            }
+        }
+        if chunk.len() == STAGE_CHUNK || (done && !chunk.is_empty()) {
+            if ctx.cancel_requested() {
+                return Err(JobError::Cancelled);
+            }
+            insert_staged(&mut *tx, staged.records as i32, &chunk).await?;
+            staged.records += chunk.len();
+            chunk.clear();
+        }
+        if done {
+            break;
+        }
+    }
+    staged.strata = strata
+        .into_iter()
+        .map(|(values, (id, n))| (id, values, n))
+        .collect();
+    staged.strata.sort_by_key(|s| s.0);
+    tracing::debug!(
+        documents = staged.documents_selected,
+        records = staged.records,
+        "records staged"
+    );
+    Ok(staged)
+}
+
+/// One document as a record, or None (counted) when it has no text or no label at all.
+fn to_record(
+    spec: &DatasetSpec,
+    row: &sqlx::postgres::PgRow,
+    staged: &mut Staged,
+) -> Option<Record> {
+    let tags: Vec<String> = row.get("tags");
+    let text = combine_text(
+        row.get::<Option<&str>, _>("title"),
+        row.get::<Option<&str>, _>("description"),
+        row.get::<Option<&str>, _>("body"),
+        &tags,
+        spec.max_text_chars,
+    );
+    if text.is_empty() {
+        staged.empty_text += 1;
+        return None;
+    }
+    let raw: serde_json::Value = row.get("votes");
+    let votes = consensus::votes_from_json(&raw);
+    let c = match spec.task_type {
+        TaskType::MultiClass => consensus::multi_class(&votes, &spec.labels),
+        TaskType::Binary | TaskType::MultiLabel => {
+            consensus::multi_label(&votes, &spec.labels, spec.tie_rule)
+        }
+    };
+    staged.ties += c.ties;
+    if c.disagreement {
+        staged.disagreements += 1;
+    }
+    if c.labels.values().all(Option::is_none) && !c.disagreement {
+        staged.unlabelled += 1;
+        return None;
+    }
+    Some(Record {
+        document_id: row.get("id"),
+        source: row.get("source"),
+        external_id: row.get("external_id"),
+        checksum: checksum(&text),
+        text,
+        labels: c.labels,
+        votes: json!(c.votes),
+        disagreement: c.disagreement,
+    })
+}
+
+async fn insert_staged(
+    conn: &mut sqlx::PgConnection,
+    first_seq: i32,
+    chunk: &[(Record, i32, [u8; 16])],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO build_staging (seq, stratum, split_key, document_id, source, external_id, checksum, text, labels, votes, disagreement)
+         SELECT * FROM UNNEST($1::int[], $2::int[], $3::bytea[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::jsonb[], $11::bool[])",
+    )
+    .bind((0..chunk.len() as i32).map(|i| first_seq + i).collect::<Vec<_>>())
+    .bind(chunk.iter().map(|c| c.1).collect::<Vec<_>>())
+    .bind(chunk.iter().map(|c| c.2.to_vec()).collect::<Vec<_>>())
+    .bind(chunk.iter().map(|c| c.0.document_id).collect::<Vec<_>>())
+    .bind(chunk.iter().map(|c| c.0.source.as_str()).collect::<Vec<_>>())
+    .bind(chunk.iter().map(|c| c.0.external_id.as_str()).collect::<Vec<_>>())
+    .bind(chunk.iter().map(|c| c.0.checksum.as_str()).collect::<Vec<_>>())
+    .bind(chunk.iter().map(|c| c.0.text.as_str()).collect::<Vec<_>>())
+    .bind(chunk.iter().map(|c| json!(c.0.labels)).collect::<Vec<_>>())
+    .bind(chunk.iter().map(|c| c.0.votes.clone()).collect::<Vec<_>>())
+    .bind(chunk.iter().map(|c| c.0.disagreement).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn mark(
@@ -247,128 +514,4 @@ async fn mark(
         .execute(pool)
         .await?;
     Ok(())
-}
-
-/// Reads the selected documents with their votes and turns them into records plus stats.
-#[tracing::instrument(name = "db.select_records", skip_all, fields(db.system.name = "postgresql"))]
-async fn select_records(
-    state: &WorkerState,
-    spec: &DatasetSpec,
-    dataset_id: uuid::Uuid,
-) -> Result<(Vec<Record>, serde_json::Value), JobError> {
-    let sel = &spec.selection;
-    let rows = sqlx::query(
-        "SELECT d.id, d.source, d.external_id, d.title, d.description, d.tags, d.body,
-                coalesce(jsonb_agg(jsonb_build_object('a', a.annotator, 'l', a.label, 'v', a.value, 't', a.annotated_at))
-                         FILTER (WHERE a.id IS NOT NULL), '[]'::jsonb) AS votes
-         FROM documents d LEFT JOIN annotations a ON a.document_id = d.id
-         WHERE d.source = ANY($1) OR d.id = ANY($2) OR (d.source = $3 AND d.external_id = ANY($4))
-         GROUP BY d.id ORDER BY d.source, d.external_id",
-    )
-    .bind(&sel.sources)
-    .bind(&sel.document_ids)
-    .bind(&sel.source)
-    .bind(&sel.external_ids)
-    .fetch_all(&state.pool)
-    .await?;
-    let (mut empty_text, mut unlabelled, mut ties, mut disagreements) =
-        (0usize, 0usize, 0u32, 0usize);
-    let mut records = Vec::new();
-    for row in &rows {
-        let tags: Vec<String> = row.get("tags");
-        let text = combine_text(
-            row.get::<Option<&str>, _>("title"),
-            row.get::<Option<&str>, _>("description"),
-            row.get::<Option<&str>, _>("body"),
-            &tags,
-            spec.max_text_chars,
-        );
-        if text.is_empty() {
-            empty_text += 1;
-            continue;
-        }
-        let raw: serde_json::Value = row.get("votes");
-        let votes = consensus::votes_from_json(&raw);
-        let c = match spec.task_type {
-            TaskType::MultiClass => consensus::multi_class(&votes, &spec.labels),
-            TaskType::Binary | TaskType::MultiLabel => {
-                consensus::multi_label(&votes, &spec.labels, spec.tie_rule)
-            }
-        };
-        ties += c.ties;
-        if c.disagreement {
-            disagreements += 1;
-        }
-        if c.labels.values().all(Option::is_none) && !c.disagreement {
-            unlabelled += 1;
-            continue;
-        }
-        records.push(Record {
-            document_id: row.get("id"),
-            source: row.get("source"),
-            external_id: row.get("external_id"),
-            checksum: checksum(&text),
-            text,
-            labels: c.labels,
-            votes: json!(c.votes),
-            disagreement: c.disagreement,
-            split: Split::Train,
-        });
-    }
-    // Stratify on the label vector (masked labels included), keyed by document.
-    let items: Vec<(String, String)> = records
-        .iter()
-        .map(|r| {
-            let stratum = r
-                .labels
-                .values()
-                .map(|v| v.map_or("-".to_string(), |x| x.to_string()))
-                .collect::<Vec<_>>()
-                .join(",");
-            (format!("{}/{}", r.source, r.external_id), stratum)
-        })
-        .collect();
-    let r = &spec.splits;
-    let splits = stratified_split(&items, (r.train, r.validation, r.test), r.seed);
-    for (record, split) in records.iter_mut().zip(splits) {
-        record.split = split;
-    }
-    let mut distribution = serde_json::Map::new();
-    for split in [Split::Train, Split::Validation, Split::Test] {
-        let mut per_label = serde_json::Map::new();
-        for label in &spec.labels {
-            let values = records
-                .iter()
-                .filter(|r| r.split == split)
-                .map(|r| r.labels[label]);
-            let (mut pos, mut neg, mut masked) = (0, 0, 0);
-            for v in values {
-                match v {
-                    Some(1) => pos += 1,
-                    Some(_) => neg += 1,
-                    None => masked += 1,
-                }
-            }
-            per_label.insert(
-                label.clone(),
-                json!({"positive": pos, "negative": neg, "masked": masked}),
-            );
-        }
-        let count = records.iter().filter(|r| r.split == split).count();
-        distribution.insert(
-            split.as_str().into(),
-            json!({"records": count, "labels": per_label}),
-        );
-    }
-    tracing::debug!(dataset = %dataset_id, documents = rows.len(), records = records.len(), "records selected");
-    let stats = json!({
-        "documents_selected": rows.len(),
-        "records": records.len(),
-        "excluded_empty_text": empty_text,
-        "excluded_unlabelled": unlabelled,
-        "inconsistent_labels": disagreements,
-        "ties": ties,
-        "splits": distribution,
-    });
-    Ok((records, stats))
 }

@@ -1,8 +1,14 @@
-//! Dataset export as Apache Parquet (one row per record, embedding as a list of floats).
+//! Dataset export as JSON Lines or Apache Parquet (one row per record, embedding as a list of
+//! floats), streamed: records are read in pages of [`PAGE`] by position and each page leaves
+//! as soon as it is encoded (a Parquet row group per page), so an export of millions of records
+//! holds one page in memory, not the dataset.
 //!
 //! Written with parquet's column writer (no Arrow dependency): columns position, document_id,
 //! source, external_id, checksum, text, split, labels (JSON text), disagreement, embedding.
 use std::sync::Arc;
+
+use futures::Stream;
+use sqlx::PgPool;
 
 use parquet::basic::Compression;
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, FloatType, Int32Type, Int64Type};
@@ -10,7 +16,11 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
-use super::store::{DatasetRow, RecordRow};
+use super::store::{records_from, DatasetRow, RecordRow};
+use crate::streamed_export::{Encoder, Pending};
+
+/// Records read, encoded and sent at a time (one Parquet row group).
+pub const PAGE: i64 = 5_000;
 
 const SCHEMA: &str = "
 message record {
@@ -36,7 +46,10 @@ fn strings(rows: &[RecordRow], f: impl Fn(&RecordRow) -> String) -> Vec<ByteArra
         .collect()
 }
 
-pub fn to_parquet(dataset: &DatasetRow, rows: &[RecordRow]) -> anyhow::Result<Vec<u8>> {
+fn parquet_writer(
+    dataset: &DatasetRow,
+    sink: Pending,
+) -> anyhow::Result<SerializedFileWriter<Pending>> {
     let schema = Arc::new(parse_message_type(SCHEMA)?);
     let props = Arc::new(
         WriterProperties::builder()
@@ -53,8 +66,13 @@ pub fn to_parquet(dataset: &DatasetRow, rows: &[RecordRow]) -> anyhow::Result<Ve
             ]))
             .build(),
     );
-    let mut buffer = Vec::new();
-    let mut writer = SerializedFileWriter::new(&mut buffer, schema, props)?;
+    Ok(SerializedFileWriter::new(sink, schema, props)?)
+}
+
+fn write_row_group(
+    writer: &mut SerializedFileWriter<Pending>,
+    rows: &[RecordRow],
+) -> anyhow::Result<()> {
     let mut group = writer.next_row_group()?;
     let mut column = 0;
     while let Some(mut col) = group.next_column()? {
@@ -112,6 +130,59 @@ pub fn to_parquet(dataset: &DatasetRow, rows: &[RecordRow]) -> anyhow::Result<Ve
         column += 1;
     }
     group.close()?;
-    writer.close()?;
-    Ok(buffer)
+    Ok(())
+}
+
+/// One JSON object a line (the record as the records page shows it, with its embedding).
+fn to_jsonl(rows: &[RecordRow]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in rows {
+        // A record always serializes (strings, numbers and JSON values only).
+        serde_json::to_writer(&mut out, r).expect("a record serializes");
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The export's file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jsonl,
+    Parquet,
+}
+
+/// A ready dataset's records with their vectors, as a stream of encoded pages (the Parquet
+/// footer last).
+pub fn stream(
+    pool: PgPool,
+    dataset: DatasetRow,
+    format: Format,
+) -> anyhow::Result<impl Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static> {
+    let encoder = match format {
+        Format::Jsonl => Encoder::Jsonl(to_jsonl),
+        Format::Parquet => {
+            let sink = Pending::default();
+            Encoder::Parquet {
+                writer: Box::new(parquet_writer(&dataset, sink.clone())?),
+                sink,
+                row_group: write_row_group,
+            }
+        }
+    };
+    // A ready dataset's positions are 0..records (the build's count).
+    let total = dataset
+        .stats
+        .as_ref()
+        .and_then(|s| s["records"].as_i64())
+        .unwrap_or(0);
+    let dataset = Arc::new(dataset);
+    Ok(crate::streamed_export::stream(
+        encoder,
+        total,
+        PAGE,
+        move |from| {
+            let (pool, dataset) = (pool.clone(), dataset.clone());
+            async move { records_from(&pool, &dataset, from, PAGE).await }
+        },
+    ))
 }

@@ -25,29 +25,41 @@ impl Split {
     }
 }
 
+/// The pseudo-random sort key of a record inside its stratum: MD5(seed, key), compared byte by
+/// byte (as PostgreSQL orders `bytea`, so the dataset build can rank records in the database).
+pub fn split_key(seed: u64, key: &str) -> [u8; 16] {
+    let mut h = Md5::new();
+    h.update(seed.to_le_bytes());
+    h.update(key.as_bytes());
+    h.finalize().into()
+}
+
+/// Where a stratum of `n` records is cut: ranks `< train_end` train, `< validation_end`
+/// validation, the rest test.
+pub fn cut_points(n: usize, ratios: (f64, f64, f64)) -> (usize, usize) {
+    let total = ratios.0 + ratios.1 + ratios.2;
+    let (train, validation) = (ratios.0 / total, ratios.1 / total);
+    let n = n as f64;
+    (
+        (n * train).round() as usize,
+        (n * (train + validation)).round() as usize,
+    )
+}
+
 /// `items`: (stable key, stratum). Returns one split per item, in input order.
 pub fn stratified_split(
     items: &[(String, String)],
     ratios: (f64, f64, f64),
     seed: u64,
 ) -> Vec<Split> {
-    let total = ratios.0 + ratios.1 + ratios.2;
-    let (train, validation) = (ratios.0 / total, ratios.1 / total);
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, (_, stratum)) in items.iter().enumerate() {
         groups.entry(stratum.as_str()).or_default().push(i);
     }
     let mut out = vec![Split::Train; items.len()];
     for members in groups.values_mut() {
-        members.sort_by_cached_key(|&i| {
-            let mut h = Md5::new();
-            h.update(seed.to_le_bytes());
-            h.update(items[i].0.as_bytes());
-            h.finalize()
-        });
-        let n = members.len() as f64;
-        let train_end = (n * train).round() as usize;
-        let validation_end = (n * (train + validation)).round() as usize;
+        members.sort_by_cached_key(|&i| split_key(seed, &items[i].0));
+        let (train_end, validation_end) = cut_points(members.len(), ratios);
         for (rank, &i) in members.iter().enumerate() {
             out[i] = if rank < train_end {
                 Split::Train

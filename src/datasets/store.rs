@@ -1,4 +1,19 @@
 //! Dataset rows in Postgres: create, read, list, records, delete.
+
+/// The record page query ($1 dataset, $2 model, $3 dimensions, $4 first position, $5 limit,
+/// $6 with vectors) followed by one page's condition and order.
+macro_rules! concat_records_page {
+    ($tail:literal) => {
+        concat!(
+            "SELECT r.position, r.document_id, r.source, r.external_id, r.checksum, r.text, r.split, r.labels, ",
+            "r.votes, r.disagreement, e.vector FROM dataset_records r ",
+            "LEFT JOIN LATERAL (SELECT v.vector FROM embeddings v ",
+            "WHERE v.model = $2 AND v.dimensions = $3 AND v.checksum = r.checksum LIMIT 1) e ON $6 ",
+            "WHERE r.dataset_id = $1 ",
+            $tail
+        )
+    };
+}
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
@@ -85,7 +100,20 @@ pub struct RecordRow {
     pub embedding: Option<Vec<f32>>,
 }
 
+// One record page is the range `[$4, $4 + $5)` of `position` (or of `split_position` inside
+// one split; both are dense from 0): a page at any offset is an index range of `limit` rows,
+// and a vector one primary-key probe.
+
+/// A page of all records.
+pub const RECORDS_PAGE_ALL: &str =
+    concat_records_page!("AND r.position >= $4 AND r.position < $4 + $5 ORDER BY r.position");
+/// A page of one split (`$7`), `$4` counted inside the split.
+pub const RECORDS_PAGE_SPLIT: &str = concat_records_page!(
+    "AND r.split = $7 AND r.split_position >= $4 AND r.split_position < $4 + $5 ORDER BY r.split_position"
+);
+
 /// Records in position order; `split` filters; `with_embeddings` joins the stored vectors.
+/// The total is the build's own count (its stats), not a count over the records.
 pub async fn records(
     pool: &PgPool,
     dataset: &DatasetRow,
@@ -94,46 +122,74 @@ pub async fn records(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<RecordRow>, i64), sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT r.position, r.document_id, r.source, r.external_id, r.checksum, r.text, r.split, r.labels,
-                r.votes, r.disagreement, CASE WHEN $6 THEN e.vector END AS vector
-         FROM dataset_records r
-         LEFT JOIN embeddings e ON $6 AND e.model = $2 AND e.dimensions = $3 AND e.checksum = r.checksum
-         WHERE r.dataset_id = $1 AND ($4::text IS NULL OR r.split = $4)
-         ORDER BY r.position LIMIT $5 OFFSET $7",
-    )
-    .bind(dataset.id)
-    .bind(&dataset.embedding_model)
-    .bind(dataset.dimensions)
-    .bind(split)
-    .bind(limit)
-    .bind(with_embeddings)
-    .bind(offset)
-    .fetch_all(pool)
-    .await?;
-    let total: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM dataset_records WHERE dataset_id = $1 AND ($2::text IS NULL OR split = $2)")
-            .bind(dataset.id)
-            .bind(split)
-            .fetch_one(pool)
-            .await?;
-    let records = rows
-        .iter()
-        .map(|r| RecordRow {
-            position: r.get("position"),
-            document_id: r.get("document_id"),
-            source: r.get("source"),
-            external_id: r.get("external_id"),
-            checksum: r.get("checksum"),
-            text: r.get("text"),
-            split: r.get("split"),
-            labels: r.get("labels"),
-            votes: r.get("votes"),
-            disagreement: r.get("disagreement"),
-            embedding: r
-                .get::<Option<Vec<u8>>, _>("vector")
-                .map(|b| crate::embedding::bytes_to_vector(&b)),
-        })
-        .collect();
-    Ok((records, total))
+    let page = if split.is_some() {
+        RECORDS_PAGE_SPLIT
+    } else {
+        RECORDS_PAGE_ALL
+    };
+    let mut query = sqlx::query(page)
+        .bind(dataset.id)
+        .bind(&dataset.embedding_model)
+        .bind(dataset.dimensions)
+        .bind(offset.min(i32::MAX as i64) as i32)
+        .bind(limit)
+        .bind(with_embeddings);
+    if let Some(split) = split {
+        query = query.bind(split);
+    }
+    let rows = query.fetch_all(pool).await?;
+    let stored_total = dataset.stats.as_ref().and_then(|stats| match split {
+        None => stats["records"].as_i64(),
+        Some(split) => stats["splits"][split]["records"].as_i64(),
+    });
+    let total = match stored_total {
+        Some(total) => total,
+        // Not built (no records yet) or built before the stats said it.
+        None => sqlx::query_scalar(
+            "SELECT count(*) FROM dataset_records WHERE dataset_id = $1 AND ($2::text IS NULL OR split = $2)",
+        )
+        .bind(dataset.id)
+        .bind(split)
+        .fetch_one(pool)
+        .await?,
+    };
+    Ok((rows.iter().map(record_from_row).collect(), total))
+}
+
+/// The records at positions `[from, from + limit)`, with their vectors (an export reads a
+/// dataset of any size in pages of constant cost).
+pub async fn records_from(
+    pool: &PgPool,
+    dataset: &DatasetRow,
+    from: i32,
+    limit: i64,
+) -> Result<Vec<RecordRow>, sqlx::Error> {
+    let rows = sqlx::query(RECORDS_PAGE_ALL)
+        .bind(dataset.id)
+        .bind(&dataset.embedding_model)
+        .bind(dataset.dimensions)
+        .bind(from)
+        .bind(limit)
+        .bind(true)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.iter().map(record_from_row).collect())
+}
+
+fn record_from_row(r: &sqlx::postgres::PgRow) -> RecordRow {
+    RecordRow {
+        position: r.get("position"),
+        document_id: r.get("document_id"),
+        source: r.get("source"),
+        external_id: r.get("external_id"),
+        checksum: r.get("checksum"),
+        text: r.get("text"),
+        split: r.get("split"),
+        labels: r.get("labels"),
+        votes: r.get("votes"),
+        disagreement: r.get("disagreement"),
+        embedding: r
+            .get::<Option<Vec<u8>>, _>("vector")
+            .map(|b| crate::embedding::bytes_to_vector(&b)),
+    }
 }

@@ -27,6 +27,20 @@ pub async fn begin_batch_write(
     Ok(tx)
 }
 
+/// Which of `$3` (checksums) have a vector for model `$1` and dimension count `$2`.
+///
+/// One primary-key probe per checksum, whatever the planner's statistics say: the probe sits in
+/// a LATERAL subquery with a LIMIT, which the planner cannot flatten into a join, so it is
+/// always a nested loop over the array. Written as `checksum = ANY($3)` the same question was
+/// planned (at 287k stored vectors, statistics from a small table) as a scan of every vector
+/// of the model with the whole array compared against each row: quadratic in the corpus.
+pub const STORED_CHECKSUMS: &str = "
+SELECT c.checksum FROM unnest($3::text[]) AS c(checksum)
+CROSS JOIN LATERAL (
+    SELECT 1 FROM embeddings e
+    WHERE e.model = $1 AND e.dimensions = $2 AND e.checksum = c.checksum LIMIT 1
+) AS hit";
+
 /// Which of `checksums` already have a vector for this model and dimension count.
 #[tracing::instrument(name = "db.stored_checksums", skip_all, fields(db.system.name = "postgresql", texts = checksums.len()))]
 pub async fn stored_checksums(
@@ -35,14 +49,12 @@ pub async fn stored_checksums(
     dimensions: i32,
     checksums: &[&str],
 ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-    let found: Vec<String> = sqlx::query_scalar(
-        "SELECT checksum FROM embeddings WHERE model = $1 AND dimensions = $2 AND checksum = ANY($3)",
-    )
-    .bind(model)
-    .bind(dimensions)
-    .bind(checksums)
-    .fetch_all(pool)
-    .await?;
+    let found: Vec<String> = sqlx::query_scalar(STORED_CHECKSUMS)
+        .bind(model)
+        .bind(dimensions)
+        .bind(checksums)
+        .fetch_all(pool)
+        .await?;
     Ok(found.into_iter().collect())
 }
 

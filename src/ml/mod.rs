@@ -8,6 +8,7 @@ pub mod export;
 pub mod out_of_fold;
 pub mod text_encoder;
 pub mod trainer;
+pub mod vector_rows;
 
 /// The libtorch in use: read from the torch wheel's `version.py` beside its `lib/` folder.
 pub fn libtorch_version() -> String {

@@ -8,6 +8,7 @@
 //! whatever else runs in the process, and epoch N gives the same result whether the run started
 //! at epoch 1 or resumed from a checkpoint of epoch N-1.
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -22,6 +23,7 @@ use super::classifier::{
     ClassifierSpec, LossKind, LossSpec, TrainMode,
 };
 use super::text_encoder::load_tokenizer;
+pub use super::vector_rows::VectorRows;
 use crate::datasets::TaskType;
 
 /// Hyperparameters of a run, every one with a documented default (see `defaults_for`).
@@ -114,11 +116,8 @@ pub struct SplitData {
 }
 
 pub enum SplitInputs {
-    /// Row-major [rows, dims].
-    Embeddings {
-        dims: usize,
-        flat: Vec<f32>,
-    },
+    /// Stored vectors, in memory or spilled to a file (`VectorRows`).
+    Embeddings(Arc<VectorRows>),
     Texts(Vec<String>),
 }
 
@@ -134,6 +133,8 @@ impl SplitData {
 /// Inputs on the device, ready to batch.
 enum Prepared {
     Embeddings(Tensor),
+    /// Vectors spilled to a file: each batch's rows are read when it runs.
+    Spilled(Arc<VectorRows>),
     Tokens(Vec<Vec<i64>>),
 }
 
@@ -362,6 +363,16 @@ impl Trainer {
                 let x = x.index_select(0, &Tensor::from_slice(&index).to_device(self.device));
                 self.model.logits(ClassifierInput::Embeddings(&x), rng)
             }
+            Prepared::Spilled(vectors) => {
+                // A read error of the run's own temporary file is not recoverable here.
+                let flat = vectors
+                    .gather(rows)
+                    .unwrap_or_else(|e| panic!("reading spilled vectors: {e}"));
+                let x = Tensor::from_slice(&flat)
+                    .view([rows.len() as i64, vectors.dims() as i64])
+                    .to_device(self.device);
+                self.model.logits(ClassifierInput::Embeddings(&x), rng)
+            }
             Prepared::Tokens(ids) => {
                 let batch: Vec<&Vec<i64>> = rows.iter().map(|&i| &ids[i]).collect();
                 let (ids, mask, padded) = pad_batch(&batch, self.device);
@@ -446,19 +457,22 @@ fn prepare(
     device: Device,
 ) -> Result<Prepared, TrainError> {
     match inputs {
-        SplitInputs::Embeddings { dims, flat } => {
-            if *dims as i64 != spec.input_dim {
+        SplitInputs::Embeddings(vectors) => {
+            let dims = vectors.dims();
+            if dims as i64 != spec.input_dim {
                 return Err(TrainError::Failed(format!(
                     "embeddings have {dims} dimensions, the model expects {}",
                     spec.input_dim
                 )));
             }
-            let rows = (flat.len() / dims.max(&1)) as i64;
-            Ok(Prepared::Embeddings(
-                Tensor::from_slice(flat)
-                    .view([rows, *dims as i64])
-                    .to_device(device),
-            ))
+            Ok(match vectors.in_memory() {
+                Some(flat) => Prepared::Embeddings(
+                    Tensor::from_slice(flat)
+                        .view([vectors.len() as i64, dims as i64])
+                        .to_device(device),
+                ),
+                None => Prepared::Spilled(vectors.clone()),
+            })
         }
         SplitInputs::Texts(texts) => {
             let dir = base_dir
@@ -496,4 +510,66 @@ fn pad_batch(rows: &[&Vec<i64>], device: Device) -> (Tensor, Tensor, bool) {
         Tensor::from_slice(&mask).view(shape).to_device(device),
         padded,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::classifier::{ClassifierSpec, TrainMode};
+
+    /// Seeded rows of 8 floats; label a = sign of the first, b = sign of the second (masked on
+    /// every fifth row).
+    fn data(rows: usize, memory_cap: usize) -> SplitData {
+        let mut vectors = VectorRows::new(8, memory_cap);
+        let mut targets = Vec::new();
+        for i in 0..rows {
+            let row: Vec<f32> = (0..8)
+                .map(|j| (((i * 31 + j * 17) % 23) as f32 - 11.0) / 11.0)
+                .collect();
+            targets.push(vec![Some(row[0] > 0.0), (i % 5 != 0).then(|| row[1] > 0.0)]);
+            vectors.push(&row).unwrap();
+        }
+        vectors.finish().unwrap();
+        SplitData {
+            inputs: SplitInputs::Embeddings(Arc::new(vectors)),
+            targets,
+        }
+    }
+
+    fn train(data: &SplitData) -> (Vec<f64>, Vec<Vec<f32>>) {
+        let spec = ClassifierSpec {
+            mode: TrainMode::Head,
+            task: TaskType::MultiLabel,
+            labels: vec!["a".into(), "b".into()],
+            input_dim: 8,
+            hidden_size: 16,
+            dropout: 0.1,
+            max_tokens: 16,
+            pooling: Default::default(),
+            base_model: None,
+        };
+        let mut hp = Hyperparameters::defaults_for(TrainMode::Head);
+        hp.batch_size = 16;
+        hp.epochs = 3;
+        let mut trainer = Trainer::new(spec, hp, data, None, Device::Cpu).unwrap();
+        let losses = (1..=3)
+            .map(|epoch| trainer.run_epoch(epoch, &mut |_| true).unwrap())
+            .collect();
+        let (scores, _) = trainer.evaluate(&trainer.prepare(data).unwrap()).unwrap();
+        (losses, scores)
+    }
+
+    #[test]
+    fn a_head_trains_the_same_on_spilled_vectors() {
+        let in_memory = data(200, usize::MAX);
+        let spilled = data(200, 50 * 8 * 4);
+        let SplitInputs::Embeddings(v) = &spilled.inputs else {
+            unreachable!()
+        };
+        assert!(v.spilled(), "200 rows over a 50-row cap are spilled");
+        let (a, b) = (train(&in_memory), train(&spilled));
+        assert_eq!(a.0, b.0, "the same losses, epoch by epoch");
+        assert_eq!(a.1, b.1, "the same probabilities");
+        assert!(a.0[2] < a.0[0], "it learns: {:?}", a.0);
+    }
 }

@@ -6,8 +6,7 @@
 //! floats in the label order stored in the file's `trainyard.labels` metadata) and
 //! positive_labels (a list of strings). Written with parquet's column writer, like the dataset
 //! export.
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::Stream;
 use sqlx::PgPool;
@@ -19,8 +18,9 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
-use super::store::{results_after, ScoringJobRow};
+use super::store::{results_from, ScoringJobRow};
 use super::ScoredDocument;
+use crate::streamed_export::{Encoder, Pending};
 
 /// Rows read, encoded and sent at a time (one Parquet row group).
 pub const PAGE: i64 = 20_000;
@@ -85,30 +85,6 @@ fn list_levels<T: Clone>(rows: impl Iterator<Item = Vec<T>>) -> (Vec<T>, Vec<i16
         }
     }
     (values, defs, reps)
-}
-
-/// The bytes a Parquet writer has produced and the stream has not sent yet.
-#[derive(Clone, Default)]
-struct Pending(Arc<Mutex<Vec<u8>>>);
-
-impl Pending {
-    fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl Write for Pending {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 fn parquet_writer(
@@ -202,12 +178,6 @@ pub enum Format {
     Parquet,
 }
 
-/// Where an export stream is: the last position sent, and the Parquet writer when there is one.
-struct Cursor {
-    after: i32,
-    parquet: Option<(SerializedFileWriter<Pending>, Pending)>,
-}
-
 /// A done job's results as a stream of encoded chunks (one page each, the Parquet footer
 /// last). A database error mid-way ends the stream with that error (the client sees a
 /// truncated transfer, never a file that looks complete).
@@ -216,45 +186,26 @@ pub fn stream(
     job: ScoringJobRow,
     format: Format,
 ) -> anyhow::Result<impl Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static> {
-    let parquet = match format {
-        Format::Jsonl => None,
+    let encoder = match format {
+        Format::Jsonl => Encoder::Jsonl(|rows| to_jsonl(rows).into_bytes()),
         Format::Parquet => {
             let sink = Pending::default();
-            Some((parquet_writer(&job, sink.clone())?, sink))
+            Encoder::Parquet {
+                writer: Box::new(parquet_writer(&job, sink.clone())?),
+                sink,
+                row_group: write_row_group,
+            }
         }
     };
-    let start = Cursor { after: -1, parquet };
-    Ok(futures::stream::unfold(Some(start), move |cursor| {
-        let (pool, job) = (pool.clone(), job.clone());
-        async move {
-            let mut cursor = cursor?;
-            let rows = match results_after(&pool, &job, cursor.after, PAGE).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(scoring_job = %job.id, "export stopped: {e}");
-                    return Some((Err(std::io::Error::other(e)), None));
-                }
-            };
-            let Some(last) = rows.last().map(|r| r.position) else {
-                // The end: JSON Lines has nothing more; Parquet writes its footer.
-                let (writer, sink) = cursor.parquet.take()?;
-                return Some((
-                    writer
-                        .close()
-                        .map(|_| sink.take())
-                        .map_err(std::io::Error::other),
-                    None,
-                ));
-            };
-            cursor.after = last;
-            let bytes = match cursor.parquet.as_mut() {
-                None => Ok(to_jsonl(&rows).into_bytes()),
-                Some((writer, sink)) => write_row_group(writer, &rows)
-                    .map(|_| sink.take())
-                    .map_err(std::io::Error::other),
-            };
-            let next = bytes.is_ok().then_some(cursor);
-            Some((bytes, next))
-        }
-    }))
+    let total = job.documents_total;
+    let job = Arc::new(job);
+    Ok(crate::streamed_export::stream(
+        encoder,
+        total,
+        PAGE,
+        move |from| {
+            let (pool, job) = (pool.clone(), job.clone());
+            async move { results_from(&pool, &job, from, PAGE).await }
+        },
+    ))
 }

@@ -4,8 +4,7 @@
 //!
 //! Idempotent: the membership, the chunks and their jobs are written in one transaction under
 //! the scoring job's row lock, guarded by its status; a re-run after that commit only reports.
-use std::collections::HashSet;
-
+use futures::TryStreamExt;
 use serde_json::json;
 use sqlx::Row;
 use trainyard_jobs::{JobKind, ScoreArgs};
@@ -49,30 +48,12 @@ pub async fn run_plan(
     let target = job
         .target()
         .map_err(|e| JobError::Fatal(format!("stored request unreadable: {e}")))?;
-    let (items, empty) = select(state, &target).await?;
-
-    // Scores this version already has for these documents, on the same text.
-    let ids: Vec<i64> = items.iter().map(|i| i.document_id).collect();
-    let stored: HashSet<(i64, String)> = sqlx::query(
-        "SELECT document_id, checksum FROM document_scores
-         WHERE model_name = $1 AND version = $2 AND document_id = ANY($3)",
-    )
-    .bind(&job.model_name)
-    .bind(job.version)
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| (r.get("document_id"), r.get("checksum")))
-    .collect();
-    let missing: Vec<&Item> = items
-        .iter()
-        .filter(|i| !stored.contains(&(i.document_id, i.checksum.clone())))
-        .collect();
-    let chunk_size = chunk_size(missing.len(), state.settings.scoring.chunk_size);
-    let chunks: Vec<&[&Item]> = missing.chunks(chunk_size).collect();
-
+    // The covered documents stream into a temporary table (dropped at commit); which of them
+    // miss a score, and the chunks, are then worked out by the database: the worker holds one
+    // block of documents, never the job.
     let mut tx = pool.begin().await?;
+    sqlx::query(CREATE_STAGING).execute(&mut *tx).await?;
+    let (documents, empty) = stage(state, ctx, &target, &mut tx).await?;
     let status: String =
         sqlx::query_scalar("SELECT status FROM scoring_jobs WHERE id = $1 FOR UPDATE")
             .bind(job.id)
@@ -91,60 +72,38 @@ pub async fn run_plan(
         .execute(&mut *tx)
         .await?;
     }
-    for (block_no, block) in items.chunks(10_000).enumerate() {
-        let offset = (block_no * 10_000) as i32;
-        sqlx::query(
-            "INSERT INTO scoring_job_documents (scoring_job_id, position, document_id, checksum)
-             SELECT $1, * FROM UNNEST($2::int[], $3::bigint[], $4::text[])",
-        )
-        .bind(job.id)
-        .bind(
-            (0..block.len() as i32)
-                .map(|i| offset + i)
-                .collect::<Vec<_>>(),
-        )
-        .bind(block.iter().map(|i| i.document_id).collect::<Vec<_>>())
-        .bind(
-            block
-                .iter()
-                .map(|i| i.checksum.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *tx)
+    sqlx::query(
+        "INSERT INTO scoring_job_documents (scoring_job_id, position, document_id, checksum)
+         SELECT $1, position, document_id, checksum FROM plan_staging",
+    )
+    .bind(job.id)
+    .execute(&mut *tx)
+    .await?;
+    let missing: i64 = sqlx::query_scalar(MARK_MISSING)
+        .bind(&job.model_name)
+        .bind(job.version)
+        .fetch_one(&mut *tx)
         .await?;
-    }
-    for (no, chunk) in chunks.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO scoring_chunks (scoring_job_id, chunk_no, document_ids, checksums, texts)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
+    let chunk_size = chunk_size(missing as usize, state.settings.scoring.chunk_size);
+    let chunks: Vec<(i32, i32)> = sqlx::query_as(WRITE_CHUNKS)
         .bind(job.id)
-        .bind(no as i32)
-        .bind(chunk.iter().map(|i| i.document_id).collect::<Vec<_>>())
-        .bind(
-            chunk
-                .iter()
-                .map(|i| i.checksum.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(chunk.iter().map(|i| i.text.as_str()).collect::<Vec<_>>())
-        .execute(&mut *tx)
+        .bind(chunk_size as i64)
+        .fetch_all(&mut *tx)
         .await?;
-    }
-    let jobs: Vec<NewJob<ScoreArgs>> = chunks
+    let mut jobs: Vec<NewJob<ScoreArgs>> = chunks
         .iter()
-        .enumerate()
-        .map(|(no, chunk)| NewJob {
+        .map(|&(no, size)| NewJob {
             kind: JobKind::Score,
             args: ScoreArgs {
                 scoring_job_id: job.id,
-                chunk: Some(no as i32),
+                chunk: Some(no),
             },
             dataset_id: None,
             scoring_job_id: Some(job.id),
-            progress_total: chunk.len() as i64,
+            progress_total: size as i64,
         })
         .collect();
+    jobs.sort_by_key(|j| j.args.chunk);
     queue::enqueue(&mut tx, jobs, state.settings.queue.max_attempts).await?;
     let final_status = if chunks.is_empty() { "done" } else { "scoring" };
     sqlx::query(
@@ -156,9 +115,9 @@ pub async fn run_plan(
     .bind(job.id)
     .bind(final_status)
     .bind(chunks.len() as i32)
-    .bind(items.len() as i64)
+    .bind(documents as i64)
     .bind(empty as i64)
-    .bind((items.len() - missing.len()) as i64)
+    .bind(documents as i64 - missing)
     .execute(&mut *tx)
     .await?;
     if final_status == "done" {
@@ -171,13 +130,13 @@ pub async fn run_plan(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    tracing::info!(scoring_job = %job.id, documents = items.len(), to_score = missing.len(), chunks = chunks.len(), "scoring job planned");
+    tracing::info!(scoring_job = %job.id, documents, to_score = missing, chunks = chunks.len(), "scoring job planned");
     Ok(json!({
         "scoring_job_id": job.id,
         "status": final_status,
-        "documents": items.len(),
-        "to_score": missing.len(),
-        "reused": items.len() - missing.len(),
+        "documents": documents,
+        "to_score": missing,
+        "reused": documents as i64 - missing,
         "excluded_empty_text": empty,
         "chunks": chunks.len(),
     }))
@@ -196,74 +155,150 @@ fn chunk_size(documents: usize, configured: usize) -> usize {
 /// Chunks a job of at least 800 documents is cut into, at the least.
 const MIN_CHUNKS: usize = 8;
 
-/// The documents a target covers, in a stable order (a dataset's record order; else source and
-/// external id, as a dataset orders them), and how many had no text.
-async fn select(
+/// The plan's scratch table: every covered document in order, its text and checksum, and
+/// whether its score for the version on this text is missing.
+const CREATE_STAGING: &str = "
+CREATE TEMPORARY TABLE plan_staging (
+    position    INTEGER PRIMARY KEY,
+    document_id BIGINT  NOT NULL,
+    checksum    TEXT    NOT NULL,
+    text        TEXT    NOT NULL,
+    missing     BOOLEAN NOT NULL DEFAULT false
+) ON COMMIT DROP";
+
+/// Marks the staged documents whose score for model `$1` version `$2` on this very text is not
+/// stored (one primary-key probe each: a LATERAL subquery with a LIMIT is never turned into a
+/// scan of all the version's scores) and counts them.
+pub const MARK_MISSING: &str = "
+WITH marked AS (
+    UPDATE plan_staging p SET missing = true
+    WHERE NOT EXISTS (
+        SELECT 1 FROM (
+            SELECT 1 FROM document_scores s
+            WHERE s.model_name = $1 AND s.version = $2 AND s.document_id = p.document_id
+              AND s.checksum = p.checksum
+            LIMIT 1) hit)
+    RETURNING 1)
+SELECT count(*) FROM marked";
+
+/// The missing documents as chunks of `$2`, in order.
+const WRITE_CHUNKS: &str = "
+INSERT INTO scoring_chunks (scoring_job_id, chunk_no, document_ids, checksums, texts)
+SELECT $1, chunk_no, array_agg(document_id ORDER BY position), array_agg(checksum ORDER BY position),
+       array_agg(text ORDER BY position)
+FROM (SELECT position, document_id, checksum, text,
+             ((row_number() OVER (ORDER BY position) - 1) / $2)::int AS chunk_no
+      FROM plan_staging WHERE missing) m
+GROUP BY chunk_no
+RETURNING chunk_no, cardinality(document_ids)";
+
+/// Documents staged at a time.
+const STAGE_BLOCK: usize = 10_000;
+
+/// Streams the documents a target covers, in a stable order (a dataset's record order; else
+/// source and external id, as a dataset orders them), into `plan_staging`; returns how many
+/// were staged and how many had no text.
+async fn stage(
     state: &WorkerState,
+    ctx: &JobContext,
     target: &ScoringTarget,
-) -> Result<(Vec<Item>, usize), JobError> {
+    tx: &mut sqlx::PgConnection,
+) -> Result<(usize, usize), JobError> {
     let pool = &state.pool;
-    match target {
-        ScoringTarget::Dataset { dataset_id, split } => {
-            // The records' own texts (as the dataset was built); documents deleted since are
-            // left out: there is nothing to attach their score to.
-            let rows = sqlx::query(
-                "SELECT r.document_id, r.text, r.checksum FROM dataset_records r
-                 JOIN documents d ON d.id = r.document_id
-                 WHERE r.dataset_id = $1 AND ($2::text IS NULL OR r.split = $2)
-                 ORDER BY r.position",
-            )
-            .bind(dataset_id)
-            .bind(split)
-            .fetch_all(pool)
-            .await?;
-            let items = rows
-                .iter()
-                .map(|r| Item {
-                    document_id: r.get("document_id"),
-                    text: r.get("text"),
-                    checksum: r.get("checksum"),
-                })
-                .collect();
-            Ok((items, 0))
-        }
-        ScoringTarget::Documents { selection: sel } => {
-            let rows = sqlx::query(
-                "SELECT d.id, d.title, d.description, d.tags, d.body FROM documents d
-                 WHERE d.source = ANY($1) OR d.id = ANY($2) OR (d.source = $3 AND d.external_id = ANY($4))
-                 ORDER BY d.source, d.external_id",
-            )
-            .bind(&sel.sources)
-            .bind(&sel.document_ids)
-            .bind(&sel.source)
-            .bind(&sel.external_ids)
-            .fetch_all(pool)
-            .await?;
-            let max_chars = state.settings.server.max_text_chars;
-            let mut empty = 0;
-            let mut items = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let tags: Vec<String> = row.get("tags");
-                let text = combine_text(
-                    row.get::<Option<&str>, _>("title"),
-                    row.get::<Option<&str>, _>("description"),
-                    row.get::<Option<&str>, _>("body"),
-                    &tags,
-                    max_chars,
-                );
-                if text.is_empty() {
-                    empty += 1;
-                    continue;
-                }
-                items.push(Item {
+    let mut rows = match target {
+        // The records' own texts (as the dataset was built); documents deleted since are
+        // left out: there is nothing to attach their score to.
+        ScoringTarget::Dataset { dataset_id, split } => sqlx::query(
+            "SELECT r.document_id AS id, r.text, r.checksum, NULL::text AS title,
+                    NULL::text AS description, NULL::text[] AS tags, NULL::text AS body
+             FROM dataset_records r
+             WHERE r.dataset_id = $1 AND ($2::text IS NULL OR r.split = $2)
+               AND EXISTS (SELECT 1 FROM documents d WHERE d.id = r.document_id)
+             ORDER BY r.position",
+        )
+        .bind(*dataset_id)
+        .bind(split.clone())
+        .fetch(pool),
+        ScoringTarget::Documents { selection: sel } => sqlx::query(
+            "SELECT d.id, NULL::text AS text, NULL::text AS checksum, d.title, d.description,
+                    d.tags, d.body
+             FROM documents d
+             WHERE d.source = ANY($1) OR d.id = ANY($2) OR (d.source = $3 AND d.external_id = ANY($4))
+             ORDER BY d.source, d.external_id",
+        )
+        .bind(sel.sources.clone())
+        .bind(sel.document_ids.clone())
+        .bind(sel.source.clone())
+        .bind(sel.external_ids.clone())
+        .fetch(pool),
+    };
+    let max_chars = state.settings.server.max_text_chars;
+    let (mut staged, mut empty) = (0usize, 0usize);
+    let mut block: Vec<Item> = Vec::with_capacity(STAGE_BLOCK);
+    loop {
+        let row = rows.try_next().await?;
+        let done = row.is_none();
+        if let Some(row) = row {
+            let item = match row.get::<Option<String>, _>("text") {
+                Some(text) => Some(Item {
                     document_id: row.get("id"),
-                    checksum: checksum(&text),
+                    checksum: row.get("checksum"),
                     text,
-                });
+                }),
+                None => {
+                    let tags: Vec<String> = row
+                        .get::<Option<Vec<String>>, _>("tags")
+                        .unwrap_or_default();
+                    let text = combine_text(
+                        row.get::<Option<&str>, _>("title"),
+                        row.get::<Option<&str>, _>("description"),
+                        row.get::<Option<&str>, _>("body"),
+                        &tags,
+                        max_chars,
+                    );
+                    (!text.is_empty()).then(|| Item {
+                        document_id: row.get("id"),
+                        checksum: checksum(&text),
+                        text,
+                    })
+                }
+            };
+            match item {
+                Some(item) => block.push(item),
+                None => empty += 1,
             }
-            Ok((items, empty))
+        }
+        if block.len() == STAGE_BLOCK || (done && !block.is_empty()) {
+            if ctx.cancel_requested() {
+                return Err(JobError::Cancelled);
+            }
+            sqlx::query(
+                "INSERT INTO plan_staging (position, document_id, checksum, text)
+                 SELECT * FROM UNNEST($1::int[], $2::bigint[], $3::text[], $4::text[])",
+            )
+            .bind(
+                (0..block.len() as i32)
+                    .map(|i| staged as i32 + i)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(block.iter().map(|i| i.document_id).collect::<Vec<_>>())
+            .bind(
+                block
+                    .iter()
+                    .map(|i| i.checksum.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(block.iter().map(|i| i.text.as_str()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+            staged += block.len();
+            block.clear();
+        }
+        if done {
+            break;
         }
     }
+    Ok((staged, empty))
 }
 
 /// The `score` handler: plans or scores a chunk; a failure that ends the job fails the scoring

@@ -159,13 +159,23 @@ pub async fn list(
     Ok((items, total))
 }
 
-const RESULTS: &str = "
+/// A page of a job's results: the positions `[$4, $4 + $5)` (positions are dense, 0 to
+/// `documents_total`; a bounded range keeps the plan to one page's rows), each document and
+/// score one primary-key probe (LATERAL with a LIMIT: never a scan of all scores or documents,
+/// whatever the statistics say), so a page at any offset costs the same.
+pub const RESULTS_PAGE: &str = "
 SELECT m.position, m.document_id, d.source, d.external_id, s.scores
 FROM scoring_job_documents m
-JOIN documents d ON d.id = m.document_id
-JOIN document_scores s ON s.model_name = $2 AND s.version = $3 AND s.document_id = m.document_id
-                       AND s.checksum = m.checksum
-WHERE m.scoring_job_id = $1";
+CROSS JOIN LATERAL (
+    SELECT source, external_id FROM documents WHERE id = m.document_id LIMIT 1
+) d
+CROSS JOIN LATERAL (
+    SELECT scores FROM document_scores
+    WHERE model_name = $2 AND version = $3 AND document_id = m.document_id AND checksum = m.checksum
+    LIMIT 1
+) s
+WHERE m.scoring_job_id = $1 AND m.position >= $4 AND m.position < $4 + $5
+ORDER BY m.position";
 
 fn to_scored(job: &ScoringJobRow, r: &sqlx::postgres::PgRow) -> ScoredDocument {
     let scores: Vec<f32> = r.get("scores");
@@ -188,42 +198,35 @@ pub async fn results(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<ScoredDocument>, i64), sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{RESULTS} ORDER BY m.position LIMIT $4 OFFSET $5"
-    )))
-    .bind(job.id)
-    .bind(&job.model_name)
-    .bind(job.version)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(pool)
-    .await?;
-    let total: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM scoring_job_documents WHERE scoring_job_id = $1")
-            .bind(job.id)
-            .fetch_one(pool)
-            .await?;
+    let rows = sqlx::query(RESULTS_PAGE)
+        .bind(job.id)
+        .bind(&job.model_name)
+        .bind(job.version)
+        .bind(offset.min(i32::MAX as i64) as i32)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    // Positions are 0..documents_total, written with the plan; before it there are none.
+    let total = job.documents_total;
     Ok((rows.iter().map(|r| to_scored(job, r)).collect(), total))
 }
 
-/// The next `limit` results after `position` (keyset paging: an export reads a job of any
-/// size in pages of constant cost).
-pub async fn results_after(
+/// The results at positions `[from, from + limit)` (an export reads a job of any size in pages
+/// of constant cost).
+pub async fn results_from(
     pool: &PgPool,
     job: &ScoringJobRow,
-    position: i32,
+    from: i32,
     limit: i64,
 ) -> Result<Vec<ScoredDocument>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{RESULTS} AND m.position > $4 ORDER BY m.position LIMIT $5"
-    )))
-    .bind(job.id)
-    .bind(&job.model_name)
-    .bind(job.version)
-    .bind(position)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(RESULTS_PAGE)
+        .bind(job.id)
+        .bind(&job.model_name)
+        .bind(job.version)
+        .bind(from)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
     Ok(rows.iter().map(|r| to_scored(job, r)).collect())
 }
 

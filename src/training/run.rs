@@ -148,7 +148,14 @@ pub async fn run_training(
         validation,
         test,
         label_coverage,
-    } = load_splits(pool, &run, &dataset.embedding_model, dataset.dimensions).await?;
+    } = load_splits(
+        pool,
+        &run,
+        &dataset.embedding_model,
+        dataset.dimensions,
+        state.settings.training.head_vectors_in_memory_mb,
+    )
+    .await?;
     let checkpoint = load_checkpoint(pool, run.id).await?;
     let device = pick_device(&run.device);
     sqlx::query(

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::TryStreamExt;
 use serde_json::json;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -9,7 +10,7 @@ use uuid::Uuid;
 use super::webhook::WebhookConfig;
 use crate::datasets::TaskType;
 use crate::ml::classifier::TrainMode;
-use crate::ml::trainer::{Hyperparameters, SplitData, SplitInputs};
+use crate::ml::trainer::{Hyperparameters, SplitData, SplitInputs, VectorRows};
 use crate::queue::JobError;
 
 /// A run's stored settings.
@@ -76,8 +77,8 @@ pub async fn load_run(pool: &PgPool, id: Uuid) -> Result<Option<RunSettings>, Jo
     }))
 }
 
-/// One split while it is read: flat embeddings, texts, targets.
-type SplitRows = (Vec<f32>, Vec<String>, Vec<Vec<Option<bool>>>);
+/// One split while it is read: embeddings, texts, targets.
+type SplitRows = (VectorRows, Vec<String>, Vec<Vec<Option<bool>>>);
 
 /// Positives and negatives of one label.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -120,27 +121,36 @@ pub(super) async fn load_splits(
     run: &RunSettings,
     embedding_model: &str,
     dimensions: i32,
+    memory_cap_mb: usize,
 ) -> Result<Splits, JobError> {
-    let rows = sqlx::query(
-        "SELECT r.split, r.source, r.labels, r.text, e.vector
+    let head = run.mode == TrainMode::Head;
+    // Streamed: the job holds the vectors (head) or texts (finetune) it trains on, never the
+    // rows they came in. A head reads no text, a finetune no vector.
+    let mut rows = sqlx::query(
+        "SELECT r.split, r.source, r.labels, CASE WHEN $4 THEN NULL ELSE r.text END AS text,
+                CASE WHEN $4 THEN e.vector END AS vector
          FROM dataset_records r
-         LEFT JOIN embeddings e ON e.model = $2 AND e.dimensions = $3 AND e.checksum = r.checksum
+         LEFT JOIN embeddings e ON $4 AND e.model = $2 AND e.dimensions = $3 AND e.checksum = r.checksum
          WHERE r.dataset_id = $1 ORDER BY r.position",
     )
     .bind(run.dataset_id)
     .bind(embedding_model)
     .bind(dimensions)
-    .fetch_all(pool)
-    .await?;
-    let head = run.mode == TrainMode::Head;
-    let mut splits: [SplitRows; 3] = Default::default();
+    .bind(run.mode == TrainMode::Head)
+    .fetch(pool);
+    // Each split's vectors stay in memory up to `training.head_vectors_in_memory_mb`; a larger
+    // split is spilled to a temporary file and read a batch at a time.
+    let cap = memory_cap_mb * (1 << 20);
+    let dims = dimensions as usize;
+    let new_split = || (VectorRows::new(dims, cap), Vec::new(), Vec::new());
+    let mut splits: [SplitRows; 3] = [new_split(), new_split(), new_split()];
     // Every label of the run has an entry, also one no training record annotated.
     let mut coverage: BTreeMap<String, LabelCoverage> = run
         .labels
         .iter()
         .map(|l| (l.clone(), LabelCoverage::default()))
         .collect();
-    for row in rows {
+    while let Some(row) = rows.try_next().await? {
         let labels: serde_json::Value = row.get("labels");
         let targets: Vec<Option<bool>> = run
             .labels
@@ -173,18 +183,37 @@ pub(super) async fn load_splits(
                     run.dataset_id
                 ))
             })?;
-            split.0.extend(crate::embedding::bytes_to_vector(&vector));
+            let vector = crate::embedding::bytes_to_vector(&vector);
+            if vector.len() != dims {
+                return Err(JobError::Fatal(format!(
+                    "dataset {} has a stored vector of {} dimensions, not {dims}",
+                    run.dataset_id,
+                    vector.len()
+                )));
+            }
+            split
+                .0
+                .push(&vector)
+                .map_err(|e| JobError::Retryable(format!("spilling vectors to a file: {e}")))?;
         } else {
             split.1.push(row.get("text"));
         }
         split.2.push(targets);
     }
-    let [train, validation, test] = splits.map(|(flat, texts, targets)| SplitData {
+    let mut spilled = false;
+    for split in splits.iter_mut() {
+        split
+            .0
+            .finish()
+            .map_err(|e| JobError::Retryable(format!("spilling vectors to a file: {e}")))?;
+        spilled |= split.0.spilled();
+    }
+    if spilled {
+        tracing::info!(run = %run.id, cap_mb = memory_cap_mb, "head training reads its vectors from a temporary file, a batch at a time");
+    }
+    let [train, validation, test] = splits.map(|(vectors, texts, targets)| SplitData {
         inputs: if head {
-            SplitInputs::Embeddings {
-                dims: dimensions as usize,
-                flat,
-            }
+            SplitInputs::Embeddings(std::sync::Arc::new(vectors))
         } else {
             SplitInputs::Texts(texts)
         },
