@@ -116,53 +116,66 @@ pub async fn run_build(
         .map_err(|e| JobError::Fatal(e.to_string()))?
         .clone();
 
-    // Records are staged in a temporary table (dropped at commit) as they stream in; the split
-    // is then ranked and the records written by the database, so the worker holds one chunk.
+    // The corpus generation is read before any document is: a build labelled with it saw at
+    // least that state (a change committed while it reads only makes a later build skip reuse).
+    let generation = corpus_generation(pool).await?;
+    let donor = match spec.force_regenerate {
+        true => None,
+        false => identical_build(pool, &dataset, generation).await?,
+    };
+
     let mut tx = pool.begin().await?;
-    sqlx::query(CREATE_STAGING).execute(&mut *tx).await?;
-    let staged = stage_records(state, ctx, &spec, &mut tx).await?;
-    if staged.records == 0 {
-        drop(tx);
-        let message = "the selection has no labelled documents with text";
-        mark(pool, dataset.id, "failed", Some(message)).await?;
-        return Err(JobError::Fatal(message.into()));
-    }
-    // Lock the dataset row: concurrent re-runs of this job serialise here.
-    let status: String = sqlx::query_scalar("SELECT status FROM datasets WHERE id = $1 FOR UPDATE")
-        .bind(dataset.id)
-        .fetch_one(&mut *tx)
-        .await?;
-    if status != "building" {
-        return Ok(json!({"dataset_id": dataset.id, "status": status}));
-    }
-    sqlx::query("DELETE FROM dataset_records WHERE dataset_id = $1")
-        .bind(dataset.id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM embed_batches WHERE dataset_id = $1")
-        .bind(dataset.id)
-        .execute(&mut *tx)
-        .await?;
-    let ratios = (spec.splits.train, spec.splits.validation, spec.splits.test);
-    let cuts: Vec<(i32, i64, i64)> = staged
-        .strata
-        .iter()
-        .map(|(id, _, n)| {
-            let (train_end, validation_end) = cut_points(*n, ratios);
-            (*id, train_end as i64, validation_end as i64)
-        })
-        .collect();
-    sqlx::query(WRITE_RECORDS)
-        .bind(dataset.id)
-        .bind(cuts.iter().map(|c| c.0).collect::<Vec<_>>())
-        .bind(cuts.iter().map(|c| c.1).collect::<Vec<_>>())
-        .bind(cuts.iter().map(|c| c.2).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    // Fresh statistics for the statements below and for the pages read from the new records.
-    sqlx::query("ANALYZE dataset_records")
-        .execute(&mut *tx)
-        .await?;
+    let (records, mut stats) = match donor {
+        // The same request over the same corpus: the records are the earlier build's.
+        Some((donor, donor_stats)) => {
+            if !lock_building(&mut tx, dataset.id).await? {
+                return Ok(json!({"dataset_id": dataset.id, "status": "superseded"}));
+            }
+            let copied = sqlx::query(COPY_RECORDS)
+                .bind(dataset.id)
+                .bind(donor)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected() as usize;
+            tracing::info!(dataset = %dataset.id, from = %donor, records = copied, "records copied from an identical build of the same corpus");
+            let mut stats = donor_stats;
+            stats["records_from_dataset"] = json!(donor);
+            (copied, stats)
+        }
+        // Records are staged in a temporary table (dropped at commit) as they stream in; the
+        // split is then ranked and the records written by the database, so the worker holds
+        // one chunk.
+        None => {
+            sqlx::query(CREATE_STAGING).execute(&mut *tx).await?;
+            let staged = stage_records(state, ctx, &spec, &mut tx).await?;
+            if staged.records == 0 {
+                drop(tx);
+                let message = "the selection has no labelled documents with text";
+                mark(pool, dataset.id, "failed", Some(message)).await?;
+                return Err(JobError::Fatal(message.into()));
+            }
+            if !lock_building(&mut tx, dataset.id).await? {
+                return Ok(json!({"dataset_id": dataset.id, "status": "superseded"}));
+            }
+            let ratios = (spec.splits.train, spec.splits.validation, spec.splits.test);
+            let cuts: Vec<(i32, i64, i64)> = staged
+                .strata
+                .iter()
+                .map(|(id, _, n)| {
+                    let (train_end, validation_end) = cut_points(*n, ratios);
+                    (*id, train_end as i64, validation_end as i64)
+                })
+                .collect();
+            sqlx::query(WRITE_RECORDS)
+                .bind(dataset.id)
+                .bind(cuts.iter().map(|c| c.0).collect::<Vec<_>>())
+                .bind(cuts.iter().map(|c| c.1).collect::<Vec<_>>())
+                .bind(cuts.iter().map(|c| c.2).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            (staged.records, staged.stats(&spec.labels, ratios))
+        }
+    };
     let unique: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT DISTINCT checksum FROM dataset_records WHERE dataset_id = $1) u",
     )
@@ -179,7 +192,6 @@ pub async fn run_build(
         .fetch_all(&mut *tx)
         .await?;
     let missing: i64 = batches.iter().map(|b| b.1 as i64).sum();
-    let mut stats = staged.stats(&spec.labels, ratios);
     stats["unique_texts"] = json!(unique);
     stats["embed_batches"] = json!(batches.len());
 
@@ -205,7 +217,7 @@ pub async fn run_build(
     };
     sqlx::query(
         "UPDATE datasets SET status = $2, batches_total = $3, batches_done = 0, new_embeddings = 0,
-                reused_embeddings = $4, stats = $5, updated_at = now(),
+                reused_embeddings = $4, stats = $5, corpus_generation = $6, updated_at = now(),
                 ready_at = CASE WHEN $2 = 'ready' THEN now() END
          WHERE id = $1",
     )
@@ -214,6 +226,7 @@ pub async fn run_build(
     .bind(batches.len() as i32)
     .bind((unique - missing) as i32)
     .bind(&stats)
+    .bind(generation)
     .execute(&mut *tx)
     .await?;
     sqlx::query("UPDATE job_info SET progress_done = 1, progress_total = 1 WHERE job_id = $1")
@@ -221,11 +234,72 @@ pub async fn run_build(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    tracing::info!(dataset = %dataset.id, records = staged.records, batches = batches.len(), "dataset built; embedding fanned out");
+    tracing::info!(dataset = %dataset.id, records, batches = batches.len(), "dataset built; embedding fanned out");
     Ok(
-        json!({"dataset_id": dataset.id, "status": final_status, "records": staged.records, "batches": batches.len()}),
+        json!({"dataset_id": dataset.id, "status": final_status, "records": records, "batches": batches.len()}),
     )
 }
+
+/// Locks the dataset row (concurrent re-runs of this job serialise here), and clears what an
+/// earlier attempt may have left; false when the dataset is no longer being built.
+async fn lock_building(tx: &mut sqlx::PgConnection, id: uuid::Uuid) -> Result<bool, JobError> {
+    let status: String = sqlx::query_scalar("SELECT status FROM datasets WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if status != "building" {
+        return Ok(false);
+    }
+    for table in ["dataset_records", "embed_batches"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE dataset_id = $1"
+        )))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(true)
+}
+
+/// The corpus's generation: bumped in the same transaction as every write to documents and
+/// annotations (a statement-level trigger), so equal generations mean the same corpus.
+async fn corpus_generation(pool: &sqlx::PgPool) -> Result<i64, JobError> {
+    Ok(
+        sqlx::query_scalar("SELECT n FROM corpus_generations WHERE scope = 'corpus'")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// An earlier build of the same request (selection, labels, rules, splits, model) whose
+/// records were written at this corpus generation: its id and stats.
+async fn identical_build(
+    pool: &sqlx::PgPool,
+    dataset: &store::DatasetRow,
+    generation: i64,
+) -> Result<Option<(uuid::Uuid, serde_json::Value)>, JobError> {
+    Ok(sqlx::query_as(
+        "SELECT id, stats FROM datasets
+         WHERE id <> $1 AND request = $2 AND embedding_model = $3 AND dimensions = $4
+           AND corpus_generation = $5 AND status IN ('embedding', 'ready') AND stats IS NOT NULL
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(dataset.id)
+    .bind(&dataset.request)
+    .bind(&dataset.embedding_model)
+    .bind(dataset.dimensions)
+    .bind(generation)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Another dataset's records, as they are, under a new dataset id.
+const COPY_RECORDS: &str = "
+INSERT INTO dataset_records (dataset_id, position, document_id, source, external_id, checksum,
+                             text, split, labels, votes, disagreement, split_position)
+SELECT $1, position, document_id, source, external_id, checksum, text, split, labels, votes,
+       disagreement, split_position
+FROM dataset_records WHERE dataset_id = $2";
 
 /// The build's scratch table: one row per record, in record order (`seq`), with its stratum
 /// (an id of the label vector) and its sort key inside the stratum.
