@@ -150,7 +150,7 @@ fn split_classes(version: &ReviewVersion, considered: &[String], votes: &[Vote])
 /// Streams the source's documents with their votes, and stages each split one.
 pub(super) async fn compute(
     reader: &mut PgConnection,
-    stager: &mut Stager<'_>,
+    stager: Option<&mut Stager<'_>>,
     settings: &Settings,
     version: &ReviewVersion,
     source: Option<&str>,

@@ -29,6 +29,7 @@ pub async fn ensure(
         let alive = match queue::get_job(pool, &job_id).await {
             Ok(job) => matches!(job.status.as_str(), "queued" | "running" | "retrying"),
             Err(queue::QueueError::NotFound(_)) => false,
+            Err(queue::QueueError::Database(e)) => return Err(e.into()),
             Err(e) => return Err(ReviewError::Internal(e.to_string())),
         };
         if alive {

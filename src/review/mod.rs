@@ -342,7 +342,7 @@ pub(crate) fn document_text(row: &sqlx::postgres::PgRow, max_chars: usize) -> St
 
 /// What a computation reads per document besides its text.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct DocColumns {
+pub struct DocColumns {
     /// The version's stored scores of the document, one per text checksum.
     pub scores: bool,
     /// The document's votes on the version's labels.
@@ -372,7 +372,9 @@ impl StreamedDoc {
     }
 }
 
-fn documents_sql(source: bool, columns: DocColumns) -> String {
+/// The documents stream ($1 model, $2 version, $3 the version's labels, $4 source when
+/// `source`); see [`stream_documents_into`].
+pub fn documents_sql(source: bool, columns: DocColumns) -> String {
     let mut select = String::from("SELECT d.id, d.title, d.description, d.tags, d.body");
     let mut joins = String::new();
     if columns.scores {
@@ -431,11 +433,11 @@ fn streamed(row: &sqlx::postgres::PgRow, columns: DocColumns, max_chars: usize) 
 /// each with its scores and votes read by a keyed probe (a lateral lookup on the primary key
 /// of `document_scores` and on `annotations (document_id)`, so that no plan reads a whole
 /// table of scores or votes to join them), and stages the items `each` returns for it (several
-/// for `uncovered`, one per uncovered label). One document at a time: memory does not grow
-/// with the corpus.
+/// for `uncovered`, one per uncovered label; `stager` None: it returns none). One document at
+/// a time: memory does not grow with the corpus.
 pub(crate) async fn stream_documents_into<F>(
     reader: &mut PgConnection,
-    stager: &mut Stager<'_>,
+    mut stager: Option<&mut Stager<'_>>,
     settings: &Settings,
     version: &ReviewVersion,
     source: Option<&str>,
@@ -456,8 +458,11 @@ where
     let mut rows = query.fetch(&mut *reader);
     let max_chars = settings.server.max_text_chars;
     while let Some(row) = rows.try_next().await? {
-        for item in each(streamed(&row, columns, max_chars)) {
-            stager.push(item).await?;
+        let items = each(streamed(&row, columns, max_chars));
+        if let Some(stager) = stager.as_deref_mut() {
+            for item in items {
+                stager.push(item).await?;
+            }
         }
     }
     Ok(())
@@ -535,6 +540,9 @@ pub async fn compute(
     key: &RankingKey,
     ticket: Option<i64>,
 ) -> Result<StoredRanking, ReviewError> {
+    if key.strategy == Strategy::SuspectLabel {
+        return compute_suspects(pool, settings, version, key, ticket).await;
+    }
     let mut writer = pool.begin().await?;
     store::lock_key(&mut writer, key, "compute").await?;
     if ticket.is_none() {
@@ -547,28 +555,35 @@ pub async fn compute(
         }
     }
     let started = std::time::Instant::now();
-    let mut reader = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *reader)
-        .await?;
+    let mut reader = begin_snapshot(pool).await?;
     let fingerprint = store::fingerprint(&mut reader, settings, version, key.strategy).await?;
-    let labels: Vec<String> = match &key.label {
-        Some(l) => vec![l.clone()],
-        None => version.labels.clone(),
-    };
+    let labels = considered_labels(version, key);
     let source = key.source.as_deref();
     let mut stager = Stager::begin(&mut writer).await?;
     let summary = match key.strategy {
         Strategy::Uncertain => {
-            uncertain::compute(&mut reader, &mut stager, settings, version, source, &labels).await?
+            uncertain::compute(
+                &mut reader,
+                Some(&mut stager),
+                settings,
+                version,
+                source,
+                &labels,
+            )
+            .await?
         }
         Strategy::Disagreement => {
-            disagreement::compute(&mut reader, &mut stager, settings, version, source, &labels)
-                .await?
+            disagreement::compute(
+                &mut reader,
+                Some(&mut stager),
+                settings,
+                version,
+                source,
+                &labels,
+            )
+            .await?
         }
-        Strategy::SuspectLabel => {
-            suspect::compute(&mut reader, &mut stager, settings, version, source, &labels).await?
-        }
+        Strategy::SuspectLabel => unreachable!("ranked by compute_suspects"),
         Strategy::Uncovered => {
             let Some(source) = source else {
                 return Err(unprocessable(
@@ -577,27 +592,99 @@ pub async fn compute(
                     "strategy `uncovered` needs a `source`".into(),
                 ));
             };
-            uncovered::compute(&mut reader, &mut stager, settings, version, source, &labels).await?
+            uncovered::compute(
+                &mut reader,
+                Some(&mut stager),
+                settings,
+                version,
+                source,
+                &labels,
+            )
+            .await?
         }
     };
     reader.rollback().await?;
-    let total = stager.total;
     let id = stager.finish(key, &fingerprint, &summary, ticket).await?;
     let stored = store::get(&mut writer, id)
         .await?
         .ok_or_else(|| ReviewError::Internal(format!("ranking {id} vanished")))?;
     writer.commit().await?;
+    log_computed(key, &stored, started);
+    Ok(stored)
+}
+
+fn considered_labels(version: &ReviewVersion, key: &RankingKey) -> Vec<String> {
+    match &key.label {
+        Some(l) => vec![l.clone()],
+        None => version.labels.clone(),
+    }
+}
+
+/// A transaction reading one snapshot.
+async fn begin_snapshot(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut reader = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *reader)
+        .await?;
+    Ok(reader)
+}
+
+/// `suspect_label`: reads in one snapshot, then fits holding no connection (a fit can take
+/// minutes), then stores.
+async fn compute_suspects(
+    pool: &PgPool,
+    settings: &Settings,
+    version: &ReviewVersion,
+    key: &RankingKey,
+    ticket: Option<i64>,
+) -> Result<StoredRanking, ReviewError> {
+    let started = std::time::Instant::now();
+    let labels = considered_labels(version, key);
+    let mut reader = begin_snapshot(pool).await?;
+    let fingerprint = store::fingerprint(&mut reader, settings, version, key.strategy).await?;
+    let loaded = suspect::load(
+        &mut reader,
+        settings,
+        version,
+        key.source.as_deref(),
+        &labels,
+    )
+    .await?;
+    reader.rollback().await?;
+    let (items, summary) = suspect::fit(settings, version, &labels, loaded).await?;
+    let mut writer = pool.begin().await?;
+    store::lock_key(&mut writer, key, "compute").await?;
+    let mut stager = Stager::begin(&mut writer).await?;
+    for (position, item) in items.into_iter().enumerate() {
+        stager
+            .push(store::Keyed {
+                key: (0, 0.0, position as i64, 0),
+                item,
+            })
+            .await?;
+    }
+    let id = stager.finish(key, &fingerprint, &summary, ticket).await?;
+    let stored = store::get(&mut writer, id)
+        .await?
+        .ok_or_else(|| ReviewError::Internal(format!("ranking {id} vanished")))?;
+    writer.commit().await?;
+    log_computed(key, &stored, started);
+    Ok(stored)
+}
+
+fn log_computed(key: &RankingKey, stored: &StoredRanking, started: std::time::Instant) {
     tracing::info!(
         model = %key.model,
         version = key.version,
         strategy = key.strategy.as_str(),
         source = key.source_key(),
         label = key.label_key(),
-        items = total,
+        items = stored.total,
         ms = started.elapsed().as_millis() as u64,
         "review ranking computed"
     );
-    Ok(stored)
 }
 
 /// Answers one page: from the stored ranking of the current data; else, for a strategy ranked

@@ -166,8 +166,20 @@ pub async fn lock_key(
     Ok(())
 }
 
-/// One page of a stored ranking: `position >= offset` by the primary key, each item joined to
-/// its document by primary key (a document deleted since is left out).
+/// The page query ($1 ranking, $2 offset, $3 limit); see [`read_page`].
+pub const PAGE_SQL: &str = "SELECT i.document_id, i.reason, i.explanation,
+                d.source, d.external_id, d.title, d.description, d.tags, d.body
+         FROM (SELECT position, document_id, reason, explanation FROM review_ranking_items
+               WHERE ranking_id = $1 AND position >= $2 AND position < $2 + $3) i
+         CROSS JOIN LATERAL (SELECT source, external_id, title, description, tags, body
+                             FROM documents WHERE id = i.document_id LIMIT 1) d
+         ORDER BY i.position";
+
+/// One page of a stored ranking: positions are dense (0..total), so the page is the range
+/// `offset <= position < offset + limit` of the primary key (at most `limit` rows whatever
+/// plan reads them), each item joined to its document by a probe of its primary key (the
+/// `LIMIT 1` keeps the lateral lookup from being flattened into a join of whole tables; a
+/// document deleted since is left out).
 pub async fn read_page(
     pool: &PgPool,
     settings: &Settings,
@@ -175,20 +187,12 @@ pub async fn read_page(
     offset: i64,
     limit: i64,
 ) -> Result<Vec<ReviewItem>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT i.document_id, i.reason, i.explanation,
-                d.source, d.external_id, d.title, d.description, d.tags, d.body
-         FROM (SELECT position, document_id, reason, explanation FROM review_ranking_items
-               WHERE ranking_id = $1 AND position >= $2 ORDER BY position LIMIT $3) i
-         CROSS JOIN LATERAL (SELECT source, external_id, title, description, tags, body
-                             FROM documents WHERE id = i.document_id) d
-         ORDER BY i.position",
-    )
-    .bind(ranking_id)
-    .bind(offset)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(PAGE_SQL)
+        .bind(ranking_id)
+        .bind(offset)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
         let reason: Value = row.get("reason");

@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, HashMap};
 use futures::TryStreamExt;
 use sqlx::{PgConnection, Row};
 
-use super::store::{Keyed, Stager};
 use super::{
     f3, stream_documents_into, unprocessable, Counts, DocColumns, Ranked, Ranking, Reason,
     ReviewError, ReviewVersion, SkippedLabel, SuspectReason,
@@ -325,9 +324,18 @@ fn add_row(tasks: &mut [LabelData], version: &ReviewVersion, row: &WithConsensus
     }
 }
 
+/// The vectors of a batch of checksums ($1 model, $2 dimensions, $3 checksums); see
+/// [`add_vectors`].
+pub const VECTORS_SQL: &str = "SELECT c.checksum, v.vector
+             FROM unnest($3::text[]) AS c(checksum)
+             CROSS JOIN LATERAL (SELECT e.vector FROM embeddings e
+                                 WHERE e.model = $1 AND e.dimensions = $2
+                                   AND e.checksum = c.checksum LIMIT 1) v";
+
 /// Reads the vectors of `rows`' checksums, a batch at a time, each by a probe of the
-/// embeddings' primary key (`unnest` of the batch joined laterally: a plan that cannot turn
-/// into a scan of every vector of the model), and adds each row to its tasks in order.
+/// embeddings' primary key (`unnest` of the batch joined laterally; the `LIMIT 1` keeps the
+/// planner from flattening the lookup into a hash join over every vector of the model, which
+/// it does without it), and adds each row to its tasks in order.
 /// Returns how many rows had no vector.
 async fn add_vectors(
     reader: &mut PgConnection,
@@ -342,17 +350,11 @@ async fn add_vectors(
         checksums.sort_unstable();
         checksums.dedup();
         let mut vectors: HashMap<String, Vec<u8>> = HashMap::with_capacity(checksums.len());
-        let mut stream = sqlx::query(
-            "SELECT c.checksum, v.vector
-             FROM unnest($3::text[]) AS c(checksum)
-             CROSS JOIN LATERAL (SELECT e.vector FROM embeddings e
-                                 WHERE e.model = $1 AND e.dimensions = $2
-                                   AND e.checksum = c.checksum) v",
-        )
-        .bind(&version.embedding_model)
-        .bind(dims as i32)
-        .bind(&checksums)
-        .fetch(&mut *reader);
+        let mut stream = sqlx::query(VECTORS_SQL)
+            .bind(&version.embedding_model)
+            .bind(dims as i32)
+            .bind(&checksums)
+            .fetch(&mut *reader);
         while let Some(row) = stream.try_next().await? {
             vectors.insert(row.get("checksum"), row.get("vector"));
         }
@@ -367,20 +369,25 @@ async fn add_vectors(
     Ok(without)
 }
 
-/// Streams the source's documents with their votes, keeps those with a consensus, reads their
-/// vectors by key, fits out of fold (on a blocking thread) and stages the verdicts in order.
-/// Memory: the fitting inputs (documents with a consensus × dimensions × 4 bytes per label,
-/// which the full-batch fits need), never the source's texts or the model's other vectors.
-pub(super) async fn compute(
+/// What `suspect_label` read from one snapshot: the fitting inputs and the counts.
+#[derive(Debug)]
+pub struct Loaded {
+    pub tasks: Vec<LabelData>,
+    pub counts: Counts,
+}
+
+/// Streams the source's documents with their votes, keeps those with a consensus and reads
+/// their vectors by key. Memory: the fitting inputs (documents with a consensus × dimensions
+/// × 4 bytes per label, which the full-batch fits need), never the source's texts or the
+/// model's other vectors.
+pub(super) async fn load(
     reader: &mut PgConnection,
-    stager: &mut Stager<'_>,
     settings: &Settings,
     version: &ReviewVersion,
     source: Option<&str>,
     labels: &[String],
-) -> Result<Ranking, ReviewError> {
+) -> Result<Loaded, ReviewError> {
     let dims = embedding_dimensions(settings, version)?;
-    let started = std::time::Instant::now();
     let tie = settings.datasets.tie_rule;
     let (mut documents, mut empty, mut annotated, mut without_consensus) = (0i64, 0, 0, 0);
     let mut with_consensus: Vec<WithConsensus> = Vec::new();
@@ -388,7 +395,7 @@ pub(super) async fn compute(
         scores: false,
         votes: true,
     };
-    stream_documents_into(reader, stager, settings, version, source, columns, |doc| {
+    stream_documents_into(reader, None, settings, version, source, columns, |doc| {
         let Some(checksum) = doc.checksum else {
             empty += 1;
             return Vec::new();
@@ -421,8 +428,28 @@ pub(super) async fn compute(
     .await?;
     let mut tasks = empty_tasks(version, labels, dims);
     let without_embedding = add_vectors(reader, version, dims, &with_consensus, &mut tasks).await?;
-    drop(with_consensus);
-    let loaded = started.elapsed();
+    Ok(Loaded {
+        tasks,
+        counts: Counts {
+            documents: Some(documents),
+            empty_text: Some(empty),
+            annotated: Some(annotated),
+            without_consensus: Some(without_consensus),
+            without_embedding: Some(without_embedding),
+            ..Counts::default()
+        },
+    })
+}
+
+/// Fits out of fold (on a blocking thread) and ranks: the items in order and the summary.
+pub(super) async fn fit(
+    settings: &Settings,
+    version: &ReviewVersion,
+    labels: &[String],
+    loaded: Loaded,
+) -> Result<(Vec<Ranked>, Ranking), ReviewError> {
+    let started = std::time::Instant::now();
+    let Loaded { tasks, counts } = loaded;
     let rows: usize = tasks.iter().map(|t| t.given.len()).sum();
     // One ranking at a time per process, on a fixed thread count: the fits would otherwise
     // compete with each other and with the encoders that serve predictions, and a thread
@@ -444,20 +471,11 @@ pub(super) async fn compute(
         verdicts.retain(|v| labels.contains(&v.reason.label) || labels.contains(&v.reason.other));
     }
     tracing::debug!(
-        documents,
         rows,
-        load_ms = loaded.as_millis() as u64,
-        fit_ms = (started.elapsed() - loaded).as_millis() as u64,
+        fit_ms = started.elapsed().as_millis() as u64,
         "suspect_label fitted"
     );
-    for (position, item) in rank_suspects(verdicts).into_iter().enumerate() {
-        stager
-            .push(Keyed {
-                key: (0, 0.0, position as i64, 0),
-                item,
-            })
-            .await?;
-    }
+    let without_embedding = counts.without_embedding.unwrap_or(0);
     let hint = (without_embedding > 0).then(|| {
         format!(
             "{without_embedding} document(s) with a consensus have no stored `{}` embedding for their current text and were not considered: \
@@ -465,20 +483,16 @@ pub(super) async fn compute(
             version.embedding_model, version.embedding_model
         )
     });
-    Ok(Ranking {
-        counts: Counts {
-            documents: Some(documents),
-            empty_text: Some(empty),
-            annotated: Some(annotated),
-            without_consensus: Some(without_consensus),
-            without_embedding: Some(without_embedding),
-            ..Counts::default()
+    Ok((
+        rank_suspects(verdicts),
+        Ranking {
+            counts,
+            labels: labels.to_vec(),
+            skipped_labels: skipped,
+            hint,
+            ..Ranking::default()
         },
-        labels: labels.to_vec(),
-        skipped_labels: skipped,
-        hint,
-        ..Ranking::default()
-    })
+    ))
 }
 
 #[cfg(test)]

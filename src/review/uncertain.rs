@@ -160,7 +160,7 @@ fn small_margin(
 /// Streams the source's documents with their scores and votes, and stages each scored one.
 pub(super) async fn compute(
     reader: &mut PgConnection,
-    stager: &mut Stager<'_>,
+    stager: Option<&mut Stager<'_>>,
     settings: &Settings,
     version: &ReviewVersion,
     source: Option<&str>,

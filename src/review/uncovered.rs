@@ -113,7 +113,7 @@ async fn covered_labels(
 /// stages one item per (uncovered label, document).
 pub(super) async fn compute(
     reader: &mut PgConnection,
-    stager: &mut Stager<'_>,
+    stager: Option<&mut Stager<'_>>,
     settings: &Settings,
     version: &ReviewVersion,
     source: &str,
