@@ -269,8 +269,9 @@ pub struct SkippedLabelOut {
 pub enum RankingStatus {
     /// Ranked from the current votes, documents, scores and embeddings.
     Ready,
-    /// A `review_rank` job (`job_id`) is ranking the current data; the page is of the previous
-    /// ranking (`stale: true`), or empty when there is none. Ask again when the job is done.
+    /// The current data are being ranked — by a `review_rank` job (`job_id`), or by another
+    /// request (no `job_id`); the page is of the previous ranking (`stale: true`), or empty
+    /// when there is none. Ask again shortly.
     Computing,
 }
 
@@ -283,7 +284,8 @@ pub struct ReviewQueue {
     /// The page is of a ranking of older data (votes, documents, scores or embeddings changed
     /// since it was computed).
     pub stale: bool,
-    /// `computing`: the `review_rank` job (`GET /api/v1/jobs/{id}`).
+    /// `computing`: the `review_rank` job (`GET /api/v1/jobs/{id}`); absent when another
+    /// request is computing the ranking.
     #[oai(skip_serializing_if_is_none)]
     pub job_id: Option<String>,
     /// When the ranking was computed (absent while none is).
@@ -332,8 +334,9 @@ pub enum ReviewQueueResponse {
     /// A page of the ranking of the current data.
     #[oai(status = 200)]
     Ready(Json<ReviewQueue>),
-    /// The ranking of the current data is being computed by a `review_rank` job (`job_id`):
-    /// the page is of the previous ranking of the same request (`stale: true`), or empty.
+    /// The ranking of the current data is being computed (by a `review_rank` job, `job_id`,
+    /// or by another request): the page is of the previous ranking of the same request
+    /// (`stale: true`), or empty.
     #[oai(status = 202)]
     Computing(Json<ReviewQueue>),
 }

@@ -148,9 +148,17 @@ async fn run(
         source: (!source.is_empty()).then_some(source),
         label: (!label.is_empty()).then_some(label),
     };
-    let ranking = super::compute(pool, &state.settings, &version, &key, Some(args.ranking_id))
-        .await
-        .map_err(job_error)?;
+    let ranking = super::compute(
+        pool,
+        &state.settings,
+        &version,
+        &key,
+        Some(args.ranking_id),
+        true,
+    )
+    .await
+    .map_err(job_error)?
+    .ok_or_else(|| JobError::Retryable("the ranking's key was busy".into()))?;
     Ok(
         json!({"ranking_id": ranking.id, "total": ranking.total, "fingerprint": ranking.fingerprint}),
     )

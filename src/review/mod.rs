@@ -532,25 +532,34 @@ pub async fn validate(
 /// Computes the ranking of `key` from one snapshot of the data and stores it (`ticket`: the
 /// job's `computing` row, which becomes the ranking). Computations of one key run one at a
 /// time; one that finds the ranking it was asked for already stored (computed by a request
-/// that held the key before it) returns that.
+/// that held the key before it) returns that. `wait` false: None when another computation of
+/// the key is running (the caller serves the previous ranking instead of holding a
+/// connection while it waits).
 pub async fn compute(
     pool: &PgPool,
     settings: &Settings,
     version: &ReviewVersion,
     key: &RankingKey,
     ticket: Option<i64>,
-) -> Result<StoredRanking, ReviewError> {
+    wait: bool,
+) -> Result<Option<StoredRanking>, ReviewError> {
     if key.strategy == Strategy::SuspectLabel {
-        return compute_suspects(pool, settings, version, key, ticket).await;
+        return compute_suspects(pool, settings, version, key, ticket)
+            .await
+            .map(Some);
     }
     let mut writer = pool.begin().await?;
-    store::lock_key(&mut writer, key, "compute").await?;
+    if wait {
+        store::lock_key(&mut writer, key, "compute").await?;
+    } else if !store::try_lock_key(&mut writer, key, "compute").await? {
+        return Ok(None);
+    }
     if ticket.is_none() {
         let now = store::fingerprint(&mut writer, settings, version, key.strategy).await?;
         if let Some(ready) = store::find(&mut writer, key, "ready").await? {
             if ready.fingerprint == now {
                 writer.commit().await?;
-                return Ok(ready);
+                return Ok(Some(ready));
             }
         }
     }
@@ -610,7 +619,7 @@ pub async fn compute(
         .ok_or_else(|| ReviewError::Internal(format!("ranking {id} vanished")))?;
     writer.commit().await?;
     log_computed(key, &stored, started);
-    Ok(stored)
+    Ok(Some(stored))
 }
 
 fn considered_labels(version: &ReviewVersion, key: &RankingKey) -> Vec<String> {
@@ -688,8 +697,9 @@ fn log_computed(key: &RankingKey, stored: &StoredRanking, started: std::time::In
 }
 
 /// Answers one page: from the stored ranking of the current data; else, for a strategy ranked
-/// in the request, computed now; else (`suspect_label`) a `review_rank` job is enqueued (once)
-/// and the page is of the key's previous ranking, marked stale, if there is one.
+/// in the request, computed now (or, while another request computes it, the previous ranking
+/// marked stale); else (`suspect_label`) a `review_rank` job is enqueued (once) and the page
+/// is of the key's previous ranking, marked stale, if there is one.
 pub async fn page(
     pool: &PgPool,
     settings: &Settings,
@@ -715,8 +725,13 @@ pub async fn page(
             let job_id = job::ensure(pool, &key, &fingerprint, settings).await?;
             (ready, PageStatus::Computing, true, Some(job_id))
         }
-        _ => (
-            Some(compute(pool, settings, version, &key, None).await?),
+        // Another request is computing it: the previous ranking, marked stale, at once.
+        Some(previous) => match compute(pool, settings, version, &key, None, false).await? {
+            Some(r) => (Some(r), PageStatus::Ready, false, None),
+            None => (Some(previous), PageStatus::Computing, true, None),
+        },
+        None => (
+            compute(pool, settings, version, &key, None, true).await?,
             PageStatus::Ready,
             false,
             None,

@@ -166,6 +166,18 @@ pub async fn lock_key(
     Ok(())
 }
 
+/// [`lock_key`] if no other transaction holds it: false when one does.
+pub async fn try_lock_key(
+    conn: &mut PgConnection,
+    key: &RankingKey,
+    purpose: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
+        .bind(key.lock_name(purpose))
+        .fetch_one(conn)
+        .await
+}
+
 /// The page query ($1 ranking, $2 offset, $3 limit); see [`read_page`].
 pub const PAGE_SQL: &str = "SELECT i.document_id, i.reason, i.explanation,
                 d.source, d.external_id, d.title, d.description, d.tags, d.body
