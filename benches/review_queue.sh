@@ -83,12 +83,14 @@ for s in uncertain disagreement uncovered; do
   ask "$s" second 0
   ask "$s" deep "$((N / 4))"
 done
+printf 'peak RSS of serve after the other strategies: %s\n' "$(grep VmHWM /proc/$SERVE/status | awk '{print $2, $3}')"
 start=$(date +%s.%N)
 ask suspect_label first 0
 while [ "$LAST_CODE" = 202 ]; do sleep 0.5; ask suspect_label poll 0 >/dev/null; done
 printf '%-14s %-9s %10.3f  (job: enqueue to ready)\n' suspect_label job "$(echo "$(date +%s.%N) - $start" | bc)"
 ask suspect_label second 0
 ask suspect_label deep "$((N / 20))"
+printf 'peak RSS of serve after suspect_label (its fits run in the in-process worker): %s\n' "$(grep VmHWM /proc/$SERVE/status | awk '{print $2, $3}')"
 psql -tAq "$DATABASE_URL" -c "SELECT strategy, total, pg_size_pretty(pg_total_relation_size('review_ranking_items')) FROM review_rankings WHERE status = 'ready' ORDER BY 1"
 psql -q "$DATABASE_URL" <<'SQL'
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
