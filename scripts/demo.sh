@@ -20,7 +20,7 @@ echo "== importing $(wc -l < "$TRAINYARD_DATA_DIR/demo.jsonl") documents (review
 "$BIN" serve > "$LOGS/serve.log" 2>&1 & pids+=($!)
 for i in 1 2; do
   # One embedding thread each: two worker processes share the two cores.
-  TRAINYARD_LOCAL_MODEL__THREADS=1 TRAINYARD_SCORING__THREADS=1 TRAINYARD_TRAINING__THREADS=2 "$BIN" worker --queues dataset_build,embed,train,score,evaluate --concurrency 1 --name "demo-$i" > "$LOGS/worker-$i.log" 2>&1 & pids+=($!)
+  TRAINYARD_LOCAL_MODEL__THREADS=1 TRAINYARD_SCORING__THREADS=1 TRAINYARD_TRAINING__THREADS=2 "$BIN" worker --queues dataset_build,embed,train,score,evaluate,review_rank --concurrency 1 --name "demo-$i" > "$LOGS/worker-$i.log" 2>&1 & pids+=($!)
 done
 for _ in $(seq 1 50); do curl -fs "$TRAINYARD_URL/health" >/dev/null && break; sleep 0.2; done
 echo "== API at $TRAINYARD_URL (Swagger UI: $TRAINYARD_URL/docs), 2 workers; logs in $LOGS"
@@ -164,8 +164,14 @@ print("  a %s version: labels %s, thresholds %s, %s; it reads %s embeddings (%d 
 print("  README.md in the folder has the Python (transformers + safetensors) that reproduces the scores")
 PY
 echo "== what to label next: annotations that out-of-fold predictions contradict (GET /api/v1/review-queue?strategy=suspect_label)"
-curl -fs "$TRAINYARD_URL/api/v1/review-queue?model=moderation&strategy=suspect_label&source=emails&label=spam&limit=5" \
-  >"$LOGS/review_suspects.json"
+# The first request enqueues a review_rank job (202, status computing); the ranking is kept.
+for _ in $(seq 600); do
+  code=$(curl -s -o "$LOGS/review_suspects.json" -w '%{http_code}' \
+    "$TRAINYARD_URL/api/v1/review-queue?model=moderation&strategy=suspect_label&source=emails&label=spam&limit=5")
+  [ "$code" = 200 ] && break
+  [ "$code" = 202 ] || { echo "review queue answered $code"; cat "$LOGS/review_suspects.json"; exit 1; }
+  sleep 0.5
+done
 curl -fs "$TRAINYARD_URL/api/v1/review-queue?model=moderation&strategy=uncovered&source=emails&limit=1" \
   >"$LOGS/review_uncovered.json"
 python3 - "$LOGS/review_suspects.json" "$LOGS/review_uncovered.json" <<'PY'

@@ -60,6 +60,14 @@ pub fn handler(kind: JobKind, state: WorkerState) -> JobHandler {
             }
             .boxed()
         }),
+        JobKind::ReviewRank => Arc::new(move |ctx: JobContext, args| {
+            let state = state.clone();
+            async move {
+                let args = decode(ctx.kind, args)?;
+                crate::review::job::handle_review_rank(&state, &ctx, args).await
+            }
+            .boxed()
+        }),
     }
 }
 

@@ -69,12 +69,22 @@ fn corpus() -> (Value, Value, BTreeSet<(String, usize, usize)>) {
     )
 }
 
+/// The page of the current data: a 202 (a `review_rank` job computing) is asked again.
 async fn queue(app: &TestApp, query: &str) -> Value {
-    let (status, page) = app
-        .get(&format!("/api/v1/review-queue?{query}&limit=1000"))
-        .await;
-    assert_eq!(status, 200, "{page}");
-    page
+    let start = Instant::now();
+    loop {
+        let (status, page) = app
+            .get(&format!("/api/v1/review-queue?{query}&limit=1000"))
+            .await;
+        if status == 202 && start.elapsed() < Duration::from_secs(600) {
+            assert_eq!(page["status"], "computing", "{page}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["status"], "ready", "{page}");
+        return page;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

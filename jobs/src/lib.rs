@@ -22,15 +22,18 @@ pub enum JobKind {
     /// Computes an evaluation's metrics once every version has been scored; applies its
     /// promotion gate.
     Evaluate,
+    /// Computes and stores one ranking of the review queue (`suspect_label`'s out-of-fold fits).
+    ReviewRank,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::DatasetBuild,
         JobKind::Embed,
         JobKind::Train,
         JobKind::Score,
         JobKind::Evaluate,
+        JobKind::ReviewRank,
     ];
 
     /// The apalis queue name (`apalis.jobs.job_type`) for this kind.
@@ -41,6 +44,7 @@ impl JobKind {
             JobKind::Train => "train",
             JobKind::Score => "score",
             JobKind::Evaluate => "evaluate",
+            JobKind::ReviewRank => "review_rank",
         }
     }
 
@@ -83,6 +87,13 @@ pub struct EvaluateArgs {
     pub evaluation_id: Uuid,
 }
 
+/// Arguments of a `review_rank` job: its `computing` row of `review_rankings` (which names the
+/// model version, strategy, source and label).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewRankArgs {
+    pub ranking_id: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +108,7 @@ mod tests {
         assert_eq!(JobKind::Train.queue(), "train");
         assert_eq!(JobKind::Score.queue(), "score");
         assert_eq!(JobKind::Evaluate.queue(), "evaluate");
+        assert_eq!(JobKind::ReviewRank.queue(), "review_rank");
         assert_eq!(JobKind::from_queue("training"), None);
     }
 }

@@ -26,7 +26,8 @@ pub struct Job {
     /// ULID of the job (26 characters of Crockford base32).
     #[oai(validator(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$"))]
     pub id: String,
-    /// Job kind (= queue name): `dataset_build`, `embed`, `train`, `score` or `evaluate`.
+    /// Job kind (= queue name): `dataset_build`, `embed`, `train`, `score`, `evaluate` or
+    /// `review_rank`.
     pub kind: String,
     /// queued | running | retrying | succeeded | failed | cancelled
     pub status: String,
@@ -103,6 +104,7 @@ pub enum JobKindName {
     Train,
     Score,
     Evaluate,
+    ReviewRank,
 }
 
 /// A job's state.
@@ -125,6 +127,7 @@ impl std::fmt::Display for JobKindName {
             JobKindName::Train => trainyard_jobs::JobKind::Train.queue(),
             JobKindName::Score => trainyard_jobs::JobKind::Score.queue(),
             JobKindName::Evaluate => trainyard_jobs::JobKind::Evaluate.queue(),
+            JobKindName::ReviewRank => trainyard_jobs::JobKind::ReviewRank.queue(),
         })
     }
 }

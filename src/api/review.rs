@@ -3,11 +3,11 @@
 use poem::web::Data;
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
-use poem_openapi::{Enum, Object, OpenApi, Tags, Union};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags, Union};
 
 use super::errors::ApiError;
 use super::{page_bounds, AppState};
-use crate::review::{self, Reason, ReviewError, ReviewRequest, Strategy};
+use crate::review::{self, PageStatus, Reason, ReviewError, ReviewRequest, Strategy};
 
 #[derive(Tags)]
 enum ApiTags {
@@ -263,18 +263,41 @@ pub struct SkippedLabelOut {
     pub reason: String,
 }
 
+/// Whether the ranking the page is of is of the current data.
+#[derive(Debug, Clone, Copy, Enum, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum RankingStatus {
+    /// Ranked from the current votes, documents, scores and embeddings.
+    Ready,
+    /// The current data are being ranked — by a `review_rank` job (`job_id`), or by another
+    /// request (no `job_id`); the page is of the previous ranking (`stale: true`), or empty
+    /// when there is none. Ask again shortly.
+    Computing,
+}
+
 #[derive(Debug, Object)]
 pub struct ReviewQueue {
     pub model: String,
     pub version: i32,
     pub strategy: ReviewStrategy,
+    pub status: RankingStatus,
+    /// The page is of a ranking of older data (votes, documents, scores or embeddings changed
+    /// since it was computed).
+    pub stale: bool,
+    /// `computing`: the `review_rank` job (`GET /api/v1/jobs/{id}`); absent when another
+    /// request is computing the ranking.
+    #[oai(skip_serializing_if_is_none)]
+    pub job_id: Option<String>,
+    /// When the ranking was computed (absent while none is).
+    #[oai(skip_serializing_if_is_none)]
+    pub computed_at: Option<chrono::DateTime<chrono::Utc>>,
     #[oai(skip_serializing_if_is_none)]
     pub source: Option<String>,
     /// The labels the strategy looked at (`label`, or all of the version's; `uncovered`: the
     /// uncovered ones among them).
     pub labels: Vec<String>,
     pub items: Vec<ReviewItemOut>,
-    /// Items in the whole queue.
+    /// Items in the whole queue (0 while `computing` with no previous ranking).
     pub total: i64,
     pub limit: i64,
     pub offset: i64,
@@ -300,18 +323,35 @@ impl From<ReviewError> for ApiError {
             } => ApiError::unprocessable(code, message, Some(param)),
             ReviewError::Database(e) => e.into(),
             ReviewError::Busy => ApiError::unavailable(ReviewError::Busy.to_string()),
+            e @ ReviewError::JobFailed { .. } => ApiError::unavailable(e.to_string()),
             ReviewError::Internal(e) => ApiError::internal(e),
         }
     }
+}
+
+#[derive(ApiResponse)]
+pub enum ReviewQueueResponse {
+    /// A page of the ranking of the current data.
+    #[oai(status = 200)]
+    Ready(Json<ReviewQueue>),
+    /// The ranking of the current data is being computed (by a `review_rank` job, `job_id`,
+    /// or by another request): the page is of the previous ranking of the same request
+    /// (`stale: true`), or empty.
+    #[oai(status = 202)]
+    Computing(Json<ReviewQueue>),
 }
 
 pub struct ReviewApi;
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Review")]
 impl ReviewApi {
-    /// What to label next: documents ranked by a strategy, each with its reason. Nothing is
-    /// stored; every request ranks afresh (`suspect_label` trains five small out-of-fold
-    /// models per label).
+    /// What to label next: documents ranked by a strategy, each with its reason. A ranking is
+    /// computed once per (version, strategy, source, label, state of the votes, documents,
+    /// scores and embeddings it reads) and kept; pages are read from it. `uncertain`,
+    /// `disagreement` and `uncovered` are ranked in the first request that needs them;
+    /// `suspect_label` (five small out-of-fold models per label) is ranked by a `review_rank`
+    /// job: until it is done the answer is 202 with `status: computing`, its `job_id`, and
+    /// the previous ranking's page (`stale: true`) if there is one.
     #[allow(clippy::too_many_arguments)]
     #[oai(path = "/review-queue", method = "get")]
     async fn review_queue(
@@ -336,7 +376,7 @@ impl ReviewApi {
         /// Items to skip, >= 0; default 0.
         #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
-    ) -> Result<Json<ReviewQueue>, ApiError> {
+    ) -> Result<ReviewQueueResponse, ApiError> {
         let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
         let resolved = review::resolve_version(&state.pool, &model.0, version.0).await?;
         let request = ReviewRequest {
@@ -349,10 +389,17 @@ impl ReviewApi {
         let page = review::page(&state.pool, &state.settings, &resolved, &request).await?;
         let ranking = page.ranking;
         let c = ranking.counts;
-        Ok(Json(ReviewQueue {
+        let body = ReviewQueue {
             model: resolved.model,
             version: resolved.version,
             strategy: strategy.0,
+            status: match page.status {
+                PageStatus::Ready => RankingStatus::Ready,
+                PageStatus::Computing => RankingStatus::Computing,
+            },
+            stale: page.stale,
+            job_id: page.job_id,
+            computed_at: page.computed_at,
             source: source.0,
             labels: ranking.labels,
             items: page
@@ -368,7 +415,7 @@ impl ReviewApi {
                     explanation: i.explanation,
                 })
                 .collect(),
-            total: page.total as i64,
+            total: page.total,
             limit,
             offset,
             counts: ReviewCounts {
@@ -392,6 +439,10 @@ impl ReviewApi {
                     .collect()
             }),
             hint: ranking.hint,
-        }))
+        };
+        Ok(match page.status {
+            PageStatus::Ready => ReviewQueueResponse::Ready(Json(body)),
+            PageStatus::Computing => ReviewQueueResponse::Computing(Json(body)),
+        })
     }
 }

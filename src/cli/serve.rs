@@ -22,7 +22,7 @@ pub struct ServeArgs {
 
 #[derive(clap::Args)]
 pub struct WorkerArgs {
-    /// Comma-separated queues: dataset_build, embed, train, score, evaluate.
+    /// Comma-separated queues: dataset_build, embed, train, score, evaluate, review_rank.
     #[arg(long, value_delimiter = ',', default_value = "dataset_build,embed")]
     pub queues: Vec<String>,
     /// Jobs run at once per queue.
@@ -55,7 +55,7 @@ fn parse_queues(names: &[String]) -> anyhow::Result<Vec<JobKind>> {
         .iter()
         .map(|n| {
             JobKind::from_queue(n.trim())
-                .with_context(|| format!("unknown queue `{n}` (dataset_build, embed, train)"))
+                .with_context(|| format!("unknown queue `{n}` (dataset_build, embed, train, score, evaluate, review_rank)"))
         })
         .collect()
 }

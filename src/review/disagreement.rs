@@ -5,12 +5,39 @@
 //! listed once, under its most split label. Multi-class: the annotators' latest classes differ.
 use std::collections::BTreeMap;
 
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
+use super::store::{sort_keyed, Keyed, Stager};
 use super::ReviewVersion;
-use super::{f3, source_votes, AnnotatorVote, Counts, Ranked, Ranking, Reason, ReviewError};
+use super::{
+    f3, stream_documents_into, AnnotatorVote, Counts, DocColumns, Ranked, Ranking, Reason,
+    ReviewError,
+};
+use crate::config::Settings;
 use crate::datasets::consensus::{self, Vote};
 use crate::datasets::TaskType;
+
+/// One document's item and sort key: (0, −minority share, −votes, document id), or None when
+/// its latest votes agree on every considered label.
+pub fn keyed_disagreement(
+    version: &ReviewVersion,
+    considered: &[String],
+    id: i64,
+    votes: &[Vote],
+) -> Option<Keyed> {
+    let (share, total, reason, explanation) = match version.task {
+        TaskType::MultiClass => split_classes(version, considered, votes),
+        TaskType::Binary | TaskType::MultiLabel => split_label(considered, votes),
+    }?;
+    Some(Keyed {
+        key: (0, -share, -i64::from(total), id),
+        item: Ranked {
+            document_id: id,
+            reason,
+            explanation,
+        },
+    })
+}
 
 /// Ranks the documents' votes (document id -> votes on the model's labels).
 pub fn rank_disagreement(
@@ -18,27 +45,12 @@ pub fn rank_disagreement(
     considered: &[String],
     votes: &BTreeMap<i64, Vec<Vote>>,
 ) -> Vec<Ranked> {
-    let mut keyed: Vec<(f64, u32, i64, Ranked)> = Vec::new();
-    for (id, doc_votes) in votes {
-        let found = match version.task {
-            TaskType::MultiClass => split_classes(version, considered, doc_votes),
-            TaskType::Binary | TaskType::MultiLabel => split_label(considered, doc_votes),
-        };
-        if let Some((share, total, reason, explanation)) = found {
-            keyed.push((
-                share,
-                total,
-                *id,
-                Ranked {
-                    document_id: *id,
-                    reason,
-                    explanation,
-                },
-            ));
-        }
-    }
-    keyed.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
-    keyed.into_iter().map(|k| k.3).collect()
+    sort_keyed(
+        votes
+            .iter()
+            .filter_map(|(id, v)| keyed_disagreement(version, considered, *id, v))
+            .collect(),
+    )
 }
 
 type Found = (f64, u32, Reason, String);
@@ -135,18 +147,33 @@ fn split_classes(version: &ReviewVersion, considered: &[String], votes: &[Vote])
     ))
 }
 
-pub(super) async fn rank(
-    pool: &PgPool,
+/// Streams the source's documents with their votes, and stages each split one.
+pub(super) async fn compute(
+    reader: &mut PgConnection,
+    stager: Option<&mut Stager<'_>>,
+    settings: &Settings,
     version: &ReviewVersion,
     source: Option<&str>,
     labels: &[String],
 ) -> Result<Ranking, ReviewError> {
-    let votes = source_votes(pool, source, &version.labels).await?;
-    let items = rank_disagreement(version, labels, &votes);
+    let mut annotated = 0i64;
+    let columns = DocColumns {
+        scores: false,
+        votes: true,
+    };
+    stream_documents_into(reader, stager, settings, version, source, columns, |doc| {
+        if doc.votes.is_empty() {
+            return Vec::new();
+        }
+        annotated += 1;
+        keyed_disagreement(version, labels, doc.id, &doc.votes)
+            .into_iter()
+            .collect()
+    })
+    .await?;
     Ok(Ranking {
-        items,
         counts: Counts {
-            annotated: Some(votes.len() as i64),
+            annotated: Some(annotated),
             ..Counts::default()
         },
         labels: labels.to_vec(),

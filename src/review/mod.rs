@@ -2,19 +2,27 @@
 //! four strategies (near the threshold, annotators who disagree, labels that out-of-fold
 //! predictions contradict, labels never annotated on the source), each item with its reason.
 //!
-//! Nothing is stored: every request reads documents, annotations, stored scores and stored
-//! embeddings from Postgres and ranks them (`suspect_label` also fits its small out-of-fold
-//! models, in `crate::ml::out_of_fold`, on a blocking thread). The ranking functions are pure
-//! (`rank_*`), so they are tested without a database.
+//! A ranking is computed once per (model version, strategy, source, label, fingerprint) and
+//! kept (`store`): a page reads a range of its positions. `uncertain`, `disagreement` and
+//! `uncovered` are computed in the request that first needs them, streaming the source's
+//! documents (with their scores and votes, probed by key) in one snapshot; `suspect_label`,
+//! whose out-of-fold fits (`crate::ml::out_of_fold`) take longer than a request should, is a
+//! `review_rank` job (`job`), and until it is done the API answers 202 with the previous
+//! ranking of the key, marked stale, if there is one. Each strategy's ranking of one document is
+//! a pure function (`rank_*` sort them in memory), so they are tested without a database.
 pub mod disagreement;
+pub mod job;
+pub mod store;
 pub mod suspect;
 pub mod uncertain;
 pub mod uncovered;
 
-use std::collections::{BTreeMap, HashMap};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool, Row};
 
-use serde::Serialize;
-use sqlx::{PgPool, Row};
+use store::{RankingKey, Stager, StoredRanking};
 
 use crate::config::Settings;
 use crate::datasets::consensus::{self, Vote};
@@ -24,7 +32,7 @@ use crate::datasets::TaskType;
 /// Characters of a document's text an item carries (`text_truncated` says when it was cut).
 pub const ITEM_TEXT_CHARS: usize = 500;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     Uncertain,
@@ -41,6 +49,22 @@ impl Strategy {
             Strategy::SuspectLabel => "suspect_label",
             Strategy::Uncovered => "uncovered",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Strategy> {
+        [
+            Strategy::Uncertain,
+            Strategy::Disagreement,
+            Strategy::SuspectLabel,
+            Strategy::Uncovered,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
+    /// Ranked by a `review_rank` job rather than in the request.
+    pub fn runs_as_job(self) -> bool {
+        self == Strategy::SuspectLabel
     }
 }
 
@@ -59,6 +83,10 @@ pub enum ReviewError {
     /// Another `suspect_label` ranking kept this process busy for a minute.
     #[error("another suspect_label ranking is running in this process; ask again shortly")]
     Busy,
+    /// The `review_rank` job for the current data failed; it is not retried until the data
+    /// (votes, documents, embeddings) change.
+    #[error("the review_rank job {job_id} that ranked these data failed: GET /api/v1/jobs/{job_id} says why; a change of votes, documents or embeddings ranks again")]
+    JobFailed { job_id: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -146,7 +174,7 @@ pub struct ReviewRequest {
 }
 
 /// Why a document is in the queue; one shape per strategy.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reason {
     /// `uncertain`, binary and multi-label: the label whose score is nearest its threshold.
@@ -187,7 +215,7 @@ pub enum Reason {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnnotatorVote {
     pub annotator: String,
     /// Binary and multi-label: the latest value on the label.
@@ -196,7 +224,7 @@ pub struct AnnotatorVote {
     pub class: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SuspectReason {
     /// Binary and multi-label: the label; multi-class: the consensus class.
     pub label: String,
@@ -237,7 +265,7 @@ pub struct ReviewItem {
 }
 
 /// What could not be considered, and what was. `None` = not computed by this strategy.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
     /// Documents of the source (all sources without one) with text.
     pub documents: Option<i64>,
@@ -256,16 +284,15 @@ pub struct Counts {
     pub without_embedding: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SkippedLabel {
     pub label: String,
     pub reason: String,
 }
 
-/// A ranked queue, all of it (the API pages it).
-#[derive(Debug, Clone, Default)]
+/// What a ranking says besides its items: stored with it (`review_rankings.summary`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ranking {
-    pub items: Vec<Ranked>,
     pub counts: Counts,
     /// Labels the strategy looked at.
     pub labels: Vec<String>,
@@ -277,51 +304,32 @@ pub struct Ranking {
     pub hint: Option<String>,
 }
 
+/// Whether the page is of a ranking of the current data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageStatus {
+    /// The ranking is of the current data.
+    Ready,
+    /// A `review_rank` job is ranking the current data; the page is of the previous ranking
+    /// of the key (`stale`), or empty when there is none.
+    Computing,
+}
+
 /// One page of the queue.
 #[derive(Debug, Clone)]
 pub struct ReviewPage {
+    pub status: PageStatus,
+    /// The page is of a ranking of older data (votes, documents, scores or embeddings have
+    /// changed since it was computed).
+    pub stale: bool,
+    /// The `review_rank` job computing the current ranking.
+    pub job_id: Option<String>,
+    pub computed_at: Option<DateTime<Utc>>,
     pub items: Vec<ReviewItem>,
-    pub total: usize,
+    pub total: i64,
     pub ranking: Ranking,
 }
 
-/// A document of the source with its current text's checksum (texts are not kept).
-#[derive(Debug, Clone)]
-pub(crate) struct SourceDoc {
-    pub id: i64,
-    pub checksum: String,
-}
-
-/// The source's documents with text, in (source, external id) order, and how many had none.
-pub(crate) async fn source_documents(
-    pool: &PgPool,
-    settings: &Settings,
-    source: Option<&str>,
-) -> Result<(Vec<SourceDoc>, i64), sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, title, description, tags, body FROM documents
-         WHERE $1::text IS NULL OR source = $1 ORDER BY source, external_id",
-    )
-    .bind(source)
-    .fetch_all(pool)
-    .await?;
-    let mut empty = 0;
-    let mut docs = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let text = document_text(row, settings.server.max_text_chars);
-        if text.is_empty() {
-            empty += 1;
-            continue;
-        }
-        docs.push(SourceDoc {
-            id: row.get("id"),
-            checksum: checksum(&text),
-        });
-    }
-    Ok((docs, empty))
-}
-
-fn document_text(row: &sqlx::postgres::PgRow, max_chars: usize) -> String {
+pub(crate) fn document_text(row: &sqlx::postgres::PgRow, max_chars: usize) -> String {
     let tags: Vec<String> = row.get("tags");
     combine_text(
         row.get::<Option<&str>, _>("title"),
@@ -332,86 +340,132 @@ fn document_text(row: &sqlx::postgres::PgRow, max_chars: usize) -> String {
     )
 }
 
-/// Every vote on `labels` of the source's documents: document id -> votes (in insertion order,
-/// so that equal times resolve as a dataset build resolves them).
-pub(crate) async fn source_votes(
-    pool: &PgPool,
-    source: Option<&str>,
-    labels: &[String],
-) -> Result<BTreeMap<i64, Vec<Vote>>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT a.document_id,
-                jsonb_agg(jsonb_build_object('a', a.annotator, 'l', a.label, 'v', a.value, 't', a.annotated_at)
-                          ORDER BY a.id) AS votes
-         FROM annotations a JOIN documents d ON d.id = a.document_id
-         WHERE ($1::text IS NULL OR d.source = $1) AND a.label = ANY($2)
-         GROUP BY a.document_id",
-    )
-    .bind(source)
-    .bind(labels)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let raw: serde_json::Value = r.get("votes");
-            (r.get("document_id"), consensus::votes_from_json(&raw))
-        })
-        .collect())
+/// What a computation reads per document besides its text.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DocColumns {
+    /// The version's stored scores of the document, one per text checksum.
+    pub scores: bool,
+    /// The document's votes on the version's labels.
+    pub votes: bool,
 }
 
-/// Stored scores of the version for these documents, keyed by (document, checksum).
-pub(crate) async fn stored_scores(
-    pool: &PgPool,
-    version: &ReviewVersion,
-    ids: &[i64],
-) -> Result<HashMap<i64, Vec<(String, Vec<f32>)>>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT document_id, checksum, scores FROM document_scores
-         WHERE model_name = $1 AND version = $2 AND document_id = ANY($3)",
-    )
-    .bind(&version.model)
-    .bind(version.version)
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
-    let mut out: HashMap<i64, Vec<(String, Vec<f32>)>> = HashMap::new();
-    for r in rows {
-        out.entry(r.get("document_id"))
-            .or_default()
-            .push((r.get("checksum"), r.get("scores")));
+/// One document as a computation reads it.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamedDoc {
+    pub id: i64,
+    /// The checksum of its current text by the dataset rules; None: no text.
+    pub checksum: Option<String>,
+    /// (checksum, scores) of the version's stored scores.
+    pub scores: Vec<(String, Vec<f32>)>,
+    /// Votes on the version's labels, in insertion order.
+    pub votes: Vec<Vote>,
+}
+
+impl StreamedDoc {
+    /// The stored score of its current text.
+    pub fn current_score(&self) -> Option<&[f32]> {
+        let checksum = self.checksum.as_deref()?;
+        self.scores
+            .iter()
+            .find(|(c, _)| c == checksum)
+            .map(|(_, s)| s.as_slice())
     }
-    Ok(out)
 }
 
-/// A document and its stored score for its current text (None: unscored).
-pub(crate) type DocScore<'a> = (&'a SourceDoc, Option<&'a [f32]>);
+/// The documents stream ($1 model, $2 version, $3 the version's labels, $4 source when
+/// `source`); see [`stream_documents_into`].
+pub fn documents_sql(source: bool, columns: DocColumns) -> String {
+    let mut select = String::from("SELECT d.id, d.title, d.description, d.tags, d.body");
+    let mut joins = String::new();
+    if columns.scores {
+        select.push_str(", s.checksums, s.scores");
+        joins.push_str(
+            " LEFT JOIN LATERAL (SELECT array_agg(checksum) AS checksums, jsonb_agg(scores) AS scores
+                                FROM document_scores
+                                WHERE model_name = $1 AND version = $2 AND document_id = d.id) s ON true",
+        );
+    }
+    if columns.votes {
+        select.push_str(", v.votes");
+        joins.push_str(
+            " LEFT JOIN LATERAL (SELECT jsonb_agg(jsonb_build_object('a', a.annotator, 'l', a.label,
+                                      'v', a.value, 't', a.annotated_at) ORDER BY a.id) AS votes
+                                FROM annotations a
+                                WHERE a.document_id = d.id AND a.label = ANY($3)) v ON true",
+        );
+    }
+    let filter = if source { " WHERE d.source = $4" } else { "" };
+    format!("{select} FROM documents d{joins}{filter} ORDER BY d.source, d.external_id")
+}
 
-/// Each document's score for its current text, and the (unscored, stale) counts.
-pub(crate) fn current_scores<'a>(
-    docs: &'a [SourceDoc],
-    stored: &'a HashMap<i64, Vec<(String, Vec<f32>)>>,
-) -> (Vec<DocScore<'a>>, i64, i64) {
-    let (mut unscored, mut stale) = (0, 0);
-    let out = docs
-        .iter()
-        .map(|d| {
-            let rows = stored.get(&d.id);
-            let score = rows.and_then(|rows| {
-                rows.iter()
-                    .find(|(c, _)| *c == d.checksum)
-                    .map(|(_, s)| s.as_slice())
-            });
-            if score.is_none() {
-                unscored += 1;
-                if rows.is_some() {
-                    stale += 1;
-                }
+fn streamed(row: &sqlx::postgres::PgRow, columns: DocColumns, max_chars: usize) -> StreamedDoc {
+    let text = document_text(row, max_chars);
+    let scores = if columns.scores {
+        let checksums: Option<Vec<String>> = row.get("checksums");
+        let values: Option<serde_json::Value> = row.get("scores");
+        let values: Vec<Vec<f32>> = values
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        checksums
+            .unwrap_or_default()
+            .into_iter()
+            .zip(values)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let votes = if columns.votes {
+        row.get::<Option<serde_json::Value>, _>("votes")
+            .map(|raw| consensus::votes_from_json(&raw))
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    StreamedDoc {
+        id: row.get("id"),
+        checksum: (!text.is_empty()).then(|| checksum(&text)),
+        scores,
+        votes,
+    }
+}
+
+/// Streams the source's documents (every source without one) in (source, external id) order,
+/// each with its scores and votes read by a keyed probe (a lateral lookup on the primary key
+/// of `document_scores` and on `annotations (document_id)`, so that no plan reads a whole
+/// table of scores or votes to join them), and stages the items `each` returns for it (several
+/// for `uncovered`, one per uncovered label; `stager` None: it returns none). One document at
+/// a time: memory does not grow with the corpus.
+pub(crate) async fn stream_documents_into<F>(
+    reader: &mut PgConnection,
+    mut stager: Option<&mut Stager<'_>>,
+    settings: &Settings,
+    version: &ReviewVersion,
+    source: Option<&str>,
+    columns: DocColumns,
+    mut each: F,
+) -> Result<(), ReviewError>
+where
+    F: FnMut(StreamedDoc) -> Vec<store::Keyed>,
+{
+    let sql = documents_sql(source.is_some(), columns);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&version.model)
+        .bind(version.version)
+        .bind(&version.labels);
+    if let Some(source) = source {
+        query = query.bind(source);
+    }
+    let mut rows = query.fetch(&mut *reader);
+    let max_chars = settings.server.max_text_chars;
+    while let Some(row) = rows.try_next().await? {
+        let items = each(streamed(&row, columns, max_chars));
+        if let Some(stager) = stager.as_deref_mut() {
+            for item in items {
+                stager.push(item).await?;
             }
-            (d, score)
-        })
-        .collect();
-    (out, unscored, stale)
+        }
+    }
+    Ok(())
 }
 
 /// The hint for documents without a score of this version.
@@ -429,13 +483,14 @@ pub(crate) fn scoring_hint(version: &ReviewVersion, source: Option<&str>, unscor
     )
 }
 
-/// Ranks the queue for one request (everything, unpaged).
-pub async fn rank(
+/// Checks what a request names (label, source, what the strategy needs) before anything is
+/// ranked or enqueued.
+pub async fn validate(
     pool: &PgPool,
     settings: &Settings,
     version: &ReviewVersion,
     request: &ReviewRequest,
-) -> Result<Ranking, ReviewError> {
+) -> Result<(), ReviewError> {
     if let Some(label) = &request.label {
         if !version.labels.contains(label) {
             return Err(unprocessable(
@@ -449,6 +504,7 @@ pub async fn rank(
         }
     }
     if let Some(source) = &request.source {
+        // A probe of the (source, external_id) index.
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM documents WHERE source = $1)")
                 .bind(source)
@@ -462,78 +518,258 @@ pub async fn rank(
             ));
         }
     }
-    let labels: Vec<String> = match &request.label {
-        Some(l) => vec![l.clone()],
-        None => version.labels.clone(),
-    };
-    let source = request.source.as_deref();
     match request.strategy {
-        Strategy::Uncertain => uncertain::rank(pool, settings, version, source, &labels).await,
-        Strategy::Disagreement => disagreement::rank(pool, version, source, &labels).await,
-        Strategy::SuspectLabel => suspect::rank(pool, settings, version, source, &labels).await,
+        Strategy::Uncovered if request.source.is_none() => Err(unprocessable(
+            "source_required",
+            "source",
+            "strategy `uncovered` needs a `source`: the labels never annotated on it".into(),
+        )),
+        Strategy::SuspectLabel => suspect::embedding_dimensions(settings, version).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+/// Computes the ranking of `key` from one snapshot of the data and stores it (`ticket`: the
+/// job's `computing` row, which becomes the ranking). Computations of one key run one at a
+/// time; one that finds the ranking it was asked for already stored (computed by a request
+/// that held the key before it) returns that. `wait` false: None when another computation of
+/// the key is running (the caller serves the previous ranking instead of holding a
+/// connection while it waits).
+pub async fn compute(
+    pool: &PgPool,
+    settings: &Settings,
+    version: &ReviewVersion,
+    key: &RankingKey,
+    ticket: Option<i64>,
+    wait: bool,
+) -> Result<Option<StoredRanking>, ReviewError> {
+    if key.strategy == Strategy::SuspectLabel {
+        return compute_suspects(pool, settings, version, key, ticket)
+            .await
+            .map(Some);
+    }
+    let mut writer = pool.begin().await?;
+    if wait {
+        store::lock_key(&mut writer, key, "compute").await?;
+    } else if !store::try_lock_key(&mut writer, key, "compute").await? {
+        return Ok(None);
+    }
+    if ticket.is_none() {
+        let now = store::fingerprint(&mut writer, settings, version, key.strategy).await?;
+        if let Some(ready) = store::find(&mut writer, key, "ready").await? {
+            if ready.fingerprint == now {
+                writer.commit().await?;
+                return Ok(Some(ready));
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut reader = begin_snapshot(pool).await?;
+    let fingerprint = store::fingerprint(&mut reader, settings, version, key.strategy).await?;
+    let labels = considered_labels(version, key);
+    let source = key.source.as_deref();
+    let mut stager = Stager::begin(&mut writer).await?;
+    let summary = match key.strategy {
+        Strategy::Uncertain => {
+            uncertain::compute(
+                &mut reader,
+                Some(&mut stager),
+                settings,
+                version,
+                source,
+                &labels,
+            )
+            .await?
+        }
+        Strategy::Disagreement => {
+            disagreement::compute(
+                &mut reader,
+                Some(&mut stager),
+                settings,
+                version,
+                source,
+                &labels,
+            )
+            .await?
+        }
+        Strategy::SuspectLabel => unreachable!("ranked by compute_suspects"),
         Strategy::Uncovered => {
             let Some(source) = source else {
                 return Err(unprocessable(
                     "source_required",
                     "source",
-                    "strategy `uncovered` needs a `source`: the labels never annotated on it"
-                        .into(),
+                    "strategy `uncovered` needs a `source`".into(),
                 ));
             };
-            uncovered::rank(pool, settings, version, source, &labels).await
+            uncovered::compute(
+                &mut reader,
+                Some(&mut stager),
+                settings,
+                version,
+                source,
+                &labels,
+            )
+            .await?
         }
+    };
+    reader.rollback().await?;
+    let id = stager.finish(key, &fingerprint, &summary, ticket).await?;
+    let stored = store::get(&mut writer, id)
+        .await?
+        .ok_or_else(|| ReviewError::Internal(format!("ranking {id} vanished")))?;
+    writer.commit().await?;
+    log_computed(key, &stored, started);
+    Ok(Some(stored))
+}
+
+fn considered_labels(version: &ReviewVersion, key: &RankingKey) -> Vec<String> {
+    match &key.label {
+        Some(l) => vec![l.clone()],
+        None => version.labels.clone(),
     }
 }
 
-/// Ranks and returns one page, with the page's documents' texts.
+/// A transaction reading one snapshot.
+async fn begin_snapshot(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut reader = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *reader)
+        .await?;
+    Ok(reader)
+}
+
+/// `suspect_label`: reads in one snapshot, then fits holding no connection (a fit can take
+/// minutes), then stores.
+async fn compute_suspects(
+    pool: &PgPool,
+    settings: &Settings,
+    version: &ReviewVersion,
+    key: &RankingKey,
+    ticket: Option<i64>,
+) -> Result<StoredRanking, ReviewError> {
+    let started = std::time::Instant::now();
+    let labels = considered_labels(version, key);
+    let mut reader = begin_snapshot(pool).await?;
+    let fingerprint = store::fingerprint(&mut reader, settings, version, key.strategy).await?;
+    let loaded = suspect::load(
+        &mut reader,
+        settings,
+        version,
+        key.source.as_deref(),
+        &labels,
+    )
+    .await?;
+    reader.rollback().await?;
+    let (items, summary) = suspect::fit(settings, version, &labels, loaded).await?;
+    let mut writer = pool.begin().await?;
+    store::lock_key(&mut writer, key, "compute").await?;
+    let mut stager = Stager::begin(&mut writer).await?;
+    for (position, item) in items.into_iter().enumerate() {
+        stager
+            .push(store::Keyed {
+                key: (0, 0.0, position as i64, 0),
+                item,
+            })
+            .await?;
+    }
+    let id = stager.finish(key, &fingerprint, &summary, ticket).await?;
+    let stored = store::get(&mut writer, id)
+        .await?
+        .ok_or_else(|| ReviewError::Internal(format!("ranking {id} vanished")))?;
+    writer.commit().await?;
+    log_computed(key, &stored, started);
+    Ok(stored)
+}
+
+fn log_computed(key: &RankingKey, stored: &StoredRanking, started: std::time::Instant) {
+    tracing::info!(
+        model = %key.model,
+        version = key.version,
+        strategy = key.strategy.as_str(),
+        source = key.source_key(),
+        label = key.label_key(),
+        items = stored.total,
+        ms = started.elapsed().as_millis() as u64,
+        "review ranking computed"
+    );
+}
+
+/// Answers one page: from the stored ranking of the current data; else, for a strategy ranked
+/// in the request, computed now (or, while another request computes it, the previous ranking
+/// marked stale); else (`suspect_label`) a `review_rank` job is enqueued (once) and the page
+/// is of the key's previous ranking, marked stale, if there is one.
 pub async fn page(
     pool: &PgPool,
     settings: &Settings,
     version: &ReviewVersion,
     request: &ReviewRequest,
 ) -> Result<ReviewPage, ReviewError> {
-    let mut ranking = rank(pool, settings, version, request).await?;
-    let total = ranking.items.len();
-    let page: Vec<Ranked> = ranking
-        .items
-        .drain(..)
-        .skip(request.offset)
-        .take(request.limit)
-        .collect();
-    let ids: Vec<i64> = page.iter().map(|r| r.document_id).collect();
-    let rows = sqlx::query(
-        "SELECT id, source, external_id, title, description, tags, body FROM documents WHERE id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?;
-    let by_id: HashMap<i64, &sqlx::postgres::PgRow> =
-        rows.iter().map(|r| (r.get::<i64, _>("id"), r)).collect();
-    let mut items = Vec::with_capacity(page.len());
-    for r in page {
-        // A document deleted since it was ranked is left out of the page.
-        let Some(row) = by_id.get(&r.document_id) else {
-            continue;
-        };
-        let text = document_text(row, settings.server.max_text_chars);
-        let (text, text_truncated) = match text.char_indices().nth(ITEM_TEXT_CHARS) {
-            Some((cut, _)) => (text[..cut].to_string(), true),
-            None => (text, false),
-        };
-        items.push(ReviewItem {
-            document_id: r.document_id,
-            source: row.get("source"),
-            external_id: row.get("external_id"),
-            text,
-            text_truncated,
-            reason: r.reason,
-            explanation: r.explanation,
+    validate(pool, settings, version, request).await?;
+    let key = RankingKey {
+        model: version.model.clone(),
+        version: version.version,
+        strategy: request.strategy,
+        source: request.source.clone(),
+        label: request.label.clone(),
+    };
+    let (fingerprint, ready) = {
+        let mut conn = pool.acquire().await?;
+        let fingerprint = store::fingerprint(&mut conn, settings, version, key.strategy).await?;
+        (fingerprint, store::find(&mut conn, &key, "ready").await?)
+    };
+    let (ranking, status, stale, job_id) = match ready {
+        Some(r) if r.fingerprint == fingerprint => (Some(r), PageStatus::Ready, false, None),
+        ready if key.strategy.runs_as_job() => {
+            let job_id = job::ensure(pool, &key, &fingerprint, settings).await?;
+            (ready, PageStatus::Computing, true, Some(job_id))
+        }
+        // Another request is computing it: the previous ranking, marked stale, at once.
+        Some(previous) => match compute(pool, settings, version, &key, None, false).await? {
+            Some(r) => (Some(r), PageStatus::Ready, false, None),
+            None => (Some(previous), PageStatus::Computing, true, None),
+        },
+        None => (
+            compute(pool, settings, version, &key, None, true).await?,
+            PageStatus::Ready,
+            false,
+            None,
+        ),
+    };
+    let Some(ranking) = ranking else {
+        return Ok(ReviewPage {
+            status,
+            stale: false,
+            job_id,
+            computed_at: None,
+            items: Vec::new(),
+            total: 0,
+            ranking: Ranking {
+                labels: request
+                    .label
+                    .clone()
+                    .map_or_else(|| version.labels.clone(), |l| vec![l]),
+                ..Ranking::default()
+            },
         });
-    }
+    };
+    let items = store::read_page(
+        pool,
+        settings,
+        ranking.id,
+        request.offset as i64,
+        request.limit as i64,
+    )
+    .await?;
     Ok(ReviewPage {
+        status,
+        stale,
+        job_id,
+        computed_at: ranking.computed_at,
         items,
-        total,
-        ranking,
+        total: ranking.total,
+        ranking: ranking.summary,
     })
 }
 

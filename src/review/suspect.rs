@@ -15,10 +15,11 @@
 //! suspect label.
 use std::collections::{BTreeMap, HashMap};
 
-use sqlx::{PgPool, Row};
+use futures::TryStreamExt;
+use sqlx::{PgConnection, Row};
 
 use super::{
-    f3, source_documents, source_votes, unprocessable, Counts, Ranked, Ranking, Reason,
+    f3, stream_documents_into, unprocessable, Counts, DocColumns, Ranked, Ranking, Reason,
     ReviewError, ReviewVersion, SkippedLabel, SuspectReason,
 };
 use crate::config::Settings;
@@ -27,7 +28,10 @@ use crate::datasets::TaskType;
 use crate::ml::out_of_fold::{out_of_fold_probabilities, FoldInput};
 
 /// An annotated document with a consensus: id, current checksum, label -> 0/1/masked.
-type WithConsensus<'a> = (i64, &'a str, BTreeMap<String, Option<u8>>);
+type WithConsensus = (i64, String, BTreeMap<String, Option<u8>>);
+
+/// Checksums whose vectors are read per statement.
+const VECTOR_BATCH: usize = 2_000;
 
 /// Folds of the cross-validation.
 pub const FOLDS: usize = 5;
@@ -261,36 +265,147 @@ fn fit_threads(settings: &Settings) -> i32 {
     }
 }
 
-pub(super) async fn rank(
-    pool: &PgPool,
+/// The dimensions of the version's embedding model, or why it cannot be read here.
+pub(super) fn embedding_dimensions(
     settings: &Settings,
     version: &ReviewVersion,
-    source: Option<&str>,
-    labels: &[String],
-) -> Result<Ranking, ReviewError> {
-    let Some(embedding) = settings.embedding_models.get(&version.embedding_model) else {
-        return Err(unprocessable(
+) -> Result<usize, ReviewError> {
+    match settings.embedding_models.get(&version.embedding_model) {
+        Some(embedding) => Ok(embedding.dimensions),
+        None => Err(unprocessable(
             "unknown_embedding_model",
             "model",
             format!(
                 "version {} of `{}` reads `{}` embeddings, which this deployment does not configure",
                 version.version, version.model, version.embedding_model
             ),
-        ));
-    };
-    let dims = embedding.dimensions;
-    let started = std::time::Instant::now();
-    let (docs, empty) = source_documents(pool, settings, source).await?;
-    let votes = source_votes(pool, source, &version.labels).await?;
-    let tie = settings.datasets.tie_rule;
+        )),
+    }
+}
 
-    // Consensus per annotated document with text.
-    let mut annotated = 0i64;
-    let mut without_consensus = 0i64;
+/// Empty per-label (multi-class: one) fitting inputs.
+fn empty_tasks(version: &ReviewVersion, labels: &[String], dims: usize) -> Vec<LabelData> {
+    let blank = |label: String, classes: Vec<String>| LabelData {
+        label,
+        classes,
+        document_ids: Vec::new(),
+        given: Vec::new(),
+        dims,
+        features: Vec::new(),
+    };
+    match version.task {
+        TaskType::MultiClass => vec![blank(String::new(), version.labels.clone())],
+        TaskType::Binary | TaskType::MultiLabel => labels
+            .iter()
+            .map(|l| blank(l.clone(), vec!["false".into(), "true".into()]))
+            .collect(),
+    }
+}
+
+/// Adds one document with a consensus and its vector to each task it has a class in.
+fn add_row(tasks: &mut [LabelData], version: &ReviewVersion, row: &WithConsensus, vector: &[u8]) {
+    let (id, _, c) = row;
+    for data in tasks.iter_mut() {
+        let class = match version.task {
+            TaskType::MultiClass => version
+                .labels
+                .iter()
+                .position(|l| c.get(l) == Some(&Some(1))),
+            TaskType::Binary | TaskType::MultiLabel => match c.get(&data.label) {
+                Some(Some(value)) => Some(usize::from(*value == 1)),
+                _ => None,
+            },
+        };
+        let Some(class) = class else { continue };
+        data.document_ids.push(*id);
+        data.given.push(class);
+        data.features
+            .extend(crate::embedding::bytes_to_vector(vector));
+    }
+}
+
+/// The vectors of a batch of checksums ($1 model, $2 dimensions, $3 checksums); see
+/// [`add_vectors`].
+pub const VECTORS_SQL: &str = "SELECT c.checksum, v.vector
+             FROM unnest($3::text[]) AS c(checksum)
+             CROSS JOIN LATERAL (SELECT e.vector FROM embeddings e
+                                 WHERE e.model = $1 AND e.dimensions = $2
+                                   AND e.checksum = c.checksum LIMIT 1) v";
+
+/// Reads the vectors of `rows`' checksums, a batch at a time, each by a probe of the
+/// embeddings' primary key (`unnest` of the batch joined laterally; the `LIMIT 1` keeps the
+/// planner from flattening the lookup into a hash join over every vector of the model, which
+/// it does without it), and adds each row to its tasks in order.
+/// Returns how many rows had no vector.
+async fn add_vectors(
+    reader: &mut PgConnection,
+    version: &ReviewVersion,
+    dims: usize,
+    rows: &[WithConsensus],
+    tasks: &mut [LabelData],
+) -> Result<i64, sqlx::Error> {
+    let mut without = 0i64;
+    for batch in rows.chunks(VECTOR_BATCH) {
+        let mut checksums: Vec<&str> = batch.iter().map(|r| r.1.as_str()).collect();
+        checksums.sort_unstable();
+        checksums.dedup();
+        let mut vectors: HashMap<String, Vec<u8>> = HashMap::with_capacity(checksums.len());
+        let mut stream = sqlx::query(VECTORS_SQL)
+            .bind(&version.embedding_model)
+            .bind(dims as i32)
+            .bind(&checksums)
+            .fetch(&mut *reader);
+        while let Some(row) = stream.try_next().await? {
+            vectors.insert(row.get("checksum"), row.get("vector"));
+        }
+        drop(stream);
+        for row in batch {
+            match vectors.get(&row.1) {
+                Some(vector) => add_row(tasks, version, row, vector),
+                None => without += 1,
+            }
+        }
+    }
+    Ok(without)
+}
+
+/// What `suspect_label` read from one snapshot: the fitting inputs and the counts.
+#[derive(Debug)]
+pub struct Loaded {
+    pub tasks: Vec<LabelData>,
+    pub counts: Counts,
+}
+
+/// Streams the source's documents with their votes, keeps those with a consensus and reads
+/// their vectors by key. Memory: the fitting inputs (documents with a consensus × dimensions
+/// × 4 bytes per label, which the full-batch fits need), never the source's texts or the
+/// model's other vectors.
+pub(super) async fn load(
+    reader: &mut PgConnection,
+    settings: &Settings,
+    version: &ReviewVersion,
+    source: Option<&str>,
+    labels: &[String],
+) -> Result<Loaded, ReviewError> {
+    let dims = embedding_dimensions(settings, version)?;
+    let tie = settings.datasets.tie_rule;
+    let (mut documents, mut empty, mut annotated, mut without_consensus) = (0i64, 0, 0, 0);
     let mut with_consensus: Vec<WithConsensus> = Vec::new();
-    for d in &docs {
-        let Some(v) = votes.get(&d.id) else { continue };
+    let columns = DocColumns {
+        scores: false,
+        votes: true,
+    };
+    stream_documents_into(reader, None, settings, version, source, columns, |doc| {
+        let Some(checksum) = doc.checksum else {
+            empty += 1;
+            return Vec::new();
+        };
+        documents += 1;
+        if doc.votes.is_empty() {
+            return Vec::new();
+        }
         annotated += 1;
+        let v = &doc.votes;
         let c = match version.task {
             TaskType::MultiClass => consensus::multi_class(v, &version.labels),
             TaskType::Binary | TaskType::MultiLabel => consensus::multi_label(v, labels, tie),
@@ -304,82 +419,37 @@ pub(super) async fn rank(
                 .any(|l| c.labels.get(l).copied().flatten().is_some()),
         };
         if any {
-            with_consensus.push((d.id, d.checksum.as_str(), c.labels));
+            with_consensus.push((doc.id, checksum, c.labels));
         } else {
             without_consensus += 1;
         }
-    }
-    let checksums: Vec<&str> = with_consensus.iter().map(|w| w.1).collect();
-    let vectors: HashMap<String, Vec<u8>> = sqlx::query(
-        "SELECT checksum, vector FROM embeddings WHERE model = $1 AND dimensions = $2 AND checksum = ANY($3)",
-    )
-    .bind(&version.embedding_model)
-    .bind(dims as i32)
-    .bind(&checksums)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|r| (r.get("checksum"), r.get("vector")))
-    .collect();
-    let without_embedding = with_consensus
-        .iter()
-        .filter(|(_, checksum, _)| !vectors.contains_key(*checksum))
-        .count() as i64;
+        Vec::new()
+    })
+    .await?;
+    let mut tasks = empty_tasks(version, labels, dims);
+    let without_embedding = add_vectors(reader, version, dims, &with_consensus, &mut tasks).await?;
+    Ok(Loaded {
+        tasks,
+        counts: Counts {
+            documents: Some(documents),
+            empty_text: Some(empty),
+            annotated: Some(annotated),
+            without_consensus: Some(without_consensus),
+            without_embedding: Some(without_embedding),
+            ..Counts::default()
+        },
+    })
+}
 
-    let tasks: Vec<LabelData> = match version.task {
-        TaskType::MultiClass => {
-            let mut data = LabelData {
-                label: String::new(),
-                classes: version.labels.clone(),
-                document_ids: Vec::new(),
-                given: Vec::new(),
-                dims,
-                features: Vec::new(),
-            };
-            for (id, checksum, c) in &with_consensus {
-                let Some(vector) = vectors.get(*checksum) else {
-                    continue;
-                };
-                let Some(class) = version
-                    .labels
-                    .iter()
-                    .position(|l| c.get(l) == Some(&Some(1)))
-                else {
-                    continue;
-                };
-                data.document_ids.push(*id);
-                data.given.push(class);
-                data.features
-                    .extend(crate::embedding::bytes_to_vector(vector));
-            }
-            vec![data]
-        }
-        TaskType::Binary | TaskType::MultiLabel => labels
-            .iter()
-            .map(|label| {
-                let mut data = LabelData {
-                    label: label.clone(),
-                    classes: vec!["false".into(), "true".into()],
-                    document_ids: Vec::new(),
-                    given: Vec::new(),
-                    dims,
-                    features: Vec::new(),
-                };
-                for (id, checksum, c) in &with_consensus {
-                    let (Some(vector), Some(Some(value))) = (vectors.get(*checksum), c.get(label))
-                    else {
-                        continue;
-                    };
-                    data.document_ids.push(*id);
-                    data.given.push(usize::from(*value == 1));
-                    data.features
-                        .extend(crate::embedding::bytes_to_vector(vector));
-                }
-                data
-            })
-            .collect(),
-    };
-    let loaded = started.elapsed();
+/// Fits out of fold (on a blocking thread) and ranks: the items in order and the summary.
+pub(super) async fn fit(
+    settings: &Settings,
+    version: &ReviewVersion,
+    labels: &[String],
+    loaded: Loaded,
+) -> Result<(Vec<Ranked>, Ranking), ReviewError> {
+    let started = std::time::Instant::now();
+    let Loaded { tasks, counts } = loaded;
     let rows: usize = tasks.iter().map(|t| t.given.len()).sum();
     // One ranking at a time per process, on a fixed thread count: the fits would otherwise
     // compete with each other and with the encoders that serve predictions, and a thread
@@ -401,13 +471,11 @@ pub(super) async fn rank(
         verdicts.retain(|v| labels.contains(&v.reason.label) || labels.contains(&v.reason.other));
     }
     tracing::debug!(
-        documents = docs.len(),
         rows,
-        load_ms = loaded.as_millis() as u64,
-        fit_ms = (started.elapsed() - loaded).as_millis() as u64,
-        "suspect_label ranked"
+        fit_ms = started.elapsed().as_millis() as u64,
+        "suspect_label fitted"
     );
-    let items = rank_suspects(verdicts);
+    let without_embedding = counts.without_embedding.unwrap_or(0);
     let hint = (without_embedding > 0).then(|| {
         format!(
             "{without_embedding} document(s) with a consensus have no stored `{}` embedding for their current text and were not considered: \
@@ -415,21 +483,16 @@ pub(super) async fn rank(
             version.embedding_model, version.embedding_model
         )
     });
-    Ok(Ranking {
-        items,
-        counts: Counts {
-            documents: Some(docs.len() as i64),
-            empty_text: Some(empty),
-            annotated: Some(annotated),
-            without_consensus: Some(without_consensus),
-            without_embedding: Some(without_embedding),
-            ..Counts::default()
+    Ok((
+        rank_suspects(verdicts),
+        Ranking {
+            counts,
+            labels: labels.to_vec(),
+            skipped_labels: skipped,
+            hint,
+            ..Ranking::default()
         },
-        labels: labels.to_vec(),
-        skipped_labels: skipped,
-        hint,
-        ..Ranking::default()
-    })
+    ))
 }
 
 #[cfg(test)]

@@ -5,11 +5,12 @@
 //! first, then annotated ones; ties keep (source, external id) order.
 use std::collections::BTreeSet;
 
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
+use super::store::{sort_keyed, Keyed, Stager};
 use super::{
-    current_scores, f3, scoring_hint, source_documents, source_votes, Counts, Ranked, Ranking,
-    Reason, ReviewError, ReviewVersion,
+    f3, scoring_hint, stream_documents_into, Counts, DocColumns, Ranked, Ranking, Reason,
+    ReviewError, ReviewVersion,
 };
 use crate::config::Settings;
 use crate::datasets::TaskType;
@@ -22,24 +23,37 @@ pub struct ScoredDoc {
     pub annotated: BTreeSet<String>,
 }
 
+/// One scored document's item and sort key: (annotated, distance or margin, `order`, 0),
+/// where `order` is the document's place in (source, external id) order. None: nothing of it
+/// is considered.
+pub fn keyed_uncertain(
+    version: &ReviewVersion,
+    considered: &[String],
+    doc: &ScoredDoc,
+    order: i64,
+) -> Option<Keyed> {
+    let (annotated, distance, item) = match version.task {
+        TaskType::MultiClass => small_margin(version, considered, doc),
+        TaskType::Binary | TaskType::MultiLabel => near_threshold(version, considered, doc),
+    }?;
+    Some(Keyed {
+        key: (i16::from(annotated), distance as f64, order, 0),
+        item,
+    })
+}
+
 /// Ranks scored documents (given in document order).
 pub fn rank_uncertain(
     version: &ReviewVersion,
     considered: &[String],
     docs: &[ScoredDoc],
 ) -> Vec<Ranked> {
-    let mut keyed: Vec<(bool, f32, usize, Ranked)> = Vec::with_capacity(docs.len());
-    for (order, doc) in docs.iter().enumerate() {
-        let ranked = match version.task {
-            TaskType::MultiClass => small_margin(version, considered, doc),
-            TaskType::Binary | TaskType::MultiLabel => near_threshold(version, considered, doc),
-        };
-        if let Some((annotated, distance, ranked)) = ranked {
-            keyed.push((annotated, distance, order, ranked));
-        }
-    }
-    keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
-    keyed.into_iter().map(|k| k.3).collect()
+    sort_keyed(
+        docs.iter()
+            .enumerate()
+            .filter_map(|(order, doc)| keyed_uncertain(version, considered, doc, order as i64))
+            .collect(),
+    )
 }
 
 fn near_threshold(
@@ -143,36 +157,44 @@ fn small_margin(
     ))
 }
 
-pub(super) async fn rank(
-    pool: &PgPool,
+/// Streams the source's documents with their scores and votes, and stages each scored one.
+pub(super) async fn compute(
+    reader: &mut PgConnection,
+    stager: Option<&mut Stager<'_>>,
     settings: &Settings,
     version: &ReviewVersion,
     source: Option<&str>,
     labels: &[String],
 ) -> Result<Ranking, ReviewError> {
-    let (docs, empty) = source_documents(pool, settings, source).await?;
-    let ids: Vec<i64> = docs.iter().map(|d| d.id).collect();
-    let stored = super::stored_scores(pool, version, &ids).await?;
-    let (current, unscored, stale) = current_scores(&docs, &stored);
-    let votes = source_votes(pool, source, &version.labels).await?;
-    let scored: Vec<ScoredDoc> = current
-        .into_iter()
-        .filter_map(|(d, s)| {
-            Some(ScoredDoc {
-                document_id: d.id,
-                scores: s?.to_vec(),
-                annotated: votes
-                    .get(&d.id)
-                    .map(|v| v.iter().map(|v| v.label.clone()).collect())
-                    .unwrap_or_default(),
-            })
-        })
-        .collect();
-    let items = rank_uncertain(version, labels, &scored);
+    let (mut documents, mut empty, mut unscored, mut stale) = (0i64, 0i64, 0i64, 0i64);
+    let columns = DocColumns {
+        scores: true,
+        votes: true,
+    };
+    stream_documents_into(reader, stager, settings, version, source, columns, |doc| {
+        if doc.checksum.is_none() {
+            empty += 1;
+            return Vec::new();
+        }
+        documents += 1;
+        let Some(scores) = doc.current_score() else {
+            unscored += 1;
+            stale += i64::from(!doc.scores.is_empty());
+            return Vec::new();
+        };
+        let scored = ScoredDoc {
+            document_id: doc.id,
+            scores: scores.to_vec(),
+            annotated: doc.votes.iter().map(|v| v.label.clone()).collect(),
+        };
+        keyed_uncertain(version, labels, &scored, documents)
+            .into_iter()
+            .collect()
+    })
+    .await?;
     Ok(Ranking {
-        items,
         counts: Counts {
-            documents: Some(docs.len() as i64),
+            documents: Some(documents),
             empty_text: Some(empty),
             unscored: Some(unscored),
             stale_scores: Some(stale),

@@ -6,10 +6,11 @@
 //! order; ties keep label order, then document order.
 use std::collections::HashSet;
 
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
+use super::store::{sort_keyed, Keyed, Stager};
 use super::{
-    current_scores, f3, scoring_hint, source_documents, Counts, Ranked, Ranking, Reason,
+    f3, scoring_hint, stream_documents_into, Counts, DocColumns, Ranked, Ranking, Reason,
     ReviewError, ReviewVersion,
 };
 use crate::config::Settings;
@@ -21,76 +22,104 @@ pub struct UncoveredDoc {
     pub scores: Option<Vec<f32>>,
 }
 
+/// One document's items, one per uncovered label, with their sort keys: (unscored, distance,
+/// label index, `order`), `order` being the document's place in document order.
+pub fn keyed_uncovered(
+    version: &ReviewVersion,
+    uncovered: &[String],
+    doc: &UncoveredDoc,
+    order: i64,
+) -> Vec<Keyed> {
+    let mut out = Vec::new();
+    for (li, label) in uncovered.iter().enumerate() {
+        let Some(index) = version.labels.iter().position(|l| l == label) else {
+            continue;
+        };
+        let threshold = version.thresholds.get(index).copied().unwrap_or(0.5);
+        let score = doc.scores.as_ref().and_then(|s| s.get(index)).copied();
+        let distance = score.map(|s| (s - threshold).abs());
+        let explanation = match (score, distance) {
+            (Some(s), Some(d)) => format!(
+                "nobody annotated `{label}` on this source; the model scores {} against threshold {} (distance {}), an extrapolation from other sources",
+                f3(s as f64),
+                f3(threshold as f64),
+                f3(d as f64)
+            ),
+            _ => format!(
+                "nobody annotated `{label}` on this source; no stored score of this version for this text"
+            ),
+        };
+        out.push(Keyed {
+            key: (
+                i16::from(score.is_none()),
+                distance.map_or(f64::INFINITY, f64::from),
+                li as i64,
+                order,
+            ),
+            item: Ranked {
+                document_id: doc.document_id,
+                reason: Reason::Uncovered {
+                    label: label.clone(),
+                    score,
+                    threshold,
+                    distance,
+                },
+                explanation,
+            },
+        });
+    }
+    out
+}
+
 /// Ranks (label, document) pairs for the uncovered labels.
 pub fn rank_uncovered(
     version: &ReviewVersion,
     uncovered: &[String],
     docs: &[UncoveredDoc],
 ) -> Vec<Ranked> {
-    let mut keyed: Vec<(bool, f32, usize, usize, Ranked)> = Vec::new();
-    for (li, label) in uncovered.iter().enumerate() {
-        let Some(index) = version.labels.iter().position(|l| l == label) else {
-            continue;
-        };
-        let threshold = version.thresholds.get(index).copied().unwrap_or(0.5);
-        for (order, doc) in docs.iter().enumerate() {
-            let score = doc.scores.as_ref().and_then(|s| s.get(index)).copied();
-            let distance = score.map(|s| (s - threshold).abs());
-            let explanation = match (score, distance) {
-                (Some(s), Some(d)) => format!(
-                    "nobody annotated `{label}` on this source; the model scores {} against threshold {} (distance {}), an extrapolation from other sources",
-                    f3(s as f64),
-                    f3(threshold as f64),
-                    f3(d as f64)
-                ),
-                _ => format!(
-                    "nobody annotated `{label}` on this source; no stored score of this version for this text"
-                ),
-            };
-            keyed.push((
-                score.is_none(),
-                distance.unwrap_or(f32::INFINITY),
-                li,
-                order,
-                Ranked {
-                    document_id: doc.document_id,
-                    reason: Reason::Uncovered {
-                        label: label.clone(),
-                        score,
-                        threshold,
-                        distance,
-                    },
-                    explanation,
-                },
-            ));
-        }
-    }
-    keyed.sort_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then(a.1.total_cmp(&b.1))
-            .then(a.2.cmp(&b.2))
-            .then(a.3.cmp(&b.3))
-    });
-    keyed.into_iter().map(|k| k.4).collect()
+    sort_keyed(
+        docs.iter()
+            .enumerate()
+            .flat_map(|(order, doc)| keyed_uncovered(version, uncovered, doc, order as i64))
+            .collect(),
+    )
 }
 
-pub(super) async fn rank(
-    pool: &PgPool,
+/// The labels of `labels` somebody annotated on the source: one probe per label (the
+/// first annotation found ends it).
+async fn covered_labels(
+    reader: &mut PgConnection,
+    source: &str,
+    labels: &[String],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut covered = HashSet::new();
+    for label in labels {
+        let found: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM annotations a JOIN documents d ON d.id = a.document_id
+                            WHERE d.source = $1 AND a.label = $2)",
+        )
+        .bind(source)
+        .bind(label)
+        .fetch_one(&mut *reader)
+        .await?;
+        if found {
+            covered.insert(label.clone());
+        }
+    }
+    Ok(covered)
+}
+
+/// Finds the uncovered labels, then streams the source's documents with their scores and
+/// stages one item per (uncovered label, document).
+pub(super) async fn compute(
+    reader: &mut PgConnection,
+    stager: Option<&mut Stager<'_>>,
     settings: &Settings,
     version: &ReviewVersion,
     source: &str,
     labels: &[String],
 ) -> Result<Ranking, ReviewError> {
-    let covered: HashSet<String> = sqlx::query_scalar(
-        "SELECT DISTINCT a.label FROM annotations a JOIN documents d ON d.id = a.document_id
-         WHERE d.source = $1 AND a.label = ANY($2)",
-    )
-    .bind(source)
-    .bind(&version.labels)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .collect();
+    let covered = covered_labels(reader, source, &version.labels).await?;
     let uncovered_all: Vec<String> = version
         .labels
         .iter()
@@ -102,22 +131,40 @@ pub(super) async fn rank(
         .filter(|l| labels.contains(l))
         .cloned()
         .collect();
-    let (docs, empty) = source_documents(pool, settings, Some(source)).await?;
-    let ids: Vec<i64> = docs.iter().map(|d| d.id).collect();
-    let stored = super::stored_scores(pool, version, &ids).await?;
-    let (current, unscored, stale) = current_scores(&docs, &stored);
-    let docs: Vec<UncoveredDoc> = current
-        .into_iter()
-        .map(|(d, s)| UncoveredDoc {
-            document_id: d.id,
-            scores: s.map(<[f32]>::to_vec),
-        })
-        .collect();
-    let items = rank_uncovered(version, &uncovered, &docs);
+    let (mut documents, mut empty, mut unscored, mut stale) = (0i64, 0i64, 0i64, 0i64);
+    let columns = DocColumns {
+        scores: true,
+        votes: false,
+    };
+    stream_documents_into(
+        reader,
+        stager,
+        settings,
+        version,
+        Some(source),
+        columns,
+        |doc| {
+            if doc.checksum.is_none() {
+                empty += 1;
+                return Vec::new();
+            }
+            documents += 1;
+            let scores = doc.current_score().map(<[f32]>::to_vec);
+            if scores.is_none() {
+                unscored += 1;
+                stale += i64::from(!doc.scores.is_empty());
+            }
+            let doc = UncoveredDoc {
+                document_id: doc.id,
+                scores,
+            };
+            keyed_uncovered(version, &uncovered, &doc, documents)
+        },
+    )
+    .await?;
     Ok(Ranking {
-        items,
         counts: Counts {
-            documents: Some(docs.len() as i64),
+            documents: Some(documents),
             empty_text: Some(empty),
             unscored: Some(unscored),
             stale_scores: Some(stale),
