@@ -2,18 +2,19 @@
 -- the state of what they were computed from) and kept: a page reads a range of positions of a
 -- stored ranking instead of ranking the corpus again.
 
--- Generations of what rankings are computed from, read in O(1) per request (never a count over
+-- Generations of what rankings (and dataset builds: datasets.corpus_generation) are computed
+-- from, read in O(1) per request (never a count over
 -- a growing table). Each is bumped by a statement-level trigger inside the writing
 -- transaction, so a ranking computed in one snapshot is labelled with exactly the generations
 -- that snapshot sees.
 --   corpus:     documents and annotations (texts, sources, votes)
 --   embeddings: a dataset changed status (embeddings are written only by a dataset's embed
 --               jobs, and every build ends in a status change)
-CREATE TABLE review_generations (
+CREATE TABLE corpus_generations (
     scope  TEXT PRIMARY KEY,
     n      BIGINT NOT NULL DEFAULT 0
 );
-INSERT INTO review_generations (scope) VALUES ('corpus'), ('embeddings');
+INSERT INTO corpus_generations (scope) VALUES ('corpus'), ('embeddings');
 
 -- Stored scores, per model version (a scoring job of one version leaves the others' rankings).
 CREATE TABLE review_score_generations (
@@ -23,9 +24,9 @@ CREATE TABLE review_score_generations (
     PRIMARY KEY (model_name, version)
 );
 
-CREATE FUNCTION review_generation_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION corpus_generation_bump() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE review_generations SET n = n + 1 WHERE scope = TG_ARGV[0];
+    UPDATE corpus_generations SET n = n + 1 WHERE scope = TG_ARGV[0];
     RETURN NULL;
 END
 $$;
@@ -42,13 +43,13 @@ $$;
 
 CREATE TRIGGER documents_review_generation
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON documents
-    FOR EACH STATEMENT EXECUTE FUNCTION review_generation_bump('corpus');
+    FOR EACH STATEMENT EXECUTE FUNCTION corpus_generation_bump('corpus');
 CREATE TRIGGER annotations_review_generation
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON annotations
-    FOR EACH STATEMENT EXECUTE FUNCTION review_generation_bump('corpus');
+    FOR EACH STATEMENT EXECUTE FUNCTION corpus_generation_bump('corpus');
 CREATE TRIGGER datasets_review_generation
     AFTER UPDATE OF status ON datasets
-    FOR EACH STATEMENT EXECUTE FUNCTION review_generation_bump('embeddings');
+    FOR EACH STATEMENT EXECUTE FUNCTION corpus_generation_bump('embeddings');
 -- A transition table allows one event per trigger: one trigger per event. Deletions come only
 -- from deleted documents (ON DELETE CASCADE), which bump `corpus`.
 CREATE TRIGGER document_scores_insert_review_generation

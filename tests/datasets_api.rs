@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,5 +310,75 @@ async fn cancel_and_retry_jobs_and_legacy_routes() {
     let (s, _) = app.delete(&format!("/v1/dataset/{legacy_id}")).await;
     assert_eq!(s, 200);
     drop(worker);
+    db.drop_db().await;
+}
+
+/// A build of the same request over an unchanged corpus copies the earlier build's records (and
+/// says so); one vote more, and the next build reads the corpus again and sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_build_copies_records_until_the_corpus_changes() {
+    let db = fresh_db().await;
+    let settings = Arc::new(test_settings(&db.url));
+    let app = spawn_api(db.pool.clone(), settings).await;
+    let _worker = spawn_inprocess_worker(&app, 2);
+    let (docs, anns) = labelled_docs("mail", &sentences(60, "copy"));
+    assert_eq!(app.post("/api/v1/documents", docs).await.0, 200);
+    assert_eq!(app.post("/api/v1/annotations", anns).await.0, 200);
+    let request = json!({"name": "spam", "selection": {"sources": ["mail"]},
+                         "label_schema": {"type": "binary", "labels": ["spam"]}});
+    let build = |name: &'static str| {
+        let mut body = request.clone();
+        body["name"] = json!(name);
+        let app = &app;
+        async move {
+            let (s, d) = app.post("/api/v1/datasets", body).await;
+            assert_eq!(s, 200, "{d}");
+            let d = app
+                .wait_dataset(d["id"].as_str().unwrap(), Duration::from_secs(120))
+                .await;
+            assert_eq!(d["status"], "ready", "{d}");
+            d
+        }
+    };
+    let records = |id: String| {
+        let app = &app;
+        async move {
+            let (s, page) = app
+                .get(&format!("/api/v1/datasets/{id}/records?limit=100"))
+                .await;
+            assert_eq!(s, 200);
+            page["items"].as_array().unwrap().clone()
+        }
+    };
+    let first = build("first").await;
+    assert!(first["stats"].get("records_from_dataset").is_none());
+    let second = build("second").await;
+    assert_eq!(
+        second["stats"]["records_from_dataset"], first["id"],
+        "{second}"
+    );
+    assert_eq!(second["stats"]["records"], 60);
+    assert_eq!(second["new_embeddings"], 0);
+    assert_eq!(second["reused_embeddings"], 60);
+    let (a, b) = (
+        records(first["id"].as_str().unwrap().into()).await,
+        records(second["id"].as_str().unwrap().into()).await,
+    );
+    assert_eq!(a, b, "the same records, splits and positions");
+
+    // d1 (not spam for alice) gets a second vote, spam: a tie, masked by the default rule.
+    let vote = json!({"annotations": [{"source": "mail", "external_id": "d1", "annotator": "bob",
+                                        "labels": {"spam": true}}]});
+    assert_eq!(app.post("/api/v1/annotations", vote).await.0, 200);
+    let third = build("third").await;
+    assert!(
+        third["stats"].get("records_from_dataset").is_none(),
+        "{third}"
+    );
+    assert_eq!(third["stats"]["ties"], 1);
+    let c = records(third["id"].as_str().unwrap().into()).await;
+    let d1 = c.iter().find(|r| r["external_id"] == "d1").unwrap();
+    assert_eq!(d1["labels"]["spam"], Value::Null);
+    assert_eq!(d1["disagreement"], true);
     db.drop_db().await;
 }

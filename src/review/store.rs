@@ -62,8 +62,8 @@ pub async fn fingerprint(
     strategy: Strategy,
 ) -> Result<String, sqlx::Error> {
     let (corpus, embeddings, scores): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT n FROM review_generations WHERE scope = 'corpus'),
-                (SELECT n FROM review_generations WHERE scope = 'embeddings'),
+        "SELECT (SELECT n FROM corpus_generations WHERE scope = 'corpus'),
+                (SELECT n FROM corpus_generations WHERE scope = 'embeddings'),
                 COALESCE((SELECT n FROM review_score_generations
                           WHERE model_name = $1 AND version = $2), 0)",
     )
