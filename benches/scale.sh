@@ -53,7 +53,7 @@ export TRAINYARD_SCORING__THREADS="${TRAINYARD_SCORING__THREADS:-1}"
 PORT=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$BIN" serve --listen "127.0.0.1:$PORT" >"$WORK/logs/serve.log" 2>&1 & pids+=($!)
 for w in w1 w2; do
-  "$BIN" worker --queues dataset_build,embed,train,score,evaluate --name "scale-$w" \
+  "$BIN" worker --queues dataset_build,embed,train,score,evaluate,review_rank --name "scale-$w" \
     >"$WORK/logs/$w.log" 2>&1 & pids+=($!)
 done
 for _ in $(seq 1 120); do

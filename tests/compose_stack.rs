@@ -200,6 +200,31 @@ fn compose_file_names_only_real_things() {
         .collect();
     let q = command.iter().position(|c| *c == "--queues").unwrap();
     assert_eq!(command[q + 1], "train,score");
+    // Every job kind's queue is consumed by some worker of the stack.
+    let mut consumed = std::collections::BTreeSet::new();
+    for name in ["worker", "gpu-worker"] {
+        let command = services[&Value::from(name)]["command"]
+            .as_sequence()
+            .unwrap();
+        let q = command
+            .iter()
+            .position(|c| c.as_str() == Some("--queues"))
+            .unwrap();
+        consumed.extend(
+            command[q + 1]
+                .as_str()
+                .unwrap()
+                .split(',')
+                .map(str::to_string),
+        );
+    }
+    for kind in trainyard_jobs::JobKind::ALL {
+        assert!(
+            consumed.contains(kind.queue()),
+            "no worker of docker-compose.yml takes the {} queue",
+            kind.queue()
+        );
+    }
     assert!(
         services[&Value::from("worker")]["deploy"]["replicas"]
             .as_u64()

@@ -231,7 +231,7 @@ step("rebuild", needs=["dataset"])(lambda: build("rebuild", "scale-rebuild"))
 @step("head_training", needs=["dataset"])
 def _():
     body = {"dataset_id": ctx["dataset"], "model_name": MODEL, "mode": "head", "device": "cpu",
-            "hyperparameters": {"seed": 42}}
+            "hyperparameters": {"seed": 42, "epochs": 5, "patience": 100}}
     t0 = time.monotonic()
     _, run, _ = call("POST", "/api/v1/training-runs", body)
     run = wait(f"/api/v1/training-runs/{run['id']}", ("succeeded",), lambda o: json.dumps(o.get("progress")))

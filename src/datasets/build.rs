@@ -125,9 +125,11 @@ pub async fn run_build(
     };
 
     let mut tx = pool.begin().await?;
+    // A ready donor's texts all have vectors (vectors are never deleted): nothing to look up.
+    let mut all_stored: Option<i64> = None;
     let (records, mut stats) = match donor {
         // The same request over the same corpus: the records are the earlier build's.
-        Some((donor, donor_stats)) => {
+        Some((donor, donor_stats, donor_status)) => {
             if !lock_building(&mut tx, dataset.id).await? {
                 return Ok(json!({"dataset_id": dataset.id, "status": "superseded"}));
             }
@@ -138,6 +140,9 @@ pub async fn run_build(
                 .await?
                 .rows_affected() as usize;
             tracing::info!(dataset = %dataset.id, from = %donor, records = copied, "records copied from an identical build of the same corpus");
+            if donor_status == "ready" {
+                all_stored = donor_stats["unique_texts"].as_i64();
+            }
             let mut stats = donor_stats;
             stats["records_from_dataset"] = json!(donor);
             (copied, stats)
@@ -176,21 +181,26 @@ pub async fn run_build(
             (staged.records, staged.stats(&spec.labels, ratios))
         }
     };
-    let unique: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT DISTINCT checksum FROM dataset_records WHERE dataset_id = $1) u",
-    )
-    .bind(dataset.id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let batch_size = state.settings.datasets.embed_batch_size as i64;
-    let batches: Vec<(i32, i32)> = sqlx::query_as(WRITE_EMBED_BATCHES)
-        .bind(dataset.id)
-        .bind(&model.name)
-        .bind(model.dimensions as i32)
-        .bind(batch_size)
-        .bind(spec.force_regenerate)
-        .fetch_all(&mut *tx)
-        .await?;
+    let (unique, batches): (i64, Vec<(i32, i32)>) = match all_stored {
+        Some(unique) => (unique, Vec::new()),
+        None => {
+            let unique = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT DISTINCT checksum FROM dataset_records WHERE dataset_id = $1) u",
+            )
+            .bind(dataset.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let batches = sqlx::query_as(WRITE_EMBED_BATCHES)
+                .bind(dataset.id)
+                .bind(&model.name)
+                .bind(model.dimensions as i32)
+                .bind(state.settings.datasets.embed_batch_size as i64)
+                .bind(spec.force_regenerate)
+                .fetch_all(&mut *tx)
+                .await?;
+            (unique, batches)
+        }
+    };
     let missing: i64 = batches.iter().map(|b| b.1 as i64).sum();
     stats["unique_texts"] = json!(unique);
     stats["embed_batches"] = json!(batches.len());
@@ -272,14 +282,14 @@ async fn corpus_generation(pool: &sqlx::PgPool) -> Result<i64, JobError> {
 }
 
 /// An earlier build of the same request (selection, labels, rules, splits, model) whose
-/// records were written at this corpus generation: its id and stats.
+/// records were written at this corpus generation: its id, stats and status.
 async fn identical_build(
     pool: &sqlx::PgPool,
     dataset: &store::DatasetRow,
     generation: i64,
-) -> Result<Option<(uuid::Uuid, serde_json::Value)>, JobError> {
+) -> Result<Option<(uuid::Uuid, serde_json::Value, String)>, JobError> {
     Ok(sqlx::query_as(
-        "SELECT id, stats FROM datasets
+        "SELECT id, stats, status FROM datasets
          WHERE id <> $1 AND request = $2 AND embedding_model = $3 AND dimensions = $4
            AND corpus_generation = $5 AND status IN ('embedding', 'ready') AND stats IS NOT NULL
          ORDER BY created_at DESC LIMIT 1",
