@@ -29,12 +29,20 @@ INSERT INTO documents SELECT i, 'src', 'doc-' || i FROM generate_series(21, $N) 
 INSERT INTO scoring_job_documents SELECT '00000000-0000-0000-0000-000000000001', i - 1, i, md5(i::text) FROM generate_series(21, $N) i;
 INSERT INTO document_scores SELECT 'm', 1, i, md5(i::text), ARRAY[0.5]::real[] FROM generate_series(21, $N) i;
 SQL
-batch="(SELECT array_agg(md5(i::text)) FROM generate_series($N - 1023, $N) i)"
 explain() { echo; echo "== $1"; psql "$URL" -qAt -c "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) $2"; }
-explain "before: embed batch lookup, checksum = ANY (1,024 checksums, $N stored)" \
-  "SELECT checksum FROM embeddings WHERE model = 'tiny' AND dimensions = 64 AND checksum = ANY($batch)"
-explain "after: one LIMIT 1 lateral probe per checksum" \
-  "SELECT c.checksum FROM unnest($batch) AS c(checksum) CROSS JOIN LATERAL (SELECT 1 FROM embeddings e WHERE e.model = 'tiny' AND e.dimensions = 64 AND e.checksum = c.checksum LIMIT 1) AS hit"
+# The batch is a bound parameter, as trainyard binds it (a custom plan that knows its values).
+prepared() {
+  echo; echo "== $1"
+  psql "$URL" -qAt <<PSQL 2>&1 | sed -E "s/'\{[0-9a-f,]{100,}\}'/'{1,024 checksums}'/"
+SELECT array_agg(md5(i::text))::text AS arr FROM generate_series($N - 1023, $N) i \gset
+PREPARE q(text[]) AS $2;
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE q(:'arr');
+PSQL
+}
+prepared "before: embed batch lookup, checksum = ANY(\$1) (1,024 checksums, $N stored)" \
+  "SELECT checksum FROM embeddings WHERE model = 'tiny' AND dimensions = 64 AND checksum = ANY(\$1)"
+prepared "after: one LIMIT 1 lateral probe per checksum" \
+  "SELECT c.checksum FROM unnest(\$1) AS c(checksum) CROSS JOIN LATERAL (SELECT 1 FROM embeddings e WHERE e.model = 'tiny' AND e.dimensions = 64 AND e.checksum = c.checksum LIMIT 1) AS hit"
 page=$((N - 50))
 explain "before: results page near the end (joins, ORDER BY position LIMIT 50 OFFSET $page)" \
   "SELECT m.position, d.source, s.scores FROM scoring_job_documents m JOIN documents d ON d.id = m.document_id
