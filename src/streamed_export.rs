@@ -31,6 +31,13 @@ impl Write for Pending {
     }
 }
 
+/// An export's file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jsonl,
+    Parquet,
+}
+
 /// How an export encodes its pages: JSON Lines, or Parquet with a row group per page.
 pub enum Encoder<R> {
     Jsonl(fn(&[R]) -> Vec<u8>),
@@ -45,6 +52,27 @@ pub enum Encoder<R> {
 pub type RowGroupWriter<R> = fn(&mut SerializedFileWriter<Pending>, &[R]) -> anyhow::Result<()>;
 
 impl<R> Encoder<R> {
+    /// The encoder of `format`: `lines` encodes a page as JSON Lines; `writer` opens the Parquet
+    /// writer (schema and metadata) on the sink and `row_group` writes a page into it.
+    pub fn new(
+        format: Format,
+        lines: fn(&[R]) -> Vec<u8>,
+        writer: impl FnOnce(Pending) -> anyhow::Result<SerializedFileWriter<Pending>>,
+        row_group: RowGroupWriter<R>,
+    ) -> anyhow::Result<Encoder<R>> {
+        Ok(match format {
+            Format::Jsonl => Encoder::Jsonl(lines),
+            Format::Parquet => {
+                let sink = Pending::default();
+                Encoder::Parquet {
+                    writer: Box::new(writer(sink.clone())?),
+                    sink,
+                    row_group,
+                }
+            }
+        })
+    }
+
     /// The bytes of one page.
     fn page(&mut self, rows: &[R]) -> anyhow::Result<Vec<u8>> {
         match self {

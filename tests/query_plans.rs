@@ -77,22 +77,6 @@ async fn prepare(pool: &PgPool) {
     .unwrap();
 }
 
-/// Every (relation, node type) the plan reads with.
-fn scans(plan: &Value, out: &mut Vec<(String, String)>) {
-    if let Some(relation) = plan.get("Relation Name").and_then(Value::as_str) {
-        let node = plan["Node Type"].as_str().unwrap_or_default().to_string();
-        out.push((relation.to_string(), node));
-    }
-    for child in plan
-        .get("Plans")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        scans(child, out);
-    }
-}
-
 /// One query run per batch or per page, with parameters as the code binds them.
 struct Probe {
     name: &'static str,
@@ -206,9 +190,7 @@ async fn violations(pool: &PgPool, state: &str) -> Vec<String> {
                     .unwrap_or_else(|e| panic!("{}: {e}", probe.name)),
                 0,
             );
-            let mut seen = Vec::new();
-            scans(&plan[0]["Plan"], &mut seen);
-            for (relation, node) in seen {
+            for (node, relation) in plans::scans(&plan[0]["Plan"]) {
                 let whole = matches!(node.as_str(), "Seq Scan" | "Bitmap Heap Scan");
                 if whole
                     && GROWING.contains(&relation.as_str())
@@ -293,12 +275,11 @@ async fn the_check_catches_the_old_any_lookup() {
         .unwrap(),
         0,
     );
-    let mut seen = Vec::new();
-    scans(&plan[0]["Plan"], &mut seen);
+    let seen = plans::scans(&plan[0]["Plan"]);
     db.drop_db().await;
     assert!(
         seen.iter().any(
-            |(r, n)| r == "embeddings" && matches!(n.as_str(), "Seq Scan" | "Bitmap Heap Scan")
+            |(n, r)| r == "embeddings" && matches!(n.as_str(), "Seq Scan" | "Bitmap Heap Scan")
         ),
         "expected the old lookup to scan embeddings: {seen:?}"
     );

@@ -9,29 +9,9 @@ use serde_json::Value;
 use support::*;
 use trainyard::review::{documents_sql, store::PAGE_SQL, suspect::VECTORS_SQL, DocColumns};
 
-/// Every (node type, relation) of a JSON plan.
-fn scans(plan: &Value, out: &mut Vec<(String, String)>) {
-    if let Some(node) = plan.get("Node Type").and_then(Value::as_str) {
-        let relation = plan
-            .get("Relation Name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        out.push((node.to_string(), relation.to_string()));
-    }
-    for child in plan
-        .get("Plans")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        scans(child, out);
-    }
-}
-
 /// Fails on a sequential or bitmap scan of any of `growing`.
 fn assert_probes(what: &str, plan: &Value, growing: &[&str]) {
-    let mut found = Vec::new();
-    scans(&plan[0]["Plan"], &mut found);
+    let found = plans::scans(&plan[0]["Plan"]);
     for (node, relation) in &found {
         assert!(
             !(growing.contains(&relation.as_str())

@@ -337,6 +337,15 @@ pub enum ExportFormat {
     Parquet,
 }
 
+impl From<ExportFormat> for crate::streamed_export::Format {
+    fn from(format: ExportFormat) -> Self {
+        match format {
+            ExportFormat::Jsonl => Self::Jsonl,
+            ExportFormat::Parquet => Self::Parquet,
+        }
+    }
+}
+
 /// Validates a create request against config; returns the stored spec.
 pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<DatasetSpec, ApiError> {
     if req.name.trim().is_empty()
@@ -608,13 +617,11 @@ impl DatasetsApi {
                 dataset.id, dataset.status
             )));
         }
-        use crate::datasets::export::{stream, Format};
-        let format = match format.0.unwrap_or(ExportFormat::Jsonl) {
-            ExportFormat::Jsonl => Format::Jsonl,
-            ExportFormat::Parquet => Format::Parquet,
-        };
+        use crate::streamed_export::Format;
+        let format = format.0.unwrap_or(ExportFormat::Jsonl).into();
         let body = Body::from_bytes_stream(
-            stream(state.pool.clone(), dataset, format).map_err(ApiError::internal)?,
+            crate::datasets::export::stream(state.pool.clone(), dataset, format)
+                .map_err(ApiError::internal)?,
         );
         Ok(match format {
             Format::Jsonl => ExportResponse::Jsonl(Binary(body)),

@@ -503,13 +503,11 @@ impl ScoringApi {
                 job.id, job.status
             )));
         }
-        use crate::scoring::export::{stream, Format};
-        let format = match format.0.unwrap_or(ExportFormat::Jsonl) {
-            ExportFormat::Jsonl => Format::Jsonl,
-            ExportFormat::Parquet => Format::Parquet,
-        };
+        use crate::streamed_export::Format;
+        let format = format.0.unwrap_or(ExportFormat::Jsonl).into();
         let body = Body::from_bytes_stream(
-            stream(state.pool.clone(), job, format).map_err(ApiError::internal)?,
+            crate::scoring::export::stream(state.pool.clone(), job, format)
+                .map_err(ApiError::internal)?,
         );
         Ok(match format {
             Format::Jsonl => ScoresExport::Jsonl(Binary(body)),

@@ -17,7 +17,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
 use super::store::{records_from, DatasetRow, RecordRow};
-use crate::streamed_export::{Encoder, Pending};
+use crate::streamed_export::{Encoder, Format, Pending};
 
 /// Records read, encoded and sent at a time (one Parquet row group).
 pub const PAGE: i64 = 5_000;
@@ -144,13 +144,6 @@ fn to_jsonl(rows: &[RecordRow]) -> Vec<u8> {
     out
 }
 
-/// The export's file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Jsonl,
-    Parquet,
-}
-
 /// A ready dataset's records with their vectors, as a stream of encoded pages (the Parquet
 /// footer last).
 pub fn stream(
@@ -158,17 +151,12 @@ pub fn stream(
     dataset: DatasetRow,
     format: Format,
 ) -> anyhow::Result<impl Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static> {
-    let encoder = match format {
-        Format::Jsonl => Encoder::Jsonl(to_jsonl),
-        Format::Parquet => {
-            let sink = Pending::default();
-            Encoder::Parquet {
-                writer: Box::new(parquet_writer(&dataset, sink.clone())?),
-                sink,
-                row_group: write_row_group,
-            }
-        }
-    };
+    let encoder = Encoder::new(
+        format,
+        to_jsonl,
+        |sink| parquet_writer(&dataset, sink),
+        write_row_group,
+    )?;
     // A ready dataset's positions are 0..records (the build's count).
     let total = dataset
         .stats

@@ -347,7 +347,7 @@ impl Trainer {
 
     fn forward_rows(&self, rows: &[i64], rng: &mut ChaCha8Rng) -> Result<Tensor, TrainError> {
         let rows: Vec<usize> = rows.iter().map(|&i| i as usize).collect();
-        Ok(self.logits_for(&self.train_inputs, &rows, Some(rng)))
+        self.logits_for(&self.train_inputs, &rows, Some(rng))
     }
 
     /// Logits for some rows of prepared inputs; `rng` turns dropout on.
@@ -356,22 +356,21 @@ impl Trainer {
         inputs: &Prepared,
         rows: &[usize],
         rng: Option<&mut ChaCha8Rng>,
-    ) -> Tensor {
+    ) -> Result<Tensor, TrainError> {
         match inputs {
             Prepared::Embeddings(x) => {
                 let index: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
                 let x = x.index_select(0, &Tensor::from_slice(&index).to_device(self.device));
-                self.model.logits(ClassifierInput::Embeddings(&x), rng)
+                Ok(self.model.logits(ClassifierInput::Embeddings(&x), rng))
             }
             Prepared::Spilled(vectors) => {
-                // A read error of the run's own temporary file is not recoverable here.
                 let flat = vectors
                     .gather(rows)
-                    .unwrap_or_else(|e| panic!("reading spilled vectors: {e}"));
+                    .map_err(|e| TrainError::Failed(format!("reading spilled vectors: {e}")))?;
                 let x = Tensor::from_slice(&flat)
                     .view([rows.len() as i64, vectors.dims() as i64])
                     .to_device(self.device);
-                self.model.logits(ClassifierInput::Embeddings(&x), rng)
+                Ok(self.model.logits(ClassifierInput::Embeddings(&x), rng))
             }
             Prepared::Tokens(ids) => {
                 let batch: Vec<&Vec<i64>> = rows.iter().map(|&i| &ids[i]).collect();
@@ -381,7 +380,7 @@ impl Trainer {
                     mask: &mask,
                     padded,
                 };
-                self.model.logits(input, rng)
+                Ok(self.model.logits(input, rng))
             }
         }
     }
@@ -403,7 +402,7 @@ impl Trainer {
                 order.sort_by_key(|&i| ids[i].len());
             }
             for chunk in order.chunks(64) {
-                let logits = self.logits_for(&split.inputs, chunk, None);
+                let logits = self.logits_for(&split.inputs, chunk, None)?;
                 let targets: Vec<&Vec<Option<bool>>> =
                     chunk.iter().map(|&i| &split.targets[i]).collect();
                 let (loss, m) = self.batch_loss(&logits, &targets);

@@ -20,7 +20,7 @@ use parquet::schema::parser::parse_message_type;
 
 use super::store::{results_from, ScoringJobRow};
 use super::ScoredDocument;
-use crate::streamed_export::{Encoder, Pending};
+use crate::streamed_export::{Encoder, Format, Pending};
 
 /// Rows read, encoded and sent at a time (one Parquet row group).
 pub const PAGE: i64 = 20_000;
@@ -171,13 +171,6 @@ fn write_row_group(
     Ok(())
 }
 
-/// The export's file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Jsonl,
-    Parquet,
-}
-
 /// A done job's results as a stream of encoded chunks (one page each, the Parquet footer
 /// last). A database error mid-way ends the stream with that error (the client sees a
 /// truncated transfer, never a file that looks complete).
@@ -186,17 +179,12 @@ pub fn stream(
     job: ScoringJobRow,
     format: Format,
 ) -> anyhow::Result<impl Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static> {
-    let encoder = match format {
-        Format::Jsonl => Encoder::Jsonl(|rows| to_jsonl(rows).into_bytes()),
-        Format::Parquet => {
-            let sink = Pending::default();
-            Encoder::Parquet {
-                writer: Box::new(parquet_writer(&job, sink.clone())?),
-                sink,
-                row_group: write_row_group,
-            }
-        }
-    };
+    let encoder = Encoder::new(
+        format,
+        |rows| to_jsonl(rows).into_bytes(),
+        |sink| parquet_writer(&job, sink),
+        write_row_group,
+    )?;
     let total = job.documents_total;
     let job = Arc::new(job);
     Ok(crate::streamed_export::stream(

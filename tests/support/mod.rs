@@ -14,6 +14,7 @@ use trainyard::queue::worker::WorkerOptions;
 use trainyard::worker_state::WorkerState;
 use trainyard_jobs::JobKind;
 
+pub mod plans;
 pub mod private_pg;
 pub mod processes;
 
