@@ -1,4 +1,5 @@
-//! Build script: embeds an rpath to the venv's libtorch and keeps `libtorch_cuda.so` linked.
+//! Build script: embeds an rpath to the venv's libtorch, keeps `libtorch_cuda.so` linked, and
+//! rebuilds the crate when a migration is added.
 //!
 //! tch finds libtorch through torch-sys at build time, but the loader needs the same folder at
 //! run time; an rpath makes `trainyard` start without `LD_LIBRARY_PATH`. When the wheel carries
@@ -29,6 +30,8 @@ fn torch_lib_dir() -> Option<PathBuf> {
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=TRAINYARD_TORCH_LIB");
+    // `sqlx::migrate!` embeds migrations/ at compile time: a new migration alone must rebuild.
+    println!("cargo:rerun-if-changed=migrations");
     let Some(lib) = torch_lib_dir() else { return };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {

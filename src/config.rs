@@ -40,6 +40,8 @@ pub struct Settings {
     #[serde(default)]
     pub scoring: ScoringSettings,
     #[serde(default)]
+    pub review: ReviewSettings,
+    #[serde(default)]
     pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub auth: AuthSettings,
@@ -238,6 +240,32 @@ impl Default for InferenceSettings {
             threads: 0,
             reload_poll_secs: 5.0,
             max_batch_texts: 1024,
+        }
+    }
+}
+
+/// The review queue's rankings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewSettings {
+    /// `uncertain`, `disagreement` and `uncovered` are ranked in the request when the source
+    /// (every source when none is named) holds at most this many documents; a larger one is
+    /// ranked by a `review_rank` job and the request answers 202 meanwhile.
+    pub inline_max_documents: i64,
+    /// `suspect_label`: most rows each label's out-of-fold models are fitted on (a per-class
+    /// proportional sample chosen by a seeded hash of the document id); every document is
+    /// still scored, by the model of the folds that exclude it.
+    pub suspect_fit_max_rows: usize,
+    /// `suspect_label`: MiB of vectors kept in memory; more are spilled to a temporary file.
+    pub vectors_in_memory_mb: usize,
+}
+
+impl Default for ReviewSettings {
+    fn default() -> Self {
+        ReviewSettings {
+            inline_max_documents: 20_000,
+            suspect_fit_max_rows: 50_000,
+            vectors_in_memory_mb: 128,
         }
     }
 }

@@ -284,3 +284,61 @@ async fn the_check_catches_the_old_any_lookup() {
         "expected the old lookup to scan embeddings: {seen:?}"
     );
 }
+
+/// Two transactions writing documents at once (an import and an annotator, say) do not queue
+/// on the corpus generation: each bumps its own backend's shard. A second writer waiting on
+/// the first's row lock fails the test (lock_timeout). The generation read afterwards counts
+/// both, and a snapshot taken between them sees exactly the committed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_do_not_queue_on_the_corpus_generation() {
+    use sqlx::Connection;
+    let db = fresh_db().await;
+    let generation = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT sum(n)::bigint FROM corpus_generations WHERE scope = 'corpus'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = generation(db.pool.clone()).await;
+    // Two connections whose backends bump different shards.
+    let mut first = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let first_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut first)
+        .await
+        .unwrap();
+    let mut second = loop {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        if pid % 16 != first_pid % 16 {
+            break c;
+        }
+    };
+    let insert = "INSERT INTO documents (source, external_id, title) VALUES ('s', $1, 't')";
+    let mut tx1 = first.begin().await.unwrap();
+    sqlx::query(insert)
+        .bind("one")
+        .execute(&mut *tx1)
+        .await
+        .unwrap();
+    let mut tx2 = second.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '2s'")
+        .execute(&mut *tx2)
+        .await
+        .unwrap();
+    sqlx::query(insert)
+        .bind("two")
+        .execute(&mut *tx2)
+        .await
+        .expect("the second writer waited on the first's generation row");
+    tx2.commit().await.unwrap();
+    // Between the commits: the second's write is counted, the first's is not yet.
+    assert_eq!(generation(db.pool.clone()).await, before + 1);
+    tx1.commit().await.unwrap();
+    assert_eq!(generation(db.pool.clone()).await, before + 2);
+    db.drop_db().await;
+}

@@ -601,6 +601,32 @@ async fn uncertain_disagreement_uncovered_and_bad_requests() {
     .await;
     assert_eq!(page["labels"], json!(["positive_sentiment"]));
     check_uncertain(&items, &["positive_sentiment"]);
+    // A source past `review.inline_max_documents` is ranked by a `review_rank` job, not in the
+    // request: 202 with the job, then the same ranking the request would have made.
+    let mut small_limit = test_settings(&db.url);
+    small_limit.review.inline_max_documents = 81;
+    let app_small = spawn_api(db.pool.clone(), Arc::new(small_limit)).await;
+    let spam_query = "model=mod&strategy=uncertain&source=reviews&label=spam";
+    let (s, computing) = app_small.get(&format!("{q}?{spam_query}&limit=1000")).await;
+    assert_eq!(s, 202, "82 reviews > 81: ranked by a job: {computing}");
+    assert_eq!(computing["status"], "computing", "{computing}");
+    let job_id = computing["job_id"].as_str().unwrap().to_string();
+    let (s, job) = app.get(&format!("/api/v1/jobs/{job_id}")).await;
+    assert_eq!(
+        (s, job["kind"].as_str()),
+        (200, Some("review_rank")),
+        "{job}"
+    );
+    let (s, by_job) = ready_page(&app_small, &format!("{q}?{spam_query}&limit=1000")).await;
+    assert_eq!(s, 200, "{by_job}");
+    assert_eq!(by_job["total"], 79, "{by_job}");
+    check_uncertain(by_job["items"].as_array().unwrap(), &["spam"]);
+    // The ranking is stored once: the first app (limit 20,000) reads the job's ranking.
+    let spam_rankings = stored("uncertain").await.len();
+    let (s, inline) = app.get(&format!("{q}?{spam_query}&limit=1000")).await;
+    assert_eq!(s, 200, "{inline}");
+    assert_eq!(inline["items"], by_job["items"]);
+    assert_eq!(stored("uncertain").await.len(), spam_rankings);
     // Pages are slices of one order.
     let (_, p2) = app
         .get(&format!("{q}?model=mod&strategy=uncertain&source=reviews&label=positive_sentiment&limit=5&offset=5"))

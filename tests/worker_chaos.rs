@@ -85,6 +85,21 @@ impl Chaos {
     }
 }
 
+/// Whether the (dead) worker `victim` was running a job of `kind` when it died. Asked after the
+/// kill: a dead process's claim stays `Running` until the heartbeat window hands it on, so the
+/// answer cannot race with the job finishing the way a look taken before the kill can.
+async fn held_at_death(db: &TestDb, kind: &str, victim: &str) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM apalis.jobs
+                        WHERE job_type = $1 AND status = 'Running' AND split_part(lock_by, '-', 1) = $2)",
+    )
+    .bind(kind)
+    .bind(victim)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
 /// Which worker holds a running job of `kind` (its process name), if any.
 async fn holder(db: &TestDb, kind: &str) -> Vec<String> {
     sqlx::query_scalar(
@@ -119,7 +134,7 @@ where
 {
     let start = Instant::now();
     let mut victims = Vec::new();
-    while max_kills > 0 && !done().await {
+    while victims.len() < max_kills && !done().await {
         assert!(start.elapsed() < timeout, "the work never started");
         let holders = holder(db, kind).await;
         let saved: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(gate.to_string()))
@@ -127,13 +142,23 @@ where
             .await
             .unwrap();
         if let (Some(first), true) = (holders.first(), saved) {
+            // The job seen running may finish between that look and the kill: the first kill
+            // is only done when the dead worker is found still holding one.
             let victim = chaos.kill_one(Some(first));
+            let held = held_at_death(db, kind, &victim).await;
             eprintln!(
-                "chaos: t={:.1}s SIGKILL {victim} (held a {kind} job; first kill)",
-                start.elapsed().as_secs_f64()
+                "chaos: t={:.1}s SIGKILL {victim}{} (first kill)",
+                start.elapsed().as_secs_f64(),
+                if held {
+                    format!(" (held a {kind} job)")
+                } else {
+                    " (its job had just ended; trying again)".to_string()
+                }
             );
-            victims.push((victim.clone(), holders.contains(&victim)));
-            break;
+            victims.push((victim, held));
+            if held {
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -154,7 +179,7 @@ where
                 victims.len() >= 2 && victims.iter().rev().take(2).all(|(_, held)| !held);
             let prefer = holders.first().filter(|_| missed_so_far).cloned();
             let victim = chaos.kill_one(prefer.as_deref());
-            let held = holders.contains(&victim);
+            let held = held_at_death(db, kind, &victim).await;
             eprintln!(
                 "chaos: t={:.1}s SIGKILL {victim}{}",
                 start.elapsed().as_secs_f64(),

@@ -348,10 +348,12 @@ impl ReviewApi {
     /// What to label next: documents ranked by a strategy, each with its reason. A ranking is
     /// computed once per (version, strategy, source, label, state of the votes, documents,
     /// scores and embeddings it reads) and kept; pages are read from it. `uncertain`,
-    /// `disagreement` and `uncovered` are ranked in the first request that needs them;
-    /// `suspect_label` (five small out-of-fold models per label) is ranked by a `review_rank`
-    /// job: until it is done the answer is 202 with `status: computing`, its `job_id`, and
-    /// the previous ranking's page (`stale: true`) if there is one.
+    /// `disagreement` and `uncovered` are ranked in the first request that needs them when
+    /// the source holds at most `review.inline_max_documents` documents (20,000 by default);
+    /// `suspect_label` (five small out-of-fold models per label), and the others on a larger
+    /// source, are ranked by a `review_rank` job: until it is done the answer is 202 with
+    /// `status: computing`, its `job_id`, and the previous ranking's page (`stale: true`) if
+    /// there is one.
     #[allow(clippy::too_many_arguments)]
     #[oai(path = "/review-queue", method = "get")]
     async fn review_queue(

@@ -275,7 +275,7 @@ async fn lock_building(tx: &mut sqlx::PgConnection, id: uuid::Uuid) -> Result<bo
 /// annotations (a statement-level trigger), so equal generations mean the same corpus.
 async fn corpus_generation(pool: &sqlx::PgPool) -> Result<i64, JobError> {
     Ok(
-        sqlx::query_scalar("SELECT n FROM corpus_generations WHERE scope = 'corpus'")
+        sqlx::query_scalar("SELECT sum(n)::bigint FROM corpus_generations WHERE scope = 'corpus'")
             .fetch_one(pool)
             .await?,
     )

@@ -3,25 +3,35 @@
 //! one and predicting the held-out fold, so that no document is scored by a model that saw
 //! its own (possibly wrong) label.
 //!
-//! Deterministic: the weights start at zero, every step uses the whole training set (no
+//! Cost stays linear in the rows: each fold's model is fitted on the rows the caller marks
+//! `in_fit` (a bounded sample on a large corpus) and every row of the held-out fold is then
+//! predicted a batch at a time, so neither the fits nor the memory grow with the corpus
+//! beyond the vectors themselves (which `VectorRows` may hold in a file).
+//!
+//! Deterministic: the weights start at zero, every step uses the whole fitting set (no
 //! shuffle, no dropout) and nothing draws from libtorch's generator, so the same inputs give
 //! the same probabilities on the same machine and thread count.
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+use crate::ml::vector_rows::VectorRows;
+
 /// Full-batch Adam steps per fold.
 pub const STEPS: usize = 300;
 /// Adam's learning rate.
 pub const LEARNING_RATE: f64 = 0.05;
+/// Rows predicted per matrix product.
+const PREDICT_BATCH: usize = 4_096;
 
-/// What to fit: `n` rows of `dims` floats (row-major), each with a class in `0..classes` and a
-/// fold in `0..folds`.
+/// What to fit: `rows[i]` is the vector (in `vectors`) of item i, which has a class in
+/// `0..classes`, a fold in `0..folds`, and may be fitted on when `in_fit[i]`.
 pub struct FoldInput<'a> {
-    pub dims: usize,
-    pub features: &'a [f32],
+    pub vectors: &'a VectorRows,
+    pub rows: &'a [usize],
     pub classes: usize,
     pub targets: &'a [i64],
     pub fold_of: &'a [usize],
+    pub in_fit: &'a [bool],
     pub folds: usize,
 }
 
@@ -31,6 +41,8 @@ pub enum FoldError {
     Invalid(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("reading vectors: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Sets the calling thread's intra-op thread count for the fits that follow on it.
@@ -38,18 +50,26 @@ pub fn set_threads(threads: i32) {
     tch::set_num_threads(threads.max(1));
 }
 
-/// Each row's class probabilities (`n × classes`, row-major) from the model trained on the
-/// other folds. The loss is the mean cross-entropy plus `||W||² / (2n)`: the L2 penalty of
-/// scikit-learn's default `LogisticRegression` (C = 1), the model cleanlab's examples use.
+/// Each item's class probabilities (`n × classes`, row-major) from the model trained on the
+/// `in_fit` items of the other folds. The loss is the mean cross-entropy plus
+/// `||W||² / (2m)` (m: the rows fitted on): the L2 penalty of scikit-learn's default
+/// `LogisticRegression` (C = 1), the model cleanlab's examples use.
 pub fn out_of_fold_probabilities(input: &FoldInput<'_>) -> Result<Vec<f32>, FoldError> {
     let n = input.targets.len();
-    if input.features.len() != n * input.dims || input.fold_of.len() != n {
+    let dims = input.vectors.dims();
+    if input.rows.len() != n || input.fold_of.len() != n || input.in_fit.len() != n {
         return Err(FoldError::Invalid(format!(
-            "{} targets, {} fold assignments and {} floats for {} dimensions do not match",
+            "{} targets, {} rows, {} fold assignments and {} fit flags do not match",
             n,
+            input.rows.len(),
             input.fold_of.len(),
-            input.features.len(),
-            input.dims
+            input.in_fit.len()
+        )));
+    }
+    if let Some(r) = input.rows.iter().find(|r| **r >= input.vectors.len()) {
+        return Err(FoldError::Invalid(format!(
+            "row {r} of {} vectors",
+            input.vectors.len()
         )));
     }
     if input.classes < 2
@@ -63,36 +83,34 @@ pub fn out_of_fold_probabilities(input: &FoldInput<'_>) -> Result<Vec<f32>, Fold
         ));
     }
     let device = Device::Cpu;
-    let x = Tensor::from_slice(input.features)
-        .view([n as i64, input.dims as i64])
-        .to_device(device);
-    let y = Tensor::from_slice(input.targets).to_device(device);
+    let matrix = |items: &[usize]| -> Result<Tensor, FoldError> {
+        let rows: Vec<usize> = items.iter().map(|i| input.rows[*i]).collect();
+        let flat = input.vectors.gather(&rows)?;
+        Ok(Tensor::from_slice(&flat)
+            .view([items.len() as i64, dims as i64])
+            .to_device(device))
+    };
     let mut out = vec![0f32; n * input.classes];
     for fold in 0..input.folds {
-        let held: Vec<i64> = (0..n)
-            .filter(|i| input.fold_of[*i] == fold)
-            .map(|i| i as i64)
-            .collect();
+        let held: Vec<usize> = (0..n).filter(|i| input.fold_of[*i] == fold).collect();
         if held.is_empty() {
             continue;
         }
-        let train: Vec<i64> = (0..n)
-            .filter(|i| input.fold_of[*i] != fold)
-            .map(|i| i as i64)
+        let train: Vec<usize> = (0..n)
+            .filter(|i| input.fold_of[*i] != fold && input.in_fit[*i])
             .collect();
         if train.is_empty() {
             return Err(FoldError::Invalid(format!(
                 "fold {fold} leaves nothing to train on"
             )));
         }
-        let train_idx = Tensor::from_slice(&train).to_device(device);
-        let held_idx = Tensor::from_slice(&held).to_device(device);
-        let (xt, yt) = (x.index_select(0, &train_idx), y.index_select(0, &train_idx));
-        let xh = x.index_select(0, &held_idx);
+        let xt = matrix(&train)?;
+        let targets: Vec<i64> = train.iter().map(|i| input.targets[*i]).collect();
+        let yt = Tensor::from_slice(&targets).to_device(device);
 
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let w = root.zeros("weight", &[input.dims as i64, input.classes as i64]);
+        let w = root.zeros("weight", &[dims as i64, input.classes as i64]);
         let b = root.zeros("bias", &[input.classes as i64]);
         let mut opt = nn::Adam::default().build(&vs, LEARNING_RATE)?;
         let l2 = 1.0 / (2.0 * train.len() as f64);
@@ -101,12 +119,15 @@ pub fn out_of_fold_probabilities(input: &FoldInput<'_>) -> Result<Vec<f32>, Fold
             let loss = logits.cross_entropy_for_logits(&yt) + w.square().sum(Kind::Float) * l2;
             opt.backward_step(&loss);
         }
-        let probs = tch::no_grad(|| (xh.matmul(&w) + &b).softmax(-1, Kind::Float));
-        let probs: Vec<f32> = Vec::<f32>::try_from(probs.contiguous().view([-1]))?;
-        for (row, i) in held.iter().enumerate() {
-            let i = *i as usize;
-            out[i * input.classes..(i + 1) * input.classes]
-                .copy_from_slice(&probs[row * input.classes..(row + 1) * input.classes]);
+        drop(xt);
+        for batch in held.chunks(PREDICT_BATCH) {
+            let xh = matrix(batch)?;
+            let probs = tch::no_grad(|| (xh.matmul(&w) + &b).softmax(-1, Kind::Float));
+            let probs: Vec<f32> = Vec::<f32>::try_from(probs.contiguous().view([-1]))?;
+            for (k, i) in batch.iter().enumerate() {
+                out[i * input.classes..(i + 1) * input.classes]
+                    .copy_from_slice(&probs[k * input.classes..(k + 1) * input.classes]);
+            }
         }
     }
     Ok(out)
@@ -133,12 +154,16 @@ mod tests {
         }
         targets[7] = 0; // row 7 sits in class 1's cluster
         let fold_of: Vec<usize> = (0..n).map(|i| (i / 2) % 5).collect();
+        let vectors = VectorRows::from_flat(dims, features);
+        let rows: Vec<usize> = (0..n).collect();
+        let in_fit = vec![true; n];
         let input = FoldInput {
-            dims,
-            features: &features,
+            vectors: &vectors,
+            rows: &rows,
             classes: 2,
             targets: &targets,
             fold_of: &fold_of,
+            in_fit: &in_fit,
             folds: 5,
         };
         let p = out_of_fold_probabilities(&input).unwrap();

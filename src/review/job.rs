@@ -1,5 +1,6 @@
 //! The `review_rank` job: computes one ranking of the review queue outside the request
-//! (`suspect_label`, whose out-of-fold fits take longer than a request should). A request
+//! (`suspect_label`, whose out-of-fold fits take longer than a request should, and any
+//! strategy on a source past `review.inline_max_documents`). A request
 //! that finds no ranking of the current data writes a `computing` row and enqueues the job in
 //! one transaction; a partial unique index keeps one `computing` row (one job) per key. The
 //! job turns its row into the ranking; its last failed attempt marks the row `failed`.

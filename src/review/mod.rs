@@ -5,10 +5,11 @@
 //! A ranking is computed once per (model version, strategy, source, label, fingerprint) and
 //! kept (`store`): a page reads a range of its positions. `uncertain`, `disagreement` and
 //! `uncovered` are computed in the request that first needs them, streaming the source's
-//! documents (with their scores and votes, probed by key) in one snapshot; `suspect_label`,
-//! whose out-of-fold fits (`crate::ml::out_of_fold`) take longer than a request should, is a
-//! `review_rank` job (`job`), and until it is done the API answers 202 with the previous
-//! ranking of the key, marked stale, if there is one. Each strategy's ranking of one document is
+//! documents (with their scores and votes, probed by key) in one snapshot, when the source
+//! holds at most `review.inline_max_documents` documents; past that, and always for
+//! `suspect_label` (whose out-of-fold fits, `crate::ml::out_of_fold`, take longer than a
+//! request should), the ranking is a `review_rank` job (`job`), and until it is done the API
+//! answers 202 with the previous ranking of the key, marked stale, if there is one. Each strategy's ranking of one document is
 //! a pure function (`rank_*` sort them in memory), so they are tested without a database.
 pub mod disagreement;
 pub mod job;
@@ -62,7 +63,8 @@ impl Strategy {
         .find(|s| s.as_str() == name)
     }
 
-    /// Ranked by a `review_rank` job rather than in the request.
+    /// Always ranked by a `review_rank` job rather than in the request (the others are too
+    /// when their source is large: [`ranked_by_job`]).
     pub fn runs_as_job(self) -> bool {
         self == Strategy::SuspectLabel
     }
@@ -662,18 +664,14 @@ async fn compute_suspects(
     )
     .await?;
     reader.rollback().await?;
-    let (items, summary) = suspect::fit(settings, version, &labels, loaded).await?;
+    let (fitted, summary) = suspect::fit(settings, version, &labels, loaded).await?;
     let mut writer = pool.begin().await?;
     store::lock_key(&mut writer, key, "compute").await?;
     let mut stager = Stager::begin(&mut writer).await?;
-    for (position, item) in items.into_iter().enumerate() {
-        stager
-            .push(store::Keyed {
-                key: (0, 0.0, position as i64, 0),
-                item,
-            })
-            .await?;
+    for item in fitted.items() {
+        stager.push(item).await?;
     }
+    drop(fitted);
     let id = stager.finish(key, &fingerprint, &summary, ticket).await?;
     let stored = store::get(&mut writer, id)
         .await?
@@ -696,10 +694,11 @@ fn log_computed(key: &RankingKey, stored: &StoredRanking, started: std::time::In
     );
 }
 
-/// Answers one page: from the stored ranking of the current data; else, for a strategy ranked
-/// in the request, computed now (or, while another request computes it, the previous ranking
-/// marked stale); else (`suspect_label`) a `review_rank` job is enqueued (once) and the page
-/// is of the key's previous ranking, marked stale, if there is one.
+/// Answers one page: from the stored ranking of the current data; else, for a ranking made in
+/// the request (a small source's `uncertain`, `disagreement`, `uncovered`), computed now (or,
+/// while another request computes it, the previous ranking marked stale); else (`suspect_label`,
+/// or a source past `review.inline_max_documents`) a `review_rank` job is enqueued (once) and
+/// the page is of the key's previous ranking, marked stale, if there is one.
 pub async fn page(
     pool: &PgPool,
     settings: &Settings,
@@ -719,9 +718,11 @@ pub async fn page(
         let fingerprint = store::fingerprint(&mut conn, settings, version, key.strategy).await?;
         (fingerprint, store::find(&mut conn, &key, "ready").await?)
     };
+    let current = ready.as_ref().is_some_and(|r| r.fingerprint == fingerprint);
+    let as_job = !current && ranked_by_job(pool, settings, &key).await?;
     let (ranking, status, stale, job_id) = match ready {
-        Some(r) if r.fingerprint == fingerprint => (Some(r), PageStatus::Ready, false, None),
-        ready if key.strategy.runs_as_job() => {
+        Some(r) if current => (Some(r), PageStatus::Ready, false, None),
+        ready if as_job => {
             let job_id = job::ensure(pool, &key, &fingerprint, settings).await?;
             (ready, PageStatus::Computing, true, Some(job_id))
         }
@@ -771,6 +772,39 @@ pub async fn page(
         total: ranking.total,
         ranking: ranking.summary,
     })
+}
+
+/// Whether `key` is ranked by a `review_rank` job rather than in the request: always for
+/// `suspect_label`; for the others when the source (every source when none is named) holds
+/// more than `review.inline_max_documents` documents, so that no request reads a large
+/// corpus. Counts at most one document past the limit (an index range or a bounded scan).
+pub async fn ranked_by_job(
+    pool: &PgPool,
+    settings: &Settings,
+    key: &RankingKey,
+) -> Result<bool, ReviewError> {
+    if key.strategy.runs_as_job() {
+        return Ok(true);
+    }
+    let limit = settings.review.inline_max_documents.max(0);
+    let documents: i64 = match key.source.as_deref() {
+        Some(source) => {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT 1 FROM documents WHERE source = $1 LIMIT $2) d",
+            )
+            .bind(source)
+            .bind(limit + 1)
+            .fetch_one(pool)
+            .await?
+        }
+        None => {
+            sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM documents LIMIT $1) d")
+                .bind(limit + 1)
+                .fetch_one(pool)
+                .await?
+        }
+    };
+    Ok(documents > limit)
 }
 
 /// `x` with 3 decimals, for explanations.

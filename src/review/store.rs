@@ -54,7 +54,9 @@ impl RankingKey {
 }
 
 /// The fingerprint a ranking of `key` would be computed at now: the generations its strategy
-/// reads, and the settings that change its result. One indexed read of three small rows.
+/// reads, and the settings that change its result. One indexed read of 33 small rows (the
+/// corpus and embeddings generations are sums of 16 shards each; migration
+/// `20261206000004_generation_shards.sql`).
 pub async fn fingerprint(
     conn: &mut PgConnection,
     settings: &Settings,
@@ -62,8 +64,8 @@ pub async fn fingerprint(
     strategy: Strategy,
 ) -> Result<String, sqlx::Error> {
     let (corpus, embeddings, scores): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT n FROM corpus_generations WHERE scope = 'corpus'),
-                (SELECT n FROM corpus_generations WHERE scope = 'embeddings'),
+        "SELECT (SELECT sum(n)::bigint FROM corpus_generations WHERE scope = 'corpus'),
+                (SELECT sum(n)::bigint FROM corpus_generations WHERE scope = 'embeddings'),
                 COALESCE((SELECT n FROM review_score_generations
                           WHERE model_name = $1 AND version = $2), 0)",
     )
