@@ -3,10 +3,11 @@
 # running T transactions of an import batch (D documents, then 2 votes each, then commit), timed
 # with the generation as shipped (16 shard rows, each writer bumping its backend's shard) and,
 # in the same run and database, with the previous trigger body swapped in (one row every writer
-# bumps, held until its commit). Prints seconds, transactions/s and the ratio.
-# Usage: benches/scale/writers.sh [W=2] [T=60] [D=500]
+# bumps, held until its commit). Prints seconds, transactions/s and the ratio. THINK_MS (default 0)
+# adds that much time between the last write and the commit, as a client's round trips would.
+# Usage: benches/scale/writers.sh [W=2] [T=60] [D=500] [THINK_MS=0]
 set -euo pipefail
-W="${1:-2}"; T="${2:-60}"; D="${3:-500}"
+W="${1:-2}"; T="${2:-60}"; D="${3:-500}"; THINK_MS="${4:-0}"
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/env.sh"
 BIN="${TRAINYARD_BIN:-$CARGO_TARGET_DIR/release/trainyard}"
 DB=trainyard_writers_bench
@@ -27,6 +28,7 @@ WITH d AS (INSERT INTO documents (source, external_id, title)
 INSERT INTO annotations (document_id, annotator, label, value, annotated_at)
 SELECT id, a, 'spam', id % 2 = 0, now() FROM d, unnest(ARRAY['ann', 'bob']) a;
 UPDATE documents SET title = title || '.' WHERE source = 'w${w}-' || :'round' AND external_id = 'b${t}-1';
+SELECT pg_sleep($THINK_MS / 1000.0);
 COMMIT;
 SQL
   done > "$WORK/writer_$w.sql"
@@ -65,7 +67,7 @@ $$;
 SQL
 }
 
-echo "corpus writers: $W at once, $T transactions each of $D documents + $((2 * D)) votes + 1 edit ($(date -u '+%Y-%m-%d %H:%M') UTC, $(nproc) cores)"
+echo "corpus writers: $W at once, $T transactions each of $D documents + $((2 * D)) votes + 1 edit + ${THINK_MS} ms before the commit ($(date -u '+%Y-%m-%d %H:%M') UTC, $(nproc) cores)"
 printf '%-28s %10s %10s %10s\n' "generation" "round" "seconds" "tx/s"
 declare -A best
 for round in 1 2 3; do
