@@ -110,7 +110,7 @@ async fn import_jsonl_and_csv_then_doctor() {
     );
     assert!(text.contains("device       cpu for training"), "{text}");
     assert!(
-        text.contains("all-MiniLM-L6-v2: 384 dims, local, mean pooling + L2, weights found"),
+        text.contains("all-MiniLM-L6-v2: 384 dims, local BERT (6 layers, width 384, longest input 512 tokens, max_tokens 256), mean pooling + L2, weights found"),
         "{text}"
     );
     db.drop_db().await;

@@ -56,13 +56,26 @@ pub async fn doctor() -> anyhow::Result<()> {
         let detail = match m.provider {
             ProviderType::Local => match crate::embedding::local_checkpoint(&settings, key) {
                 Ok(c) => {
+                    let config = crate::ml::bert::BertConfig::from_file(&c.dir.join("config.json"));
                     let ok = crate::ml::bert::checkpoint_file(&c.dir).is_ok()
-                        && c.dir.join("tokenizer.json").exists();
+                        && c.dir.join("tokenizer.json").exists()
+                        && config.is_ok();
                     if !ok {
                         healthy = false;
                     }
+                    let family = match &config {
+                        Ok(config) => format!(
+                            "{} ({} layers, width {}, longest input {} tokens, max_tokens {})",
+                            config.family().name,
+                            config.num_hidden_layers,
+                            config.hidden_size,
+                            config.max_input_tokens(),
+                            m.max_tokens
+                        ),
+                        Err(e) => format!("UNSUPPORTED: {e:#}"),
+                    };
                     format!(
-                        "local, {} pooling{}, weights {}",
+                        "local {family}, {} pooling{}, weights {}",
                         c.pooling.pooling.as_str(),
                         if c.pooling.normalize { " + L2" } else { "" },
                         if ok {

@@ -1,17 +1,29 @@
-//! A BERT encoder in tch (any BERT-family checkpoint folder: all-MiniLM-L6-v2, bge-small, ...)
-//! with mean or CLS pooling and optional L2 normalisation.
+//! The BERT encoder in tch, and the forward pass of every BERT-shaped family (`families.rs`:
+//! BERT — all-MiniLM-L6-v2, bge-small, … — and RoBERTa/XLM-RoBERTa/CamemBERT), with mean or
+//! CLS pooling and optional L2 normalisation.
 //!
 //! Parameter paths match the safetensors names of Hugging Face `BertModel` checkpoints
 //! (`embeddings.word_embeddings.weight`, `encoder.layer.N.attention.self.query.weight`, ...),
-//! so `VarStore::load` fills the model directly (a `bert.` prefix, as `BertFor*` checkpoints
-//! have, is stripped). Pipeline: token types all 0, erf GELU, LayerNorm eps from config
-//! (1e-12), then mean over the attention mask (denominator clamped at 1e-9) or the first
+//! which `RobertaModel` shares, so `VarStore::load` fills the model directly (a family's task
+//! prefix, `bert.` or `roberta.`, is stripped). Pipeline: token types all 0, positions as the
+//! family numbers them, erf GELU, LayerNorm eps from config (1e-12 for BERT, 1e-5 for
+//! RoBERTa), then mean over the attention mask (denominator clamped at 1e-9) or the first
 //! token's state, then L2 normalisation when the model's pipeline has it.
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
+
+use super::families::{strip_task_prefix, Family, Positions};
+
+pub static FAMILY: Family = Family {
+    name: "BERT",
+    model_types: &["bert"],
+    checkpoint_prefix: "bert.",
+    positions: Positions::FromZero,
+    default_pad_token_id: 0,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
@@ -26,10 +38,13 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default = "default_act")]
     pub hidden_act: String,
-    /// `bert` (absent is taken as bert); other families (RoBERTa's position ids, ...) are
+    /// The family (`families.rs`; absent is taken as bert); one trainyard does not run is
     /// refused rather than run wrongly.
     #[serde(default)]
     pub model_type: Option<String>,
+    /// RoBERTa's positions start after it (the family's default when absent).
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
 }
 
 /// How token states become one sentence vector (sentence-transformers' `1_Pooling` modes).
@@ -82,12 +97,8 @@ impl BertConfig {
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let config: BertConfig =
             serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if let Some(kind) = config.model_type.as_deref().filter(|k| *k != "bert") {
-            anyhow::bail!(
-                "{}: model_type `{kind}` is not supported (only BERT checkpoints)",
-                path.display()
-            );
-        }
+        Family::of(config.model_type.as_deref())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if !matches!(config.hidden_act.as_str(), "gelu" | "gelu_new") {
             anyhow::bail!(
                 "{}: hidden_act `{}` is not supported (gelu or gelu_new)",
@@ -95,7 +106,30 @@ impl BertConfig {
                 config.hidden_act
             );
         }
+        if config.max_input_tokens() < 1 {
+            anyhow::bail!(
+                "{}: max_position_embeddings {} leaves no room for a token",
+                path.display(),
+                config.max_position_embeddings
+            );
+        }
         Ok(config)
+    }
+
+    /// The encoder's family (the config was checked when read).
+    pub fn family(&self) -> &'static Family {
+        Family::of(self.model_type.as_deref()).unwrap_or(&FAMILY)
+    }
+
+    /// The padding index positions are counted from (RoBERTa).
+    pub fn padding_idx(&self) -> i64 {
+        self.pad_token_id
+            .unwrap_or(self.family().default_pad_token_id)
+    }
+
+    /// The longest input the position embeddings cover (512 for BERT and RoBERTa).
+    pub fn max_input_tokens(&self) -> i64 {
+        self.max_position_embeddings - self.family().position_offset(self.padding_idx())
     }
 }
 
@@ -115,6 +149,8 @@ struct Embeddings {
     position: nn::Embedding,
     token_type: nn::Embedding,
     norm: nn::LayerNorm,
+    family: &'static Family,
+    padding_idx: i64,
 }
 
 impl Embeddings {
@@ -135,12 +171,13 @@ impl Embeddings {
                 cfg,
             ),
             norm: layer_norm(&p / "LayerNorm", c.hidden_size, c.layer_norm_eps),
+            family: c.family(),
+            padding_idx: c.padding_idx(),
         }
     }
 
-    fn forward(&self, input_ids: &Tensor) -> Tensor {
-        let seq = input_ids.size()[1];
-        let positions = Tensor::arange(seq, (Kind::Int64, input_ids.device())).unsqueeze(0);
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let positions = self.family.position_ids(attention_mask, self.padding_idx);
         let token_types = input_ids.zeros_like();
         let x = self.word.forward(input_ids)
             + self.position.forward(&positions)
@@ -282,7 +319,7 @@ impl BertEncoder {
         attention_mask: &Tensor,
         padded: bool,
     ) -> Tensor {
-        let mut x = self.embeddings.forward(input_ids);
+        let mut x = self.embeddings.forward(input_ids, attention_mask);
         let dtype = x.kind();
         let mask_bias = padded.then(|| {
             ((attention_mask.to_kind(dtype).ones_like() - attention_mask.to_kind(dtype)) * -1e4)
@@ -442,18 +479,15 @@ pub fn checkpoint_file(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     anyhow::bail!("{} has no model.safetensors", dir.display())
 }
 
-/// The checkpoint's tensors by name, with a `bert.` prefix (from `BertFor*` checkpoints)
-/// stripped so that names match `BertModel`'s.
+/// The checkpoint's tensors by name, with a family's task prefix (`bert.` from `BertFor*`,
+/// `roberta.` from `RobertaFor*` checkpoints) stripped so that names match `BertModel`'s.
 pub fn read_checkpoint(dir: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
     let path = checkpoint_file(dir)?;
     let tensors = Tensor::read_safetensors(&path)
         .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
     Ok(tensors
         .into_iter()
-        .map(|(name, t)| match name.strip_prefix("bert.") {
-            Some(rest) => (rest.to_string(), t),
-            None => (name, t),
-        })
+        .map(|(name, t)| (strip_task_prefix(&name).to_string(), t))
         .collect())
 }
 

@@ -1,11 +1,14 @@
-//! Everything that knows tch: the BERT encoder, the classifier, the training loop, the threads
-//! that serve them, and the review queue's out-of-fold probabilities.
+//! Everything that knows tch: the encoder families (`families`: BERT, RoBERTa), the classifier,
+//! the training loop, the threads that serve them, and the review queue's out-of-fold
+//! probabilities.
 pub mod adamw;
 pub mod allocator;
 pub mod bert;
 pub mod classifier;
 pub mod export;
+pub mod families;
 pub mod out_of_fold;
+pub mod roberta;
 pub mod text_encoder;
 pub mod trainer;
 pub mod vector_rows;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
-use super::bert::{load_encoder, BertEncoder, PoolingSpec};
+use super::bert::{load_encoder, BertConfig, BertEncoder, PoolingSpec};
 use super::classifier::{Classifier, ClassifierInput, ClassifierSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -273,6 +273,17 @@ enum ReplicaModel {
 impl ReplicaModel {
     /// The model and its output width (embedding dimensions or label count).
     fn load(options: &EncoderOptions) -> anyhow::Result<(ReplicaModel, usize)> {
+        // Past its position embeddings a model would index out of range: refused here.
+        let config = BertConfig::from_file(&options.model_dir.join("config.json"))?;
+        if options.max_tokens as i64 > config.max_input_tokens() {
+            anyhow::bail!(
+                "max_tokens {} is more than {} ({} model, max_position_embeddings {}) takes",
+                options.max_tokens,
+                config.max_input_tokens(),
+                config.family().name,
+                config.max_position_embeddings
+            );
+        }
         match &options.classifier {
             None => {
                 let (vs, encoder) = load_encoder(&options.model_dir, options.device)?;

@@ -1,0 +1,140 @@
+# Writes a small randomly initialised encoder of one family with Hugging Face transformers, its own tokenizer.json, and the reference outputs trainyard must reproduce (tests/encoder_reference.rs).
+"""Usage: python tests/python/make_family_model.py FAMILY OUT_DIR
+
+FAMILY: roberta | xlm-roberta. OUT_DIR gets:
+  base/        the encoder (`AutoModel`): config.json, model.safetensors, tokenizer.json
+  classifier/  the same weights saved by `*ForSequenceClassification` (a `roberta.` prefix and a
+               classification head), which trainyard must load as the same encoder
+  reference.json  {"sentences", "ids" (per sentence), "hidden" (per sentence: tokens x hidden,
+               each sentence run alone), "batch_hidden_max_abs_diff" (the padded batch against
+               the sentences alone, in transformers), "mean" (mean-pooled, not normalised)}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+
+SENTENCES = [
+    "A short one.",
+    "The parcel arrived two weeks late and the box was crushed on one side.",
+    "Win a FREE cruise now!!! Click the link before midnight.",
+    "Ceci n'est pas une phrase anglaise, mais elle passe quand même.",
+    "ok",
+    "Quarterly numbers look fine; revenue grew 4% while costs stayed flat across every region we track.",
+]
+CORPUS = SENTENCES * 3 + [
+    "the quick brown fox jumps over the lazy dog",
+    "labelled text in, served classifiers out",
+    "annotators vote on every label of every document",
+]
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def tokenizer(out: str) -> Tokenizer:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tok.save(os.path.join(out, "tokenizer.json"))
+    return tok
+
+
+def model_classes(family: str):
+    from transformers import (
+        RobertaConfig,
+        RobertaForSequenceClassification,
+        RobertaModel,
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+        XLMRobertaModel,
+    )
+
+    if family == "roberta":
+        return RobertaConfig, RobertaModel, RobertaForSequenceClassification
+    if family == "xlm-roberta":
+        return XLMRobertaConfig, XLMRobertaModel, XLMRobertaForSequenceClassification
+    raise SystemExit(f"unknown family {family}")
+
+
+def main() -> int:
+    family, out = sys.argv[1:3]
+    torch.manual_seed(1234)
+    torch.set_num_threads(1)
+    base_dir = os.path.join(out, "base")
+    cls_dir = os.path.join(out, "classifier")
+    os.makedirs(base_dir, exist_ok=True)
+    os.makedirs(cls_dir, exist_ok=True)
+    tok = tokenizer(base_dir)
+    Config, Model, ForClassification = model_classes(family)
+    config = Config(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+    )
+    model = Model(config, add_pooling_layer=False).eval()
+    # Larger than the default 0.02 so that every layer moves the states.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    model.save_pretrained(base_dir, safe_serialization=True)
+    tok.save(os.path.join(cls_dir, "tokenizer.json"))
+    classifier = ForClassification(config)
+    classifier.roberta.load_state_dict(model.state_dict(), strict=False)
+    classifier.save_pretrained(cls_dir, safe_serialization=True)
+
+    ids = [tok.encode(s).ids for s in SENTENCES]
+    hidden, means = [], []
+    with torch.no_grad():
+        for row in ids:
+            states = model(input_ids=torch.tensor([row])).last_hidden_state[0]
+            hidden.append(states.tolist())
+            means.append(states.mean(0).tolist())
+        # The same sentences as one right-padded batch (padding with pad_token_id 1).
+        width = max(len(r) for r in ids)
+        batch = torch.tensor([r + [1] * (width - len(r)) for r in ids])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])
+        padded = model(input_ids=batch, attention_mask=mask).last_hidden_state
+        diff = max(
+            (padded[i, : len(r)] - torch.tensor(hidden[i])).abs().max().item() for i, r in enumerate(ids)
+        )
+    with open(os.path.join(out, "reference.json"), "w") as f:
+        json.dump(
+            {
+                "family": family,
+                "sentences": SENTENCES,
+                "ids": ids,
+                "hidden": hidden,
+                "mean": means,
+                "batch_hidden_max_abs_diff": diff,
+            },
+            f,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
