@@ -2,7 +2,8 @@
 """Usage: python tests/python/make_family_model.py FAMILY OUT_DIR
 
 FAMILY: roberta | xlm-roberta. OUT_DIR gets:
-  base/        the encoder (`AutoModel`): config.json, model.safetensors, tokenizer.json
+  base/        the encoder (`AutoModel`): config.json, model.safetensors, tokenizer.json,
+               tokenizer_config.json
   classifier/  the same weights saved by `*ForSequenceClassification` (a `roberta.` prefix and a
                classification head), which trainyard must load as the same encoder
   reference.json  {"sentences", "ids" (per sentence), "hidden" (per sentence: tokens x hidden,
@@ -101,6 +102,20 @@ def main() -> int:
         for p in model.parameters():
             p.normal_(0.0, 0.2)
     model.save_pretrained(base_dir, safe_serialization=True)
+    # As the families' published folders have: the special tokens `transformers` pads with.
+    with open(os.path.join(base_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "pad_token": "<pad>",
+                "unk_token": "<unk>",
+                "mask_token": "<mask>",
+                "model_max_length": 64,
+            },
+            f,
+        )
     tok.save(os.path.join(cls_dir, "tokenizer.json"))
     classifier = ForClassification(config)
     classifier.roberta.load_state_dict(model.state_dict(), strict=False)
