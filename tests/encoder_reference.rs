@@ -189,5 +189,17 @@ fn roberta_families_match_transformers() {
             .err()
             .expect("65 tokens are refused");
         assert!(err.contains("max_tokens 65 is more than 64"), "{err}");
+
+        // Without tokenizer.json (a SentencePiece folder ships `spm.model`): refused, with
+        // the command that writes one.
+        std::fs::remove_file(base.join("tokenizer.json")).unwrap();
+        let err = family_encoder(&base, 64)
+            .err()
+            .expect("no tokenizer.json is refused");
+        assert!(
+            err.contains("has no tokenizer.json: write one with python -c")
+                && err.contains("save_pretrained"),
+            "{err}"
+        );
     }
 }

@@ -144,6 +144,16 @@ pub fn pick_device(setting: &str) -> Device {
 /// The local model's tokenizer as the encoder uses it: truncation at `max_tokens`, no padding.
 pub fn load_tokenizer(dir: &Path, max_tokens: usize) -> Result<Tokenizer, EncoderError> {
     let path = dir.join("tokenizer.json");
+    if !path.is_file() {
+        // DeBERTa-v3 and other SentencePiece folders ship `spm.model` only; `transformers`
+        // writes the equivalent `tokenizer.json` when it saves the fast tokenizer.
+        return Err(EncoderError::Load(format!(
+            "{} has no tokenizer.json: write one with \
+             python -c \"from transformers import AutoTokenizer; d = '{}'; AutoTokenizer.from_pretrained(d).save_pretrained(d)\"",
+            dir.display(),
+            dir.display()
+        )));
+    }
     let mut tokenizer = Tokenizer::from_file(&path)
         .map_err(|e| EncoderError::Load(format!("{}: {e}", path.display())))?;
     // The shipped tokenizer.json truncates at 128 and pads to a fixed 128; the model's
