@@ -1,5 +1,8 @@
 # Writes a small randomly initialised encoder of one family with Hugging Face transformers, its own tokenizer.json, and the reference outputs trainyard must reproduce (tests/encoder_reference.rs).
-"""Usage: python tests/python/make_family_model.py FAMILY OUT_DIR
+"""Usage: python tests/python/make_family_model.py FAMILY OUT_DIR [--bench]
+
+--bench: all-MiniLM-L6-v2's size instead (6 layers of width 384, 12 heads, 514 positions,
+`model_max_length` 256), for benches/encoder_families.sh.
 
 FAMILY: roberta | xlm-roberta. OUT_DIR gets:
   base/        the encoder (`AutoModel`): config.json, model.safetensors, tokenizer.json,
@@ -74,6 +77,7 @@ def model_classes(family: str):
 
 def main() -> int:
     family, out = sys.argv[1:3]
+    bench = "--bench" in sys.argv[3:]
     torch.manual_seed(1234)
     torch.set_num_threads(1)
     base_dir = os.path.join(out, "base")
@@ -82,13 +86,14 @@ def main() -> int:
     os.makedirs(cls_dir, exist_ok=True)
     tok = tokenizer(base_dir)
     Config, Model, ForClassification = model_classes(family)
+    size = (
+        dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, max_position_embeddings=514)
+        if bench
+        else dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=66)
+    )
     config = Config(
         vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=66,
+        **size,
         type_vocab_size=1,
         pad_token_id=1,
         bos_token_id=0,
@@ -100,7 +105,7 @@ def main() -> int:
     # Larger than the default 0.02 so that every layer moves the states.
     with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0.0, 0.2)
+            p.normal_(0.0, 0.05 if bench else 0.2)
     model.save_pretrained(base_dir, safe_serialization=True)
     # As the families' published folders have: the special tokens `transformers` pads with.
     with open(os.path.join(base_dir, "tokenizer_config.json"), "w") as f:
@@ -112,7 +117,7 @@ def main() -> int:
                 "pad_token": "<pad>",
                 "unk_token": "<unk>",
                 "mask_token": "<mask>",
-                "model_max_length": 64,
+                "model_max_length": 256 if bench else 64,
             },
             f,
         )
