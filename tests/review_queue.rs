@@ -605,7 +605,10 @@ async fn uncertain_disagreement_uncovered_and_bad_requests() {
     // request: 202 with the job, then the same ranking the request would have made.
     let mut small_limit = test_settings(&db.url);
     small_limit.review.inline_max_documents = 81;
-    let app_small = spawn_api(db.pool.clone(), Arc::new(small_limit)).await;
+    // Its own pool, as a second `serve` process has: the shared test pool's connections are
+    // the first API's, its listeners' and the worker's.
+    let small_pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let app_small = spawn_api(small_pool, Arc::new(small_limit)).await;
     let spam_query = "model=mod&strategy=uncertain&source=reviews&label=spam";
     let (s, computing) = app_small.get(&format!("{q}?{spam_query}&limit=1000")).await;
     assert_eq!(s, 202, "82 reviews > 81: ranked by a job: {computing}");
