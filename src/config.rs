@@ -367,7 +367,7 @@ pub struct EmbeddingModelConfig {
     /// `type = "local"`: `mean` or `cls`. Absent: the folder's sentence-transformers
     /// `1_Pooling/config.json`, else `mean`.
     #[serde(default)]
-    pub pooling: Option<crate::ml::bert::Pooling>,
+    pub pooling: Option<crate::ml::encoder::Pooling>,
     /// `type = "local"`: L2-normalise embeddings. Absent: whether the folder's
     /// `modules.json` lists a `Normalize` module (true when the folder has no `modules.json`).
     #[serde(default)]

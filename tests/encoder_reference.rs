@@ -1,11 +1,15 @@
 //! The local MiniLM encoder against sentence-transformers' reference embeddings (committed in
 //! tests/fixtures, made by scripts/make_minilm_reference.py): max abs difference below 1e-4.
-//! And each BERT-shaped family without public weights here (RoBERTa, XLM-RoBERTa) against
+//! And each family without public weights here (RoBERTa, XLM-RoBERTa, DistilBERT, MPNet) against
 //! `transformers` on a small random model that tests/python/make_family_model.py writes:
 //! token ids, token states and pooled vectors within 1e-5.
+#[path = "support/families.rs"]
+mod families;
+
 use std::path::Path;
 
-use trainyard::ml::bert::{load_encoder, Pooling, PoolingSpec};
+use families::{make_family_model, run_python, RANDOM_FAMILIES};
+use trainyard::ml::encoder::{load_encoder, Pooling, PoolingSpec};
 use trainyard::ml::text_encoder::{load_tokenizer, EncoderOptions, TextEncoder};
 
 fn encoder(max_tokens_per_batch: usize) -> TextEncoder {
@@ -83,24 +87,6 @@ fn batching_does_not_change_results() {
     }
 }
 
-/// Writes a random `family` model (base folder, classifier folder, reference outputs) into `out`.
-fn make_family_model(family: &str, out: &Path) -> serde_json::Value {
-    let venv = std::env::var("TRAINYARD_VENV").expect("TRAINYARD_VENV (source scripts/env.sh)");
-    let status = std::process::Command::new(format!("{venv}/bin/python"))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/make_family_model.py"
-        ))
-        .arg(family)
-        .arg(out)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("the venv's python runs");
-    assert!(status.success(), "make_family_model.py {family} failed");
-    let text = std::fs::read_to_string(out.join("reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 fn family_encoder(dir: &Path, max_tokens: usize) -> Result<TextEncoder, String> {
     TextEncoder::start(EncoderOptions {
         model_dir: dir.into(),
@@ -119,8 +105,8 @@ fn family_encoder(dir: &Path, max_tokens: usize) -> Result<TextEncoder, String> 
 }
 
 #[test]
-fn roberta_families_match_transformers() {
-    for family in ["roberta", "xlm-roberta"] {
+fn encoder_families_match_transformers() {
+    for &family in RANDOM_FAMILIES {
         let tmp = tempfile::tempdir().unwrap();
         let reference = make_family_model(family, tmp.path());
         let sentences: Vec<String> =
@@ -154,7 +140,7 @@ fn roberta_families_match_transformers() {
         let input = tch::Tensor::from_slice(&input).view(shape);
         let mask = tch::Tensor::from_slice(&mask).view(shape);
         for folder in ["base", "classifier"] {
-            let (_vs, encoder) = load_encoder(&tmp.path().join(folder), tch::Device::Cpu)
+            let (_vs, encoder, _config) = load_encoder(&tmp.path().join(folder), tch::Device::Cpu)
                 .unwrap_or_else(|e| panic!("{family} {folder}: {e}"));
             let states = encoder.hidden_states(&input, &mask, true);
             let mut worst = 0f32;
@@ -184,7 +170,8 @@ fn roberta_families_match_transformers() {
         println!("{family}: mean-pooled max abs diff {diff:e}");
         assert!(diff < 1e-5, "{family}: pooled vectors differ by {diff}");
 
-        // 66 positions, the first two spent on padding: 64 tokens at most, 65 refused.
+        // 64 tokens at most (RoBERTa and MPNet spend two of their 66 positions on padding), 65
+        // refused.
         let err = family_encoder(&base, 65)
             .err()
             .expect("65 tokens are refused");
@@ -201,5 +188,162 @@ fn roberta_families_match_transformers() {
                 && err.contains("save_pretrained"),
             "{err}"
         );
+    }
+}
+
+/// Named tensors, as a checkpoint or a `VarStore` lists them.
+type Named = Vec<(String, tch::Tensor)>;
+
+/// One finetune step from the same weights on the same batch (dropout off): the loss and every
+/// updated weight equal a plain PyTorch loop's (tests/python/finetune_step.py) within 1e-4, with
+/// layer-wise learning-rate decay, weight decay (none on biases and norms) and clipping on, for
+/// BERT (the real MiniLM) and every random family. The same step as 3 accumulated batches of 2
+/// under a 24-token budget (micro-batches of one text) gives the same weights.
+#[test]
+fn one_finetune_step_matches_pytorch() {
+    use trainyard::datasets::TaskType;
+    use trainyard::ml::classifier::{ClassifierSpec, TrainMode};
+    use trainyard::ml::trainer::{Hyperparameters, SplitData, SplitInputs, Trainer};
+
+    let minilm = std::env::var("TRAINYARD_LOCAL_MODEL_DIR").expect("TRAINYARD_LOCAL_MODEL_DIR");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut folders = vec![("bert".to_string(), std::path::PathBuf::from(minilm))];
+    let mut sentences: Vec<String> = Vec::new();
+    for &family in RANDOM_FAMILIES {
+        let out = tmp.path().join(family);
+        let reference = make_family_model(family, &out);
+        sentences = serde_json::from_value(reference["sentences"].clone()).unwrap();
+        folders.push((family.to_string(), out.join("base")));
+    }
+    let targets: Vec<Vec<Option<bool>>> = [[1, 0], [0, 1], [1, 1], [0, 0], [1, 0], [0, 1]]
+        .iter()
+        .map(|r| r.iter().map(|&v| Some(v == 1)).collect())
+        .collect();
+    let data = SplitData {
+        inputs: SplitInputs::Texts(sentences.clone()),
+        targets: targets.clone(),
+    };
+    for (family, dir) in &folders {
+        let config =
+            trainyard::ml::encoder::EncoderConfig::from_file(&dir.join("config.json")).unwrap();
+        let spec = ClassifierSpec {
+            mode: TrainMode::Finetune,
+            task: TaskType::MultiLabel,
+            labels: vec!["a".into(), "b".into()],
+            input_dim: config.shape.hidden_size,
+            hidden_size: 0,
+            dropout: 0.0,
+            max_tokens: 64,
+            pooling: Default::default(),
+            base_model: None,
+        };
+        let mut hp = Hyperparameters::defaults_for(TrainMode::Finetune);
+        hp.epochs = 1;
+        hp.warmup_ratio = 0.0;
+        hp.pos_weight = false;
+        // Adam's first step moves a weight by about the learning rate whatever its gradient,
+        // so a gradient that is zero up to rounding can move it either way: 2e-3 keeps that
+        // noise (about 1% of the rate) well under the tolerance.
+        hp.learning_rate = 2e-3;
+        hp.encoder_learning_rate = 2e-3;
+        hp.weight_decay = 0.1;
+        hp.max_grad_norm = 1.0;
+        hp.layer_lr_decay = 0.5;
+        hp.max_tokens = 64;
+        let layouts = [(6usize, 1u32, 4096usize), (2, 3, 24)];
+        // (loss, weights after the step, weights after the step without layer decay)
+        let mut reference: Option<(f64, Named, Named)> = None;
+        for (batch, accumulate, budget) in layouts {
+            hp.batch_size = batch;
+            hp.gradient_accumulation_steps = accumulate;
+            hp.max_batch_tokens = budget;
+            let mut trainer =
+                Trainer::new(spec.clone(), hp.clone(), &data, Some(dir), tch::Device::Cpu).unwrap();
+            assert_eq!(trainer.steps_per_epoch, 1, "one optimizer step");
+            if reference.is_none() {
+                // PyTorch starts from trainyard's initial head.
+                let vars = trainer.model.vs.variables();
+                let as_json = |name: &str| -> serde_json::Value {
+                    let t = &vars[name];
+                    let flat = Vec::<f32>::try_from(t.view([-1])).unwrap();
+                    match t.size().as_slice() {
+                        [rows, cols] => serde_json::json!(flat
+                            .chunks(*cols as usize)
+                            .take(*rows as usize)
+                            .map(|c| c.to_vec())
+                            .collect::<Vec<_>>()),
+                        _ => serde_json::json!(flat),
+                    }
+                };
+                let out = tmp.path().join(format!("{family}-step"));
+                std::fs::create_dir_all(&out).unwrap();
+                let step = serde_json::json!({
+                    "model_dir": dir,
+                    "texts": sentences,
+                    "targets": targets.iter().map(|r| r.iter().map(|v| u8::from(*v == Some(true))).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                    "head": {"weight": as_json("classifier.out.weight"), "bias": as_json("classifier.out.bias")},
+                    "max_tokens": 64,
+                    "learning_rate": hp.learning_rate,
+                    "encoder_learning_rate": hp.encoder_learning_rate,
+                    "layer_lr_decay": hp.layer_lr_decay,
+                    "weight_decay": hp.weight_decay,
+                    "max_grad_norm": hp.max_grad_norm,
+                });
+                let spec_path = out.join("spec.json");
+                std::fs::write(&spec_path, step.to_string()).unwrap();
+                run_python(
+                    "finetune_step.py",
+                    &[spec_path.as_os_str(), out.as_os_str()],
+                );
+                let loss: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(out.join("step.json")).unwrap())
+                        .unwrap();
+                let read = |name: &str| tch::Tensor::read_safetensors(out.join(name)).unwrap();
+                reference = Some((
+                    loss["loss"].as_f64().unwrap(),
+                    read("after.safetensors"),
+                    read("after_no_decay.safetensors"),
+                ));
+            }
+            let (want_loss, after, plain) = reference.as_ref().unwrap();
+            let loss = trainer.run_epoch(1, &mut |_| true).unwrap();
+            let mine: std::collections::HashMap<String, tch::Tensor> =
+                trainer.model.saved_variables().into_iter().collect();
+            let worst = |other: &[(String, tch::Tensor)]| -> (f64, String) {
+                let mut worst = (0f64, String::new());
+                let mut compared = 0;
+                for (name, want) in other {
+                    let Some(got) = mine.get(name) else {
+                        continue; // the pooler trainyard does not run
+                    };
+                    compared += 1;
+                    let d = (got - want).abs().max().double_value(&[]);
+                    if d > worst.0 {
+                        worst = (d, name.clone());
+                    }
+                }
+                assert_eq!(
+                    compared,
+                    mine.len(),
+                    "{family}: every trainyard tensor compared"
+                );
+                worst
+            };
+            let (diff, at) = worst(after);
+            let (plain_diff, _) = worst(plain);
+            println!(
+                "{family} (batch {batch} x {accumulate}, {budget} tokens): loss {loss:.6} vs {want_loss:.6}, \
+                 weights max abs diff {diff:e} ({at}); against the step without layer decay {plain_diff:e}"
+            );
+            assert!(
+                (loss - want_loss).abs() < 1e-4,
+                "{family}: loss {loss} vs {want_loss}"
+            );
+            assert!(diff < 1e-4, "{family}: `{at}` differs by {diff}");
+            assert!(
+                plain_diff > 1e-3,
+                "{family}: the layer decay shows in the weights ({plain_diff})"
+            );
+        }
     }
 }

@@ -2,14 +2,18 @@
 //! exported folder loads in Hugging Face `transformers` and reproduces trainyard's scores
 //! within 1e-4 on 50 texts (tests/python/export_roundtrip.py); a head-only version exports its
 //! head and names its embedding model; `trainyard export` unpacks it; bad requests are 4xx. A
-//! finetune from a RoBERTa base (a random model written by `transformers`) exports a folder
-//! that `AutoModel` loads as `RobertaModel` and that reproduces the served scores.
+//! finetune from each family's random base (RoBERTa, XLM-RoBERTa, DistilBERT, MPNet, written by
+//! `transformers`) exports a folder that `AutoModel` loads with the family's class and that
+//! reproduces the served scores.
+#[path = "support/families.rs"]
+mod families;
 mod support;
 
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use families::python;
 use serde_json::{json, Value};
 use support::*;
 
@@ -35,11 +39,6 @@ fn probe_texts() -> Vec<String> {
     ]);
     assert_eq!(texts.len(), 50);
     texts
-}
-
-fn python() -> String {
-    let venv = std::env::var("TRAINYARD_VENV").expect("TRAINYARD_VENV (source scripts/env.sh)");
-    format!("{venv}/bin/python")
 }
 
 /// Runs the round-trip script on `folder` with `input`; returns its output.
@@ -314,80 +313,77 @@ async fn exported_versions_reproduce_trainyard_scores_in_python() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_roberta_finetune_exports_a_folder_transformers_loads() {
+async fn finetunes_of_every_family_export_folders_transformers_loads() {
     let tmp = tempfile::tempdir().unwrap();
-    let status = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/make_family_model.py"
-        ))
-        .args(["roberta"])
-        .arg(tmp.path())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "make_family_model.py roberta");
     let db = fresh_db().await;
     let mut settings = test_settings(&db.url);
     let base = settings.embedding_models["all-MiniLM-L6-v2"].clone();
-    settings.embedding_models.insert(
-        "tiny-roberta".into(),
-        trainyard::config::EmbeddingModelConfig {
-            name: "tiny-roberta".into(),
-            dir: Some(tmp.path().join("base").display().to_string()),
-            dimensions: 32,
-            max_tokens: 64,
-            ..base
-        },
-    );
+    for &family in families::RANDOM_FAMILIES {
+        families::make_family_model(family, &tmp.path().join(family));
+        settings.embedding_models.insert(
+            format!("tiny-{family}"),
+            trainyard::config::EmbeddingModelConfig {
+                name: format!("tiny-{family}"),
+                dir: Some(tmp.path().join(family).join("base").display().to_string()),
+                dimensions: 32,
+                max_tokens: 64,
+                ..base.clone()
+            },
+        );
+    }
     let app = spawn_api(db.pool.clone(), Arc::new(settings)).await;
     let _worker = spawn_inprocess_worker(&app, 2);
     import_spam_docs(&app, "mail", 120).await;
     let dataset = start_spam_dataset(&app, "export", "mail").await;
     let d = app.wait_dataset(&dataset, Duration::from_secs(300)).await;
     assert_eq!(d["status"], "ready", "{d}");
-    let run = train_to_success(
-        &app,
-        json!({"dataset_id": dataset, "model_name": "rob-export", "mode": "finetune",
-               "base_model": "tiny-roberta", "auto_promote": true,
-               "hyperparameters": {"epochs": 1, "batch_size": 16, "max_tokens": 64,
-                                    "learning_rate": 0.003, "encoder_learning_rate": 0.001,
-                                    "hidden_size": 16, "seed": 5}}),
-    )
-    .await;
-    assert_eq!(run["base_model"], "tiny-roberta", "{run}");
-    wait_loaded(&app, "rob-export", 1).await;
     let texts = probe_texts();
-    let (status, served) = app
-        .post("/api/v1/models/rob-export/batch", json!({"texts": texts}))
+    for &family in families::RANDOM_FAMILIES {
+        let name = format!("{family}-export");
+        let run = train_to_success(
+            &app,
+            json!({"dataset_id": dataset, "model_name": name, "mode": "finetune",
+                   "base_model": format!("tiny-{family}"), "auto_promote": true,
+                   "hyperparameters": {"epochs": 1, "batch_size": 16, "max_tokens": 64,
+                                        "learning_rate": 0.003, "encoder_learning_rate": 0.001,
+                                        "hidden_size": 16, "seed": 5}}),
+        )
         .await;
-    assert_eq!(status, 200, "{served}");
-    let out_dir = tmp.path().join("export");
-    let cli = Command::new(env!("CARGO_BIN_EXE_trainyard"))
-        .args([
-            "export",
-            "--model",
-            "rob-export",
-            "--json",
-            "--url",
-            &app.base,
-            "--dir",
-        ])
-        .arg(&out_dir)
-        .output()
-        .unwrap();
-    assert!(
-        cli.status.success(),
-        "trainyard export: {}",
-        String::from_utf8_lossy(&cli.stderr)
-    );
-    let folder = out_dir.join("rob-export-v1");
-    let config: Value =
-        serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["model_type"], "roberta");
-    let python = python_scores(&folder, json!({"texts": texts}));
-    let diff = max_diff(&served, &python, "spam");
-    eprintln!("RoBERTa finetuned export: max |trainyard - transformers| over 50 texts = {diff:e}");
-    assert!(diff < 1e-4, "transformers reproduces the scores: {diff}");
+        assert_eq!(run["base_model"], format!("tiny-{family}"), "{run}");
+        wait_loaded(&app, &name, 1).await;
+        let (status, served) = app
+            .post(
+                &format!("/api/v1/models/{name}/batch"),
+                json!({"texts": texts}),
+            )
+            .await;
+        assert_eq!(status, 200, "{served}");
+        let out_dir = tmp.path().join(format!("{family}-export"));
+        let cli = Command::new(env!("CARGO_BIN_EXE_trainyard"))
+            .args([
+                "export", "--model", &name, "--json", "--url", &app.base, "--dir",
+            ])
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        assert!(
+            cli.status.success(),
+            "trainyard export: {}",
+            String::from_utf8_lossy(&cli.stderr)
+        );
+        let folder = out_dir.join(format!("{name}-v1"));
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["model_type"], family);
+        let python = python_scores(&folder, json!({"texts": texts}));
+        let diff = max_diff(&served, &python, "spam");
+        eprintln!(
+            "{family} finetuned export: max |trainyard - transformers| over 50 texts = {diff:e}"
+        );
+        assert!(
+            diff < 1e-4,
+            "{family}: transformers reproduces the scores: {diff}"
+        );
+    }
     db.drop_db().await;
 }

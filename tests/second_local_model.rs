@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::*;
 use trainyard::config::{EmbeddingModelConfig, Settings};
-use trainyard::ml::bert::{Pooling, PoolingSpec};
+use trainyard::ml::encoder::{Pooling, PoolingSpec};
 
 const MEAN: &str = "sre-minilm";
 const CLS: &str = "sre-minilm-cls";

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
 use tch::{nn, Device, Kind, Tensor};
 use tokenizers::Tokenizer;
-use trainyard::ml::bert::{load_encoder, BertConfig, BertEncoder};
+use trainyard::ml::encoder::{load_encoder, Encoder, EncoderConfig};
 use trainyard::ml::text_encoder::{ClassifierWeights, EncoderOptions, TextEncoder};
 
 use super::training::{load_tokenizer, Trained};
@@ -121,9 +121,9 @@ fn min_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
 /// A copy of the model folder with its weights in `kind` (TextEncoder loads the file's dtype).
 fn write_dtype_copy(model_dir: &Path, kind: Kind, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out)?;
-    let config = BertConfig::from_file(&model_dir.join("config.json"))?;
+    let config = EncoderConfig::from_file(&model_dir.join("config.json"))?;
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let _encoder = BertEncoder::new(&vs.root(), config);
+    let _encoder = config.build(&vs.root())?;
     vs.load(model_dir.join("model.safetensors"))?;
     vs.set_kind(kind);
     vs.save(out.join("model.safetensors"))?;
@@ -137,7 +137,7 @@ fn write_dtype_copy(model_dir: &Path, kind: Kind, out: &Path) -> Result<()> {
 /// in input order.
 fn encode_fixed(
     tokenizer: &Tokenizer,
-    encoder: &BertEncoder,
+    encoder: &dyn Encoder,
     device: Device,
     texts: &[String],
     batch: usize,
@@ -254,12 +254,18 @@ pub fn throughput_section(
             "sentences": texts.len(), "best_seconds": secs, "sentences_per_second": sps, "smoke": smoke}));
         // Fixed batches of --batch-size through BertEncoder, like sentence-transformers' encode.
         tch::set_num_threads(args.threads);
-        let (_vs, bert) = load_encoder(&dir, args.device)?;
+        let (_vs, bert, _) = load_encoder(&dir, args.device)?;
         let mut fixed = Vec::new();
         let secs = best_seconds(
             repeats,
             || {
-                fixed = encode_fixed(&tokenizer, &bert, args.device, texts, args.batch_size)?;
+                fixed = encode_fixed(
+                    &tokenizer,
+                    bert.as_ref(),
+                    args.device,
+                    texts,
+                    args.batch_size,
+                )?;
                 Ok(fixed.len())
             },
             texts.len(),

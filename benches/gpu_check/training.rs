@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 use trainyard::datasets::TaskType;
-use trainyard::ml::bert::{load_encoder, BertConfig};
 use trainyard::ml::classifier::{Classifier, ClassifierInput, ClassifierSpec, TrainMode};
+use trainyard::ml::encoder::{load_encoder, EncoderConfig};
 use trainyard::ml::trainer::{Hyperparameters, SplitData, SplitInputs, Trainer};
 
 use super::{round, Args, Report, COMPARED_SENTENCES, FP32_TOLERANCE};
@@ -168,7 +168,7 @@ pub fn head_section(r: &mut Report, args: &Args, trained: &mut Option<Trained>) 
 }
 
 pub fn finetune_section(r: &mut Report, args: &Args, trained: &mut Trained) -> Result<Value> {
-    let config = BertConfig::from_file(&args.model_dir.join("config.json"))?;
+    let config = EncoderConfig::from_file(&args.model_dir.join("config.json"))?;
     let (texts, targets) = labelled_texts(32);
     let data = SplitData {
         inputs: SplitInputs::Texts(texts.clone()),
@@ -179,7 +179,7 @@ pub fn finetune_section(r: &mut Report, args: &Args, trained: &mut Trained) -> R
     hp.batch_size = texts.len();
     hp.learning_rate = 3e-3;
     hp.encoder_learning_rate = 1e-4;
-    let ft_spec = spec(TrainMode::Finetune, config.hidden_size, 128);
+    let ft_spec = spec(TrainMode::Finetune, config.shape.hidden_size, 128);
     r.say(format!(
         "  {} labelled texts, batch {}, head lr 3e-3, encoder lr 1e-4, on {:?}",
         texts.len(),
@@ -268,7 +268,7 @@ fn outputs_on(args: &Args, device: Device, t: &Trained, texts: &[String]) -> Res
     let tokenizer = load_tokenizer(&args.model_dir, 256)?;
     let (ids, mask, padded) = pad(&tokenizer, texts)?;
     let (ids, mask) = (ids.to_device(device), mask.to_device(device));
-    let (_vs, encoder) = load_encoder(&args.model_dir, device)?;
+    let (_vs, encoder, _) = load_encoder(&args.model_dir, device)?;
     let mut ft = Classifier::new(t.ft_spec.clone(), device, Some(&args.model_dir))?;
     ft.load_weights_blob(&t.ft_blob)?;
     let mut head = Classifier::new(t.head_spec.clone(), device, None)?;

@@ -76,11 +76,12 @@ fn row_to_run(r: &sqlx::postgres::PgRow) -> TrainingRun {
 /// The checkpoint a finetune starts from: the request's `base_model`, else the dataset's
 /// embedding model when it is local, else the default embedding model. It must be a local
 /// model whose folder this server can see (a worker on another machine resolves the same key
-/// in its own configuration).
+/// in its own configuration). `max_tokens` must fit the model's longest input.
 fn finetune_base(
     state: &AppState,
     requested: Option<&str>,
     dataset_model: &str,
+    max_tokens: usize,
 ) -> Result<String, ApiError> {
     let models = &state.settings.embedding_models;
     let is_local = |key: &str| {
@@ -130,7 +131,7 @@ fn finetune_base(
             }
         }
     };
-    crate::embedding::local_checkpoint(&state.settings, &key).map_err(|e| {
+    let unavailable = |e: String| {
         ApiError::unprocessable(
             "base_model_unavailable",
             format!("finetune cannot start from `{key}`: {e}"),
@@ -140,7 +141,21 @@ fn finetune_base(
                 "mode"
             }),
         )
-    })?;
+    };
+    let checkpoint = crate::embedding::local_checkpoint(&state.settings, &key)
+        .map_err(|e| unavailable(e.to_string()))?;
+    let config = crate::ml::encoder::EncoderConfig::from_file(&checkpoint.dir.join("config.json"))
+        .map_err(|e| unavailable(format!("{e:#}")))?;
+    if max_tokens as i64 > config.shape.max_input_tokens {
+        return Err(ApiError::unprocessable(
+            "invalid_hyperparameter",
+            format!(
+                "hyperparameters.max_tokens {max_tokens} is more than the {} tokens base model `{key}` ({}) takes",
+                config.shape.max_input_tokens, config.family.name
+            ),
+            Some("max_tokens"),
+        ));
+    }
     Ok(key)
 }
 
@@ -219,6 +234,7 @@ impl TrainingApi {
                 &state,
                 body.base_model.as_deref(),
                 &dataset.embedding_model,
+                hp.max_tokens,
             )?),
         };
         let webhook = match body.webhook {

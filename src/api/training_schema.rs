@@ -99,9 +99,27 @@ pub struct HyperparametersIn {
     /// Head dropout, [0, 0.9]. Default 0.1.
     #[oai(nullable, validator(minimum(value = "0"), maximum(value = "0.9")))]
     pub dropout: Option<f64>,
-    /// Finetune: tokens per text, 8–512. Default 128.
-    #[oai(nullable, validator(minimum(value = "8"), maximum(value = "512")))]
+    /// Finetune: tokens per text, 8–8192 and at most the base model's longest input (512 for
+    /// BERT-shaped families). Default 128.
+    #[oai(nullable, validator(minimum(value = "8"), maximum(value = "8192")))]
     pub max_tokens: Option<usize>,
+    /// Batches whose gradients add up before each optimizer step, 1–1024 (effective batch:
+    /// `batch_size ×` this). Default 1.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1024")))]
+    pub gradient_accumulation_steps: Option<u32>,
+    /// Finetune: most padded tokens in one forward pass, 64–1048576. A batch is run as
+    /// micro-batches under it (a text longer than the budget runs alone); the update is the
+    /// same. Default 4096.
+    #[oai(nullable, validator(minimum(value = "64"), maximum(value = "1048576")))]
+    pub max_batch_tokens: Option<usize>,
+    /// Finetune: layer-wise learning-rate decay, (0, 1]. Each encoder layer below the top
+    /// learns at this factor of the one above (embeddings at factor^layers); the head at
+    /// `learning_rate`. Default 1 (off).
+    #[oai(
+        nullable,
+        validator(minimum(value = "0", exclusive), maximum(value = "1"))
+    )]
+    pub layer_lr_decay: Option<f64>,
     /// Telemetry step events every N steps, >= 1. Default 10.
     #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000000")))]
     pub log_every_steps: Option<u64>,
@@ -394,8 +412,22 @@ pub fn resolve_hyperparameters(
     if let Some(v) = in_range(g.dropout, 0.0, 0.9, "dropout")? {
         hp.dropout = v;
     }
-    if let Some(v) = in_range(g.max_tokens, 8, 512, "max_tokens")? {
+    if let Some(v) = in_range(g.max_tokens, 8, 8192, "max_tokens")? {
         hp.max_tokens = v;
+    }
+    if let Some(v) = in_range(
+        g.gradient_accumulation_steps,
+        1,
+        1024,
+        "gradient_accumulation_steps",
+    )? {
+        hp.gradient_accumulation_steps = v;
+    }
+    if let Some(v) = in_range(g.max_batch_tokens, 64, 1 << 20, "max_batch_tokens")? {
+        hp.max_batch_tokens = v;
+    }
+    if let Some(v) = positive(g.layer_lr_decay, "layer_lr_decay")? {
+        hp.layer_lr_decay = v;
     }
     if let Some(v) = in_range(g.log_every_steps, 1, 1_000_000, "log_every_steps")? {
         hp.log_every_steps = v;

@@ -56,8 +56,9 @@ pub async fn doctor() -> anyhow::Result<()> {
         let detail = match m.provider {
             ProviderType::Local => match crate::embedding::local_checkpoint(&settings, key) {
                 Ok(c) => {
-                    let config = crate::ml::bert::BertConfig::from_file(&c.dir.join("config.json"));
-                    let ok = crate::ml::bert::checkpoint_file(&c.dir).is_ok()
+                    let config =
+                        crate::ml::encoder::EncoderConfig::from_file(&c.dir.join("config.json"));
+                    let ok = crate::ml::encoder::checkpoint_file(&c.dir).is_ok()
                         && c.dir.join("tokenizer.json").exists()
                         && config.is_ok();
                     if !ok {
@@ -66,10 +67,10 @@ pub async fn doctor() -> anyhow::Result<()> {
                     let family = match &config {
                         Ok(config) => format!(
                             "{} ({} layers, width {}, longest input {} tokens, max_tokens {})",
-                            config.family().name,
-                            config.num_hidden_layers,
-                            config.hidden_size,
-                            config.max_input_tokens(),
+                            config.family.name,
+                            config.shape.num_layers,
+                            config.shape.hidden_size,
+                            config.shape.max_input_tokens,
                             m.max_tokens
                         ),
                         Err(e) => format!("UNSUPPORTED: {e:#}"),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{EmbeddingModelConfig, ProviderType, Settings};
-use crate::ml::bert::{folder_pooling, PoolingSpec};
+use crate::ml::encoder::{folder_pooling, PoolingSpec};
 use crate::ml::text_encoder::{pick_device, EncoderOptions, TextEncoder};
 use openai_compatible::OpenAiCompatibleClient;
 

@@ -1,30 +1,118 @@
-//! The BERT encoder in tch, and the forward pass of every BERT-shaped family (`families.rs`:
-//! BERT — all-MiniLM-L6-v2, bge-small, … — and RoBERTa/XLM-RoBERTa/CamemBERT), with mean or
-//! CLS pooling and optional L2 normalisation.
+//! BERT, and the post-norm layers every BERT-shaped family reuses (RoBERTa, DistilBERT, MPNet
+//! name the same parts differently): embeddings with optional token types and either
+//! numbering of positions, and self-attention + GELU feed-forward layers with residual
+//! LayerNorms after each.
 //!
 //! Parameter paths match the safetensors names of Hugging Face `BertModel` checkpoints
 //! (`embeddings.word_embeddings.weight`, `encoder.layer.N.attention.self.query.weight`, ...),
-//! which `RobertaModel` shares, so `VarStore::load` fills the model directly (a family's task
-//! prefix, `bert.` or `roberta.`, is stripped). Pipeline: token types all 0, positions as the
-//! family numbers them, erf GELU, LayerNorm eps from config (1e-12 for BERT, 1e-5 for
-//! RoBERTa), then mean over the attention mask (denominator clamped at 1e-9) or the first
-//! token's state, then L2 normalisation when the model's pipeline has it.
-use std::path::Path;
-
-use serde::{Deserialize, Serialize};
+//! so a checkpoint fills the model directly (the `bert.` task prefix is stripped). Pipeline:
+//! token types all 0, positions 0, 1, 2, …, erf GELU (or the tanh approximation for
+//! `gelu_new`), LayerNorm eps from the config (1e-12 for BERT).
+use serde::Deserialize;
+use serde_json::Value;
 use tch::nn::{self, Module};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-use super::families::{strip_task_prefix, Family, Positions};
+use super::encoder::{Encoder, Shape};
+use super::families::Family;
 
 pub static FAMILY: Family = Family {
     name: "BERT",
     model_types: &["bert"],
     checkpoint_prefix: "bert.",
-    positions: Positions::FromZero,
-    default_pad_token_id: 0,
+    layer_prefix: "encoder.layer.",
+    top_params: &[],
+    read,
+    build,
 };
 
+const STYLE: Style = Style {
+    positions: Positions::FromZero,
+    default_pad_token_id: 0,
+    layer: BERT_LAYER,
+};
+
+fn read(json: &Value) -> anyhow::Result<Shape> {
+    BertConfig::parse(json).map(|c| c.shape(&STYLE))
+}
+
+fn build(root: &nn::Path, json: &Value) -> anyhow::Result<Box<dyn Encoder>> {
+    let config = BertConfig::parse(json)?;
+    Ok(Box::new(BertEncoder::new(root, &config, &STYLE)))
+}
+
+/// How a family numbers token positions for its absolute position embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// 0, 1, 2, … whatever the padding (BERT, DistilBERT).
+    FromZero,
+    /// Attended tokens count from `padding_idx + 1`; padded ones sit at `padding_idx`
+    /// (RoBERTa's and MPNet's `create_position_ids_from_input_ids`, computed here from the
+    /// attention mask).
+    AfterPadding,
+}
+
+impl Positions {
+    /// Position ids, [batch, seq] int64, for a batch with this attention mask (1/0).
+    pub fn ids(self, attention_mask: &Tensor, padding_idx: i64) -> Tensor {
+        match self {
+            Positions::FromZero => {
+                let seq = attention_mask.size()[1];
+                Tensor::arange(seq, (Kind::Int64, attention_mask.device()))
+                    .unsqueeze(0)
+                    .expand_as(attention_mask)
+            }
+            Positions::AfterPadding => {
+                let mask = attention_mask.to_kind(Kind::Int64);
+                mask.cumsum(1, Kind::Int64) * &mask + padding_idx
+            }
+        }
+    }
+
+    /// How many positions are spent before the first token: the longest input is
+    /// `max_position_embeddings` minus this.
+    pub fn offset(self, padding_idx: i64) -> i64 {
+        match self {
+            Positions::FromZero => 0,
+            Positions::AfterPadding => padding_idx + 1,
+        }
+    }
+}
+
+/// The names of one post-norm layer's parts, relative to the layer (dotted).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerNames {
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attn_out: &'static str,
+    pub attn_norm: &'static str,
+    pub intermediate: &'static str,
+    pub output: &'static str,
+    pub out_norm: &'static str,
+}
+
+pub const BERT_LAYER: LayerNames = LayerNames {
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attn_out: "attention.output.dense",
+    attn_norm: "attention.output.LayerNorm",
+    intermediate: "intermediate.dense",
+    output: "output.dense",
+    out_norm: "output.LayerNorm",
+};
+
+/// What sets a BERT-shaped family apart from BERT.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub positions: Positions,
+    /// `pad_token_id` when the config does not say.
+    pub default_pad_token_id: i64,
+    pub layer: LayerNames,
+}
+
+/// A BERT-shaped `config.json` (BERT, RoBERTa, MPNet use these names).
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
     pub hidden_size: i64,
@@ -33,57 +121,21 @@ pub struct BertConfig {
     pub intermediate_size: i64,
     pub vocab_size: i64,
     pub max_position_embeddings: i64,
+    /// Absent: 2, as `transformers` defaults it (MPNet has no token types and ignores it).
+    #[serde(default = "default_type_vocab")]
     pub type_vocab_size: i64,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
     #[serde(default = "default_act")]
     pub hidden_act: String,
-    /// The family (`families.rs`; absent is taken as bert); one trainyard does not run is
-    /// refused rather than run wrongly.
-    #[serde(default)]
-    pub model_type: Option<String>,
-    /// RoBERTa's positions start after it (the family's default when absent).
+    /// Where positions start after (the family's default when absent).
     #[serde(default)]
     pub pad_token_id: Option<i64>,
 }
 
-/// How token states become one sentence vector (sentence-transformers' `1_Pooling` modes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pooling {
-    /// Mean over attended tokens (all-MiniLM-L6-v2).
-    #[default]
-    Mean,
-    /// The first (`[CLS]`) token's state (bge-small-en-v1.5).
-    Cls,
+fn default_type_vocab() -> i64 {
+    2
 }
-
-impl Pooling {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Pooling::Mean => "mean",
-            Pooling::Cls => "cls",
-        }
-    }
-}
-
-/// How a sentence vector is made from an encoder's token states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolingSpec {
-    pub pooling: Pooling,
-    /// L2-normalise the pooled vector.
-    pub normalize: bool,
-}
-
-impl Default for PoolingSpec {
-    fn default() -> Self {
-        PoolingSpec {
-            pooling: Pooling::Mean,
-            normalize: true,
-        }
-    }
-}
-
 fn default_eps() -> f64 {
     1e-12
 }
@@ -92,48 +144,80 @@ fn default_act() -> String {
 }
 
 impl BertConfig {
-    pub fn from_file(path: &Path) -> anyhow::Result<BertConfig> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let config: BertConfig =
-            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        Family::of(config.model_type.as_deref())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if !matches!(config.hidden_act.as_str(), "gelu" | "gelu_new") {
+    pub fn parse(json: &Value) -> anyhow::Result<BertConfig> {
+        let config: BertConfig = serde_json::from_value(json.clone())?;
+        Activation::named(&config.hidden_act)?;
+        if config.hidden_size % config.num_attention_heads != 0 {
             anyhow::bail!(
-                "{}: hidden_act `{}` is not supported (gelu or gelu_new)",
-                path.display(),
-                config.hidden_act
-            );
-        }
-        if config.max_input_tokens() < 1 {
-            anyhow::bail!(
-                "{}: max_position_embeddings {} leaves no room for a token",
-                path.display(),
-                config.max_position_embeddings
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                config.hidden_size,
+                config.num_attention_heads
             );
         }
         Ok(config)
     }
 
-    /// The encoder's family (the config was checked when read).
-    pub fn family(&self) -> &'static Family {
-        Family::of(self.model_type.as_deref()).unwrap_or(&FAMILY)
+    pub fn padding_idx(&self, style: &Style) -> i64 {
+        self.pad_token_id.unwrap_or(style.default_pad_token_id)
     }
 
-    /// The padding index positions are counted from (RoBERTa).
-    pub fn padding_idx(&self) -> i64 {
-        self.pad_token_id
-            .unwrap_or(self.family().default_pad_token_id)
-    }
-
-    /// The longest input the position embeddings cover (512 for BERT and RoBERTa).
-    pub fn max_input_tokens(&self) -> i64 {
-        self.max_position_embeddings - self.family().position_offset(self.padding_idx())
+    pub fn shape(&self, style: &Style) -> Shape {
+        Shape {
+            hidden_size: self.hidden_size,
+            num_layers: self.num_hidden_layers,
+            max_input_tokens: self.max_position_embeddings
+                - style.positions.offset(self.padding_idx(style)),
+        }
     }
 }
 
-fn layer_norm(path: nn::Path, size: i64, eps: f64) -> nn::LayerNorm {
+/// The feed-forward activation (`hidden_act`, DistilBERT's `activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// erf GELU (`gelu`).
+    Gelu,
+    /// tanh-approximated GELU (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    pub fn named(name: &str) -> anyhow::Result<Activation> {
+        Ok(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => anyhow::bail!(
+                "hidden_act `{other}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"
+            ),
+        })
+    }
+
+    /// Applied in place when no gradient is needed (saves a [tokens, intermediate] buffer).
+    fn apply(self, mut x: Tensor) -> Tensor {
+        let in_place = !x.requires_grad();
+        match (self, in_place) {
+            (Activation::Gelu, false) => x.gelu("none"),
+            (Activation::Gelu, true) => x.gelu_("none"),
+            (Activation::GeluTanh, false) => x.gelu("tanh"),
+            (Activation::GeluTanh, true) => x.gelu_("tanh"),
+            (Activation::Relu, false) => x.relu(),
+            (Activation::Relu, true) => x.relu_(),
+        }
+    }
+}
+
+/// `p` followed by a dotted relative name.
+pub fn at<'a>(p: &nn::Path<'a>, dotted: &str) -> nn::Path<'a> {
+    let mut parts = dotted.split('.');
+    let mut q = p.sub(parts.next().expect("a name"));
+    for part in parts {
+        q = q.sub(part);
+    }
+    q
+}
+
+pub fn layer_norm(path: nn::Path, size: i64, eps: f64) -> nn::LayerNorm {
     nn::layer_norm(
         path,
         vec![size],
@@ -144,44 +228,48 @@ fn layer_norm(path: nn::Path, size: i64, eps: f64) -> nn::LayerNorm {
     )
 }
 
-struct Embeddings {
+/// Word + position (+ token type 0) embeddings, then LayerNorm.
+pub struct Embeddings {
     word: nn::Embedding,
     position: nn::Embedding,
-    token_type: nn::Embedding,
+    token_type: Option<nn::Embedding>,
     norm: nn::LayerNorm,
-    family: &'static Family,
+    positions: Positions,
     padding_idx: i64,
 }
 
+/// The sizes an embedding block is built with.
+pub struct EmbeddingSizes {
+    pub vocab: i64,
+    pub hidden: i64,
+    pub max_positions: i64,
+    /// 0: no token-type embeddings (DistilBERT, MPNet).
+    pub token_types: i64,
+    pub eps: f64,
+    pub positions: Positions,
+    pub padding_idx: i64,
+}
+
 impl Embeddings {
-    fn new(p: nn::Path, c: &BertConfig) -> Self {
+    pub fn new(p: nn::Path, s: &EmbeddingSizes) -> Self {
         let cfg = Default::default();
         Embeddings {
-            word: nn::embedding(&p / "word_embeddings", c.vocab_size, c.hidden_size, cfg),
-            position: nn::embedding(
-                &p / "position_embeddings",
-                c.max_position_embeddings,
-                c.hidden_size,
-                cfg,
-            ),
-            token_type: nn::embedding(
-                &p / "token_type_embeddings",
-                c.type_vocab_size,
-                c.hidden_size,
-                cfg,
-            ),
-            norm: layer_norm(&p / "LayerNorm", c.hidden_size, c.layer_norm_eps),
-            family: c.family(),
-            padding_idx: c.padding_idx(),
+            word: nn::embedding(&p / "word_embeddings", s.vocab, s.hidden, cfg),
+            position: nn::embedding(&p / "position_embeddings", s.max_positions, s.hidden, cfg),
+            token_type: (s.token_types > 0)
+                .then(|| nn::embedding(&p / "token_type_embeddings", s.token_types, s.hidden, cfg)),
+            norm: layer_norm(&p / "LayerNorm", s.hidden, s.eps),
+            positions: s.positions,
+            padding_idx: s.padding_idx,
         }
     }
 
-    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
-        let positions = self.family.position_ids(attention_mask, self.padding_idx);
-        let token_types = input_ids.zeros_like();
-        let x = self.word.forward(input_ids)
-            + self.position.forward(&positions)
-            + self.token_type.forward(&token_types);
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let positions = self.positions.ids(attention_mask, self.padding_idx);
+        let mut x = self.word.forward(input_ids) + self.position.forward(&positions);
+        if let Some(token_type) = &self.token_type {
+            x += token_type.forward(&input_ids.zeros_like());
+        }
         self.norm.forward(&x)
     }
 }
@@ -194,7 +282,8 @@ struct FusedQkv {
     bias: Tensor,
 }
 
-struct Layer {
+/// One post-norm layer: x = LN(x + attention(x)); x = LN(x + W2·act(W1·x)).
+pub struct Layer {
     fused_qkv: Option<FusedQkv>,
     query: nn::Linear,
     key: nn::Linear,
@@ -205,37 +294,41 @@ struct Layer {
     output: nn::Linear,
     out_norm: nn::LayerNorm,
     heads: i64,
-    gelu: &'static str,
+    act: Activation,
+}
+
+/// The sizes a layer is built with.
+pub struct LayerSizes {
+    pub hidden: i64,
+    pub heads: i64,
+    pub intermediate: i64,
+    pub eps: f64,
+    pub act: Activation,
 }
 
 impl Layer {
-    fn new(p: nn::Path, c: &BertConfig) -> Self {
-        let h = c.hidden_size;
+    pub fn new(p: &nn::Path, names: &LayerNames, s: &LayerSizes) -> Self {
+        let h = s.hidden;
         let lin = Default::default();
-        let att = &p / "attention";
         Layer {
             fused_qkv: None,
-            query: nn::linear(&att / "self" / "query", h, h, lin),
-            key: nn::linear(&att / "self" / "key", h, h, lin),
-            value: nn::linear(&att / "self" / "value", h, h, lin),
-            attn_out: nn::linear(&att / "output" / "dense", h, h, lin),
-            attn_norm: layer_norm(&att / "output" / "LayerNorm", h, c.layer_norm_eps),
-            intermediate: nn::linear(&p / "intermediate" / "dense", h, c.intermediate_size, lin),
-            output: nn::linear(&p / "output" / "dense", c.intermediate_size, h, lin),
-            out_norm: layer_norm(&p / "output" / "LayerNorm", h, c.layer_norm_eps),
-            heads: c.num_attention_heads,
-            gelu: if c.hidden_act == "gelu_new" {
-                "tanh"
-            } else {
-                "none"
-            },
+            query: nn::linear(at(p, names.query), h, h, lin),
+            key: nn::linear(at(p, names.key), h, h, lin),
+            value: nn::linear(at(p, names.value), h, h, lin),
+            attn_out: nn::linear(at(p, names.attn_out), h, h, lin),
+            attn_norm: layer_norm(at(p, names.attn_norm), h, s.eps),
+            intermediate: nn::linear(at(p, names.intermediate), h, s.intermediate, lin),
+            output: nn::linear(at(p, names.output), s.intermediate, h, lin),
+            out_norm: layer_norm(at(p, names.out_norm), h, s.eps),
+            heads: s.heads,
+            act: s.act,
         }
     }
 
     fn fuse_qkv(&mut self) {
         let fused = tch::no_grad(|| {
             fn bias(l: &nn::Linear) -> &Tensor {
-                l.bs.as_ref().expect("BERT projections have a bias")
+                l.bs.as_ref().expect("the projections have a bias")
             }
             FusedQkv {
                 weight: Tensor::cat(&[&self.query.ws, &self.key.ws, &self.value.ws], 0),
@@ -245,9 +338,10 @@ impl Layer {
         self.fused_qkv = Some(fused);
     }
 
-    /// `mask_bias`: [batch, 1, 1, seq], 0 where attended and a large negative where padded.
-    /// `None` for `mask_bias` when no row is padded: libtorch then picks its fastest kernel.
-    fn forward(&self, x: &Tensor, mask_bias: Option<&Tensor>) -> Tensor {
+    /// `attn_bias`: added to the attention scores, broadcast to [batch, heads, seq, seq]
+    /// (the padding mask, MPNet's relative position bias). `None`: libtorch picks its fastest
+    /// kernel.
+    pub fn forward(&self, x: &Tensor, attn_bias: Option<&Tensor>) -> Tensor {
         let (b, s, h) = x.size3().expect("hidden states are [batch, seq, hidden]");
         let d = h / self.heads;
         let (q, k, v) = match &self.fused_qkv {
@@ -269,278 +363,110 @@ impl Layer {
             }
         };
         let ctx =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, mask_bias, 0.0, false, None, false);
+            Tensor::scaled_dot_product_attention(&q, &k, &v, attn_bias, 0.0, false, None, false);
         let ctx = ctx.transpose(1, 2).contiguous().view([b, s, h]);
         let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
-        let mut inner = self.intermediate.forward(&x);
-        // In place when no gradient is needed: saves a [tokens, intermediate] buffer per layer.
-        let inner = if inner.requires_grad() {
-            inner.gelu(self.gelu)
-        } else {
-            inner.gelu_(self.gelu)
-        };
+        let inner = self.act.apply(self.intermediate.forward(&x));
         self.out_norm.forward(&(self.output.forward(&inner) + x))
     }
 }
 
-/// The encoder; parameters live in the `VarStore` it was built on.
+/// [batch, 1, 1, seq]: 0 where attended, a large negative where padded.
+pub fn padding_bias(attention_mask: &Tensor, kind: Kind) -> Tensor {
+    let mask = attention_mask.to_kind(kind);
+    ((mask.ones_like() - mask) * -1e4).view([
+        attention_mask.size()[0],
+        1,
+        1,
+        attention_mask.size()[1],
+    ])
+}
+
+/// Embeddings and a stack of post-norm layers.
 pub struct BertEncoder {
-    embeddings: Embeddings,
-    layers: Vec<Layer>,
-    pub config: BertConfig,
+    pub embeddings: Embeddings,
+    pub layers: Vec<Layer>,
 }
 
 impl BertEncoder {
-    pub fn new(root: &nn::Path, config: BertConfig) -> Self {
-        let embeddings = Embeddings::new(root / "embeddings", &config);
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| Layer::new(root / "encoder" / "layer" / i, &config))
+    /// A BERT-shaped encoder: `embeddings.*` and `encoder.layer.N.*` (names from `style`).
+    pub fn new(root: &nn::Path, c: &BertConfig, style: &Style) -> Self {
+        let embeddings = Embeddings::new(
+            root / "embeddings",
+            &EmbeddingSizes {
+                vocab: c.vocab_size,
+                hidden: c.hidden_size,
+                max_positions: c.max_position_embeddings,
+                token_types: c.type_vocab_size,
+                eps: c.layer_norm_eps,
+                positions: style.positions,
+                padding_idx: c.padding_idx(style),
+            },
+        );
+        let sizes = LayerSizes {
+            hidden: c.hidden_size,
+            heads: c.num_attention_heads,
+            intermediate: c.intermediate_size,
+            eps: c.layer_norm_eps,
+            act: Activation::named(&c.hidden_act).expect("checked when parsed"),
+        };
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| Layer::new(&(root / "encoder" / "layer" / i), &style.layer, &sizes))
             .collect();
-        BertEncoder {
-            embeddings,
-            layers,
-            config,
-        }
+        BertEncoder { embeddings, layers }
     }
 
-    /// Switches every layer to fused query/key/value weights. Only for a frozen encoder: the
-    /// fused copies do not follow later updates of the separate variables.
-    pub fn fuse_for_inference(&mut self) {
-        for layer in &mut self.layers {
-            layer.fuse_qkv();
-        }
-    }
-
-    /// Token-level hidden states, [batch, seq, hidden]. `attention_mask` is 1/0, [batch, seq].
-    /// `padded`: whether any row has padding; when none has, attention runs unmasked.
-    pub fn hidden_states(
+    /// The layers over `x` with the padding mask (when `padded`) plus `extra_bias`.
+    pub fn layers_forward(
         &self,
-        input_ids: &Tensor,
+        mut x: Tensor,
         attention_mask: &Tensor,
         padded: bool,
+        extra_bias: Option<Tensor>,
     ) -> Tensor {
-        let mut x = self.embeddings.forward(input_ids, attention_mask);
-        let dtype = x.kind();
-        let mask_bias = padded.then(|| {
-            ((attention_mask.to_kind(dtype).ones_like() - attention_mask.to_kind(dtype)) * -1e4)
-                .view([attention_mask.size()[0], 1, 1, attention_mask.size()[1]])
-        });
+        let mask = padded.then(|| padding_bias(attention_mask, x.kind()));
+        let bias = match (mask, extra_bias) {
+            (Some(m), Some(e)) => Some(e + m),
+            (m, e) => m.or(e),
+        };
         for layer in &self.layers {
-            x = layer.forward(&x, mask_bias.as_ref());
+            x = layer.forward(&x, bias.as_ref());
         }
         x
     }
 
-    /// Sentence embeddings, pooled as `pooling` says. [batch, hidden], f32.
-    pub fn sentence_embeddings(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        padded: bool,
-        pooling: PoolingSpec,
-    ) -> Tensor {
-        let hidden = self
-            .hidden_states(input_ids, attention_mask, padded)
-            .to_kind(Kind::Float);
-        pool(&hidden, attention_mask, pooling)
-    }
-}
-
-/// One vector per row of `hidden` ([batch, seq, hidden]): mean or CLS, then L2 if asked.
-pub fn pool(hidden: &Tensor, attention_mask: &Tensor, spec: PoolingSpec) -> Tensor {
-    let pooled = match spec.pooling {
-        Pooling::Mean => {
-            let mask = attention_mask.to_kind(Kind::Float).unsqueeze(-1);
-            let summed = (hidden * &mask).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-            let counts = mask
-                .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
-                .clamp_min(1e-9);
-            summed / counts
+    pub fn fuse(&mut self) {
+        for layer in &mut self.layers {
+            layer.fuse_qkv();
         }
-        Pooling::Cls => hidden.select(1, 0),
-    };
-    if spec.normalize {
-        let norm = pooled
-            .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
-            .clamp_min(1e-12);
-        pooled / norm
-    } else {
-        pooled
     }
 }
 
-/// Mean pooling over the mask (denominator clamped at 1e-9) followed by L2 normalisation.
-pub fn mean_pool_normalize(hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
-    pool(hidden, attention_mask, PoolingSpec::default())
-}
-
-/// Builds the encoder on `device`, loads its checkpoint from `dir`, freezes it and fuses its
-/// attention projections for inference.
-pub fn load_encoder(dir: &Path, device: Device) -> anyhow::Result<(nn::VarStore, BertEncoder)> {
-    let config = BertConfig::from_file(&dir.join("config.json"))?;
-    let mut vs = nn::VarStore::new(device);
-    let mut encoder = BertEncoder::new(&vs.root(), config);
-    let missing = load_checkpoint_into(&mut vs, dir, "")?;
-    if let Some(name) = missing.first() {
-        anyhow::bail!("{} lacks `{name}`", dir.display());
+impl Encoder for BertEncoder {
+    fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor, padded: bool) -> Tensor {
+        let x = self.embeddings.forward(input_ids, attention_mask);
+        self.layers_forward(x, attention_mask, padded, None)
     }
-    vs.freeze();
-    encoder.fuse_for_inference();
-    Ok((vs, encoder))
-}
 
-/// What a sentence-transformers folder says about pooling: `1_Pooling/config.json`'s mode
-/// (mean or CLS; `None` without that file) and whether `modules.json` lists a `Normalize`
-/// module (`None` without `modules.json`). A pipeline trainyard would run differently (another
-/// pooling mode, a `Dense` or other module) is an error, not a silent mean.
-pub fn folder_pooling(dir: &Path) -> Result<(Option<Pooling>, Option<bool>), String> {
-    let read = |name: &str| -> Option<serde_json::Value> {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
-    };
-    let modules = read("modules.json");
-    let pooling_dir = modules
-        .as_ref()
-        .and_then(|m| m.as_array().cloned())
-        .unwrap_or_default()
-        .into_iter()
-        .find(|m| m["type"].as_str().is_some_and(|t| t.ends_with(".Pooling")))
-        .and_then(|m| m["path"].as_str().map(str::to_string))
-        .unwrap_or_else(|| "1_Pooling".into());
-    if let Some(other) = modules
-        .as_ref()
-        .and_then(|m| m.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|m| m["type"].as_str())
-        .find(|t| {
-            ![".Transformer", ".Pooling", ".Normalize"]
-                .iter()
-                .any(|k| t.ends_with(k))
-        })
-    {
-        return Err(format!(
-            "{}/modules.json has a `{other}` module, which trainyard does not run",
-            dir.display()
-        ));
+    fn fuse_for_inference(&mut self) {
+        self.fuse();
     }
-    let pooling = match read(&format!("{pooling_dir}/config.json")) {
-        None => None,
-        Some(c) => {
-            let on: Vec<&str> = c
-                .as_object()
-                .map(|o| {
-                    o.iter()
-                        .filter(|(k, v)| {
-                            k.starts_with("pooling_mode_") && v.as_bool() == Some(true)
-                        })
-                        .map(|(k, _)| k.as_str())
-                        .collect()
-                })
-                .unwrap_or_default();
-            match on.as_slice() {
-                ["pooling_mode_cls_token"] => Some(Pooling::Cls),
-                ["pooling_mode_mean_tokens"] => Some(Pooling::Mean),
-                _ => {
-                    return Err(format!(
-                        "{}/{pooling_dir}/config.json asks for {on:?}; trainyard pools by mean or CLS only \
-                         (set `pooling` and `normalize` on the model to override)",
-                        dir.display()
-                    ))
-                }
-            }
-        }
-    };
-    let normalize = modules.map(|m| {
-        m.as_array().is_some_and(|a| {
-            a.iter().any(|m| {
-                m["type"]
-                    .as_str()
-                    .is_some_and(|t| t.ends_with(".Normalize"))
-            })
-        })
-    });
-    Ok((pooling, normalize))
-}
-
-/// The weights file of a checkpoint folder: `model.safetensors` (a folder with only a pickled
-/// `pytorch_model.bin` must be converted first; libtorch's C++ loader cannot read pickles).
-pub fn checkpoint_file(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let path = dir.join("model.safetensors");
-    if path.is_file() {
-        return Ok(path);
-    }
-    if dir.join("pytorch_model.bin").is_file() {
-        anyhow::bail!(
-            "{} has only pytorch_model.bin: save it as model.safetensors (Python: \
-             transformers' `AutoModel.from_pretrained(dir).save_pretrained(dir)`)",
-            dir.display()
-        )
-    }
-    anyhow::bail!("{} has no model.safetensors", dir.display())
-}
-
-/// The checkpoint's tensors by name, with a family's task prefix (`bert.` from `BertFor*`,
-/// `roberta.` from `RobertaFor*` checkpoints) stripped so that names match `BertModel`'s.
-pub fn read_checkpoint(dir: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
-    let path = checkpoint_file(dir)?;
-    let tensors = Tensor::read_safetensors(&path)
-        .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
-    Ok(tensors
-        .into_iter()
-        .map(|(name, t)| (strip_task_prefix(&name).to_string(), t))
-        .collect())
-}
-
-/// Copies a checkpoint folder's encoder weights into the variables of `vs` (names under
-/// `prefix`); returns the encoder variables the checkpoint lacked. Variables outside the
-/// encoder (`classifier.*`) are left alone; a shape mismatch is an error.
-pub fn load_checkpoint_into(
-    vs: &mut nn::VarStore,
-    dir: &Path,
-    prefix: &str,
-) -> anyhow::Result<Vec<String>> {
-    let loaded: std::collections::HashMap<String, Tensor> =
-        read_checkpoint(dir)?.into_iter().collect();
-    let mut missing = Vec::new();
-    tch::no_grad(|| {
-        for (name, mut var) in vs.variables() {
-            if name.starts_with("classifier.") {
-                continue;
-            }
-            let key = name.strip_prefix(prefix).unwrap_or(&name);
-            match loaded.get(key) {
-                Some(t) if t.size() == var.size() => {
-                    var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
-                }
-                Some(t) => anyhow::bail!(
-                    "{}: `{key}` has shape {:?}, the config says {:?}",
-                    dir.display(),
-                    t.size(),
-                    var.size()
-                ),
-                None => missing.push(name.clone()),
-            }
-        }
-        Ok(())
-    })?;
-    missing.sort();
-    Ok(missing)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// RoBERTa's positions from a right-padded batch: the same as `transformers` computes from
+    /// the ids (`(cumsum(ids != pad) * (ids != pad)) + pad`).
     #[test]
-    fn mean_pooling_ignores_padding_and_normalises() {
-        // Two tokens [3,4] and [0,0] with the second padded: mean is [3,4], normalised [0.6,0.8].
-        let hidden = Tensor::from_slice(&[3.0f32, 4.0, 100.0, 100.0]).view([1, 2, 2]);
-        let mask = Tensor::from_slice(&[1i64, 0]).view([1, 2]);
-        let out = mean_pool_normalize(&hidden, &mask);
-        let v: Vec<f32> = Vec::<f32>::try_from(out.view([-1])).unwrap();
-        assert!(
-            (v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6,
-            "{v:?}"
-        );
+    fn positions_after_padding_skip_padding() {
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 0, 0]).view([2, 4]);
+        let p = Vec::<i64>::try_from(Positions::AfterPadding.ids(&mask, 1).view([-1])).unwrap();
+        assert_eq!(p, vec![2, 3, 4, 5, 2, 3, 1, 1]);
+        assert_eq!(Positions::AfterPadding.offset(1), 2);
+        let p = Vec::<i64>::try_from(Positions::FromZero.ids(&mask, 0).contiguous().view([-1]))
+            .unwrap();
+        assert_eq!(p, vec![0, 1, 2, 3, 0, 1, 2, 3]);
     }
 }

@@ -1,5 +1,5 @@
-//! The classifier: an MLP head on sentence embeddings, optionally behind a trainable MiniLM
-//! encoder (`finetune`), its losses and weight blobs (AdamW is in `adamw.rs`).
+//! The classifier: an MLP head on sentence embeddings, optionally behind a trainable encoder of
+//! any family (`finetune`), its losses and weight blobs (AdamW is in `adamw.rs`).
 //!
 //! Variable names: the encoder sits at the root with the checkpoint's own names
 //! (`embeddings.*`, `encoder.layer.N.*`), the head under `classifier.*`. A `head` model's blob
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::bert::{load_checkpoint_into, pool, BertConfig, BertEncoder, PoolingSpec};
+use super::encoder::{load_checkpoint_into, pool, Encoder, EncoderConfig, PoolingSpec};
 use crate::datasets::TaskType;
 
 /// How a model is built: which mode, which task, what shape. Stored with every model version.
@@ -138,7 +138,9 @@ fn dropout(x: &Tensor, p: f64, rng: Option<&mut ChaCha8Rng>) -> Tensor {
 /// A classifier on one device; lives on one thread (tensors are not `Sync`).
 pub struct Classifier {
     pub vs: nn::VarStore,
-    encoder: Option<BertEncoder>,
+    encoder: Option<Box<dyn Encoder>>,
+    /// The encoder's config (family, depth), when the model has one.
+    pub encoder_config: Option<EncoderConfig>,
     head: MlpHead,
     pub spec: ClassifierSpec,
 }
@@ -171,11 +173,12 @@ impl Classifier {
         base_dir: Option<&Path>,
     ) -> anyhow::Result<Classifier> {
         let mut vs = nn::VarStore::new(device);
-        let encoder = match base_dir {
-            Some(dir) => {
-                let config = BertConfig::from_file(&dir.join("config.json"))?;
-                Some(BertEncoder::new(&vs.root(), config))
-            }
+        let encoder_config = match base_dir {
+            Some(dir) => Some(EncoderConfig::from_file(&dir.join("config.json"))?),
+            None => None,
+        };
+        let encoder = match &encoder_config {
+            Some(config) => Some(config.build(&vs.root())?),
             None => None,
         };
         if spec.mode == TrainMode::Finetune && encoder.is_none() {
@@ -199,6 +202,7 @@ impl Classifier {
         Ok(Classifier {
             vs,
             encoder,
+            encoder_config,
             head,
             spec,
         })
@@ -372,11 +376,44 @@ pub fn masked_loss(
     loss: &LossSpec,
     pos_weight: Option<&Tensor>,
 ) -> Tensor {
+    let (sum, terms) = masked_loss_sum(task, logits, targets, mask, loss, pos_weight);
+    sum / terms.max(1.0)
+}
+
+/// Multi-class: rows with exactly one positive among their annotated labels, 1/0 per row.
+fn counted_rows(targets: &Tensor, mask: &Tensor) -> Tensor {
+    let positives = (targets * mask).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    positives.eq(1.0).to_kind(Kind::Float)
+}
+
+/// How many terms the masked loss of these targets averages over: annotated cells
+/// (multi-class: rows with exactly one positive).
+pub fn loss_terms(task: TaskType, targets: &Tensor, mask: &Tensor) -> f64 {
     match task {
+        TaskType::MultiClass => counted_rows(targets, mask).sum(Kind::Float),
+        _ => mask.sum(Kind::Float),
+    }
+    .double_value(&[])
+}
+
+/// The masked loss summed over its terms, and how many terms (`loss_terms`): a step made of
+/// several micro-batches divides each sum by the step's count.
+pub fn masked_loss_sum(
+    task: TaskType,
+    logits: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+    loss: &LossSpec,
+    pos_weight: Option<&Tensor>,
+) -> (Tensor, f64) {
+    let terms = loss_terms(
+        task,
+        &targets.to_device(Device::Cpu),
+        &mask.to_device(Device::Cpu),
+    );
+    let sum = match task {
         TaskType::MultiClass => {
-            // A row counts when it has exactly one positive among annotated labels.
-            let positives = (targets * mask).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-            let row_mask = positives.eq(1.0).to_kind(Kind::Float);
+            let row_mask = counted_rows(targets, mask);
             let class = (targets * mask).argmax(1, false);
             let log_p = logits.log_softmax(-1, Kind::Float);
             let nll = -log_p.gather(1, &class.unsqueeze(1), false).squeeze_dim(1);
@@ -388,7 +425,7 @@ pub fn masked_loss(
                 }
                 _ => nll,
             };
-            (per_row * &row_mask).sum(Kind::Float) / row_mask.sum(Kind::Float).clamp_min(1.0)
+            (per_row * &row_mask).sum(Kind::Float)
         }
         _ => {
             let per_cell = match loss.kind {
@@ -425,9 +462,10 @@ pub fn masked_loss(
                     -(pos_term + neg_term)
                 }
             };
-            (per_cell * mask).sum(Kind::Float) / mask.sum(Kind::Float).clamp_min(1.0)
+            (per_cell * mask).sum(Kind::Float)
         }
-    }
+    };
+    (sum, terms)
 }
 
 #[cfg(test)]

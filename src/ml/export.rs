@@ -6,8 +6,8 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use tch::{Device, Kind, Tensor};
 
-use super::bert::read_checkpoint;
 use super::classifier::blob_to_tensors;
+use super::encoder::read_checkpoint;
 
 /// The safetensors files of one version.
 pub struct ExportedWeights {

@@ -1,12 +1,16 @@
-//! Everything that knows tch: the encoder families (`families`: BERT, RoBERTa), the classifier,
+//! Everything that knows tch: the encoders (`encoder`: one trait; `families`: BERT, RoBERTa,
+//! DistilBERT, MPNet, one file each), the classifier,
 //! the training loop, the threads that serve them, and the review queue's out-of-fold
 //! probabilities.
 pub mod adamw;
 pub mod allocator;
 pub mod bert;
 pub mod classifier;
+pub mod distilbert;
+pub mod encoder;
 pub mod export;
 pub mod families;
+pub mod mpnet;
 pub mod out_of_fold;
 pub mod roberta;
 pub mod text_encoder;

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
-use super::bert::{load_encoder, BertConfig, BertEncoder, PoolingSpec};
 use super::classifier::{Classifier, ClassifierInput, ClassifierSpec};
+use super::encoder::{load_encoder, Encoder, EncoderConfig, PoolingSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncoderError {
@@ -274,7 +274,7 @@ enum ReplicaModel {
     /// The store owns the parameters the encoder uses: kept alive with it.
     Encoder(
         #[allow(dead_code)] tch::nn::VarStore,
-        Box<BertEncoder>,
+        Box<dyn Encoder>,
         PoolingSpec,
     ),
     Classifier(Box<Classifier>),
@@ -284,24 +284,20 @@ impl ReplicaModel {
     /// The model and its output width (embedding dimensions or label count).
     fn load(options: &EncoderOptions) -> anyhow::Result<(ReplicaModel, usize)> {
         // Past its position embeddings a model would index out of range: refused here.
-        let config = BertConfig::from_file(&options.model_dir.join("config.json"))?;
-        if options.max_tokens as i64 > config.max_input_tokens() {
+        let config = EncoderConfig::from_file(&options.model_dir.join("config.json"))?;
+        if options.max_tokens as i64 > config.shape.max_input_tokens {
             anyhow::bail!(
-                "max_tokens {} is more than {} ({} model, max_position_embeddings {}) takes",
+                "max_tokens {} is more than {} (the longest input this {} model takes)",
                 options.max_tokens,
-                config.max_input_tokens(),
-                config.family().name,
-                config.max_position_embeddings
+                config.shape.max_input_tokens,
+                config.family.name,
             );
         }
         match &options.classifier {
             None => {
-                let (vs, encoder) = load_encoder(&options.model_dir, options.device)?;
-                let width = encoder.config.hidden_size as usize;
-                Ok((
-                    ReplicaModel::Encoder(vs, Box::new(encoder), options.pooling),
-                    width,
-                ))
+                let (vs, encoder, config) = load_encoder(&options.model_dir, options.device)?;
+                let width = config.shape.hidden_size as usize;
+                Ok((ReplicaModel::Encoder(vs, encoder, options.pooling), width))
             }
             Some(weights) => {
                 let mut model = Classifier::new(

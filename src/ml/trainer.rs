@@ -1,5 +1,10 @@
 //! The training loop's tch half: batches, forward/backward, AdamW with warmup and linear decay,
-//! gradient clipping, prediction, and checkpoint state. Epoch bookkeeping, metrics, early
+//! gradient clipping, prediction, and checkpoint state. An optimizer step covers
+//! `batch_size × gradient_accumulation_steps` texts, run as micro-batches of at most
+//! `batch_size` texts and `max_batch_tokens` padded tokens each (memory is bounded by the
+//! budget, not by the batch), with the loss normalised over the whole step so that the update is
+//! the one a single batch of those texts would give. Encoder layers learn at
+//! `encoder_learning_rate × layer_lr_decay^(layers above)`. Epoch bookkeeping, metrics, early
 //! stopping and storage are the caller's (`training::run`).
 //!
 //! Determinism: the head's initial weights, each epoch's shuffle and every dropout mask come
@@ -19,8 +24,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::adamw::AdamW;
 use super::classifier::{
-    blob_to_tensors, masked_loss, target_tensors, tensors_to_blob, Classifier, ClassifierInput,
-    ClassifierSpec, LossKind, LossSpec, TrainMode,
+    blob_to_tensors, loss_terms, masked_loss_sum, target_tensors, tensors_to_blob, Classifier,
+    ClassifierInput, ClassifierSpec, LossKind, LossSpec, TrainMode,
 };
 use super::text_encoder::load_tokenizer;
 pub use super::vector_rows::VectorRows;
@@ -57,6 +62,28 @@ pub struct Hyperparameters {
     pub max_tokens: usize,
     /// Telemetry: a step event every this many steps.
     pub log_every_steps: u64,
+    /// Batches whose gradients add up before each optimizer step (effective batch:
+    /// `batch_size ×` this).
+    #[serde(default = "one_u32")]
+    pub gradient_accumulation_steps: u32,
+    /// Most padded tokens one forward pass takes (finetune): a batch is cut into micro-batches
+    /// under it; a single text longer than the budget runs alone.
+    #[serde(default = "default_batch_tokens")]
+    pub max_batch_tokens: usize,
+    /// Layer-wise learning-rate decay (finetune): each encoder layer below the top learns at
+    /// this factor of the one above, the embeddings at `factor^layers`; 1 = off.
+    #[serde(default = "one_f64")]
+    pub layer_lr_decay: f64,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+fn one_f64() -> f64 {
+    1.0
+}
+fn default_batch_tokens() -> usize {
+    4096
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +97,8 @@ pub enum EarlyStoppingMetric {
 impl Hyperparameters {
     /// Defaults: head 30 epochs × 64, lr 1e-3; finetune 3 epochs × 16, head lr 1e-3, encoder
     /// lr 2e-5; both: weight decay 0.01, warmup 10%, clip 1.0, early stopping on validation
-    /// macro-F1 with patience 3, seed 42, BCE with pos_weight, head 256 wide, dropout 0.1.
+    /// macro-F1 with patience 3, seed 42, BCE with pos_weight, head 256 wide, dropout 0.1, no
+    /// gradient accumulation, 4,096 tokens per forward pass, no layer-wise decay.
     pub fn defaults_for(mode: TrainMode) -> Hyperparameters {
         let finetune = mode == TrainMode::Finetune;
         Hyperparameters {
@@ -94,7 +122,15 @@ impl Hyperparameters {
             dropout: 0.1,
             max_tokens: 128,
             log_every_steps: 10,
+            gradient_accumulation_steps: 1,
+            max_batch_tokens: default_batch_tokens(),
+            layer_lr_decay: 1.0,
         }
+    }
+
+    /// Texts per optimizer step.
+    pub fn step_rows(&self) -> usize {
+        self.batch_size.max(1) * self.gradient_accumulation_steps.max(1) as usize
     }
 
     pub fn loss_spec(&self) -> LossSpec {
@@ -181,7 +217,11 @@ pub struct Trainer {
     device: Device,
     /// The local MiniLM folder (its tokenizer prepares finetune texts).
     base_dir: Option<PathBuf>,
+    /// Optimizer steps per epoch.
     pub steps_per_epoch: u64,
+    /// Encoder layers (finetune; 0 for heads): the learning-rate groups are the head, then
+    /// depths 0 ..= layers + 1.
+    layers: i64,
 }
 
 /// A split ready to evaluate: inputs on the device (tokenized once), and its targets.
@@ -205,9 +245,22 @@ impl Trainer {
         let finetune = spec.mode == TrainMode::Finetune;
         let mut model = Classifier::new(spec, device, if finetune { base_dir } else { None })?;
         model.init_head(&mut run_rng(hp.seed, 0));
-        let optimizer = AdamW::new(model.trainable(), hp.weight_decay, |name| {
-            usize::from(!name.starts_with("classifier."))
-        });
+        // Group 0 is the head; group 1 + d the encoder's parameters at depth d.
+        let layers = model
+            .encoder_config
+            .as_ref()
+            .filter(|_| finetune)
+            .map_or(0, |c| c.shape.num_layers);
+        let optimizer = {
+            let config = model.encoder_config.clone();
+            AdamW::new(model.trainable(), hp.weight_decay, move |name| match config
+                .as_ref()
+                .and_then(|c| c.depth(name))
+            {
+                Some(depth) => 1 + depth as usize,
+                None => 0,
+            })
+        };
         let train_inputs = prepare(&train.inputs, &model.spec, base_dir, device)?;
         let labels = model.spec.labels.len();
         let pos_weight =
@@ -226,7 +279,7 @@ impl Trainer {
                         .collect();
                     Tensor::from_slice(&weights).to_device(device)
                 });
-        let steps_per_epoch = train.len().div_ceil(hp.batch_size.max(1)) as u64;
+        let steps_per_epoch = train.len().div_ceil(hp.step_rows()) as u64;
         Ok(Trainer {
             model,
             optimizer,
@@ -237,6 +290,7 @@ impl Trainer {
             device,
             base_dir: base_dir.map(Path::to_path_buf),
             steps_per_epoch,
+            layers,
         })
     }
 
@@ -254,19 +308,61 @@ impl Trainer {
         })
     }
 
-    /// A batch's masked loss, and the mask of annotated cells it was taken over.
-    fn batch_loss(&self, logits: &Tensor, targets: &[&Vec<Option<bool>>]) -> (Tensor, Tensor) {
+    /// A batch's masked loss, summed (not averaged), and how many terms it summed.
+    fn batch_loss(&self, logits: &Tensor, targets: &[&Vec<Option<bool>>]) -> (Tensor, f64) {
         let labels = self.model.spec.labels.len();
         let (t, m) = target_tensors(targets, labels, self.device);
-        let loss = masked_loss(
+        masked_loss_sum(
             self.model.spec.task,
             logits,
             &t,
             &m,
             &self.hp.loss_spec(),
             self.pos_weight.as_ref(),
-        );
-        (loss, m)
+        )
+    }
+
+    /// The learning rate of each optimizer group at `scale` of the schedule: the head's, then
+    /// the encoder's by depth (embeddings at `decay^layers`, the top layer and above at full).
+    fn group_rates(&self, scale: f64) -> Vec<f64> {
+        let mut lrs = vec![self.hp.learning_rate * scale];
+        for depth in 0..=self.layers + 1 {
+            let below_top = (self.layers - depth).max(0) as i32;
+            lrs.push(
+                self.hp.encoder_learning_rate * scale * self.hp.layer_lr_decay.powi(below_top),
+            );
+        }
+        lrs
+    }
+
+    /// Cuts one step's rows into forward passes of at most `batch_size` texts and
+    /// `max_batch_tokens` padded tokens (at least one text each), in order.
+    fn micro_batches<'r>(&self, rows: &'r [i64]) -> Vec<&'r [i64]> {
+        let limit = self.hp.batch_size.max(1);
+        let lengths = match &self.train_inputs {
+            Prepared::Tokens(ids) => Some(ids),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut longest = 0usize;
+        for (i, &row) in rows.iter().enumerate() {
+            let len = lengths.map_or(0, |ids| ids[row as usize].len());
+            let taken = i - start;
+            let over_tokens = lengths.is_some()
+                && taken > 0
+                && (taken + 1) * longest.max(len) > self.hp.max_batch_tokens;
+            if taken == limit || over_tokens {
+                out.push(&rows[start..i]);
+                start = i;
+                longest = 0;
+            }
+            longest = longest.max(len);
+        }
+        if start < rows.len() {
+            out.push(&rows[start..]);
+        }
+        out
     }
 
     pub fn total_steps(&self) -> u64 {
@@ -295,31 +391,40 @@ impl Trainer {
         let mut rng = run_rng(self.hp.seed, epoch as u64);
         let mut order: Vec<i64> = (0..self.train_targets.len() as i64).collect();
         order.shuffle(&mut rng);
-        let batch = self.hp.batch_size.max(1);
         let mut total_loss = 0.0;
         let mut steps = 0u64;
         let started = Instant::now();
         let mut samples = 0usize;
-        for chunk in order.chunks(batch) {
+        for chunk in order.chunks(self.hp.step_rows()) {
             let global_step = (epoch as u64 - 1) * self.steps_per_epoch + steps;
             let scale = self.schedule(global_step);
-            let lrs = [
-                self.hp.learning_rate * scale,
-                self.hp.encoder_learning_rate * scale,
-            ];
+            let lrs = self.group_rates(scale);
             let targets: Vec<&Vec<Option<bool>>> = chunk
                 .iter()
                 .map(|&i| &self.train_targets[i as usize])
                 .collect();
-            let logits = self.forward_rows(chunk, &mut rng)?;
-            let (loss, _) = self.batch_loss(&logits, &targets);
+            // The step's loss is a mean over all its terms: each micro-batch adds its sum
+            // divided by the step's count, so gradients add up to the single-batch gradient.
+            let labels = self.model.spec.labels.len();
+            let (t, m) = target_tensors(&targets, labels, Device::Cpu);
+            let count = loss_terms(self.model.spec.task, &t, &m).max(1.0);
             self.optimizer.zero_grad();
-            loss.backward();
+            let mut value = 0.0;
+            for micro in self.micro_batches(chunk) {
+                let micro_targets: Vec<&Vec<Option<bool>>> = micro
+                    .iter()
+                    .map(|&i| &self.train_targets[i as usize])
+                    .collect();
+                let logits = self.forward_rows(micro, &mut rng)?;
+                let (sum, _) = self.batch_loss(&logits, &micro_targets);
+                let part = sum / count;
+                part.backward();
+                value += part.double_value(&[]);
+            }
             if self.hp.max_grad_norm > 0.0 {
                 self.optimizer.clip_grad_norm(self.hp.max_grad_norm);
             }
             self.optimizer.step(&lrs);
-            let value = loss.double_value(&[]);
             if !value.is_finite() {
                 return Err(TrainError::Failed(format!(
                     "the loss became {value} at epoch {epoch}, step {steps}; lower the learning rate"
@@ -405,9 +510,8 @@ impl Trainer {
                 let logits = self.logits_for(&split.inputs, chunk, None)?;
                 let targets: Vec<&Vec<Option<bool>>> =
                     chunk.iter().map(|&i| &split.targets[i]).collect();
-                let (loss, m) = self.batch_loss(&logits, &targets);
-                let weight = m.sum(Kind::Float).double_value(&[]);
-                loss_sum += loss.double_value(&[]) * weight;
+                let (sum, weight) = self.batch_loss(&logits, &targets);
+                loss_sum += sum.double_value(&[]);
                 loss_weight += weight;
                 let probs = self
                     .model

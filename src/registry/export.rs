@@ -11,8 +11,8 @@ use sqlx::{PgPool, Row};
 
 use crate::config::{ProviderType, Settings};
 use crate::datasets::TaskType;
-use crate::ml::bert::{BertConfig, Pooling, PoolingSpec};
 use crate::ml::classifier::{ClassifierSpec, TrainMode};
+use crate::ml::encoder::{EncoderConfig, Pooling, PoolingSpec};
 
 /// The export's format, written into `trainyard.json`.
 pub const FORMAT: &str = "trainyard-export/1";
@@ -106,7 +106,7 @@ fn build(
         TrainMode::Head => None,
     };
     if let Some((dir, _)) = &base {
-        crate::ml::bert::checkpoint_file(dir)
+        crate::ml::encoder::checkpoint_file(dir)
             .map_err(|e| ExportError::Unavailable(e.to_string()))?;
     }
     let weights = crate::ml::export::export_weights(
@@ -191,8 +191,10 @@ fn encoder_files(
     };
     let mut files = Vec::new();
     let config_bytes = read("config.json")?;
-    let config: BertConfig = serde_json::from_slice(&config_bytes)
-        .map_err(|e| ExportError::Unavailable(format!("{}/config.json: {e}", dir.display())))?;
+    let config = serde_json::from_slice(&config_bytes)
+        .map_err(anyhow::Error::from)
+        .and_then(EncoderConfig::from_json)
+        .map_err(|e| ExportError::Unavailable(format!("{}/config.json: {e:#}", dir.display())))?;
     files.push(("config.json".to_string(), config_bytes));
     let tokenizer = crate::ml::text_encoder::load_tokenizer(dir, max_tokens)
         .map_err(|e| ExportError::Unavailable(e.to_string()))?;
@@ -234,7 +236,7 @@ fn encoder_files(
     files.push((
         "1_Pooling/config.json".into(),
         pretty(json!({
-            "word_embedding_dimension": config.hidden_size,
+            "word_embedding_dimension": config.shape.hidden_size,
             "pooling_mode_cls_token": pooling.pooling == Pooling::Cls,
             "pooling_mode_mean_tokens": pooling.pooling == Pooling::Mean,
             "pooling_mode_max_tokens": false,

@@ -123,8 +123,9 @@ pub async fn run_training(
     };
     let input_dim = match run.mode {
         TrainMode::Finetune => {
-            crate::ml::bert::BertConfig::from_file(&base_dir.join("config.json"))
+            crate::ml::encoder::EncoderConfig::from_file(&base_dir.join("config.json"))
                 .map_err(|e| JobError::Fatal(format!("base model {}: {e}", base_dir.display())))?
+                .shape
                 .hidden_size
         }
         TrainMode::Head => dataset.dimensions as i64,

@@ -47,7 +47,13 @@ def main() -> int:
             max_length=meta["truncation"]["max_tokens"],
             return_tensors="pt",
         )
-        batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        # Families with token types (BERT, RoBERTa) get type 0, as trainyard gives them;
+        # DistilBERT and MPNet take none.
+        import inspect
+
+        batch.pop("token_type_ids", None)
+        if "token_type_ids" in inspect.signature(encoder.forward).parameters:
+            batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
         with torch.no_grad():
             hidden = encoder(**batch).last_hidden_state
             if meta["pooling"]["mode"] == "cls":

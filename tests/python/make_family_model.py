@@ -4,12 +4,13 @@
 --bench: all-MiniLM-L6-v2's size instead (6 layers of width 384, 12 heads, 514 positions,
 `model_max_length` 256), for benches/encoder_families.sh.
 
-FAMILY: roberta | xlm-roberta. OUT_DIR gets:
+FAMILY: roberta | xlm-roberta | distilbert | mpnet. OUT_DIR gets:
   base/        the encoder (`AutoModel`): config.json, model.safetensors, tokenizer.json,
                tokenizer_config.json
-  classifier/  the same weights saved by `*ForSequenceClassification` (a `roberta.` prefix and a
-               classification head), which trainyard must load as the same encoder
-  reference.json  {"sentences", "ids" (per sentence), "hidden" (per sentence: tokens x hidden,
+  classifier/  the same weights saved by `*ForSequenceClassification` (the family's task prefix,
+               `roberta.`, `distilbert.`, `mpnet.`, and a classification head), which trainyard
+               must load as the same encoder
+  reference.json  {"family", "max_input_tokens", "sentences", "ids" (per sentence), "hidden" (per sentence: tokens x hidden,
                each sentence run alone), "batch_hidden_max_abs_diff" (the padded batch against
                the sentences alone, in transformers), "mean" (mean-pooled, not normalised)}
 """
@@ -59,20 +60,44 @@ def tokenizer(out: str) -> Tokenizer:
 
 
 def model_classes(family: str):
-    from transformers import (
-        RobertaConfig,
-        RobertaForSequenceClassification,
-        RobertaModel,
-        XLMRobertaConfig,
-        XLMRobertaForSequenceClassification,
-        XLMRobertaModel,
-    )
+    import transformers as t
 
-    if family == "roberta":
-        return RobertaConfig, RobertaModel, RobertaForSequenceClassification
-    if family == "xlm-roberta":
-        return XLMRobertaConfig, XLMRobertaModel, XLMRobertaForSequenceClassification
-    raise SystemExit(f"unknown family {family}")
+    classes = {
+        "roberta": ("RobertaConfig", "RobertaModel", "RobertaForSequenceClassification"),
+        "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaModel", "XLMRobertaForSequenceClassification"),
+        "distilbert": ("DistilBertConfig", "DistilBertModel", "DistilBertForSequenceClassification"),
+        "mpnet": ("MPNetConfig", "MPNetModel", "MPNetForSequenceClassification"),
+    }
+    if family not in classes:
+        raise SystemExit(f"unknown family {family}")
+    return tuple(getattr(t, name) for name in classes[family])
+
+
+def make_config(family: str, Config, vocab: int, bench: bool):
+    """A small config (MiniLM's size with --bench); at most 64 tokens in the small one."""
+    if family == "distilbert":
+        size = (
+            dict(dim=384, n_layers=6, n_heads=12, hidden_dim=1536, max_position_embeddings=512)
+            if bench
+            else dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)
+        )
+        return Config(vocab_size=vocab, **size, pad_token_id=1, activation="gelu")
+    size = (
+        dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, max_position_embeddings=514)
+        if bench
+        else dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=66)
+    )
+    extra = dict(relative_attention_num_buckets=32) if family == "mpnet" else dict(type_vocab_size=1)
+    return Config(
+        vocab_size=vocab,
+        **size,
+        **extra,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+    )
 
 
 def main() -> int:
@@ -86,22 +111,9 @@ def main() -> int:
     os.makedirs(cls_dir, exist_ok=True)
     tok = tokenizer(base_dir)
     Config, Model, ForClassification = model_classes(family)
-    size = (
-        dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, max_position_embeddings=514)
-        if bench
-        else dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=66)
-    )
-    config = Config(
-        vocab_size=tok.get_vocab_size(),
-        **size,
-        type_vocab_size=1,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        hidden_act="gelu",
-        layer_norm_eps=1e-5,
-    )
-    model = Model(config, add_pooling_layer=False).eval()
+    config = make_config(family, Config, tok.get_vocab_size(), bench)
+    kwargs = {} if family == "distilbert" else {"add_pooling_layer": False}
+    model = Model(config, **kwargs).eval()
     # Larger than the default 0.02 so that every layer moves the states.
     with torch.no_grad():
         for p in model.parameters():
@@ -123,7 +135,7 @@ def main() -> int:
         )
     tok.save(os.path.join(cls_dir, "tokenizer.json"))
     classifier = ForClassification(config)
-    classifier.roberta.load_state_dict(model.state_dict(), strict=False)
+    getattr(classifier, classifier.base_model_prefix).load_state_dict(model.state_dict(), strict=False)
     classifier.save_pretrained(cls_dir, safe_serialization=True)
 
     ids = [tok.encode(s).ids for s in SENTENCES]
@@ -145,6 +157,7 @@ def main() -> int:
         json.dump(
             {
                 "family": family,
+                "max_input_tokens": 64,
                 "sentences": SENTENCES,
                 "ids": ids,
                 "hidden": hidden,
