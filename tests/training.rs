@@ -924,7 +924,12 @@ fn finetune_recipe_child() {
 fn finetune_recipe_keeps_quality_in_less_memory() {
     let run = |mode: &str| -> (f64, u64) {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "finetune_recipe_child", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "finetune_recipe_child",
+                "--ignored",
+                "--nocapture",
+            ])
             .env("TRAINYARD_RECIPE", mode)
             .output()
             .unwrap();

@@ -194,7 +194,7 @@ impl Activation {
     }
 
     /// Applied in place when no gradient is needed (saves a [tokens, intermediate] buffer).
-    fn apply(self, mut x: Tensor) -> Tensor {
+    pub fn apply(self, mut x: Tensor) -> Tensor {
         let in_place = !x.requires_grad();
         match (self, in_place) {
             (Activation::Gelu, false) => x.gelu("none"),

@@ -42,6 +42,7 @@ pub static FAMILIES: &[&Family] = &[
     &super::roberta::FAMILY,
     &super::distilbert::FAMILY,
     &super::mpnet::FAMILY,
+    &super::modernbert::FAMILY,
 ];
 
 impl Family {
@@ -86,6 +87,7 @@ mod tests {
         }
         assert_eq!(Family::of(Some("distilbert")).unwrap().name, "DistilBERT");
         assert_eq!(Family::of(Some("mpnet")).unwrap().name, "MPNet");
+        assert_eq!(Family::of(Some("modernbert")).unwrap().name, "ModernBERT");
         let err = Family::of(Some("electra")).unwrap_err();
         assert!(err.contains("`electra` is not supported"), "{err}");
         assert!(err.contains("xlm-roberta"), "{err}");

@@ -1,5 +1,5 @@
 //! Everything that knows tch: the encoders (`encoder`: one trait; `families`: BERT, RoBERTa,
-//! DistilBERT, MPNet, one file each), the classifier,
+//! DistilBERT, MPNet, ModernBERT, one file each), the classifier,
 //! the training loop, the threads that serve them, and the review queue's out-of-fold
 //! probabilities.
 pub mod adamw;
@@ -10,6 +10,7 @@ pub mod distilbert;
 pub mod encoder;
 pub mod export;
 pub mod families;
+pub mod modernbert;
 pub mod mpnet;
 pub mod out_of_fold;
 pub mod roberta;

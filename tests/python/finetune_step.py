@@ -8,7 +8,7 @@ STEP_JSON: {"model_dir", "texts", "targets" ([rows][labels] of 0/1), "head": {"w
 The model: `AutoModel` (dropout off), mean pooling over the attention mask, L2 normalisation,
 one linear layer; the loss: binary cross-entropy with logits, mean over all cells. One AdamW
 step (betas 0.9/0.999, eps 1e-8) after clipping the global gradient norm, with a parameter
-group per encoder depth (embeddings 0, layer N at N + 1; each depth below the top layer at
+group per encoder depth (embeddings 0, layer N at N + 1, a final norm above; each depth below the top layer at
 `layer_lr_decay` times the rate of the one above) and no weight decay on biases and LayerNorm
 weights. Writes OUT_DIR/step.json ({"loss"}) and OUT_DIR/after.safetensors (every parameter
 after the step: the encoder's names, the head as classifier.out.*), and
@@ -31,9 +31,12 @@ from safetensors.torch import save_file  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 
-def depth(name: str) -> int:
-    m = re.match(r"^(?:encoder|transformer)\.layer\.(\d+)\.", name)
-    return int(m.group(1)) + 1 if m else 0
+def depth(name: str, layers: int) -> int:
+    """Embeddings (and what every layer shares) 0, layer N at N + 1, a final norm above the top."""
+    m = re.match(r"^(?:encoder\.layer|transformer\.layer|layers)\.(\d+)\.", name)
+    if m:
+        return int(m.group(1)) + 1
+    return layers + 1 if name.startswith("final_norm.") else 0
 
 
 def step(spec: dict, layer_lr_decay: float):
@@ -66,10 +69,17 @@ def step(spec: dict, layer_lr_decay: float):
     params = [p for _, p in named] + list(head.parameters())
     torch.nn.utils.clip_grad_norm_(params, spec["max_grad_norm"])
     layers = model.config.num_hidden_layers
+    # As transformers' Trainer: no decay on biases and on the parameters of LayerNorm modules.
+    norm_params = {
+        f"{m_name}.{p_name}" if m_name else p_name
+        for m_name, module in model.named_modules()
+        if isinstance(module, torch.nn.LayerNorm)
+        for p_name, _ in module.named_parameters(recurse=False)
+    }
     groups = []
     for n, p in named:
-        below_top = max(layers - depth(n), 0)
-        no_decay = n.endswith(".bias") or "LayerNorm" in n or "layer_norm" in n
+        below_top = max(layers - depth(n, layers), 0)
+        no_decay = n.endswith(".bias") or n in norm_params
         groups.append(
             {
                 "params": [p],

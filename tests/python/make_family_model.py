@@ -4,11 +4,11 @@
 --bench: all-MiniLM-L6-v2's size instead (6 layers of width 384, 12 heads, 514 positions,
 `model_max_length` 256), for benches/encoder_families.sh.
 
-FAMILY: roberta | xlm-roberta | distilbert | mpnet. OUT_DIR gets:
+FAMILY: roberta | xlm-roberta | distilbert | mpnet | modernbert. OUT_DIR gets:
   base/        the encoder (`AutoModel`): config.json, model.safetensors, tokenizer.json,
                tokenizer_config.json
   classifier/  the same weights saved by `*ForSequenceClassification` (the family's task prefix,
-               `roberta.`, `distilbert.`, `mpnet.`, and a classification head), which trainyard
+               `roberta.`, `distilbert.`, `mpnet.`, `model.`, and a classification head), which trainyard
                must load as the same encoder
   reference.json  {"family", "max_input_tokens", "sentences", "ids" (per sentence), "hidden" (per sentence: tokens x hidden,
                each sentence run alone), "batch_hidden_max_abs_diff" (the padded batch against
@@ -67,6 +67,7 @@ def model_classes(family: str):
         "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaModel", "XLMRobertaForSequenceClassification"),
         "distilbert": ("DistilBertConfig", "DistilBertModel", "DistilBertForSequenceClassification"),
         "mpnet": ("MPNetConfig", "MPNetModel", "MPNetForSequenceClassification"),
+        "modernbert": ("ModernBertConfig", "ModernBertModel", "ModernBertForSequenceClassification"),
     }
     if family not in classes:
         raise SystemExit(f"unknown family {family}")
@@ -82,6 +83,25 @@ def make_config(family: str, Config, vocab: int, bench: bool):
             else dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)
         )
         return Config(vocab_size=vocab, **size, pad_token_id=1, activation="gelu")
+    if family == "modernbert":
+        # 3 layers: global, local, global; a window of 4 tokens each side, so that the test
+        # sentences (up to 33 tokens) reach past it.
+        size = (
+            dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=576, max_position_embeddings=512, local_attention=128)
+            if bench
+            else dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48, max_position_embeddings=64, local_attention=8)
+        )
+        return Config(
+            vocab_size=vocab,
+            **size,
+            global_attn_every_n_layers=2 if not bench else 3,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            cls_token_id=0,
+            sep_token_id=2,
+            hidden_activation="gelu",
+        )
     size = (
         dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, max_position_embeddings=514)
         if bench
@@ -112,7 +132,7 @@ def main() -> int:
     tok = tokenizer(base_dir)
     Config, Model, ForClassification = model_classes(family)
     config = make_config(family, Config, tok.get_vocab_size(), bench)
-    kwargs = {} if family == "distilbert" else {"add_pooling_layer": False}
+    kwargs = {} if family in ("distilbert", "modernbert") else {"add_pooling_layer": False}
     model = Model(config, **kwargs).eval()
     # Larger than the default 0.02 so that every layer moves the states.
     with torch.no_grad():

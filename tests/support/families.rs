@@ -5,7 +5,13 @@ use std::path::Path;
 
 /// Every family trainyard runs that has no weights in the registries (the random models'
 /// `model_type`s).
-pub const RANDOM_FAMILIES: &[&str] = &["roberta", "xlm-roberta", "distilbert", "mpnet"];
+pub const RANDOM_FAMILIES: &[&str] = &[
+    "roberta",
+    "xlm-roberta",
+    "distilbert",
+    "mpnet",
+    "modernbert",
+];
 
 /// The venv's python.
 pub fn python() -> String {
