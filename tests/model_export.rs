@@ -374,7 +374,7 @@ async fn finetunes_of_every_family_export_folders_transformers_loads() {
         let folder = out_dir.join(format!("{name}-v1"));
         let config: Value =
             serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap();
-        assert_eq!(config["model_type"], family);
+        assert_eq!(config["model_type"], families::model_type(family));
         let python = python_scores(&folder, json!({"texts": texts}));
         let diff = max_diff(&served, &python, "spam");
         eprintln!(

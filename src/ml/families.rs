@@ -43,6 +43,7 @@ pub static FAMILIES: &[&Family] = &[
     &super::distilbert::FAMILY,
     &super::mpnet::FAMILY,
     &super::modernbert::FAMILY,
+    &super::deberta::FAMILY,
 ];
 
 impl Family {
@@ -88,6 +89,10 @@ mod tests {
         assert_eq!(Family::of(Some("distilbert")).unwrap().name, "DistilBERT");
         assert_eq!(Family::of(Some("mpnet")).unwrap().name, "MPNet");
         assert_eq!(Family::of(Some("modernbert")).unwrap().name, "ModernBERT");
+        assert_eq!(
+            Family::of(Some("deberta-v2")).unwrap().name,
+            "DeBERTa-v2/v3"
+        );
         let err = Family::of(Some("electra")).unwrap_err();
         assert!(err.contains("`electra` is not supported"), "{err}");
         assert!(err.contains("xlm-roberta"), "{err}");

@@ -1,11 +1,12 @@
 //! Everything that knows tch: the encoders (`encoder`: one trait; `families`: BERT, RoBERTa,
-//! DistilBERT, MPNet, ModernBERT, one file each), the classifier,
+//! DistilBERT, MPNet, ModernBERT, DeBERTa-v2/v3, one file each), the classifier,
 //! the training loop, the threads that serve them, and the review queue's out-of-fold
 //! probabilities.
 pub mod adamw;
 pub mod allocator;
 pub mod bert;
 pub mod classifier;
+pub mod deberta;
 pub mod distilbert;
 pub mod encoder;
 pub mod export;

@@ -4,11 +4,11 @@
 --bench: all-MiniLM-L6-v2's size instead (6 layers of width 384, 12 heads, 514 positions,
 `model_max_length` 256), for benches/encoder_families.sh.
 
-FAMILY: roberta | xlm-roberta | distilbert | mpnet | modernbert. OUT_DIR gets:
+FAMILY: roberta | xlm-roberta | distilbert | mpnet | modernbert | deberta-v3 | deberta-v2. OUT_DIR gets:
   base/        the encoder (`AutoModel`): config.json, model.safetensors, tokenizer.json,
                tokenizer_config.json
   classifier/  the same weights saved by `*ForSequenceClassification` (the family's task prefix,
-               `roberta.`, `distilbert.`, `mpnet.`, `model.`, and a classification head), which trainyard
+               `roberta.`, `distilbert.`, `mpnet.`, `model.`, `deberta.`, and a classification head), which trainyard
                must load as the same encoder
   reference.json  {"family", "max_input_tokens", "sentences", "ids" (per sentence), "hidden" (per sentence: tokens x hidden,
                each sentence run alone), "batch_hidden_max_abs_diff" (the padded batch against
@@ -68,6 +68,9 @@ def model_classes(family: str):
         "distilbert": ("DistilBertConfig", "DistilBertModel", "DistilBertForSequenceClassification"),
         "mpnet": ("MPNetConfig", "MPNetModel", "MPNetForSequenceClassification"),
         "modernbert": ("ModernBertConfig", "ModernBertModel", "ModernBertForSequenceClassification"),
+        # DeBERTa-v3's options (shared keys, log buckets, no absolute positions) and v2's.
+        "deberta-v3": ("DebertaV2Config", "DebertaV2Model", "DebertaV2ForSequenceClassification"),
+        "deberta-v2": ("DebertaV2Config", "DebertaV2Model", "DebertaV2ForSequenceClassification"),
     }
     if family not in classes:
         raise SystemExit(f"unknown family {family}")
@@ -83,6 +86,31 @@ def make_config(family: str, Config, vocab: int, bench: bool):
             else dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)
         )
         return Config(vocab_size=vocab, **size, pad_token_id=1, activation="gelu")
+    if family in ("deberta-v3", "deberta-v2"):
+        size = (
+            dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, max_position_embeddings=512)
+            if bench
+            else dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+        )
+        options = (
+            # 8 buckets in the small model, so that the test sentences (up to 33 tokens) reach
+            # the log-spaced ones.
+            dict(position_buckets=256 if bench else 8, share_att_key=True, position_biased_input=False, norm_rel_ebd="layer_norm")
+            if family == "deberta-v3"
+            else dict(position_buckets=-1, share_att_key=False, position_biased_input=True, norm_rel_ebd="none")
+        )
+        return Config(
+            vocab_size=vocab,
+            **size,
+            **options,
+            relative_attention=True,
+            max_relative_positions=-1,
+            pos_att_type=["p2c", "c2p"],
+            type_vocab_size=0,
+            layer_norm_eps=1e-7,
+            pad_token_id=1,
+            hidden_act="gelu",
+        )
     if family == "modernbert":
         # 3 layers: global, local, global; a window of 4 tokens each side, so that the test
         # sentences (up to 33 tokens) reach past it.
@@ -132,7 +160,7 @@ def main() -> int:
     tok = tokenizer(base_dir)
     Config, Model, ForClassification = model_classes(family)
     config = make_config(family, Config, tok.get_vocab_size(), bench)
-    kwargs = {} if family in ("distilbert", "modernbert") else {"add_pooling_layer": False}
+    kwargs = {"add_pooling_layer": False} if family in ("roberta", "xlm-roberta", "mpnet") else {}
     model = Model(config, **kwargs).eval()
     # Larger than the default 0.02 so that every layer moves the states.
     with torch.no_grad():

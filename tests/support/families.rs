@@ -3,15 +3,26 @@
 #![allow(dead_code)]
 use std::path::Path;
 
-/// Every family trainyard runs that has no weights in the registries (the random models'
-/// `model_type`s).
+/// Every family trainyard runs that has no weights in the registries. `deberta-v3` and
+/// `deberta-v2` are both `model_type` `deberta-v2`, with v3's and v2's options.
 pub const RANDOM_FAMILIES: &[&str] = &[
     "roberta",
     "xlm-roberta",
     "distilbert",
     "mpnet",
     "modernbert",
+    "deberta-v3",
+    "deberta-v2",
 ];
+
+/// The `model_type` a random family's config.json has.
+pub fn model_type(family: &str) -> &str {
+    if family.starts_with("deberta") {
+        "deberta-v2"
+    } else {
+        family
+    }
+}
 
 /// The venv's python.
 pub fn python() -> String {
