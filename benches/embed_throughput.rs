@@ -28,6 +28,7 @@ fn main() -> anyhow::Result<()> {
         pooling: Default::default(),
         classifier: None,
         batch_wait: std::time::Duration::ZERO,
+        windows: None,
     })?;
     encoder.encode_blocking(sentences[..64.min(sentences.len())].to_vec())?;
     let mut best = f64::MAX;

@@ -372,6 +372,27 @@ pub struct EmbeddingModelConfig {
     /// `modules.json` lists a `Normalize` module (true when the folder has no `modules.json`).
     #[serde(default)]
     pub normalize: Option<bool>,
+    /// `type = "local"`: texts longer than `max_tokens` are cut there (`truncate`, the
+    /// default) or embedded as overlapping windows whose vectors are averaged, weighted by
+    /// their text tokens (`windows`).
+    #[serde(default)]
+    pub long_texts: LongTexts,
+    /// `long_texts = "windows"`: tokens two consecutive windows share. Default a quarter of
+    /// a window's text tokens.
+    #[serde(default)]
+    pub window_overlap: Option<usize>,
+    /// `long_texts = "windows"`: most windows per text (the rest is cut). Default 16.
+    #[serde(default)]
+    pub max_windows: Option<usize>,
+}
+
+/// What a local embedding model does with a text longer than its `max_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LongTexts {
+    #[default]
+    Truncate,
+    Windows,
 }
 
 fn default_concurrency() -> usize {
@@ -624,6 +645,17 @@ impl Settings {
                     &at("dir"),
                     "dir, pooling and normalize are for type local only",
                 ));
+            }
+            if model.provider == ProviderType::OpenAiCompatible
+                && model.long_texts == LongTexts::Windows
+            {
+                return Err(invalid(
+                    &at("long_texts"),
+                    "windows are for type local only (a provider cuts long texts itself)",
+                ));
+            }
+            if model.max_windows == Some(0) {
+                return Err(invalid(&at("max_windows"), "must be > 0"));
             }
             if model.provider == ProviderType::OpenAiCompatible && model.api_endpoint.is_none() {
                 return Err(invalid(

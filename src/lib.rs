@@ -2,6 +2,7 @@
 //!
 //! See README.md for the bird's-eye view, the code map and the invariants.
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -109,6 +109,7 @@ fn encoder() -> &'static TextEncoder {
             pooling: Default::default(),
             classifier: None,
             batch_wait: std::time::Duration::ZERO,
+            windows: None,
         })
         .expect("local model loads")
     })

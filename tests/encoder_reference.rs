@@ -24,6 +24,7 @@ fn encoder(max_tokens_per_batch: usize) -> TextEncoder {
         pooling: Default::default(),
         classifier: None,
         batch_wait: std::time::Duration::ZERO,
+        windows: None,
     })
     .expect("local model loads")
 }
@@ -100,6 +101,7 @@ fn family_encoder(dir: &Path, max_tokens: usize) -> Result<TextEncoder, String> 
         },
         classifier: None,
         batch_wait: std::time::Duration::ZERO,
+        windows: None,
     })
     .map_err(|e| e.to_string())
 }
@@ -346,4 +348,75 @@ fn one_finetune_step_matches_pytorch() {
             );
         }
     }
+}
+
+/// `long_texts = "windows"` on the real MiniLM, cut to 16 tokens so that ordinary sentences
+/// span several windows: each text's vector equals plain `transformers` run window by window
+/// (tests/python/window_reference.py) within 1e-4; a text that fits one window is embedded as
+/// when cutting; the windowed vector of a long text differs from its cut one.
+#[test]
+fn long_texts_as_windows_match_transformers() {
+    use trainyard::ml::text_encoder::Windows;
+    let dir = std::env::var("TRAINYARD_LOCAL_MODEL_DIR").expect("TRAINYARD_LOCAL_MODEL_DIR");
+    let texts: Vec<String> = vec![
+        "ok".into(),
+        "The parcel arrived two weeks late and the box was crushed on one side, so I asked for a refund and waited another month for it.".into(),
+        "Quarterly numbers look fine; revenue grew 4% while costs stayed flat across every region we track, except the north, where a new warehouse opened.".repeat(3),
+    ];
+    let windows = Windows {
+        overlap: 4,
+        max_windows: 5,
+    };
+    let start = |windows: Option<Windows>| {
+        TextEncoder::start(EncoderOptions {
+            model_dir: dir.clone().into(),
+            max_tokens: 16,
+            max_tokens_per_batch: 4096,
+            threads: 1,
+            device: tch::Device::Cpu,
+            pooling: PoolingSpec::default(),
+            classifier: None,
+            batch_wait: std::time::Duration::ZERO,
+            windows,
+        })
+        .unwrap()
+    };
+    let windowed = start(Some(windows)).encode_blocking(texts.clone()).unwrap();
+    let cut = start(None).encode_blocking(texts.clone()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (inp, out) = (tmp.path().join("in.json"), tmp.path().join("out.json"));
+    std::fs::write(&inp, serde_json::to_string(&texts).unwrap()).unwrap();
+    run_python(
+        "window_reference.py",
+        &[
+            std::ffi::OsStr::new(&dir),
+            "16".as_ref(),
+            "4".as_ref(),
+            "5".as_ref(),
+            inp.as_os_str(),
+            out.as_os_str(),
+        ],
+    );
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let want: Vec<Vec<f32>> = serde_json::from_value(reference["vectors"].clone()).unwrap();
+    let counts: Vec<usize> = serde_json::from_value(reference["windows"].clone()).unwrap();
+    assert_eq!(counts[0], 1);
+    assert!(
+        counts[1] >= 2 && counts[2] == 5,
+        "windows per text: {counts:?}"
+    );
+    let diff = max_abs_diff(&windowed.vectors, &want);
+    println!("windows {counts:?}: max abs diff vs transformers {diff:e}");
+    assert!(diff < 1e-4, "windowed vectors differ by {diff}");
+    let one = max_abs_diff(&windowed.vectors[..1], &cut.vectors[..1]);
+    assert!(
+        one < 1e-5,
+        "one window is the cut text (up to batching: {one})"
+    );
+    let far = max_abs_diff(&windowed.vectors[1..], &cut.vectors[1..]);
+    assert!(
+        far > 1e-2,
+        "long texts are more than their first window ({far})"
+    );
 }

@@ -119,6 +119,9 @@ fn model(endpoint: &str, max_attempts: u32) -> EmbeddingModelConfig {
         dir: None,
         pooling: None,
         normalize: None,
+        long_texts: Default::default(),
+        window_overlap: None,
+        max_windows: None,
     }
 }
 

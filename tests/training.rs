@@ -612,6 +612,68 @@ async fn finetune_trains_end_to_end_and_auto_promotes() {
         versions[0]["weights_bytes"].as_i64().unwrap() > 80_000_000,
         "a finetune version stores the encoder too"
     );
+    // Its 90 MB are two 64 MiB chunks, which served the prediction above; the finished
+    // run's checkpoints were deleted with their chunks (the cancelled run's remain).
+    let chunks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM artifact_chunks c JOIN model_versions v
+             ON c.artifact_id = v.weights_artifact WHERE v.name = 'ft'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(chunks, 2, "the finetuned weights span two chunks");
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM artifact_chunks c
+         WHERE NOT EXISTS (SELECT 1 FROM model_versions v WHERE v.weights_artifact = c.artifact_id)
+           AND NOT EXISTS (SELECT 1 FROM training_checkpoints t
+                           WHERE c.artifact_id IN (t.state_artifact, t.best_weights_artifact))",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(orphans, 0, "no chunk outlives what referenced it");
+    db.drop_db().await;
+}
+
+/// Artifacts round-trip byte for byte whatever the chunk size; an empty one is one empty
+/// chunk; deleting one removes its chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_round_trip_in_small_chunks() {
+    let db = fresh_db().await;
+    let bytes: Vec<u8> = (0..10_000_003u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for chunk in [1 << 20, 4096, 10_000_003, 1 << 30] {
+        let mut conn = db.pool.acquire().await.unwrap();
+        let id = trainyard::artifacts::write_chunked(&mut conn, &bytes, chunk)
+            .await
+            .unwrap();
+        let rows: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM artifact_chunks WHERE artifact_id = $1")
+                .bind(id)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(rows as usize, bytes.len().div_ceil(chunk), "chunk {chunk}");
+        let back = trainyard::artifacts::read(&db.pool, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(back == bytes, "chunk {chunk}: the same bytes");
+        trainyard::artifacts::delete(&mut conn, id).await.unwrap();
+        assert!(trainyard::artifacts::read(&db.pool, id)
+            .await
+            .unwrap()
+            .is_none());
+    }
+    let mut conn = db.pool.acquire().await.unwrap();
+    let empty = trainyard::artifacts::write_chunked(&mut conn, &[], 4096)
+        .await
+        .unwrap();
+    assert_eq!(
+        trainyard::artifacts::read(&db.pool, empty).await.unwrap(),
+        Some(Vec::new())
+    );
     db.drop_db().await;
 }
 

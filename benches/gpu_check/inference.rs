@@ -29,6 +29,7 @@ fn encoder_options(
         pooling: Default::default(),
         classifier,
         batch_wait: Duration::ZERO,
+        windows: None,
     }
 }
 

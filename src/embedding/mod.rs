@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::config::{EmbeddingModelConfig, ProviderType, Settings};
+use crate::config::{EmbeddingModelConfig, LongTexts, ProviderType, Settings};
 use crate::ml::encoder::{folder_pooling, PoolingSpec};
-use crate::ml::text_encoder::{pick_device, EncoderOptions, TextEncoder};
+use crate::ml::text_encoder::{pick_device, EncoderOptions, TextEncoder, Windows};
 use openai_compatible::OpenAiCompatibleClient;
 
 /// A `type = "local"` model's checkpoint folder and how its embeddings are made.
@@ -19,6 +19,8 @@ pub struct LocalCheckpoint {
     pub pooling: PoolingSpec,
     /// Tokens per text, special tokens included (the model's `max_tokens`).
     pub max_tokens: usize,
+    /// `long_texts = "windows"`: how long texts become windows (`None`: cut).
+    pub windows: Option<Windows>,
 }
 
 /// Resolves the local model `key` of `embedding_models.toml`: its folder (`dir` with
@@ -69,10 +71,18 @@ pub fn local_checkpoint(settings: &Settings, key: &str) -> Result<LocalCheckpoin
         pooling: model.pooling.or(folder_mode).unwrap_or_default(),
         normalize: model.normalize.or(folder_normalize).unwrap_or(true),
     };
+    let windows = (model.long_texts == LongTexts::Windows).then(|| Windows {
+        // A quarter of the text tokens of a window (its special tokens are about 2).
+        overlap: model
+            .window_overlap
+            .unwrap_or(model.max_tokens.saturating_sub(2) / 4),
+        max_windows: model.max_windows.unwrap_or(16),
+    });
     Ok(LocalCheckpoint {
         dir,
         pooling,
         max_tokens: model.max_tokens,
+        windows,
     })
 }
 
@@ -97,7 +107,7 @@ impl EmbedError {
 #[derive(Clone)]
 pub enum Provider {
     Local(TextEncoder),
-    OpenAiCompatible(OpenAiCompatibleClient),
+    OpenAiCompatible(Box<OpenAiCompatibleClient>),
 }
 
 type EncoderCell = Arc<tokio::sync::OnceCell<TextEncoder>>;
@@ -155,6 +165,7 @@ impl Embedders {
                 pooling: checkpoint.pooling,
                 classifier: None,
                 batch_wait: std::time::Duration::ZERO,
+                windows: checkpoint.windows,
             };
             let encoder = tokio::task::spawn_blocking(move || TextEncoder::start(options))
                 .await
@@ -176,9 +187,9 @@ impl Embedders {
         let model = self.model(name)?.clone();
         match model.provider {
             ProviderType::Local => Ok(Provider::Local(self.local_encoder(name).await?)),
-            ProviderType::OpenAiCompatible => Ok(Provider::OpenAiCompatible(
+            ProviderType::OpenAiCompatible => Ok(Provider::OpenAiCompatible(Box::new(
                 OpenAiCompatibleClient::new(model)?,
-            )),
+            ))),
         }
     }
 

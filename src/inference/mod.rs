@@ -353,6 +353,7 @@ async fn start_version(
             blob: stored.weights,
         })),
         batch_wait,
+        windows: None,
     };
     let encoder = tokio::task::spawn_blocking(move || TextEncoder::start(options))
         .await
@@ -402,6 +403,15 @@ pub fn version_encoder(
             }
             let checkpoint = crate::embedding::local_checkpoint(settings, embedding_model)
                 .map_err(|e| e.to_string())?;
+            if checkpoint.windows.is_some() {
+                // Its vectors pool windows; a served head sees one cut window. Refused rather
+                // than served on inputs unlike those it was trained on.
+                return Err(format!(
+                    "head models on `{embedding_model}` (long_texts = \"windows\") cannot be run \
+                     yet: they were trained on pooled windows and would see one cut window; \
+                     finetune from the model instead"
+                ));
+            }
             Ok((checkpoint.dir, checkpoint.max_tokens))
         }
     }

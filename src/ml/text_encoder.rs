@@ -51,6 +51,20 @@ pub struct EncoderOptions {
     pub classifier: Option<Arc<ClassifierWeights>>,
     /// After the first waiting request, how long to wait for more to batch with it.
     pub batch_wait: Duration,
+    /// Texts longer than `max_tokens`: `None` cuts them there; `Some` embeds overlapping
+    /// windows and pools them (embeddings only; a classifier always cuts).
+    pub windows: Option<Windows>,
+}
+
+/// How a long text becomes windows: each holds the tokenizer's special tokens and up to
+/// `max_tokens` minus them of the text, consecutive windows share `overlap` tokens, and at
+/// most `max_windows` are embedded (the rest of the text is cut). The text's vector is the
+/// mean of its windows' vectors weighted by their text tokens, L2-normalised when the model's
+/// pooling normalises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    pub overlap: usize,
+    pub max_windows: usize,
 }
 
 /// A trained classifier to serve: its spec and weights blob (a `head` blob holds only the head;
@@ -171,7 +185,15 @@ pub fn load_tokenizer(dir: &Path, max_tokens: usize) -> Result<Tokenizer, Encode
 impl TextEncoder {
     /// Loads the tokenizer and the model replicas; returns once every replica is ready.
     pub fn start(options: EncoderOptions) -> Result<TextEncoder, EncoderError> {
-        let tokenizer = load_tokenizer(&options.model_dir, options.max_tokens)?;
+        let windows = match (options.windows, &options.classifier) {
+            (Some(w), None) => Some(WindowPlan::new(&options, w)?),
+            _ => None,
+        };
+        let tokenizer = match &windows {
+            // Cut only past the last window.
+            Some(plan) => load_tokenizer(&options.model_dir, plan.longest)?,
+            None => load_tokenizer(&options.model_dir, options.max_tokens)?,
+        };
         let threads = if options.threads > 0 {
             options.threads as usize
         } else {
@@ -230,7 +252,15 @@ impl TextEncoder {
         std::thread::Builder::new()
             .name("text-encoder".into())
             .spawn(move || {
-                coordinate(&tokenizer, budget, replicas, wait, &receiver, &work_tx);
+                coordinate(
+                    &tokenizer,
+                    windows.as_ref(),
+                    budget,
+                    replicas,
+                    wait,
+                    &receiver,
+                    &work_tx,
+                );
                 // The last handle is gone: free the tokenizer before the replicas (stopped by
                 // closing their channel) trim the heap.
                 drop(tokenizer);
@@ -393,8 +423,88 @@ pub fn plan_batches(lengths: &[usize], budget: usize) -> Vec<(Vec<usize>, usize,
     batches
 }
 
+/// Windows of one model: its special tokens around a window's text, and the sizes.
+struct WindowPlan {
+    /// Special tokens before and after the text (BERT: `[CLS]` … `[SEP]`).
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
+    /// Text tokens per window and the step between window starts.
+    span: usize,
+    step: usize,
+    max_windows: usize,
+    /// Tokens (special ones included) past which a text is cut.
+    longest: usize,
+    /// L2-normalise the pooled windows (as the model's pooling does).
+    normalize: bool,
+}
+
+impl WindowPlan {
+    fn new(options: &EncoderOptions, w: Windows) -> Result<WindowPlan, EncoderError> {
+        let tokenizer = load_tokenizer(&options.model_dir, options.max_tokens)?;
+        let tokenize = |special: bool| -> Result<Vec<u32>, EncoderError> {
+            Ok(tokenizer
+                .encode("a", special)
+                .map_err(|e| EncoderError::Tokenize(e.to_string()))?
+                .get_ids()
+                .to_vec())
+        };
+        let (with, bare) = (tokenize(true)?, tokenize(false)?);
+        let at = (0..=with.len().saturating_sub(bare.len()))
+            .find(|&i| with[i..].starts_with(&bare))
+            .ok_or_else(|| {
+                EncoderError::Load(
+                    "the tokenizer's special tokens are not a prefix and a suffix".into(),
+                )
+            })?;
+        let (prefix, suffix) = (with[..at].to_vec(), with[at + bare.len()..].to_vec());
+        let span = options
+            .max_tokens
+            .saturating_sub(prefix.len() + suffix.len());
+        if span == 0 || w.overlap >= span || w.max_windows == 0 {
+            return Err(EncoderError::Load(format!(
+                "windows of {} tokens hold {span} of the text; an overlap of {} leaves no step",
+                options.max_tokens, w.overlap
+            )));
+        }
+        let step = span - w.overlap;
+        Ok(WindowPlan {
+            longest: prefix.len() + suffix.len() + span + step * (w.max_windows - 1),
+            prefix,
+            suffix,
+            span,
+            step,
+            max_windows: w.max_windows,
+            normalize: options.pooling.normalize,
+        })
+    }
+
+    /// The rows a tokenized text becomes, and each row's text tokens (its weight).
+    fn split(&self, ids: &[u32]) -> Vec<(Vec<u32>, usize)> {
+        let body =
+            &ids[self.prefix.len().min(ids.len())..ids.len().saturating_sub(self.suffix.len())];
+        if body.len() <= self.span {
+            return vec![(ids.to_vec(), body.len().max(1))];
+        }
+        let mut rows = Vec::new();
+        let mut start = 0;
+        while rows.len() < self.max_windows {
+            let end = (start + self.span).min(body.len());
+            let mut row = self.prefix.clone();
+            row.extend_from_slice(&body[start..end]);
+            row.extend_from_slice(&self.suffix);
+            rows.push((row, end - start));
+            if end == body.len() {
+                break;
+            }
+            start += self.step;
+        }
+        rows
+    }
+}
+
 fn encode(
     tokenizer: &Tokenizer,
+    windows: Option<&WindowPlan>,
     budget: usize,
     replicas: usize,
     texts: &[String],
@@ -403,7 +513,61 @@ fn encode(
     let encodings = tokenizer
         .encode_batch(texts.to_vec(), true)
         .map_err(|e| EncoderError::Tokenize(e.to_string()))?;
-    let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+    let Some(plan) = windows else {
+        let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        return encode_rows(budget, replicas, &ids, work);
+    };
+    // Each text's windows are rows; their vectors are pooled back into one per text.
+    let split: Vec<Vec<(Vec<u32>, usize)>> =
+        encodings.iter().map(|e| plan.split(e.get_ids())).collect();
+    let rows: Vec<&[u32]> = split
+        .iter()
+        .flatten()
+        .map(|(row, _)| row.as_slice())
+        .collect();
+    let encoded = encode_rows(budget, replicas, &rows, work)?;
+    let mut vectors = Vec::with_capacity(texts.len());
+    let mut token_counts = Vec::with_capacity(texts.len());
+    let mut next = 0;
+    for windows in &split {
+        let parts = &encoded.vectors[next..next + windows.len()];
+        token_counts.push(
+            encoded.token_counts[next..next + windows.len()]
+                .iter()
+                .sum(),
+        );
+        next += windows.len();
+        if windows.len() == 1 {
+            vectors.push(parts[0].clone());
+            continue;
+        }
+        let total: f64 = windows.iter().map(|(_, n)| *n as f64).sum();
+        let mut mean = vec![0f64; parts[0].len()];
+        for (vector, (_, n)) in parts.iter().zip(windows) {
+            for (m, v) in mean.iter_mut().zip(vector) {
+                *m += *v as f64 * *n as f64 / total;
+            }
+        }
+        if plan.normalize {
+            let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+            mean.iter_mut().for_each(|v| *v /= norm);
+        }
+        vectors.push(mean.into_iter().map(|v| v as f32).collect());
+    }
+    Ok(Encoded {
+        pass: None,
+        vectors,
+        token_counts,
+    })
+}
+
+/// Embeds token rows in batches under the budget, spread over the replicas.
+fn encode_rows(
+    budget: usize,
+    replicas: usize,
+    ids: &[&[u32]],
+    work: &mpsc::Sender<BatchJob>,
+) -> Result<Encoded, EncoderError> {
     let token_counts: Vec<usize> = ids.iter().map(|i| i.len()).collect();
     // A pass smaller than replicas × budget (a few requests at inference time) is split evenly,
     // so that every replica gets a share instead of one taking it all.
@@ -432,7 +596,7 @@ fn encode(
         work.send(job).map_err(|_| EncoderError::Stopped)?;
     }
     drop(reply);
-    let mut vectors = vec![Vec::new(); texts.len()];
+    let mut vectors = vec![Vec::new(); ids.len()];
     for _ in 0..batches.len() {
         let (batch_no, out) = results.recv().map_err(|_| EncoderError::Stopped)?;
         for (row, vector) in out?.into_iter().enumerate() {
@@ -448,6 +612,7 @@ fn encode(
 
 fn coordinate(
     tokenizer: &Tokenizer,
+    windows: Option<&WindowPlan>,
     budget: usize,
     replicas: usize,
     wait: Duration,
@@ -483,7 +648,7 @@ fn coordinate(
             .flat_map(|r| r.texts.iter().cloned())
             .collect();
         let started = Instant::now();
-        match encode(tokenizer, budget, replicas, &all, work) {
+        match encode(tokenizer, windows, budget, replicas, &all, work) {
             Ok(encoded) => {
                 let mut pass = Some(PassInfo {
                     texts: all.len(),

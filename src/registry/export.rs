@@ -56,7 +56,8 @@ pub async fn export_version(
     version: i32,
 ) -> Result<Option<Export>, ExportError> {
     let Some(row) = sqlx::query(
-        "SELECT spec, embedding_model, thresholds, weights, metrics, dataset_id, run_id, created_at
+        "SELECT spec, embedding_model, thresholds, weights, weights_artifact, metrics, dataset_id,
+                run_id, created_at
          FROM model_versions WHERE name = $1 AND version = $2",
     )
     .bind(name)
@@ -71,7 +72,12 @@ pub async fn export_version(
             .map_err(|e| ExportError::Internal(format!("stored spec: {e}")))?,
         embedding_model: row.get("embedding_model"),
         thresholds: serde_json::from_value(row.get("thresholds")).unwrap_or_default(),
-        weights: row.get("weights"),
+        weights: crate::artifacts::read_either(
+            pool,
+            row.get("weights_artifact"),
+            row.get("weights"),
+        )
+        .await?,
         metrics: row.get("metrics"),
         dataset_id: row.get("dataset_id"),
         run_id: row.get("run_id"),

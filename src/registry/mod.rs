@@ -121,10 +121,12 @@ pub async fn register_version(pool: &PgPool, new: &NewVersion<'_>) -> Result<i32
             .bind(new.model_name)
             .fetch_one(&mut *tx)
             .await?;
+            let weights = crate::artifacts::write(&mut tx, new.weights).await?;
             sqlx::query(
                 "INSERT INTO model_versions (name, version, run_id, dataset_id, spec, embedding_model,
-                                             thresholds, metrics, weights, label_coverage)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                             thresholds, metrics, weights_artifact, weights_size,
+                                             label_coverage)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(new.model_name)
             .bind(next)
@@ -134,7 +136,8 @@ pub async fn register_version(pool: &PgPool, new: &NewVersion<'_>) -> Result<i32
             .bind(new.embedding_model)
             .bind(serde_json::json!(new.thresholds))
             .bind(serde_json::json!({"validation": new.validation, "test": new.test}))
-            .bind(new.weights)
+            .bind(weights)
+            .bind(new.weights.len() as i64)
             .bind(&new.label_coverage)
             .execute(&mut *tx)
             .await?;
@@ -165,10 +168,16 @@ pub async fn register_version(pool: &PgPool, new: &NewVersion<'_>) -> Result<i32
     .bind(&new.validation)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM training_checkpoints WHERE run_id = $1")
-        .bind(new.run_id)
-        .execute(&mut *tx)
-        .await?;
+    let dropped: Vec<(Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
+        "DELETE FROM training_checkpoints WHERE run_id = $1
+         RETURNING state_artifact, best_weights_artifact",
+    )
+    .bind(new.run_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in dropped.into_iter().flat_map(|(a, b)| [a, b]).flatten() {
+        crate::artifacts::delete(&mut tx, id).await?;
+    }
     if new.auto_promote && existing.is_none() {
         let served_f1: Option<f64> = match served {
             Some(v) => sqlx::query_scalar(
@@ -343,7 +352,8 @@ pub async fn list_versions(
     };
     let rows = sqlx::query(
         "SELECT name, version, run_id, dataset_id, spec, embedding_model, thresholds, metrics,
-                octet_length(weights)::bigint AS weights_bytes, label_coverage, created_at
+                coalesce(weights_size, octet_length(weights))::bigint AS weights_bytes,
+                label_coverage, created_at
          FROM model_versions WHERE name = $1 ORDER BY version DESC",
     )
     .bind(name)
@@ -436,19 +446,24 @@ pub async fn load_version(
     version: i32,
 ) -> Result<Option<StoredVersion>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT spec, embedding_model, thresholds, weights FROM model_versions
+        "SELECT spec, embedding_model, thresholds, weights, weights_artifact FROM model_versions
          WHERE name = $1 AND version = $2",
     )
     .bind(name)
     .bind(version)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| StoredVersion {
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let weights =
+        crate::artifacts::read_either(pool, r.get("weights_artifact"), r.get("weights")).await?;
+    Ok(Some(StoredVersion {
         name: name.to_string(),
         version,
         spec: r.get("spec"),
         embedding_model: r.get("embedding_model"),
         thresholds: serde_json::from_value(r.get("thresholds")).unwrap_or_default(),
-        weights: r.get("weights"),
+        weights,
     }))
 }

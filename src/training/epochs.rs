@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::metrics::{evaluate, tune_thresholds, Metrics};
 use super::webhook::Telemetry;
+use crate::artifacts;
 use crate::ml::classifier::ClassifierSpec;
 use crate::ml::trainer::{EarlyStoppingMetric, Hyperparameters, SplitData, TrainError, Trainer};
 use crate::queue::{JobContext, JobError};
@@ -67,16 +68,29 @@ pub(super) async fn load_checkpoint(
     run_id: Uuid,
 ) -> Result<Option<Checkpoint>, JobError> {
     let row = sqlx::query(
-        "SELECT epoch, state, best_weights, best_epoch, best_metric, bad_epochs
+        "SELECT epoch, state, best_weights, state_artifact, best_weights_artifact, best_epoch,
+                best_metric, bad_epochs
          FROM training_checkpoints WHERE run_id = $1",
     )
     .bind(run_id)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| Checkpoint {
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let state = artifacts::read_either(pool, r.get("state_artifact"), r.get("state")).await?;
+    // No best weights yet (no epoch improved): empty, as before artifacts.
+    let best_artifact: Option<Uuid> = r.get("best_weights_artifact");
+    let best_inline: Option<Vec<u8>> = r.get("best_weights");
+    let best_weights = if best_artifact.is_none() && best_inline.is_none() {
+        Vec::new()
+    } else {
+        artifacts::read_either(pool, best_artifact, best_inline).await?
+    };
+    Ok(Some(Checkpoint {
         epoch: r.get::<i32, _>("epoch") as u32,
-        state: r.get("state"),
-        best_weights: r.get("best_weights"),
+        state,
+        best_weights,
         best_epoch: r.get::<i32, _>("best_epoch") as u32,
         best_metric: r.get("best_metric"),
         bad_epochs: r.get::<i32, _>("bad_epochs") as u32,
@@ -460,18 +474,43 @@ async fn save_epoch(pool: &PgPool, run_id: Uuid, r: &EpochRecord<'_>) -> Result<
     .await?
     .rows_affected();
     if inserted == 1 {
+        // The new state (and best weights, when they improved) as artifacts; the ones they
+        // replace are deleted in the same transaction.
+        let old: Option<(Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
+            "SELECT state_artifact, best_weights_artifact FROM training_checkpoints
+             WHERE run_id = $1 FOR UPDATE",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (old_state, old_best) = old.unwrap_or((None, None));
+        let state = artifacts::write(&mut tx, &r.state).await?;
+        let best = match r.best_weights {
+            Some(bytes) => Some(artifacts::write(&mut tx, bytes).await?),
+            None => None,
+        };
+        let mut replaced = vec![old_state];
+        if best.is_some() {
+            replaced.push(old_best);
+        }
+        for id in replaced.into_iter().flatten() {
+            artifacts::delete(&mut tx, id).await?;
+        }
         sqlx::query(
-            "INSERT INTO training_checkpoints (run_id, epoch, state, best_weights, best_epoch, best_metric, bad_epochs)
-             VALUES ($1, $2, $3, coalesce($4, ''::bytea), $5, $6, $7)
-             ON CONFLICT (run_id) DO UPDATE SET epoch = EXCLUDED.epoch, state = EXCLUDED.state,
-                 best_weights = coalesce($4, training_checkpoints.best_weights),
+            "INSERT INTO training_checkpoints (run_id, epoch, state_artifact, best_weights_artifact,
+                                              best_epoch, best_metric, bad_epochs)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (run_id) DO UPDATE SET epoch = EXCLUDED.epoch,
+                 state = NULL, state_artifact = EXCLUDED.state_artifact,
+                 best_weights = CASE WHEN $4 IS NULL THEN training_checkpoints.best_weights END,
+                 best_weights_artifact = coalesce($4, training_checkpoints.best_weights_artifact),
                  best_epoch = EXCLUDED.best_epoch, best_metric = EXCLUDED.best_metric,
                  bad_epochs = EXCLUDED.bad_epochs, updated_at = now()",
         )
         .bind(run_id)
         .bind(r.epoch as i32)
-        .bind(&r.state)
-        .bind(r.best_weights)
+        .bind(state)
+        .bind(best)
         .bind(r.best_epoch as i32)
         .bind(r.best_metric)
         .bind(r.bad_epochs as i32)
