@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let pool = PgPool::connect(&url).await?;
     trainyard::db::migrate(&pool).await?;
     let size = mib << 20;
+    println!("RSS before the artifact exists: {:.0} MB", peak_rss_mb());
     let chunk = trainyard::artifacts::chunk_bytes();
     let mut bytes: Vec<u8> = Vec::with_capacity(size);
     for i in 0..size / 8 {
