@@ -76,7 +76,8 @@ async fn two_servers_swap_and_survive_a_postgres_restart() {
     let pids = (serve_a.pid(), serve_b.pid());
 
     // A head model, trained for real on a small dataset, is version 1; versions 2 and 3 are
-    // copies of its row (each promotion still loads a fresh model in every process).
+    // copies of its row, sharing its weights artifact (each promotion still loads a fresh model
+    // in every process).
     let texts = sentences(160, "swap");
     let (docs, anns) = labelled_docs("s", &texts);
     assert_eq!(a.post("/api/v1/documents", docs).await.status, 200);
@@ -125,8 +126,10 @@ async fn two_servers_swap_and_survive_a_postgres_restart() {
     }
     for v in [2, 3] {
         sqlx::query(
-            "INSERT INTO model_versions (name, version, spec, embedding_model, thresholds, metrics, weights)
-             SELECT name, $1, spec, embedding_model, thresholds, metrics, weights FROM model_versions
+            "INSERT INTO model_versions (name, version, spec, embedding_model, thresholds, metrics,
+                                         weights, weights_artifact, weights_size)
+             SELECT name, $1, spec, embedding_model, thresholds, metrics,
+                    weights, weights_artifact, weights_size FROM model_versions
              WHERE name = 'moderation' AND version = 1",
         )
         .bind(v)
