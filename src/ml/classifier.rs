@@ -377,7 +377,7 @@ pub fn masked_loss(
     pos_weight: Option<&Tensor>,
 ) -> Tensor {
     let (sum, terms) = masked_loss_sum(task, logits, targets, mask, loss, pos_weight);
-    sum / terms.max(1.0)
+    sum / terms.clamp_min(1.0)
 }
 
 /// Multi-class: rows with exactly one positive among their annotated labels, 1/0 per row.
@@ -387,13 +387,13 @@ fn counted_rows(targets: &Tensor, mask: &Tensor) -> Tensor {
 }
 
 /// How many terms the masked loss of these targets averages over: annotated cells
-/// (multi-class: rows with exactly one positive).
-pub fn loss_terms(task: TaskType, targets: &Tensor, mask: &Tensor) -> f64 {
+/// (multi-class: rows with exactly one positive). A scalar on the targets' device: reading it
+/// is the caller's choice (a sync on CUDA).
+pub fn loss_terms(task: TaskType, targets: &Tensor, mask: &Tensor) -> Tensor {
     match task {
         TaskType::MultiClass => counted_rows(targets, mask).sum(Kind::Float),
         _ => mask.sum(Kind::Float),
     }
-    .double_value(&[])
 }
 
 /// The masked loss summed over its terms, and how many terms (`loss_terms`): a step made of
@@ -405,12 +405,8 @@ pub fn masked_loss_sum(
     mask: &Tensor,
     loss: &LossSpec,
     pos_weight: Option<&Tensor>,
-) -> (Tensor, f64) {
-    let terms = loss_terms(
-        task,
-        &targets.to_device(Device::Cpu),
-        &mask.to_device(Device::Cpu),
-    );
+) -> (Tensor, Tensor) {
+    let terms = loss_terms(task, targets, mask);
     let sum = match task {
         TaskType::MultiClass => {
             let row_mask = counted_rows(targets, mask);

@@ -309,7 +309,7 @@ impl Trainer {
     }
 
     /// A batch's masked loss, summed (not averaged), and how many terms it summed.
-    fn batch_loss(&self, logits: &Tensor, targets: &[&Vec<Option<bool>>]) -> (Tensor, f64) {
+    fn batch_loss(&self, logits: &Tensor, targets: &[&Vec<Option<bool>>]) -> (Tensor, Tensor) {
         let labels = self.model.spec.labels.len();
         let (t, m) = target_tensors(targets, labels, self.device);
         masked_loss_sum(
@@ -407,7 +407,9 @@ impl Trainer {
             // divided by the step's count, so gradients add up to the single-batch gradient.
             let labels = self.model.spec.labels.len();
             let (t, m) = target_tensors(&targets, labels, Device::Cpu);
-            let count = loss_terms(self.model.spec.task, &t, &m).max(1.0);
+            let count = loss_terms(self.model.spec.task, &t, &m)
+                .double_value(&[])
+                .max(1.0);
             self.optimizer.zero_grad();
             let mut value = 0.0;
             for micro in self.micro_batches(chunk) {
@@ -512,7 +514,7 @@ impl Trainer {
                     chunk.iter().map(|&i| &split.targets[i]).collect();
                 let (sum, weight) = self.batch_loss(&logits, &targets);
                 loss_sum += sum.double_value(&[]);
-                loss_weight += weight;
+                loss_weight += weight.double_value(&[]);
                 let probs = self
                     .model
                     .probabilities(&logits)
