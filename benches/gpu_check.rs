@@ -4,7 +4,7 @@
 //! Usage: gpu_check --device cpu|cuda --model-dir DIR [--sentences FILE] [--n 2000]
 //!        [--batch-size 128] [--token-budget 16384] [--threads 2] [--repeats 3]
 //!        [--head-steps 100] [--finetune-steps 20] [--half-smoke 8]
-//!        [--dump-embeddings FILE] [--json]
+//!        [--dump-embeddings FILE] [--families-dir DIR] [--json]
 //!
 //! DIR holds config.json, tokenizer.json and model.safetensors (MiniLM, or a random BERT of its
 //! shape written by scripts/gpu_check_peer.py). Sections:
@@ -20,9 +20,14 @@
 //!       length-sorted batches of --batch-size (`BertEncoder` directly, like sentence-transformers'
 //!       `encode`), fp32 and, on CUDA, fp16 and bf16 (weights converted with `VarStore::set_kind`
 //!       and written as safetensors, so that `TextEncoder` loads them in that dtype). On CPU the
-//!       half dtypes run only as a smoke test on --half-smoke sentences.
+//!       half dtypes run only as a smoke test on --half-smoke sentences;
+//!   (g) with --families-dir DIR (folders written by tests/python/make_family_model.py): every
+//!       encoder family's token states on the device vs the CPU (fp32, 1e-4) and under bf16 /
+//!       fp16 autocast vs fp32, and a few finetune steps in bf16 and fp16 whose loss must fall.
 //! With --json the report goes to stderr and the JSON line to stdout. Exit status 1 when any
 //! check that ran failed, 2 when --device cuda was asked for and libtorch sees no CUDA.
+#[path = "gpu_check/families.rs"]
+mod families;
 #[path = "gpu_check/inference.rs"]
 mod inference;
 #[path = "gpu_check/training.rs"]
@@ -58,6 +63,7 @@ struct Args {
     finetune_steps: u32,
     half_smoke: usize,
     dump: Option<PathBuf>,
+    families_dir: Option<PathBuf>,
     json: bool,
 }
 
@@ -96,6 +102,7 @@ fn parse_args() -> Result<Args> {
         finetune_steps: num("--finetune-steps", 6, 20)? as u32,
         half_smoke: num("--half-smoke", 8, 0)?,
         dump: get("--dump-embeddings").map(PathBuf::from),
+        families_dir: get("--families-dir").map(PathBuf::from),
         json: argv.iter().any(|a| a == "--json"),
     })
 }
@@ -317,6 +324,14 @@ fn main() {
         r.section("throughput", "(f) local embedding throughput", |r| {
             inference::throughput_section(r, &args, &sentences, &work)
         });
+        match &args.families_dir {
+            Some(dir) => r.section(
+                "families",
+                "(g) every encoder family: fp32 parity, bf16/fp16 autocast, half-precision finetune",
+                |r| families::families_section(r, &args, dir),
+            ),
+            None => r.skip("(g) families: no --families-dir".into()),
+        }
         let _ = std::fs::remove_dir_all(&work);
     } else {
         r.check(

@@ -12,7 +12,8 @@
 # The run: finds python3's own torch `lib` folder for LD_LIBRARY_PATH, writes a seeded random
 # BERT of MiniLM's shape (scripts/gpu_check_peer.py write-weights) beside the staged tokenizer,
 # runs gpu_check (CUDA visible? head and finetune training, CPU/GPU agreement, the serve path,
-# throughput fp32/fp16/bf16), runs the peer (sentence-transformers, else transformers) on the same
+# throughput fp32/fp16/bf16, then every encoder family in fp32, bf16 and fp16 on small random
+# models staged by --prepare), runs the peer (sentence-transformers, else transformers) on the same
 # weights and sentences, and prints both side by side with trainyard/peer ratios.
 # From the device tool: run(command="bash scripts/gpu_check.sh", carry=[".gpu_check"], timeout_s=540).
 # Results (trainyard.json, peer.json, summary.txt) are copied to $GPU_CHECK_OUT, or $OUT if set.
@@ -53,6 +54,15 @@ prepare() {
     [ -f "$m/$f" ] && cp "$m/$f" "$STAGE/model/$f"
   done
   cp "$ROOT/scripts/gpu_check_peer.py" "$ROOT/benches/make_sentences.py" "$STAGE/"
+  # Section (g): a small random model of every other family, written here by transformers
+  # (the GPU machine may have no transformers); only base/ and reference.json travel.
+  local family
+  for family in roberta xlm-roberta distilbert mpnet modernbert deberta-v3 deberta-v2; do
+    python "$ROOT/tests/python/make_family_model.py" "$family" "$STAGE/tmp/$family" >/dev/null
+    mkdir -p "$STAGE/families/$family"
+    cp -r "$STAGE/tmp/$family/base" "$STAGE/tmp/$family/reference.json" "$STAGE/families/$family/"
+  done
+  rm -rf "$STAGE/tmp"
   local bytes total
   bytes=$(stat -c %s "$STAGE/bin/gpu_check")
   total=$(du -sb "$STAGE" | cut -f1)
@@ -103,7 +113,7 @@ print("python", sys.version.split()[0], "torch", torch.__version__)')
   timeout 240 "$bin" --device "$device" --model-dir "$work/model" --sentences "$work/sentences.txt" \
     --n "$n" --batch-size "$batch" --token-budget "$budget" --threads "$threads" --repeats "$repeats" \
     --head-steps "$head_steps" --finetune-steps "$ft_steps" \
-    --dump-embeddings "$work/trainyard_embeddings.json" --json >"$work/trainyard.json" || rc_ours=$?
+    --dump-embeddings "$work/trainyard_embeddings.json" --families-dir "$STAGE/families" --json >"$work/trainyard.json" || rc_ours=$?
   echo "[gpu_check] trainyard side: exit $rc_ours after $((SECONDS - started))s"
   started=$SECONDS
   timeout 180 "$py" "$STAGE/gpu_check_peer.py" bench --model-dir "$work/model" --sentences "$work/sentences.txt" \
@@ -150,7 +160,7 @@ if rows:
     print(f"  {'dtype':5} {'trainyard path':44} {'trainyard':>10} {'peer':>10} {'ratio':>7}")
     for r in rows:
         what = (f"serve: TextEncoder, token budget {r['token_budget']}" if r["path"] == "serve"
-                else f"fixed: BertEncoder, batch {r['batch_size']}, sorted")
+                else f"fixed: encoder, batch {r['batch_size']}, sorted")
         p = peer_sps.get(r["dtype"]) if not r.get("smoke") else None
         ratio = f"{r['sentences_per_second'] / p:6.2f}x" if p else "    -"
         tag = "  (CPU smoke test)" if r.get("smoke") else ""
@@ -160,6 +170,16 @@ if ours.get("device") == "cpu":
           " benches/embed_throughput.sh is the CPU benchmark)")
 for hp in ours.get("throughput", {}).get("half_precision", []):
     print(f"  {hp['dtype']} vs fp32: min cosine {hp['min_cosine_vs_fp32']:.5f}, max abs diff {hp['max_abs_diff_vs_fp32']:.2e}" + ("  (CPU smoke test)" if hp.get("smoke") else ""))
+fam = ours.get("families", {})
+if isinstance(fam, dict) and "error" not in fam:
+    print("\nfamilies (small random models): fp32 device vs CPU | bf16 vs fp32 | fp16 vs fp32 (max abs, min cosine) | bf16 / fp16 finetune loss")
+    for name, f in fam.items():
+        if not isinstance(f, dict) or "bf16_vs_fp32" not in f:
+            continue
+        b, h = f["bf16_vs_fp32"], f["fp16_vs_fp32"]
+        bt, ht = f.get("bf16_finetune", {}), f.get("fp16_finetune", {})
+        print(f"  {name:12} {f['fp32_device_vs_cpu_max_abs']:.1e} | {b['max_abs']:.1e} {b['min_cosine']:.4f} | {h['max_abs']:.1e} {h['min_cosine']:.4f}"
+              f" | {bt.get('first_loss', float('nan')):.3f}->{bt.get('last_loss', float('nan')):.3f} / {ht.get('first_loss', float('nan')):.3f}->{ht.get('last_loss', float('nan')):.3f}")
 for s in ours.get("skipped", []):
     print(f"skipped: {s}")
 for s in ours.get("failures", []):

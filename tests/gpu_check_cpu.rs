@@ -1,7 +1,8 @@
 //! The CPU half of the GPU readiness check: `bash scripts/gpu_check.sh --cpu` builds, strips and
 //! stages the gpu_check example exactly as for a GPU machine, then runs it on CPU against a random
 //! BERT of MiniLM's shape beside the Python peer. Asserts on both JSON reports; the parts that need
-//! CUDA (CPU/GPU agreement, fp16/bf16 throughput) must be listed as skipped, not silently passed.
+//! CUDA (CPU/GPU agreement, fp16/bf16 throughput) must be listed as skipped, not silently passed;
+//! section (g) runs every encoder family in fp32, bf16 and fp16 (CPU autocast).
 use std::path::Path;
 use std::process::Command;
 
@@ -87,6 +88,36 @@ fn gpu_check_runs_on_cpu_and_says_what_it_skipped() {
         .iter()
         .filter(|r| r["dtype"] != "fp32")
         .all(|r| r["smoke"] == true));
+
+    // (g) every other family: fp32 CPU vs CPU, bf16/fp16 autocast against fp32, and the loss of
+    // a half-precision finetune falls.
+    let families = ours["families"].as_object().expect("families section");
+    let names: Vec<&str> = families.keys().map(String::as_str).collect();
+    for family in [
+        "roberta",
+        "xlm-roberta",
+        "distilbert",
+        "mpnet",
+        "modernbert",
+        "deberta-v3",
+        "deberta-v2",
+    ] {
+        let f = &ours["families"][family];
+        assert!(f.is_object(), "{family} missing from {names:?}");
+        assert!(
+            num(f, "/fp32_device_vs_cpu_max_abs") <= 1e-4,
+            "{family}: {f}"
+        );
+        for precision in ["bf16", "fp16"] {
+            assert!(
+                num(f, &format!("/{precision}_vs_fp32/min_cosine")) >= 0.99,
+                "{family}: {f}"
+            );
+            let first = num(f, &format!("/{precision}_finetune/first_loss"));
+            let last = num(f, &format!("/{precision}_finetune/last_loss"));
+            assert!(last < first, "{family} {precision}: loss {first} -> {last}");
+        }
+    }
 
     // What was skipped for want of CUDA is listed, not passed over.
     let skipped: Vec<&str> = ours["skipped"]

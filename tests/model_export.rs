@@ -93,17 +93,19 @@ async fn exported_versions_reproduce_trainyard_scores_in_python() {
     let d = app.wait_dataset(&dataset, Duration::from_secs(300)).await;
     assert_eq!(d["status"], "ready", "{d}");
 
-    // A finetuned version (short texts, one epoch: the point is the round trip, not F1).
+    // A finetuned version (short texts, one epoch: the point is the round trip, not F1),
+    // trained in bf16 autocast: what is stored, served and exported is fp32.
     let run = train_to_success(
         &app,
         json!({"dataset_id": dataset, "model_name": "ft-export", "mode": "finetune",
                "auto_promote": true,
                "hyperparameters": {"epochs": 1, "batch_size": 16, "max_tokens": 64,
                                     "learning_rate": 0.003, "encoder_learning_rate": 0.0001,
-                                    "hidden_size": 32, "seed": 5}}),
+                                    "hidden_size": 32, "seed": 5, "precision": "bf16"}}),
     )
     .await;
     assert_eq!(run["base_model"], "all-MiniLM-L6-v2", "{run}");
+    assert_eq!(run["hyperparameters"]["precision"], "bf16", "{run}");
     wait_loaded(&app, "ft-export", 1).await;
     let texts = probe_texts();
     let (status, served) = app

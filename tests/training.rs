@@ -398,6 +398,12 @@ async fn head_training_registry_and_inference() {
         ),
         (
             "/api/v1/training-runs",
+            json!({"dataset_id": dataset, "model_name": "m", "hyperparameters": {"precision": "fp8"}}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "/api/v1/training-runs",
             json!({"dataset_id": dataset, "model_name": "bad name!"}),
             422,
             "invalid_model_name",

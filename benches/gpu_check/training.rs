@@ -40,7 +40,7 @@ fn synthetic_embeddings(rows: usize, dims: usize) -> (Vec<f32>, Vec<Vec<Option<b
 }
 
 /// Short texts whose labels follow words: `a` = a positive adjective, `b` = a question.
-fn labelled_texts(n: usize) -> (Vec<String>, Vec<Vec<Option<bool>>>) {
+pub fn labelled_texts(n: usize) -> (Vec<String>, Vec<Vec<Option<bool>>>) {
     let good = ["wonderful", "great", "happy", "lovely"];
     let bad = ["terrible", "awful", "sad", "broken"];
     let nouns = [
@@ -63,7 +63,7 @@ fn labelled_texts(n: usize) -> (Vec<String>, Vec<Vec<Option<bool>>>) {
         .unzip()
 }
 
-fn spec(mode: TrainMode, input_dim: i64, max_tokens: usize) -> ClassifierSpec {
+pub fn spec(mode: TrainMode, input_dim: i64, max_tokens: usize) -> ClassifierSpec {
     ClassifierSpec {
         mode,
         task: TaskType::MultiLabel,

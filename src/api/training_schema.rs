@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::errors::ApiError;
 use crate::datasets::TaskType;
 use crate::ml::classifier::{LossKind, TrainMode};
+use crate::ml::precision::Precision;
 use crate::ml::trainer::{EarlyStoppingMetric, Hyperparameters};
 
 #[derive(Debug, Clone, Copy, Enum, PartialEq, Eq)]
@@ -23,6 +24,15 @@ pub enum LossIn {
     Bce,
     Focal,
     Asymmetric,
+}
+
+/// Number type of a run's forward passes.
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum PrecisionIn {
+    Fp32,
+    Bf16,
+    Fp16,
 }
 
 #[derive(Debug, Clone, Copy, Enum)]
@@ -120,6 +130,12 @@ pub struct HyperparametersIn {
         validator(minimum(value = "0", exclusive), maximum(value = "1"))
     )]
     pub layer_lr_decay: Option<f64>,
+    /// Number type of the forward passes: fp32 (default), bf16 or fp16 (autocast as in
+    /// PyTorch: matmuls and attention in the half type, norms, softmax and the loss in fp32,
+    /// weights and optimizer state in fp32; fp16 with dynamic loss scaling). Meant for CUDA
+    /// workers; on a CPU it runs, usually slower than fp32 unless the CPU has bf16 units.
+    #[oai(nullable)]
+    pub precision: Option<PrecisionIn>,
     /// Telemetry step events every N steps, >= 1. Default 10.
     #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000000")))]
     pub log_every_steps: Option<u64>,
@@ -428,6 +444,13 @@ pub fn resolve_hyperparameters(
     }
     if let Some(v) = positive(g.layer_lr_decay, "layer_lr_decay")? {
         hp.layer_lr_decay = v;
+    }
+    if let Some(v) = g.precision {
+        hp.precision = match v {
+            PrecisionIn::Fp32 => Precision::Fp32,
+            PrecisionIn::Bf16 => Precision::Bf16,
+            PrecisionIn::Fp16 => Precision::Fp16,
+        };
     }
     if let Some(v) = in_range(g.log_every_steps, 1, 1_000_000, "log_every_steps")? {
         hp.log_every_steps = v;

@@ -47,6 +47,11 @@ impl AdamW {
         }
     }
 
+    /// The parameters' gradients (undefined tensors for parameters that got none).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params.iter().map(|(_, p)| p.grad()).collect()
+    }
+
     /// Scales gradients so that their global L2 norm is at most `max`; returns the norm.
     pub fn clip_grad_norm(&self, max: f64) -> f64 {
         tch::no_grad(|| {

@@ -14,6 +14,7 @@ pub mod families;
 pub mod modernbert;
 pub mod mpnet;
 pub mod out_of_fold;
+pub mod precision;
 pub mod roberta;
 pub mod text_encoder;
 pub mod trainer;

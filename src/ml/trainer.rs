@@ -4,7 +4,8 @@
 //! `batch_size` texts and `max_batch_tokens` padded tokens each (memory is bounded by the
 //! budget, not by the batch), with the loss normalised over the whole step so that the update is
 //! the one a single batch of those texts would give. Encoder layers learn at
-//! `encoder_learning_rate × layer_lr_decay^(layers above)`. Epoch bookkeeping, metrics, early
+//! `encoder_learning_rate × layer_lr_decay^(layers above)`. Forward passes run in the run's
+//! `precision` (`precision.rs`: autocast, fp16 loss scaling); weights stay fp32. Epoch bookkeeping, metrics, early
 //! stopping and storage are the caller's (`training::run`).
 //!
 //! Determinism: the head's initial weights, each epoch's shuffle and every dropout mask come
@@ -27,6 +28,7 @@ use super::classifier::{
     blob_to_tensors, loss_terms, masked_loss_sum, target_tensors, tensors_to_blob, Classifier,
     ClassifierInput, ClassifierSpec, LossKind, LossSpec, TrainMode,
 };
+use super::precision::{autocast, LossScaler, Precision};
 use super::text_encoder::load_tokenizer;
 pub use super::vector_rows::VectorRows;
 use crate::datasets::TaskType;
@@ -74,6 +76,9 @@ pub struct Hyperparameters {
     /// this factor of the one above, the embeddings at `factor^layers`; 1 = off.
     #[serde(default = "one_f64")]
     pub layer_lr_decay: f64,
+    /// Number type of forward passes (autocast); fp16 adds dynamic loss scaling.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn one_u32() -> u32 {
@@ -125,6 +130,7 @@ impl Hyperparameters {
             gradient_accumulation_steps: 1,
             max_batch_tokens: default_batch_tokens(),
             layer_lr_decay: 1.0,
+            precision: Precision::Fp32,
         }
     }
 
@@ -222,6 +228,8 @@ pub struct Trainer {
     /// Encoder layers (finetune; 0 for heads): the learning-rate groups are the head, then
     /// depths 0 ..= layers + 1.
     layers: i64,
+    /// fp16's dynamic loss scale (None for fp32 and bf16).
+    scaler: Option<LossScaler>,
 }
 
 /// A split ready to evaluate: inputs on the device (tokenized once), and its targets.
@@ -280,6 +288,7 @@ impl Trainer {
                     Tensor::from_slice(&weights).to_device(device)
                 });
         let steps_per_epoch = train.len().div_ceil(hp.step_rows()) as u64;
+        let scaler = (hp.precision == Precision::Fp16).then(LossScaler::default);
         Ok(Trainer {
             model,
             optimizer,
@@ -291,6 +300,7 @@ impl Trainer {
             base_dir: base_dir.map(Path::to_path_buf),
             steps_per_epoch,
             layers,
+            scaler,
         })
     }
 
@@ -411,6 +421,7 @@ impl Trainer {
                 .double_value(&[])
                 .max(1.0);
             self.optimizer.zero_grad();
+            let loss_scale = self.scaler.as_ref().map(|s| s.scale);
             let mut value = 0.0;
             for micro in self.micro_batches(chunk) {
                 let micro_targets: Vec<&Vec<Option<bool>>> = micro
@@ -420,13 +431,27 @@ impl Trainer {
                 let logits = self.forward_rows(micro, &mut rng)?;
                 let (sum, _) = self.batch_loss(&logits, &micro_targets);
                 let part = sum / count;
-                part.backward();
+                match loss_scale {
+                    Some(scale) => (&part * scale).backward(),
+                    None => part.backward(),
+                }
                 value += part.double_value(&[]);
             }
-            if self.hp.max_grad_norm > 0.0 {
-                self.optimizer.clip_grad_norm(self.hp.max_grad_norm);
+            // fp16: gradients are unscaled before clipping; a step whose gradients overflowed
+            // is skipped and the scale halved (the schedule moves on, as with GradScaler).
+            let finite = self
+                .scaler
+                .as_ref()
+                .is_none_or(|s| s.unscale(&self.optimizer.grads()));
+            if let Some(scaler) = self.scaler.as_mut() {
+                scaler.update(finite);
             }
-            self.optimizer.step(&lrs);
+            if finite {
+                if self.hp.max_grad_norm > 0.0 {
+                    self.optimizer.clip_grad_norm(self.hp.max_grad_norm);
+                }
+                self.optimizer.step(&lrs);
+            }
             if !value.is_finite() {
                 return Err(TrainError::Failed(format!(
                     "the loss became {value} at epoch {epoch}, step {steps}; lower the learning rate"
@@ -468,7 +493,7 @@ impl Trainer {
             Prepared::Embeddings(x) => {
                 let index: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
                 let x = x.index_select(0, &Tensor::from_slice(&index).to_device(self.device));
-                Ok(self.model.logits(ClassifierInput::Embeddings(&x), rng))
+                Ok(self.logits(ClassifierInput::Embeddings(&x), rng))
             }
             Prepared::Spilled(vectors) => {
                 let flat = vectors
@@ -477,7 +502,7 @@ impl Trainer {
                 let x = Tensor::from_slice(&flat)
                     .view([rows.len() as i64, vectors.dims() as i64])
                     .to_device(self.device);
-                Ok(self.model.logits(ClassifierInput::Embeddings(&x), rng))
+                Ok(self.logits(ClassifierInput::Embeddings(&x), rng))
             }
             Prepared::Tokens(ids) => {
                 let batch: Vec<&Vec<i64>> = rows.iter().map(|&i| &ids[i]).collect();
@@ -487,9 +512,18 @@ impl Trainer {
                     mask: &mask,
                     padded,
                 };
-                Ok(self.model.logits(input, rng))
+                Ok(self.logits(input, rng))
             }
         }
+    }
+
+    /// The model's logits in the run's precision, returned in fp32 (losses and probabilities
+    /// are computed in fp32, as under PyTorch's autocast).
+    fn logits(&self, input: ClassifierInput<'_>, rng: Option<&mut ChaCha8Rng>) -> Tensor {
+        autocast(self.hp.precision, self.device, || {
+            self.model.logits(input, rng)
+        })
+        .to_kind(Kind::Float)
     }
 
     /// Probabilities for a prepared split, and its masked loss. No gradients, no dropout.
@@ -534,16 +568,24 @@ impl Trainer {
     pub fn state_blob(&self) -> Result<Vec<u8>, TrainError> {
         let mut named = self.model.saved_variables();
         named.extend(self.optimizer.state());
+        if let Some(scaler) = &self.scaler {
+            named.extend(scaler.state());
+        }
         Ok(tensors_to_blob(&named)?)
     }
 
     pub fn restore_state(&mut self, blob: &[u8]) -> Result<(), TrainError> {
         let named = blob_to_tensors(blob, self.device)?;
+        let (amp, named): (Vec<_>, Vec<_>) =
+            named.into_iter().partition(|(n, _)| n.starts_with("amp."));
         let (optimizer, weights): (Vec<_>, Vec<_>) = named
             .into_iter()
             .partition(|(n, _)| n.starts_with("adamw."));
         self.model.load_weights_blob(&tensors_to_blob(&weights)?)?;
         self.optimizer.restore(&optimizer)?;
+        if let Some(scaler) = self.scaler.as_mut() {
+            scaler.restore(&amp);
+        }
         Ok(())
     }
 }

@@ -14,6 +14,12 @@ weights. Writes OUT_DIR/step.json ({"loss"}) and OUT_DIR/after.safetensors (ever
 after the step: the encoder's names, the head as classifier.out.*), and
 OUT_DIR/after_no_decay.safetensors (the same step with layer_lr_decay 1, for the test to show it
 tells the two apart).
+
+With "precision": "bf16" or "fp16" in STEP_JSON the step runs as transformers' Trainer runs it
+with `bf16=True` / `fp16=True`: the forward under `torch.autocast` (here on the CPU), the loss in
+fp32, and for fp16 a `GradScaler` (unscale, clip, step or skip, update). Then it writes
+OUT_DIR/step.json ({"loss", "skipped", "scale"}) and OUT_DIR/grads.safetensors (every
+parameter's gradient as the optimizer saw it: unscaled and clipped) instead.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ def depth(name: str, layers: int) -> int:
     return layers + 1 if name.startswith("final_norm.") else 0
 
 
-def step(spec: dict, layer_lr_decay: float):
+def step(spec: dict, layer_lr_decay: float, precision: str = "fp32"):
     from transformers import AutoModel
 
     torch.manual_seed(0)
@@ -57,17 +63,19 @@ def step(spec: dict, layer_lr_decay: float):
     with torch.no_grad():
         head.weight.copy_(torch.tensor(spec["head"]["weight"]))
         head.bias.copy_(torch.tensor(spec["head"]["bias"]))
-    states = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    m = mask.unsqueeze(-1).float()
-    pooled = (states * m).sum(1) / m.sum(1).clamp(min=1e-9)
-    pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-    logits = head(pooled)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.autocast("cpu", dtype=half or torch.bfloat16, enabled=half is not None):
+        states = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        m = mask.unsqueeze(-1).float()
+        pooled = (states * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        logits = head(pooled).float()
     targets = torch.tensor(spec["targets"], dtype=torch.float32)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
-    loss.backward()
+    scaler = torch.amp.GradScaler("cpu", enabled=precision == "fp16")
+    scaler.scale(loss).backward()
     named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
     params = [p for _, p in named] + list(head.parameters())
-    torch.nn.utils.clip_grad_norm_(params, spec["max_grad_norm"])
     layers = model.config.num_hidden_layers
     # As transformers' Trainer: no decay on biases and on the parameters of LayerNorm modules.
     norm_params = {
@@ -89,7 +97,19 @@ def step(spec: dict, layer_lr_decay: float):
         )
     groups.append({"params": [head.weight], "lr": spec["learning_rate"], "weight_decay": spec["weight_decay"]})
     groups.append({"params": [head.bias], "lr": spec["learning_rate"], "weight_decay": 0.0})
-    torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8).step()
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, spec["max_grad_norm"])
+    if half is not None:
+        grads = {n: p.grad.detach().clone().contiguous() for n, p in named}
+        grads["classifier.out.weight"] = head.weight.grad.detach().clone()
+        grads["classifier.out.bias"] = head.bias.grad.detach().clone()
+        before = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        skipped = scaler.is_enabled() and scaler.get_scale() < before
+        return loss.item(), grads, {"skipped": bool(skipped), "scale": scaler.get_scale() if scaler.is_enabled() else 1.0}
+    optimizer.step()
     after = {n: p.detach().clone().contiguous() for n, p in model.named_parameters()}
     after["classifier.out.weight"] = head.weight.detach().clone()
     after["classifier.out.bias"] = head.bias.detach().clone()
@@ -101,6 +121,13 @@ def main() -> int:
     torch.set_num_threads(1)
     with open(spec_path) as f:
         spec = json.load(f)
+    precision = spec.get("precision", "fp32")
+    if precision != "fp32":
+        loss, grads, amp = step(spec, spec["layer_lr_decay"], precision)
+        save_file(grads, os.path.join(out, "grads.safetensors"))
+        with open(os.path.join(out, "step.json"), "w") as f:
+            json.dump({"loss": loss, **amp}, f)
+        return 0
     loss, after = step(spec, spec["layer_lr_decay"])
     save_file(after, os.path.join(out, "after.safetensors"))
     _, plain = step(spec, 1.0)
