@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::*;
-use trainyard::config::{EmbeddingModelConfig, Settings};
+use trainyard::config::{EmbeddingModelConfig, LongTexts, Settings};
 use trainyard::ml::encoder::{Pooling, PoolingSpec};
 
 const MEAN: &str = "sre-minilm";
@@ -343,5 +343,99 @@ async fn datasets_heads_and_finetunes_start_from_the_second_folder() {
     );
     assert!(weight_diff < 1e-5, "{weight_diff}");
     assert!(ft_diff < 1e-4, "{ft_diff}");
+    db.drop_db().await;
+}
+
+/// A head on a `long_texts = "windows"` model (MiniLM cut to 20 tokens, windows overlapping by
+/// 4) is trained on pooled windows and served on pooled windows: its served scores are the
+/// exported head on `/v1/embeddings`' windowed vectors, not on one cut window, and the exported
+/// manifest says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_on_windowed_vectors_are_served_on_windows() {
+    const WINDOWS: &str = "minilm-windows";
+    const CUT: &str = "minilm-cut20";
+    let db = fresh_db().await;
+    let mut settings = test_settings(&db.url);
+    let base = settings.embedding_models["all-MiniLM-L6-v2"].clone();
+    let model = |name: &str, long_texts| EmbeddingModelConfig {
+        name: name.to_string(),
+        max_tokens: 20,
+        long_texts,
+        window_overlap: Some(4),
+        max_windows: Some(8),
+        ..base.clone()
+    };
+    settings
+        .embedding_models
+        .insert(WINDOWS.into(), model(WINDOWS, LongTexts::Windows));
+    settings
+        .embedding_models
+        .insert(CUT.into(), model(CUT, LongTexts::Truncate));
+    let app = spawn_api(db.pool.clone(), Arc::new(settings)).await;
+    let _worker = spawn_inprocess_worker(&app, 2);
+    import_spam_docs(&app, "mail", 120).await;
+    let (status, d) = app
+        .post(
+            "/api/v1/datasets",
+            json!({"name": "windows", "selection": {"sources": ["mail"]}, "embedding_model": WINDOWS,
+                   "label_schema": {"type": "binary", "labels": ["spam"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    let dataset = d["id"].as_str().unwrap().to_string();
+    let d = app.wait_dataset(&dataset, Duration::from_secs(300)).await;
+    assert_eq!(d["status"], "ready", "{d}");
+    train_to_success(
+        &app,
+        json!({"dataset_id": dataset, "model_name": "win-head", "auto_promote": true,
+               "hyperparameters": {"epochs": 20, "hidden_size": 0, "seed": 2}}),
+    )
+    .await;
+    wait_loaded(&app, "win-head", 1).await;
+    // Texts of 30 to 60 tokens: several windows of 18 text tokens each.
+    let texts: Vec<String> = sentences(12, "long")
+        .into_iter()
+        .map(|s| format!("{s} {s} and then {s}"))
+        .chain(["win a free prize now, click the link".to_string()])
+        .collect();
+    let windowed = embed(&app, WINDOWS, &texts).await;
+    let cut = embed(&app, CUT, &texts).await;
+    // Windowed and cut vectors of each long text are apart (unit vectors, L2 distance); the
+    // short last text fits one window.
+    let apart = windowed[..12]
+        .iter()
+        .zip(&cut)
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y) * (x - y))
+                .sum::<f32>()
+                .sqrt()
+        })
+        .fold(f32::INFINITY, f32::min);
+    assert!(apart > 0.05, "the texts span several windows ({apart})");
+    let files = export(&app, "win-head").await;
+    let manifest: Value = serde_json::from_slice(&files["trainyard.json"]).unwrap();
+    assert_eq!(
+        manifest["truncation"]["long_texts"]["windows"]["overlap_tokens"], 4,
+        "{manifest}"
+    );
+    assert_eq!(manifest["truncation"]["max_tokens"], 20, "{manifest}");
+    let served = served_scores(&app, "win-head", &texts).await;
+    let on_windows = head_scores(&files["head.safetensors"], &windowed);
+    let on_cut = head_scores(&files["head.safetensors"], &cut);
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    let (d_windows, d_cut) = (diff(&served, &on_windows), diff(&served, &on_cut));
+    eprintln!("served head vs head on windowed vectors {d_windows:e}, vs on cut vectors {d_cut:e}");
+    assert!(d_windows < 1e-4, "served vs head on windows: {d_windows}");
+    assert!(
+        d_cut > 1e-3,
+        "served scores are not the cut window's ({d_cut})"
+    );
     db.drop_db().await;
 }

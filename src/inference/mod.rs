@@ -340,7 +340,11 @@ async fn start_version(
 ) -> Result<LoadedModel, String> {
     let spec: ClassifierSpec =
         serde_json::from_value(stored.spec).map_err(|e| format!("bad spec: {e}"))?;
-    let (model_dir, max_tokens) = version_encoder(settings, &spec, &stored.embedding_model)?;
+    let VersionEncoder {
+        dir: model_dir,
+        max_tokens,
+        windows,
+    } = version_encoder(settings, &spec, &stored.embedding_model)?;
     let options = EncoderOptions {
         model_dir,
         max_tokens,
@@ -353,7 +357,7 @@ async fn start_version(
             blob: stored.weights,
         })),
         batch_wait,
-        windows: None,
+        windows,
     };
     let encoder = tokio::task::spawn_blocking(move || TextEncoder::start(options))
         .await
@@ -371,8 +375,18 @@ async fn start_version(
     })
 }
 
+/// What a version's text goes through before its head: the encoder folder, its truncation, and
+/// (heads on a `long_texts = "windows"` model) the windows its training vectors pooled.
+#[derive(Debug, Clone)]
+pub struct VersionEncoder {
+    pub dir: std::path::PathBuf,
+    pub max_tokens: usize,
+    pub windows: Option<crate::ml::text_encoder::Windows>,
+}
+
 /// The folder a version's encoder is built from, and its truncation. A head reads the
-/// embedding model's vectors: only a local model can make them here, with its own truncation.
+/// embedding model's vectors: only a local model can make them here, with its own truncation
+/// and windows.
 /// A finetuned encoder is served from its base model's folder (`spec.base_model`); one
 /// finetuned before base models could be chosen has none and was trained from
 /// `local_model.dir`. A base model no longer configured here is an error, never a fallback to
@@ -381,15 +395,20 @@ pub fn version_encoder(
     settings: &Settings,
     spec: &ClassifierSpec,
     embedding_model: &str,
-) -> Result<(std::path::PathBuf, usize), String> {
+) -> Result<VersionEncoder, String> {
+    let finetuned = |dir: std::path::PathBuf| VersionEncoder {
+        dir,
+        max_tokens: spec.max_tokens,
+        windows: None,
+    };
     match spec.mode {
         TrainMode::Finetune => match &spec.base_model {
             Some(base) => {
                 let checkpoint = crate::embedding::local_checkpoint(settings, base)
                     .map_err(|e| format!("base model `{base}`: {e}"))?;
-                Ok((checkpoint.dir, spec.max_tokens))
+                Ok(finetuned(checkpoint.dir))
             }
-            None => Ok((settings.local_model.dir.clone().into(), spec.max_tokens)),
+            None => Ok(finetuned(settings.local_model.dir.clone().into())),
         },
         TrainMode::Head => {
             let model = settings
@@ -403,16 +422,12 @@ pub fn version_encoder(
             }
             let checkpoint = crate::embedding::local_checkpoint(settings, embedding_model)
                 .map_err(|e| e.to_string())?;
-            if checkpoint.windows.is_some() {
-                // Its vectors pool windows; a served head sees one cut window. Refused rather
-                // than served on inputs unlike those it was trained on.
-                return Err(format!(
-                    "head models on `{embedding_model}` (long_texts = \"windows\") cannot be run \
-                     yet: they were trained on pooled windows and would see one cut window; \
-                     finetune from the model instead"
-                ));
-            }
-            Ok((checkpoint.dir, checkpoint.max_tokens))
+            // A head on a windows model sees pooled windows, as its training vectors were.
+            Ok(VersionEncoder {
+                dir: checkpoint.dir,
+                max_tokens: checkpoint.max_tokens,
+                windows: checkpoint.windows,
+            })
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
-use super::classifier::{Classifier, ClassifierInput, ClassifierSpec};
+use super::classifier::{Classifier, ClassifierInput, ClassifierSpec, TrainMode};
 use super::encoder::{load_encoder, Encoder, EncoderConfig, PoolingSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,9 @@ pub struct EncoderOptions {
     /// After the first waiting request, how long to wait for more to batch with it.
     pub batch_wait: Duration,
     /// Texts longer than `max_tokens`: `None` cuts them there; `Some` embeds overlapping
-    /// windows and pools them (embeddings only; a classifier always cuts).
+    /// windows and pools them (embeddings, and a `head` classifier, which then runs on the
+    /// pooled vector as it was trained; a finetuned classifier always cuts at its own
+    /// `max_tokens`).
     pub windows: Option<Windows>,
 }
 
@@ -185,9 +187,35 @@ pub fn load_tokenizer(dir: &Path, max_tokens: usize) -> Result<Tokenizer, Encode
 impl TextEncoder {
     /// Loads the tokenizer and the model replicas; returns once every replica is ready.
     pub fn start(options: EncoderOptions) -> Result<TextEncoder, EncoderError> {
+        // A head on windows: the replicas embed windows, the coordinator pools them and runs
+        // the head on each text's pooled vector.
+        let windowed_head = match (&options.windows, &options.classifier) {
+            (Some(_), Some(c)) if c.spec.mode == TrainMode::Head => Some(c.clone()),
+            _ => None,
+        };
         let windows = match (options.windows, &options.classifier) {
             (Some(w), None) => Some(WindowPlan::new(&options, w)?),
+            (Some(w), Some(_)) if windowed_head.is_some() => Some(WindowPlan::new(&options, w)?),
             _ => None,
+        };
+        let head = match &windowed_head {
+            Some(weights) => {
+                let mut head = Classifier::new(weights.spec.clone(), Device::Cpu, None)
+                    .map_err(|e| EncoderError::Load(format!("{e:#}")))?;
+                head.load_weights_blob(&weights.blob)
+                    .map_err(|e| EncoderError::Load(format!("{e:#}")))?;
+                head.vs.freeze();
+                Some(head)
+            }
+            None => None,
+        };
+        let options = EncoderOptions {
+            classifier: if windowed_head.is_some() {
+                None
+            } else {
+                options.classifier
+            },
+            ..options
         };
         let tokenizer = match &windows {
             // Cut only past the last window.
@@ -245,6 +273,9 @@ impl TextEncoder {
         for _ in 0..replicas {
             dimensions = ready_rx.recv().map_err(|_| EncoderError::Stopped)??;
         }
+        if let Some(head) = &head {
+            dimensions = head.spec.labels.len();
+        }
         let (sender, receiver) = mpsc::channel::<Request>();
         let budget = options.max_tokens_per_batch;
         let wait = options.batch_wait;
@@ -252,18 +283,15 @@ impl TextEncoder {
         std::thread::Builder::new()
             .name("text-encoder".into())
             .spawn(move || {
-                coordinate(
-                    &tokenizer,
-                    windows.as_ref(),
-                    budget,
-                    replicas,
-                    wait,
-                    &receiver,
-                    &work_tx,
-                );
+                let front = Front {
+                    tokenizer,
+                    windows,
+                    head,
+                };
+                coordinate(&front, budget, replicas, wait, &receiver, &work_tx);
                 // The last handle is gone: free the tokenizer before the replicas (stopped by
                 // closing their channel) trim the heap.
-                drop(tokenizer);
+                drop(front);
                 drop(work_tx);
                 drop(alive);
             })
@@ -561,6 +589,26 @@ fn encode(
     })
 }
 
+/// A `head` classifier on pooled vectors (the windows case): label probabilities per text.
+fn run_head(head: &Classifier, mut encoded: Encoded) -> Result<Encoded, EncoderError> {
+    let Some(dims) = encoded.vectors.first().map(Vec::len) else {
+        return Ok(encoded);
+    };
+    let flat: Vec<f32> = encoded.vectors.concat();
+    let x = Tensor::from_slice(&flat).view([encoded.vectors.len() as i64, dims as i64]);
+    let probs = tch::no_grad(|| {
+        let logits = head.logits(ClassifierInput::Embeddings(&x), None);
+        head.probabilities(&logits)
+            .to_kind(Kind::Float)
+            .contiguous()
+    });
+    let labels = head.spec.labels.len();
+    let flat =
+        Vec::<f32>::try_from(probs.view([-1])).map_err(|e| EncoderError::Model(e.to_string()))?;
+    encoded.vectors = flat.chunks(labels).map(<[f32]>::to_vec).collect();
+    Ok(encoded)
+}
+
 /// Embeds token rows in batches under the budget, spread over the replicas.
 fn encode_rows(
     budget: usize,
@@ -610,9 +658,16 @@ fn encode_rows(
     })
 }
 
+/// What the coordinator runs around the replicas: tokenizing (and cutting into windows) before,
+/// pooling windows and a windowed head after.
+struct Front {
+    tokenizer: Tokenizer,
+    windows: Option<WindowPlan>,
+    head: Option<Classifier>,
+}
+
 fn coordinate(
-    tokenizer: &Tokenizer,
-    windows: Option<&WindowPlan>,
+    front: &Front,
     budget: usize,
     replicas: usize,
     wait: Duration,
@@ -648,7 +703,19 @@ fn coordinate(
             .flat_map(|r| r.texts.iter().cloned())
             .collect();
         let started = Instant::now();
-        match encode(tokenizer, windows, budget, replicas, &all, work) {
+        let encoded = encode(
+            &front.tokenizer,
+            front.windows.as_ref(),
+            budget,
+            replicas,
+            &all,
+            work,
+        )
+        .and_then(|e| match &front.head {
+            Some(head) => run_head(head, e),
+            None => Ok(e),
+        });
+        match encoded {
             Ok(encoded) => {
                 let mut pass = Some(PassInfo {
                     texts: all.len(),

@@ -111,18 +111,16 @@ fn build(
         ),
         TrainMode::Head => None,
     };
-    if let Some((dir, _)) = &base {
-        crate::ml::encoder::checkpoint_file(dir)
+    if let Some(base) = &base {
+        crate::ml::encoder::checkpoint_file(&base.dir)
             .map_err(|e| ExportError::Unavailable(e.to_string()))?;
     }
-    let weights = crate::ml::export::export_weights(
-        &row.weights,
-        base.as_ref().map(|(dir, _)| dir.as_path()),
-    )
-    .map_err(|e| ExportError::Internal(format!("{e:#}")))?;
+    let weights =
+        crate::ml::export::export_weights(&row.weights, base.as_ref().map(|b| b.dir.as_path()))
+            .map_err(|e| ExportError::Internal(format!("{e:#}")))?;
     // Truncation: the run's for a finetune, the embedding model's (when configured) for a head.
     let max_tokens = match &base {
-        Some((_, tokens)) => Some(*tokens),
+        Some(b) => Some(b.max_tokens),
         None => settings
             .embedding_models
             .get(&row.embedding_model)
@@ -133,11 +131,11 @@ fn build(
         head,
         head_shapes,
     } = weights;
-    if let Some((dir, max_tokens)) = &base {
+    if let Some(base) = &base {
         let encoder = encoder.ok_or_else(|| {
             ExportError::Internal("a finetuned version without encoder weights".into())
         })?;
-        files.extend(encoder_files(dir, *max_tokens, spec)?);
+        files.extend(encoder_files(&base.dir, base.max_tokens, spec)?);
         files.push(("model.safetensors".into(), encoder));
     }
     files.push(("head.safetensors".into(), head));
@@ -270,6 +268,13 @@ fn manifest(
 ) -> Value {
     let spec = &row.spec;
     let embedding = settings.embedding_models.get(&row.embedding_model);
+    // A head on a `long_texts = "windows"` model was trained (and is served) on pooled windows.
+    let windows = match spec.mode {
+        TrainMode::Head => crate::embedding::local_checkpoint(settings, &row.embedding_model)
+            .ok()
+            .and_then(|c| c.windows),
+        TrainMode::Finetune => None,
+    };
     let activation = match spec.task {
         TaskType::MultiClass => "softmax",
         _ => "sigmoid",
@@ -320,7 +325,15 @@ fn manifest(
         "truncation": {
             "max_tokens": max_tokens,
             "side": "right",
-            "special_tokens_included": true
+            "special_tokens_included": true,
+            "long_texts": match windows {
+                None => json!("truncate"),
+                Some(w) => json!({"windows": {
+                    "overlap_tokens": w.overlap,
+                    "max_windows": w.max_windows,
+                    "pooled": "mean of the windows' vectors weighted by their text tokens, L2-normalised when the pooling normalises"
+                }}),
+            }
         },
         "token_type_ids": "all zeros",
         "head": {
