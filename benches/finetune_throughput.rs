@@ -1,12 +1,16 @@
-//! trainyard's side of the finetune benchmark: samples/s of MiniLM + head trained end to end.
+//! trainyard's side of the finetune benchmark: samples/s of an encoder + head trained end to end.
 //!
 //! Usage: finetune_throughput --texts FILE --steps S --batch-size B --max-tokens T --threads N
-//! --warmup W. Same model, batches, truncation, optimizer (AdamW), clipping and loss as
-//! benches/train_peer.py; prints `{"samples_per_sec": x, "steps": S, "batch_size": B}`.
+//! --warmup W. The encoder is $TRAINYARD_LOCAL_MODEL_DIR, any family trainyard runs (MiniLM by
+//! default; benches/encoder_families.sh points it at each family's folder), loaded the way a
+//! finetune job loads it (`Trainer::new` -> `Classifier::new` -> `EncoderConfig` of its
+//! config.json). Same model, batches, truncation, optimizer (AdamW), clipping and loss as
+//! benches/train_peer.py; prints `{"samples_per_sec": x, "steps": S, "batch_size": B, "family": F}`.
 use std::time::Instant;
 
 use trainyard::datasets::TaskType;
 use trainyard::ml::classifier::{ClassifierSpec, TrainMode};
+use trainyard::ml::encoder::EncoderConfig;
 use trainyard::ml::trainer::{Hyperparameters, SplitData, SplitInputs, Trainer};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
@@ -26,6 +30,8 @@ fn main() -> anyhow::Result<()> {
     let threads: i32 = arg(&args, "--threads", "2").parse()?;
     let warmup: u64 = arg(&args, "--warmup", "3").parse()?;
     let dir = std::path::PathBuf::from(std::env::var("TRAINYARD_LOCAL_MODEL_DIR")?);
+    // The head sits on the encoder's width, whatever the family.
+    let config = EncoderConfig::from_file(&dir.join("config.json"))?;
     let texts: Vec<String> = std::fs::read_to_string(&file)?
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -58,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         mode: TrainMode::Finetune,
         task: TaskType::MultiLabel,
         labels: vec!["a".into(), "b".into()],
-        input_dim: 384,
+        input_dim: config.shape.hidden_size,
         hidden_size: 256,
         dropout: 0.0,
         max_tokens,
@@ -87,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             "samples_per_sec": timed_samples as f64 / elapsed,
             "steps": steps,
             "batch_size": batch,
+            "family": config.family.name,
         })
     );
     Ok(())

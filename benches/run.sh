@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh >/dev/null
 bash benches/embed_throughput.sh
-bash benches/encoder_families.sh   # the same per encoder family (BERT, RoBERTa, XLM-RoBERTa)
+bash benches/encoder_families.sh   # embedding and finetune per encoder family (all seven)
 bash benches/store_embeddings.sh
 bash benches/queue_throughput.sh
 bash benches/finetune_throughput.sh

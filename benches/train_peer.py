@@ -1,21 +1,26 @@
-# Peer side of the fine-tuning benchmark: a plain PyTorch training loop over MiniLM + MLP head on CPU; prints one JSON line with samples/s.
+# Peer side of the fine-tuning benchmark: a plain PyTorch training loop over an encoder (MiniLM or any family's folder) + MLP head on CPU; prints one JSON line with samples/s.
 """Usage:
     python benches/train_peer.py --texts FILE [--steps 20] [--batch-size 16] [--max-tokens 128]
                                  [--threads 2] [--warmup 3] [--model-dir DIR]
 
-The model is `transformers` AutoModel of all-MiniLM-L6-v2 loaded offline from DIR (default
-$TRAINYARD_LOCAL_MODEL_DIR), in train mode but with dropout disabled (hidden_dropout_prob and
-attention_probs_dropout_prob set to 0 in its config): trainyard's encoder has no dropout, so
-both sides do the same arithmetic. On top: mean pooling over the attention mask, L2
-normalisation, MLP head Linear(384,256) -> ReLU -> Linear(256,2); BCEWithLogits loss on random
-0/1 targets (fixed seed), torch.optim.AdamW(lr=2e-5, weight_decay=0.01) over encoder and head,
+The model is `transformers` AutoModel of the folder DIR (default $TRAINYARD_LOCAL_MODEL_DIR:
+all-MiniLM-L6-v2; benches/encoder_families.sh passes each family's folder: BERT, RoBERTa,
+XLM-RoBERTa, DistilBERT, MPNet, ModernBERT, DeBERTa-v2/v3), loaded offline, in train mode but
+with every dropout of its config set to 0 (hidden_dropout_prob, attention_probs_dropout_prob,
+DistilBERT's dropout/attention_dropout, ModernBERT's embedding/attention/mlp_dropout, ...):
+trainyard's encoder has no dropout, so both sides do the same arithmetic. Only input_ids and
+attention_mask go in (no token_type_ids: trainyard uses none, and DistilBERT/ModernBERT take
+none), right-padded with the tokenizer's pad token (the config's pad_token_id when the
+tokenizer names none). On top: mean pooling over the attention mask, L2 normalisation, MLP
+head Linear(hidden,256) -> ReLU -> Linear(256,2); BCEWithLogits loss on random 0/1 targets
+(fixed seed), torch.optim.AdamW(lr=2e-5, weight_decay=0.01) over encoder and head,
 gradient-norm clipping at 1.0.
 
 FILE has one text a line. Batches are `--batch-size` texts in file order (cycling), tokenised
 per batch (inside the timed step, as a real training loop does) with truncation at
 `--max-tokens` and padding to the longest text of the batch. After `--warmup` untimed steps,
 `--steps` steps are timed. Output (stdout, one line):
-    {"samples_per_sec": x, "steps": S, "batch_size": B}
+    {"samples_per_sec": x, "steps": S, "batch_size": B, "model_type": T}
 Everything else (progress, library noise) goes to stderr.
 """
 
@@ -62,8 +67,20 @@ def main() -> int:
     torch.manual_seed(SEED)
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    # No dropout: trainyard's encoder has none, so the two loops compute the same thing.
-    config = AutoConfig.from_pretrained(args.model_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    # No dropout: trainyard's encoder has none, so the two loops compute the same thing. Each
+    # family names its dropouts its own way; every float `*dropout*` field goes to 0.
+    config = AutoConfig.from_pretrained(args.model_dir)
+    zeroed = []
+    for key, value in config.to_dict().items():
+        if "dropout" in key and isinstance(value, float) and value != 0.0:
+            setattr(config, key, 0.0)
+            zeroed.append(key)
+    print(f"{config.model_type}: dropout set to 0 in {zeroed or 'nothing (none was set)'}", file=sys.stderr)
+    if tokenizer.pad_token is None:
+        if config.pad_token_id is None:
+            ap.error(f"{args.model_dir}: neither the tokenizer nor config.json names a pad token")
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(config.pad_token_id)
+    tokenizer.padding_side = "right"
     encoder = AutoModel.from_pretrained(args.model_dir, config=config)
     head = torch.nn.Sequential(
         torch.nn.Linear(config.hidden_size, 256),
@@ -119,6 +136,7 @@ def main() -> int:
                 "samples_per_sec": round(args.steps * args.batch_size / dt, 3),
                 "steps": args.steps,
                 "batch_size": args.batch_size,
+                "model_type": config.model_type,
             }
         ),
         flush=True,

@@ -1,8 +1,11 @@
 # Writes a small randomly initialised encoder of one family with Hugging Face transformers, its own tokenizer.json, and the reference outputs trainyard must reproduce (tests/encoder_reference.rs).
 """Usage: python tests/python/make_family_model.py FAMILY OUT_DIR [--bench]
 
---bench: all-MiniLM-L6-v2's size instead (6 layers of width 384, 12 heads, 514 positions,
-`model_max_length` 256), for benches/encoder_families.sh.
+--bench: all-MiniLM-L6-v2's size instead, for benches/encoder_families.sh: 6 layers of width 384,
+12 heads, feed-forward of MiniLM's size (1536; ModernBERT's gated one 1024, the same weights and
+arithmetic), 512-514 positions, `model_max_length` 256, an embedding table of MiniLM's 30,522 rows,
+and a BPE that also learnt the benchmark's words (benches/make_sentences.py), so that its
+sentences are about as many tokens as in MiniLM's WordPiece (~33) rather than ~4x more.
 
 FAMILY: roberta | xlm-roberta | distilbert | mpnet | modernbert | deberta-v3 | deberta-v2. OUT_DIR gets:
   base/        the encoder (`AutoModel`): config.json, model.safetensors, tokenizer.json,
@@ -43,17 +46,34 @@ CORPUS = SENTENCES * 3 + [
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
-def tokenizer(out: str) -> Tokenizer:
+# --bench: MiniLM's vocabulary size (the embedding table; rows past the tokenizer's are unused).
+BENCH_VOCAB = 30522
+
+
+def bench_corpus() -> list[str]:
+    """Sentences like the benchmark's (same words, another seed), so that the BPE learns whole words."""
+    import importlib.util
+    import random
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benches", "make_sentences.py")
+    spec = importlib.util.spec_from_file_location("make_sentences", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = random.Random(7)
+    return [module.sentence(rng) for _ in range(4000)]
+
+
+def tokenizer(out: str, bench: bool = False) -> Tokenizer:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=8000 if bench else 400,
         special_tokens=SPECIALS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(CORPUS + bench_corpus() if bench else CORPUS, trainer)
     tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
     tok.save(os.path.join(out, "tokenizer.json"))
     return tok
@@ -115,7 +135,8 @@ def make_config(family: str, Config, vocab: int, bench: bool):
         # 3 layers: global, local, global; a window of 4 tokens each side, so that the test
         # sentences (up to 33 tokens) reach past it.
         size = (
-            dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=576, max_position_embeddings=512, local_attention=128)
+            # GeGLU: Wi is 384 -> 2 x 1024, Wo 1024 -> 384, the weights of MiniLM's 384 -> 1536 -> 384.
+            dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1024, max_position_embeddings=512, local_attention=128)
             if bench
             else dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48, max_position_embeddings=64, local_attention=8)
         )
@@ -157,9 +178,10 @@ def main() -> int:
     cls_dir = os.path.join(out, "classifier")
     os.makedirs(base_dir, exist_ok=True)
     os.makedirs(cls_dir, exist_ok=True)
-    tok = tokenizer(base_dir)
+    tok = tokenizer(base_dir, bench)
     Config, Model, ForClassification = model_classes(family)
-    config = make_config(family, Config, tok.get_vocab_size(), bench)
+    vocab = max(BENCH_VOCAB, tok.get_vocab_size()) if bench else tok.get_vocab_size()
+    config = make_config(family, Config, vocab, bench)
     kwargs = {"add_pooling_layer": False} if family in ("roberta", "xlm-roberta", "mpnet") else {}
     model = Model(config, **kwargs).eval()
     # Larger than the default 0.02 so that every layer moves the states.
