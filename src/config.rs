@@ -60,6 +60,14 @@ pub struct ServerSettings {
     pub max_inputs_per_request: usize,
     pub max_text_chars: usize,
     pub page_size_max: i64,
+    /// Expensive requests (model, dataset and scoring exports, the review queue) one API
+    /// process runs at once; more are answered 503 `busy` with `Retry-After`.
+    #[serde(default = "default_heavy_requests")]
+    pub max_concurrent_heavy_requests: usize,
+}
+
+fn default_heavy_requests() -> usize {
+    4
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,6 +145,16 @@ pub struct AuthSettings {
     /// `*` is allowed only with `cors_allow_credentials = false`.
     pub cors_origins: Vec<String>,
     pub cors_allow_credentials: bool,
+    /// With auth off, the Host names answered besides loopback ones (a DNS-rebinding page
+    /// sends its own site's name); empty = loopback names only.
+    pub open_allowed_hosts: Vec<String>,
+    /// Requests per second per client address (IPv6 by /64), checked before any token lookup;
+    /// 0 turns it off.
+    pub ip_rate_limit_per_second: u32,
+    pub ip_rate_limit_burst: u32,
+    /// Proxies (IP addresses) whose `X-Forwarded-For` names the client; from anyone else the
+    /// header is ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AuthSettings {
@@ -151,6 +169,10 @@ impl Default for AuthSettings {
             rate_limit_burst: 200,
             cors_origins: Vec::new(),
             cors_allow_credentials: false,
+            open_allowed_hosts: Vec::new(),
+            ip_rate_limit_per_second: 1000,
+            ip_rate_limit_burst: 2000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -182,6 +204,13 @@ pub struct TrainingSettings {
     /// variable holding its Authorization header value.
     pub webhook_url: String,
     pub webhook_authorization_env: String,
+    /// Hosts (names or IP addresses) a run's webhook may reach although they are internal
+    /// (loopback, private, link-local); the operator's own `webhook_url` may reach anything.
+    pub webhook_allowed_hosts: Vec<String>,
+    /// The environment variable holding the key (base64 of 32 random bytes) that seals a
+    /// run's webhook `Authorization` before it is stored; the same on API and workers.
+    /// Unset: runs may not carry webhook credentials.
+    pub secrets_key_env: String,
     /// Seconds between progress writes to `training_runs`.
     pub progress_interval_secs: f64,
     /// MiB of stored vectors a head run keeps in memory per split; a larger split is spilled
@@ -209,6 +238,8 @@ impl Default for TrainingSettings {
             threads: 0,
             webhook_url: String::new(),
             webhook_authorization_env: String::new(),
+            webhook_allowed_hosts: Vec::new(),
+            secrets_key_env: "TRAINYARD_SECRETS_KEY".into(),
             progress_interval_secs: 1.0,
             head_vectors_in_memory_mb: default_head_vectors_in_memory_mb(),
         }

@@ -16,6 +16,7 @@ pub mod queue;
 pub mod registry;
 pub mod review;
 pub mod scoring;
+pub mod secrets;
 pub mod streamed_export;
 pub mod telemetry;
 pub mod training;

@@ -10,7 +10,12 @@ use poem::web::{Data, Path};
 use poem::{handler, EndpointExt, Request, Response, Route};
 use serde_json::{json, Value};
 use support::quiet_init;
-use trainyard::training::webhook::{Telemetry, WebhookConfig, WebhookStats};
+use trainyard::training::webhook::{AddressPolicy, Telemetry, WebhookConfig, WebhookStats};
+
+/// The test servers listen on loopback, which a webhook may reach only when allowed.
+fn loopback() -> AddressPolicy {
+    AddressPolicy::allowing(&["127.0.0.1".to_string()])
+}
 
 /// One request as the server saw it.
 #[derive(Clone, Debug)]
@@ -107,7 +112,7 @@ fn config(url: String, max_attempts: u32, timeout_ms: u64) -> WebhookConfig {
     WebhookConfig {
         max_attempts,
         timeout_ms,
-        ..WebhookConfig::new(url, None)
+        ..WebhookConfig::new(url, None).with_addresses(loopback())
     }
 }
 
@@ -116,7 +121,8 @@ async fn delivers_steps_and_evals_in_order_with_exact_fields() {
     quiet_init();
     let rec = Recorder::default();
     let base = webhook_server(rec.clone()).await;
-    let cfg = WebhookConfig::new(format!("{base}/ok"), Some("Bearer abc".into()));
+    let cfg = WebhookConfig::new(format!("{base}/ok"), Some("Bearer abc".into()))
+        .with_addresses(loopback());
     assert_eq!(
         (cfg.queue_capacity, cfg.max_attempts, cfg.timeout_ms),
         (1024, 3, 2000)

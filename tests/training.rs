@@ -131,7 +131,10 @@ async fn start_run(app: &TestApp, body: Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_training_registry_and_inference() {
     let db = fresh_db().await;
-    let settings = Arc::new(test_settings(&db.url));
+    let mut settings = test_settings(&db.url);
+    // The test's webhook sink listens on loopback, which a run's webhook reaches only if allowed.
+    settings.training.webhook_allowed_hosts = vec!["127.0.0.1".into()];
+    let settings = Arc::new(settings);
     let slice = demo_slice(400, 0);
     import(&db.url, &slice.0);
     let app = spawn_api(db.pool.clone(), settings).await;

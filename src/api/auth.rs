@@ -205,10 +205,15 @@ impl Template {
 /// Checks tokens and rate limits for one API process.
 pub struct Gate {
     pub policy: Policy,
-    verifier: TokenVerifier,
+    verifier: Arc<TokenVerifier>,
     templates: Vec<Template>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Per client address, before anything else.
+    ip_limiter: Option<DefaultKeyedRateLimiter<String>>,
+    trusted_proxies: Vec<std::net::IpAddr>,
     checks: AtomicU64,
+    /// With auth off: Host names answered besides loopback ones.
+    open_allowed_hosts: Vec<String>,
 }
 
 const REALM: &str = "Bearer realm=\"trainyard\"";
@@ -231,16 +236,37 @@ impl Gate {
             let burst = NonZeroU32::new(auth.rate_limit_burst).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
+        let ip_limiter = NonZeroU32::new(auth.ip_rate_limit_per_second).map(|rate| {
+            let burst = NonZeroU32::new(auth.ip_rate_limit_burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
         Gate {
             policy,
-            verifier: TokenVerifier::new(
-                pool,
-                Duration::from_secs_f64(auth.token_cache_secs),
-                Duration::from_secs_f64(auth.outage_grace_secs),
-            ),
+            ip_limiter,
+            trusted_proxies: auth
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| p.trim_matches(['[', ']']).parse().ok())
+                .collect(),
+            verifier: {
+                let verifier = Arc::new(TokenVerifier::new(
+                    pool,
+                    Duration::from_secs_f64(auth.token_cache_secs),
+                    Duration::from_secs_f64(auth.outage_grace_secs),
+                ));
+                if policy.enabled {
+                    verifier.spawn_revocation_listener();
+                }
+                verifier
+            },
             templates,
             limiter,
             checks: AtomicU64::new(0),
+            open_allowed_hosts: auth
+                .open_allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
         }
     }
 
@@ -275,7 +301,20 @@ impl Gate {
 
     /// The 429 to send when `key` (a token id or client address) is over its limit.
     fn rate_limited(&self, key: String) -> Option<Response> {
-        let limiter = self.limiter.as_ref()?;
+        self.limited_by(self.limiter.as_ref()?, key)
+    }
+
+    /// The per-address limit, checked first on every request.
+    fn address_limited(&self, req: &Request) -> Option<Response> {
+        let key = client_key(req, &self.trusted_proxies);
+        self.limited_by(self.ip_limiter.as_ref()?, key)
+    }
+
+    fn limited_by(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<String>,
+        key: String,
+    ) -> Option<Response> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % 10_000 == 9_999 {
             limiter.retain_recent();
             limiter.shrink_to_fit();
@@ -345,11 +384,95 @@ fn bearer(req: &Request) -> Option<Result<String, &'static str>> {
     Some(Ok(token.to_string()))
 }
 
-fn client_key(req: &Request) -> String {
-    match req.remote_addr().as_socket_addr() {
-        Some(addr) => format!("ip:{}", addr.ip()),
-        None => "ip:unknown".into(),
+/// With auth off, the server answers only what a local client sends: a request through a proxy
+/// (X-Forwarded-*, Forwarded) or addressed to a name other than a loopback one (a page on another
+/// site that rebinds its name to 127.0.0.1 sends its own name) is refused.
+fn open_mode_refusal(req: &Request, allowed: &[String]) -> Option<Response> {
+    let forwarded = req.headers().keys().find(|k| {
+        let k = k.as_str();
+        k.starts_with("x-forwarded-") || k == "forwarded" || k == "x-real-ip"
+    });
+    if let Some(header) = forwarded {
+        return Some(error_response(
+            StatusCode::FORBIDDEN,
+            "proxied_request_refused",
+            "permission_error",
+            format!(
+                "authentication is off on this server, so it answers only local clients; a request \
+                 carrying `{header}` came through a proxy. Turn auth on (auth.mode = \"required\") \
+                 to serve through a proxy"
+            ),
+        ));
     }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))?;
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host.as_str(), |(n, _)| n),
+    }
+    .to_ascii_lowercase();
+    let loopback = name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback || allowed.contains(&name) {
+        return None;
+    }
+    Some(error_response(
+        StatusCode::FORBIDDEN,
+        "host_not_allowed",
+        "permission_error",
+        format!(
+            "authentication is off on this server, so it answers only requests addressed to a \
+             loopback name (localhost, 127.0.0.1, [::1]); Host `{host}` is not one. Add it to \
+             auth.open_allowed_hosts or turn auth on"
+        ),
+    ))
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the last address
+/// in `X-Forwarded-For` that is not one.
+pub fn client_address(req: &Request, trusted: &[std::net::IpAddr]) -> Option<std::net::IpAddr> {
+    let peer = req.remote_addr().as_socket_addr()?.ip();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<std::net::IpAddr> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().trim_matches(['[', ']']).parse().ok())
+        .collect();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|a| !trusted.contains(a))
+            .unwrap_or(peer),
+    )
+}
+
+/// A rate-limit bucket per address; IPv6 by /64 (one host usually holds a whole /64).
+pub fn address_bucket(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        std::net::IpAddr::V6(v6) => format!("ip:{}", v6.to_ipv4_mapped().unwrap()),
+        std::net::IpAddr::V4(v4) => format!("ip:{v4}"),
+    }
+}
+
+fn client_key(req: &Request, trusted: &[std::net::IpAddr]) -> String {
+    client_address(req, trusted).map_or_else(|| "ip:unknown".into(), address_bucket)
 }
 
 /// The middleware: runs before the body is read, so an unauthenticated client cannot make the
@@ -359,13 +482,34 @@ pub async fn around<E: Endpoint>(
     mut req: Request,
     gate: Arc<Gate>,
 ) -> poem::Result<Response> {
-    if !gate.policy.enabled || req.method() == Method::OPTIONS {
+    if !gate.policy.enabled {
+        if let Some(refusal) = open_mode_refusal(&req, &gate.open_allowed_hosts) {
+            return Ok(refusal);
+        }
         return ep.call(req).await.map(IntoResponse::into_response);
     }
-    let access = gate.access_of(req.method(), req.uri().path());
+    if let Some(limited) = gate.address_limited(&req) {
+        return Ok(limited);
+    }
+    if req.method() == Method::OPTIONS {
+        return ep.call(req).await.map(IntoResponse::into_response);
+    }
+    // HEAD runs the GET handler (the body is dropped): it needs what GET needs.
+    let method = if req.method() == Method::HEAD {
+        Method::GET
+    } else {
+        req.method().clone()
+    };
+    let access = gate.access_of(&method, req.uri().path());
     let Some(needed) = gate.policy.needed(access) else {
-        if let Some(limited) = gate.rate_limited(client_key(&req)) {
+        if let Some(limited) = gate.rate_limited(client_key(&req, &gate.trusted_proxies)) {
             return Ok(limited);
+        }
+        // A public operation shows more to a valid token (the health details): attach it.
+        if let Some(Ok(token)) = bearer(&req) {
+            if let Ok(Ok(principal)) = gate.verifier.verify(&token).await {
+                req.set_data(principal);
+            }
         }
         return ep.call(req).await.map(IntoResponse::into_response);
     };
@@ -386,7 +530,7 @@ pub async fn around<E: Endpoint>(
     let principal: Principal = match gate.verifier.verify(&token).await {
         Ok(Ok(p)) => p,
         Ok(Err(rejection)) => {
-            if let Some(limited) = gate.rate_limited(client_key(&req)) {
+            if let Some(limited) = gate.rate_limited(client_key(&req, &gate.trusted_proxies)) {
                 return Ok(limited);
             }
             let message = match rejection {
@@ -425,6 +569,26 @@ pub async fn around<E: Endpoint>(
     tracing::Span::current().record("auth.token", principal.token_id.as_str());
     req.set_data(principal);
     ep.call(req).await.map(IntoResponse::into_response)
+}
+
+/// For an option of a request that needs more than the operation's scope (`auto_promote`
+/// promotes, an `admin` action): Ok when auth is off (no principal) or the token has `scope`.
+pub fn require(req: &Request, scope: Scope, param: &str) -> Result<(), super::errors::ApiError> {
+    let Some(principal) = req.data::<Principal>() else {
+        return Ok(());
+    };
+    if grants(&principal.scopes, scope) {
+        return Ok(());
+    }
+    let held: Vec<&str> = principal.scopes.iter().map(|s| s.as_str()).collect();
+    Err(super::errors::ApiError::insufficient_scope(
+        format!(
+            "`{param}` needs scope `{scope}`; token {} has {}",
+            principal.token_id,
+            held.join(", ")
+        ),
+        Some(param),
+    ))
 }
 
 /// CORS from `auth.cors_origins`: None when no origin is configured (no CORS headers at all).

@@ -618,11 +618,13 @@ impl DatasetsApi {
             )));
         }
         use crate::streamed_export::Format;
+        let permit = state.heavy_permit("exports and review queues")?;
         let format = format.0.unwrap_or(ExportFormat::Jsonl).into();
-        let body = Body::from_bytes_stream(
+        let body = Body::from_bytes_stream(super::held(
             crate::datasets::export::stream(state.pool.clone(), dataset, format)
                 .map_err(ApiError::internal)?,
-        );
+            permit,
+        ));
         Ok(match format {
             Format::Jsonl => ExportResponse::Jsonl(Binary(body)),
             Format::Parquet => ExportResponse::Parquet(Binary(body)),

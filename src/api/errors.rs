@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The request is malformed or a value is out of range.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// The token lacks a scope that an option of this request needs.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The resource's state does not allow this action.
@@ -46,9 +49,16 @@ pub enum ApiError {
     Unprocessable(Json<ErrorBody>),
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
-    /// A dependency (database, model) is not available right now; retry later.
+    /// A dependency (database, model) is not available right now, or the server is busy with
+    /// as many expensive requests as it takes at once; retry later (after `Retry-After`
+    /// seconds when given).
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(
+        Json<ErrorBody>,
+        /// Seconds to wait before retrying (sent when the server is busy).
+        #[oai(header = "Retry-After")]
+        Option<u64>,
+    ),
 }
 
 fn body(
@@ -84,6 +94,14 @@ impl ApiError {
             None,
         ))
     }
+    pub fn insufficient_scope(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError::Forbidden(body(
+            "insufficient_scope",
+            "permission_error",
+            message,
+            param,
+        ))
+    }
     pub fn conflict(message: impl Into<String>) -> Self {
         ApiError::Conflict(body("conflict", "conflict_error", message, None))
     }
@@ -94,7 +112,40 @@ impl ApiError {
         ApiError::Unprocessable(body(code, "invalid_request_error", message, param))
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError::Unavailable(body("unavailable", "server_error", message, None))
+        ApiError::Unavailable(body("unavailable", "server_error", message, None), None)
+    }
+    /// 503 `busy` with `Retry-After`: the process already runs as many expensive requests
+    /// (exports, the review queue) as `server.max_concurrent_heavy_requests` allows.
+    pub fn busy(what: &str, retry_after_secs: u64) -> Self {
+        ApiError::Unavailable(
+            body(
+                "busy",
+                "server_error",
+                format!(
+                    "this server is already running as many {what} as it takes at once; retry \
+                     in {retry_after_secs} s"
+                ),
+                None,
+            ),
+            Some(retry_after_secs),
+        )
+    }
+    /// 503 for something this server cannot do right now whose cause names server internals
+    /// (file paths, library errors): the cause is logged once under a reference, the answer
+    /// carries `public` and the reference only.
+    pub fn unavailable_logged(public: impl Into<String>, cause: impl std::fmt::Display) -> Self {
+        let id = uuid::Uuid::new_v4();
+        let public = public.into();
+        tracing::warn!(error_id = %id, "{public}: {cause}");
+        ApiError::Unavailable(
+            body(
+                "unavailable",
+                "server_error",
+                format!("{public} (reference {id}; the cause is in the server log)"),
+                None,
+            ),
+            None,
+        )
     }
     /// Logs the cause once and answers without it.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
@@ -120,12 +171,10 @@ impl From<sqlx::Error> for ApiError {
             } else {
                 "the database connection failed (the server is down or restarting); retry shortly"
             };
-            return ApiError::Unavailable(body(
-                "database_unavailable",
-                "server_error",
-                message,
+            return ApiError::Unavailable(
+                body("database_unavailable", "server_error", message, None),
                 None,
-            ));
+            );
         }
         ApiError::internal(e)
     }
@@ -198,7 +247,7 @@ mod tests {
 
     fn status_and_code(e: ApiError) -> (u16, String) {
         let (status, body) = match e {
-            ApiError::Unavailable(b) => (503, b),
+            ApiError::Unavailable(b, _) => (503, b),
             ApiError::Internal(b) => (500, b),
             other => panic!("unexpected {other:?}"),
         };

@@ -96,14 +96,22 @@ pub struct Health {
     pub database_latency_ms: Option<f64>,
     pub migrations_applied: usize,
     pub migrations_known: usize,
-    pub queues: Vec<QueueDepth>,
+    /// The fields below describe the deployment (host names, versions, load errors): they are
+    /// present for a token with scope `read` (or with auth off), absent otherwise.
+    #[oai(skip_serializing_if_is_none)]
+    pub queues: Option<Vec<QueueDepth>>,
     /// Workers whose heartbeat is recent.
-    pub live_workers: Vec<String>,
-    pub embedding_models: Vec<EmbeddingModelInfo>,
-    pub libtorch: String,
-    pub cuda_devices: i64,
+    #[oai(skip_serializing_if_is_none)]
+    pub live_workers: Option<Vec<String>>,
+    #[oai(skip_serializing_if_is_none)]
+    pub embedding_models: Option<Vec<EmbeddingModelInfo>>,
+    #[oai(skip_serializing_if_is_none)]
+    pub libtorch: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub cuda_devices: Option<i64>,
     /// Models served from this process's memory, with any load failure.
-    pub served_models: Vec<ServedModel>,
+    #[oai(skip_serializing_if_is_none)]
+    pub served_models: Option<Vec<ServedModel>>,
 }
 
 #[derive(Debug, Object)]
@@ -161,9 +169,14 @@ impl HealthApi {
         })
     }
 
-    /// Readiness: database, migrations, queue depths, live workers, embedding models.
+    /// Readiness: database and migrations for anyone; with a `read` token (or auth off) also
+    /// queue depths, live workers, embedding models, libtorch, CUDA and served models.
     #[oai(path = "/api/v1/health", method = "get")]
-    async fn health(&self, state: Data<&AppState>) -> Json<Health> {
+    async fn health(&self, req: &poem::Request, state: Data<&AppState>) -> Json<Health> {
+        let detailed = !state.gate.policy.enabled
+            || req
+                .data::<crate::auth::Principal>()
+                .is_some_and(|p| crate::auth::grants(&p.scopes, crate::auth::Scope::Read));
         let latency = match state.database.check().await {
             crate::db::Reachability::Reachable { latency_ms } => Some(latency_ms),
             crate::db::Reachability::Unavailable => None,
@@ -180,7 +193,7 @@ impl HealthApi {
         };
         let window = (state.settings.queue.heartbeat_secs
             * state.settings.queue.missed_heartbeats as u64) as f64;
-        let (queues, workers) = if db_ok {
+        let (queues, workers) = if db_ok && detailed {
             (
                 crate::queue::queue_depths(&state.pool)
                     .await
@@ -202,29 +215,33 @@ impl HealthApi {
             database_latency_ms: latency,
             migrations_applied: applied,
             migrations_known: known,
-            queues: queues
-                .into_iter()
-                .map(|(queue, waiting, running)| QueueDepth {
-                    queue,
-                    waiting,
-                    running,
-                })
-                .collect(),
-            live_workers: workers.into_iter().map(|w| w.0).collect(),
-            embedding_models: model_infos(&state),
-            libtorch: crate::ml::libtorch_version(),
-            cuda_devices: crate::ml::cuda_devices(),
-            served_models: state
-                .models
-                .status()
-                .into_iter()
-                .map(|m| ServedModel {
-                    name: m.name,
-                    loaded_version: m.loaded_version,
-                    failed_version: m.failed_version,
-                    error: m.error,
-                })
-                .collect(),
+            queues: detailed.then(|| {
+                queues
+                    .into_iter()
+                    .map(|(queue, waiting, running)| QueueDepth {
+                        queue,
+                        waiting,
+                        running,
+                    })
+                    .collect()
+            }),
+            live_workers: detailed.then(|| workers.into_iter().map(|w| w.0).collect()),
+            embedding_models: detailed.then(|| model_infos(&state)),
+            libtorch: detailed.then(crate::ml::libtorch_version),
+            cuda_devices: detailed.then(crate::ml::cuda_devices),
+            served_models: detailed.then(|| {
+                state
+                    .models
+                    .status()
+                    .into_iter()
+                    .map(|m| ServedModel {
+                        name: m.name,
+                        loaded_version: m.loaded_version,
+                        failed_version: m.failed_version,
+                        error: m.error,
+                    })
+                    .collect()
+            }),
         })
     }
 }

@@ -44,6 +44,19 @@ pub struct AppState {
     pub gate: Arc<auth::Gate>,
     /// The health endpoints' short check of the database.
     pub database: Arc<crate::db::DatabaseProbe>,
+    /// Permits for expensive requests (`server.max_concurrent_heavy_requests`).
+    pub heavy: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// A permit for an expensive request, held until its answer has been sent (see
+    /// [`held`]); 503 `busy` with `Retry-After` when all are taken.
+    pub fn heavy_permit(&self, what: &str) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.heavy
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::busy(what, 2))
+    }
 }
 
 impl AppState {
@@ -59,6 +72,9 @@ impl AppState {
                 health::DATABASE_PROBE_FRESH_FOR,
             )),
             embedders: Embedders::new(settings.clone()),
+            heavy: Arc::new(tokio::sync::Semaphore::new(
+                settings.server.max_concurrent_heavy_requests.max(1),
+            )),
             pool,
             settings,
             models,
@@ -201,10 +217,58 @@ pub fn app(state: AppState) -> impl Endpoint {
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .around(http_telemetry::around)
         .catch_all_error(errors::poem_error_to_json)
+        .around(security_headers)
+}
+
+/// A body stream that holds `permit` until it is done (or dropped with the connection).
+pub fn held<S: futures::Stream + Send + 'static>(
+    stream: S,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl futures::Stream<Item = S::Item> + Send + 'static {
+    use futures::StreamExt;
+    stream.map(move |item| {
+        let _held = &permit;
+        item
+    })
+}
+
+/// Swagger UI's page may run only its own inline script and style, talk only to this origin,
+/// and not be framed.
+pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; \
+     connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// `nosniff` on every answer; on `/docs`, a content security policy and no framing.
+async fn security_headers<E: Endpoint>(
+    ep: std::sync::Arc<E>,
+    req: Request,
+) -> poem::Result<Response> {
+    let docs = req.uri().path() == "/docs" || req.uri().path().starts_with("/docs/");
+    let mut response = ep.call(req).await?.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    if docs {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            header::HeaderValue::from_static(DOCS_CSP),
+        );
+        headers.insert(
+            header::X_FRAME_OPTIONS,
+            header::HeaderValue::from_static("DENY"),
+        );
+        headers.insert(
+            header::REFERRER_POLICY,
+            header::HeaderValue::from_static("no-referrer"),
+        );
+    }
+    Ok(response)
 }
 
 /// Rejects bodies over `limit` bytes with 413: by Content-Length when given, else by reading
-/// a chunked body up to the limit. Requests without a body pass untouched. A JSON body is kept
+/// the body (chunked, HTTP/2 or undeclared) up to the limit. A declared empty body passes. A JSON body is kept
 /// so that, when poem-openapi refuses it, the 400 can name the field at fault
 /// (`payload_errors`).
 async fn guard_body<E: Endpoint>(
@@ -222,8 +286,9 @@ async fn guard_body<E: Endpoint>(
     if length.as_ref().is_some_and(|l| l.0 as usize > limit) {
         return Err(too_large());
     }
-    let has_body =
-        length.is_some_and(|l| l.0 > 0) || req.headers().contains_key(header::TRANSFER_ENCODING);
+    // Only a declared empty body is skipped: HTTP/2 (h2c included) sends no Content-Length
+    // nor Transfer-Encoding, so every other body is read through the limit.
+    let has_body = length.is_none_or(|l| l.0 > 0);
     let json = req
         .headers()
         .get(header::CONTENT_TYPE)

@@ -115,7 +115,7 @@ pub enum VersionExport {
     /// and a README with the Python that reproduces the scores.
     #[oai(status = 200, content_type = "application/x-tar")]
     Tar(
-        Binary<Vec<u8>>,
+        Binary<poem::Body>,
         /// `attachment; filename="{name}-v{version}.tar"`
         #[oai(header = "Content-Disposition")]
         String,
@@ -202,6 +202,7 @@ impl ModelsApi {
         version: Path<i32>,
     ) -> Result<VersionExport, ApiError> {
         use crate::registry::export::{export_version, ExportError};
+        let permit = state.heavy_permit("exports and review queues")?;
         let export = match export_version(&state.pool, &state.settings, &name, version.0).await {
             Ok(Some(export)) => export,
             Ok(None) => {
@@ -216,15 +217,24 @@ impl ModelsApi {
             }
             Err(ExportError::Database(e)) => return Err(e.into()),
             Err(ExportError::Unavailable(message)) => {
-                return Err(ApiError::unavailable(format!(
-                    "version {} of `{}` cannot be exported by this server: {message}",
-                    version.0, name.0
-                )))
+                return Err(ApiError::unavailable_logged(
+                    format!(
+                        "version {} of `{}` cannot be exported by this server",
+                        version.0, name.0
+                    ),
+                    message,
+                ))
             }
             Err(ExportError::Internal(message)) => return Err(ApiError::internal(message)),
         };
         Ok(VersionExport::Tar(
-            Binary(export.tar),
+            Binary(poem::Body::from_bytes_stream(futures::stream::iter(
+                export.pieces.into_iter().map(move |piece| {
+                    // Held until the last piece has been taken by the connection.
+                    let _held = &permit;
+                    Ok::<_, std::io::Error>(piece)
+                }),
+            ))),
             format!("attachment; filename=\"{}.tar\"", export.folder),
         ))
     }

@@ -222,11 +222,12 @@ impl OpenAiEmbeddingsApi {
             server.max_inputs_per_request,
             server.max_text_chars,
         )?;
-        let encoder = state
-            .embedders
-            .local_encoder(key)
-            .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let encoder = state.embedders.local_encoder(key).await.map_err(|e| {
+            ApiError::unavailable_logged(
+                format!("embedding model `{key}` cannot be loaded on this server"),
+                e,
+            )
+        })?;
         let encoded = encoder.encode(texts).await.map_err(ApiError::internal)?;
         let base64 = req.encoding_format == Some(EncodingFormat::Base64);
         let tokens: usize = encoded.token_counts.iter().sum();

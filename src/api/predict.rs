@@ -173,10 +173,18 @@ async fn served(state: &AppState, name: &str) -> Result<Arc<LoadedModel>, ApiErr
                 .into_iter()
                 .find(|s| s.name == name)
                 .and_then(|s| s.error);
-            Err(ApiError::unavailable(match failure {
-                Some(e) => format!("model `{name}` version {v} failed to load: {e}"),
-                None => format!("model `{name}` version {v} is loading; retry shortly"),
-            }))
+            Err(match failure {
+                Some(e) => ApiError::unavailable_logged(
+                    format!(
+                        "model `{name}` version {v} failed to load on this server (a `read` \
+                         token sees why in /api/v1/health)"
+                    ),
+                    e,
+                ),
+                None => ApiError::unavailable(format!(
+                    "model `{name}` version {v} is loading; retry shortly"
+                )),
+            })
         }
     }
 }

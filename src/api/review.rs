@@ -380,6 +380,8 @@ impl ReviewApi {
         offset: Query<Option<i64>>,
     ) -> Result<ReviewQueueResponse, ApiError> {
         let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
+        // It reads a source's documents: one of the requests bounded per process.
+        let _permit = state.heavy_permit("exports and review queues")?;
         let resolved = review::resolve_version(&state.pool, &model.0, version.0).await?;
         let request = ReviewRequest {
             strategy: strategy.0.into(),

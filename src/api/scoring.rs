@@ -504,11 +504,13 @@ impl ScoringApi {
             )));
         }
         use crate::streamed_export::Format;
+        let permit = state.heavy_permit("exports and review queues")?;
         let format = format.0.unwrap_or(ExportFormat::Jsonl).into();
-        let body = Body::from_bytes_stream(
+        let body = Body::from_bytes_stream(super::held(
             crate::scoring::export::stream(state.pool.clone(), job, format)
                 .map_err(ApiError::internal)?,
-        );
+            permit,
+        ));
         Ok(match format {
             Format::Jsonl => ScoresExport::Jsonl(Binary(body)),
             Format::Parquet => ScoresExport::Parquet(Binary(body)),

@@ -179,10 +179,20 @@ impl TrainingApi {
     #[oai(path = "/training-runs", method = "post")]
     async fn create(
         &self,
+        req: &poem::Request,
         state: Data<&AppState>,
         body: Json<CreateTrainingRun>,
     ) -> Result<Created, ApiError> {
         let body = body.0;
+        // Promotion is an `admin` action: starting a run that promotes itself is one too.
+        if body.auto_promote || body.promotion_gate.is_some() {
+            let param = if body.auto_promote {
+                "auto_promote"
+            } else {
+                "promotion_gate"
+            };
+            super::auth::require(req, crate::auth::Scope::Admin, param)?;
+        }
         if !valid_model_name(&body.model_name) {
             return Err(ApiError::unprocessable(
                 "invalid_model_name",
@@ -198,6 +208,42 @@ impl TrainingApi {
                 Some("device"),
             ));
         }
+        let webhook = match body.webhook {
+            Some(w) => {
+                let policy = crate::training::webhook::AddressPolicy::allowing(
+                    &state.settings.training.webhook_allowed_hosts,
+                );
+                if let Err(why) = policy.check_resolved(&w.url).await {
+                    return Err(ApiError::unprocessable(
+                        "invalid_webhook",
+                        format!("webhook.url: {why}"),
+                        Some("webhook.url"),
+                    ));
+                }
+                let authorization = match w.authorization {
+                    None => None,
+                    Some(plain) => {
+                        let var = &state.settings.training.secrets_key_env;
+                        let sealer = crate::secrets::SecretBox::from_env(var)
+                            .map_err(ApiError::internal)?
+                            .ok_or_else(|| {
+                                ApiError::unprocessable(
+                                    "secrets_key_missing",
+                                    format!(
+                                        "webhook.authorization would be stored, and this server \
+                                         stores credentials only sealed: set {var} (base64 of 32 \
+                                         random bytes) on API and workers"
+                                    ),
+                                    Some("webhook.authorization"),
+                                )
+                            })?;
+                        Some(sealer.seal(&plain).map_err(ApiError::internal)?)
+                    }
+                };
+                Some(WebhookConfig::new(w.url, authorization))
+            }
+            None => None,
+        };
         let dataset = crate::datasets::store::get(&state.pool, body.dataset_id)
             .await?
             .ok_or_else(|| {
@@ -236,22 +282,6 @@ impl TrainingApi {
                 &dataset.embedding_model,
                 hp.max_tokens,
             )?),
-        };
-        let webhook = match body.webhook {
-            Some(w) => {
-                let parsed = reqwest::Url::parse(&w.url)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "http" | "https"));
-                if parsed.is_none() {
-                    return Err(ApiError::unprocessable(
-                        "invalid_webhook",
-                        format!("webhook.url `{}` is not an http(s) URL", w.url),
-                        Some("webhook.url"),
-                    ));
-                }
-                Some(WebhookConfig::new(w.url, w.authorization))
-            }
-            None => None,
         };
         let gate = match &body.promotion_gate {
             None => None,

@@ -166,7 +166,8 @@ pub struct CreateTrainingRun {
     #[oai(nullable)]
     pub device: Option<String>,
     /// Promote the new version when its validation macro-F1 beats the served one's (or, with
-    /// `promotion_gate`, when it wins that evaluation).
+    /// `promotion_gate`, when it wins that evaluation). Promotion is an `admin` action: with
+    /// this (or `promotion_gate`) the token needs scope `admin` (403 otherwise).
     #[oai(default)]
     pub auto_promote: bool,
     /// With `auto_promote`: instead of comparing validation figures, evaluate the new version

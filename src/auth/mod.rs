@@ -238,9 +238,21 @@ pub async fn revoke(pool: &PgPool, id_or_token: &str) -> Result<TokenInfo, AuthE
     .bind(id)
     .fetch_optional(pool)
     .await?;
+    if row.is_some() {
+        // Every API process forgets the token now, and stops trusting a cached copy of it
+        // during a later database outage (see `TokenVerifier`).
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(REVOCATIONS)
+            .bind(id)
+            .execute(pool)
+            .await?;
+    }
     row.map(info_of)
         .ok_or_else(|| AuthError::NotFound(id.to_string()))
 }
+
+/// The channel revocations are announced on (payload: the token id).
+pub const REVOCATIONS: &str = "trainyard_token_revoked";
 
 /// Why a presented token was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,13 +272,19 @@ struct Cached {
     fetched: Instant,
 }
 
-/// Verifies presented tokens against the database, with a short cache.
+/// Verifies presented tokens against the database, with a short cache. While the database is
+/// unreachable, a token verified within `outage_grace` keeps working only if this process was
+/// listening for revocations (`REVOCATIONS`) from that verification on: a token revoked before
+/// the outage was then forgotten when the revocation was announced, so it cannot ride the
+/// grace.
 pub struct TokenVerifier {
     pool: PgPool,
     fresh_for: Duration,
     outage_grace: Duration,
     cache: Mutex<HashMap<String, Option<Cached>>>,
     unknown_seen: Mutex<HashMap<String, Instant>>,
+    /// When the current LISTEN connection started (None before the first one).
+    listening_since: Mutex<Option<Instant>>,
 }
 
 impl TokenVerifier {
@@ -277,7 +295,65 @@ impl TokenVerifier {
             outage_grace,
             cache: Mutex::new(HashMap::new()),
             unknown_seen: Mutex::new(HashMap::new()),
+            listening_since: Mutex::new(None),
         }
+    }
+
+    /// Listens for revocations until the verifier is dropped or the pool closed; reconnects.
+    pub fn spawn_revocation_listener(self: &std::sync::Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = std::sync::Arc::downgrade(self);
+        let pool = self.pool.clone();
+        runtime.spawn(async move {
+            while !pool.is_closed() {
+                let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+                    Ok(l) => l,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if listener.listen(REVOCATIONS).await.is_err() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                {
+                    let Some(verifier) = weak.upgrade() else {
+                        return;
+                    };
+                    *verifier.listening_since.lock().unwrap() = Some(Instant::now());
+                }
+                loop {
+                    let note = listener.try_recv().await;
+                    let Some(verifier) = weak.upgrade() else {
+                        return;
+                    };
+                    match note {
+                        Ok(Some(note)) => verifier.forget(note.payload()),
+                        // Reconnected: revocations in between were missed, so what was cached
+                        // before no longer qualifies for the outage grace.
+                        Ok(None) => {
+                            *verifier.listening_since.lock().unwrap() = Some(Instant::now())
+                        }
+                        Err(_) => break,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    /// A cached verification may stand in for the database during an outage: recent, and made
+    /// while this process was already listening for revocations.
+    fn graced(&self, c: &Cached) -> bool {
+        c.fetched.elapsed() < self.outage_grace
+            && self
+                .listening_since
+                .lock()
+                .unwrap()
+                .is_some_and(|since| since <= c.fetched)
     }
 
     /// Ok(Ok(principal)) accepted, Ok(Err(why)) refused, Err(database) cannot tell now.
@@ -286,6 +362,7 @@ impl TokenVerifier {
             return Ok(Err(Rejection::Invalid));
         };
         let cached = self.cache.lock().unwrap().get(id).cloned().flatten();
+        let mut fetched_now = false;
         let entry = match cached {
             Some(c) if c.fetched.elapsed() < self.fresh_for => Some(c),
             stale => {
@@ -293,10 +370,13 @@ impl TokenVerifier {
                     return Ok(Err(Rejection::Invalid));
                 }
                 match self.fetch(id).await {
-                    Ok(fresh) => fresh,
+                    Ok(fresh) => {
+                        fetched_now = true;
+                        fresh
+                    }
                     Err(e) => match stale {
                         // The database is down: a token verified recently keeps working.
-                        Some(c) if c.fetched.elapsed() < self.outage_grace => Some(c),
+                        Some(c) if self.graced(&c) => Some(c),
                         _ => return Err(e),
                     },
                 }
@@ -319,6 +399,16 @@ impl TokenVerifier {
         if entry.expires_at.is_some_and(|t| t <= Utc::now()) {
             return Ok(Err(Rejection::Expired));
         }
+        // Only a token that passed every check counts as used (once per cache period).
+        if fetched_now {
+            let marked = sqlx::query("UPDATE api_tokens SET last_used_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await;
+            if let Err(e) = marked {
+                tracing::debug!("token {id}: last_used_at not updated: {e}");
+            }
+        }
         Ok(Ok(entry.principal))
     }
 
@@ -338,8 +428,8 @@ impl TokenVerifier {
     async fn fetch(&self, id: &str) -> Result<Option<Cached>, sqlx::Error> {
         type Row = (String, Vec<String>, Vec<u8>, Option<DateTime<Utc>>, bool);
         let row: Option<Row> = sqlx::query_as(
-            "UPDATE api_tokens SET last_used_at = now() WHERE id = $1
-                 RETURNING name, scopes, secret_hash, expires_at, revoked_at IS NOT NULL",
+            "SELECT name, scopes, secret_hash, expires_at, revoked_at IS NOT NULL
+             FROM api_tokens WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)

@@ -129,8 +129,17 @@ fn log_auth_policy(state: &AppState, listen: &str) {
         tracing::warn!(
             "AUTHENTICATION IS OFF: every client that reaches {listen} can read, submit, delete, \
              promote and manage tokens (auth.mode = {:?}; \"auto\" turns it off only for loopback \
-             addresses). Set TRAINYARD_AUTH__MODE=required to require tokens.",
-            state.settings.auth.mode
+             addresses). Set TRAINYARD_AUTH__MODE=required to require tokens. Meanwhile only \
+             requests addressed to a loopback name (localhost, 127.0.0.1, [::1]{}) are answered, \
+             and requests carrying X-Forwarded-*/Forwarded (a proxy) are refused.",
+            state.settings.auth.mode,
+            state
+                .settings
+                .auth
+                .open_allowed_hosts
+                .iter()
+                .map(|h| format!(", {h}"))
+                .collect::<String>()
         );
     } else {
         tracing::info!(

@@ -20,10 +20,27 @@ pub const FORMAT: &str = "trainyard-export/1";
 /// Files copied from the base model's folder next to the finetuned weights (those present).
 const TOKENIZER_FILES: [&str; 3] = ["vocab.txt", "special_tokens_map.json", "added_tokens.json"];
 
-/// A version's export: the tar's bytes and the folder name inside it.
+/// A version's export: the tar as pieces to send in order (headers, each file's bytes as built,
+/// padding; never one copy of the whole tar), and the folder name inside it.
 pub struct Export {
     pub folder: String,
-    pub tar: Vec<u8>,
+    pub pieces: Vec<Vec<u8>>,
+}
+
+impl Export {
+    /// The tar's length in bytes.
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole tar in one buffer (tests, the CLI).
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.pieces.concat()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,8 +103,8 @@ pub async fn export_version(
     let settings = settings.clone();
     let (name, folder) = (name.to_string(), format!("{name}-v{version}"));
     tokio::task::spawn_blocking(move || {
-        let tar = build(&settings, &name, version, &folder, row)?;
-        Ok(Some(Export { folder, tar }))
+        let pieces = build(&settings, &name, version, &folder, row)?;
+        Ok(Some(Export { folder, pieces }))
     })
     .await
     .map_err(|e| ExportError::Internal(e.to_string()))?
@@ -99,7 +116,7 @@ fn build(
     version: i32,
     folder: &str,
     mut row: VersionRow,
-) -> Result<Vec<u8>, ExportError> {
+) -> Result<Vec<Vec<u8>>, ExportError> {
     let spec = &row.spec;
     row.thresholds.resize(spec.labels.len(), 0.5);
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
@@ -118,6 +135,8 @@ fn build(
     let weights =
         crate::ml::export::export_weights(&row.weights, base.as_ref().map(|b| b.dir.as_path()))
             .map_err(|e| ExportError::Internal(format!("{e:#}")))?;
+    // The stored blob is not needed past this point: one copy of the weights, not two.
+    drop(std::mem::take(&mut row.weights));
     // Truncation: the run's for a finetune, the embedding model's (when configured) for a head.
     let max_tokens = match &base {
         Some(b) => Some(b.max_tokens),
@@ -146,7 +165,6 @@ fn build(
     ));
     files.push(("README.md".into(), readme(name, version, spec).into_bytes()));
 
-    let mut tar = tar::Builder::new(Vec::new());
     let mtime = row.created_at.timestamp().max(0) as u64;
     let mut dirs: Vec<String> = vec![String::new()];
     for (path, _) in &files {
@@ -156,30 +174,50 @@ fn build(
             }
         }
     }
-    let io = |e: std::io::Error| ExportError::Internal(format!("tar: {e}"));
-    for dir in &dirs {
+    // A tar by hand so that each file's bytes are sent as they are: a 512-byte header (long
+    // names get GNU's extension block from `tar::Builder`), the bytes, padding to 512.
+    let header_of = |path: &str, size: u64, directory: bool| -> Result<Vec<u8>, ExportError> {
         let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_mode(0o755);
+        if directory {
+            header.set_entry_type(tar::EntryType::Directory);
+        }
+        header.set_mode(if directory { 0o755 } else { 0o644 });
         header.set_mtime(mtime);
-        header.set_size(0);
+        header.set_size(size);
+        let mut out = tar::Builder::new(Vec::new());
+        out.append_data(&mut header, path, std::io::empty())
+            .map_err(|e| ExportError::Internal(format!("tar: {e}")))?;
+        // `append_data` wrote the header (and any long-name block) for an empty body: the
+        // size field is what the reader follows.
+        let mut bytes = out
+            .into_inner()
+            .map_err(|e| ExportError::Internal(format!("tar: {e}")))?;
+        bytes.truncate(bytes.len() - 1024); // the two end-of-archive blocks
+        Ok(bytes)
+    };
+    let mut pieces = Vec::with_capacity(dirs.len() + 3 * files.len() + 1);
+    for dir in &dirs {
         let path = if dir.is_empty() {
             format!("{folder}/")
         } else {
             format!("{folder}/{dir}/")
         };
-        tar.append_data(&mut header, path, std::io::empty())
-            .map_err(io)?;
+        pieces.push(header_of(&path, 0, true)?);
     }
-    for (path, bytes) in &files {
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(0o644);
-        header.set_mtime(mtime);
-        header.set_size(bytes.len() as u64);
-        tar.append_data(&mut header, format!("{folder}/{path}"), bytes.as_slice())
-            .map_err(io)?;
+    for (path, bytes) in files {
+        pieces.push(header_of(
+            &format!("{folder}/{path}"),
+            bytes.len() as u64,
+            false,
+        )?);
+        let padding = (512 - bytes.len() % 512) % 512;
+        pieces.push(bytes);
+        if padding > 0 {
+            pieces.push(vec![0; padding]);
+        }
     }
-    tar.into_inner().map_err(io)
+    pieces.push(vec![0; 1024]);
+    Ok(pieces)
 }
 
 /// The finetuned encoder's companions: its config, the tokenizer as trainyard runs it

@@ -23,12 +23,13 @@ use super::epochs::{
 };
 pub use super::run_data::{load_run, RunSettings};
 use super::run_data::{load_splits, Splits};
-use super::webhook::{Telemetry, WebhookConfig};
+use super::webhook::{AddressPolicy, Telemetry, WebhookConfig};
 use crate::config::ProviderType;
 use crate::datasets::store;
 use crate::ml::classifier::{ClassifierSpec, TrainMode};
 use crate::ml::text_encoder::pick_device;
 use crate::queue::{JobContext, JobError};
+use crate::secrets::SecretBox;
 use crate::worker_state::WorkerState;
 
 /// The `train` handler: trains, and records the failure on the run (failed or cancelled when
@@ -176,15 +177,49 @@ pub async fn run_training(
         tracing::info!(run = %run.id, epoch = c.epoch, "resuming from checkpoint");
     }
 
-    let webhook = run.webhook.clone().or_else(|| {
-        let t = &state.settings.training;
-        (!t.webhook_url.is_empty()).then(|| {
-            let auth = (!t.webhook_authorization_env.is_empty())
-                .then(|| std::env::var(&t.webhook_authorization_env).ok())
-                .flatten();
-            WebhookConfig::new(t.webhook_url.clone(), auth)
-        })
-    });
+    let allowed = AddressPolicy::allowing(&state.settings.training.webhook_allowed_hosts);
+    // The run's own webhook (its credentials sealed by the API), else the operator's.
+    let webhook = match run.webhook.clone().map(|w| w.with_addresses(allowed)) {
+        Some(mut w) => {
+            let sealed = w.authorization.clone().filter(|a| SecretBox::is_sealed(a));
+            match sealed {
+                None => Some(w),
+                Some(sealed) => {
+                    let var = &state.settings.training.secrets_key_env;
+                    let opened = SecretBox::from_env(var).and_then(|b| {
+                        b.ok_or_else(|| format!("{var} is not set here"))?
+                            .open(&sealed)
+                    });
+                    match opened {
+                        Ok(plain) => {
+                            w.authorization = Some(plain);
+                            Some(w)
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                run = %run.id,
+                                "the run's webhook is off: its credentials cannot be opened ({e})"
+                            );
+                            None
+                        }
+                    }
+                }
+            }
+        }
+        None => {
+            let t = &state.settings.training;
+            (!t.webhook_url.is_empty()).then(|| {
+                let auth = (!t.webhook_authorization_env.is_empty())
+                    .then(|| std::env::var(&t.webhook_authorization_env).ok())
+                    .flatten();
+                // The operator's own endpoint: trusted wherever it is.
+                WebhookConfig::new(t.webhook_url.clone(), auth).with_addresses(AddressPolicy {
+                    allow_all: true,
+                    allowed_hosts: Vec::new(),
+                })
+            })
+        }
+    };
     let telemetry = Telemetry::start(
         webhook,
         run.id.to_string(),

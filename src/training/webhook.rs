@@ -7,6 +7,12 @@
 //! are given up at once. Every event ends up counted exactly once: `sent`, `failed` (gave up
 //! after its attempts) or `dropped` (queue full, or still pending when [`Telemetry::finish`]'s
 //! deadline passed). The first failure or drop is logged as a warning; later ones are not.
+//!
+//! A webhook URL comes from an API caller, so where it may point is this server's to decide
+//! ([`AddressPolicy`]): loopback, private, link-local (cloud metadata), CGNAT, multicast and
+//! unspecified addresses are refused after resolution, at every connection (a name that
+//! rebinds to 127.0.0.1 between two events is caught), unless `training.webhook_allowed_hosts`
+//! lists the host; redirects are not followed.
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,6 +56,144 @@ pub struct WebhookConfig {
     /// Per request (connect, send and response).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Where it may connect: this server's policy, never stored with the run.
+    #[serde(skip)]
+    pub addresses: AddressPolicy,
+}
+
+/// Which addresses a webhook may reach: public ones, plus the hosts (names or IP addresses, as
+/// written in the URL) this server allows. The default allows public addresses only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AddressPolicy {
+    /// Every address (the operator's own `training.webhook_url`).
+    pub allow_all: bool,
+    /// Lower-case host names or IP literals allowed whatever they resolve to.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl AddressPolicy {
+    pub fn allowing(hosts: &[String]) -> AddressPolicy {
+        AddressPolicy {
+            allow_all: false,
+            allowed_hosts: hosts
+                .iter()
+                .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        self.allow_all
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|h| h == &host.trim_matches(['[', ']']).to_ascii_lowercase())
+    }
+
+    /// Addresses no webhook may reach unless its host is allowed: loopback, private (RFC 1918,
+    /// unique local), link-local (169.254/16 holds cloud metadata services), CGNAT, this-network,
+    /// multicast, broadcast and unspecified; IPv4-mapped IPv6 is judged as its IPv4 address.
+    pub fn internal(ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, ..] = v4.octets();
+                v4.is_loopback()
+                    || v4.is_private()
+                    || v4.is_link_local()
+                    || v4.is_unspecified()
+                    || v4.is_multicast()
+                    || v4.is_broadcast()
+                    || a == 0
+                    || (a == 100 && (64..128).contains(&b))
+            }
+            IpAddr::V6(v6) => {
+                if let Some(v4) = v6.to_ipv4_mapped() {
+                    return AddressPolicy::internal(IpAddr::V4(v4));
+                }
+                let first = v6.segments()[0];
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80
+            }
+        }
+    }
+
+    /// Checks what can be checked without a connection: the scheme, and an IP-literal host.
+    pub fn check_url(&self, url: &str) -> Result<(), String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("`{url}` is not an http(s) URL"));
+        }
+        let Some(host) = parsed.host_str() else {
+            return Err(format!("`{url}` has no host"));
+        };
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            if AddressPolicy::internal(ip) && !self.host_allowed(&ip.to_string()) {
+                return Err(format!(
+                    "`{url}` points at {ip}, an internal address webhooks may not reach \
+                     (training.webhook_allowed_hosts allows hosts)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `check_url`, then the host's addresses now (a name that resolves only to internal
+    /// addresses is refused at once rather than at the first event).
+    pub async fn check_resolved(&self, url: &str) -> Result<(), String> {
+        self.check_url(url)?;
+        let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+        let name = parsed.host_str().unwrap_or_default();
+        if name.starts_with('[') || name.parse::<std::net::IpAddr>().is_ok() {
+            return Ok(()); // an IP literal: judged by check_url
+        }
+        if self.host_allowed(name) {
+            return Ok(());
+        }
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((name, port))
+            .await
+            .map_err(|e| format!("`{name}` does not resolve: {e}"))?
+            .collect();
+        if addrs.iter().all(|a| AddressPolicy::internal(a.ip())) {
+            return Err(format!(
+                "`{name}` resolves only to internal addresses, which webhooks may not reach \
+                 (training.webhook_allowed_hosts allows hosts)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The sender's resolver: a name's internal addresses are dropped at every lookup (every new
+/// connection), so a name cannot rebind to one after the URL was checked.
+struct GuardedResolver(AddressPolicy);
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed = policy.host_allowed(&host);
+            let usable: Vec<std::net::SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| allowed || !AddressPolicy::internal(a.ip()))
+                .collect();
+            if usable.is_empty() {
+                return Err(format!(
+                    "`{host}` resolves only to internal addresses, which webhooks may not reach"
+                )
+                .into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(usable.into_iter());
+            Ok(addrs)
+        })
+    }
 }
 
 impl WebhookConfig {
@@ -60,7 +204,14 @@ impl WebhookConfig {
             queue_capacity: default_queue_capacity(),
             max_attempts: default_max_attempts(),
             timeout_ms: default_timeout_ms(),
+            addresses: AddressPolicy::default(),
         }
+    }
+
+    /// The same, allowed to reach what `addresses` allows.
+    pub fn with_addresses(mut self, addresses: AddressPolicy) -> Self {
+        self.addresses = addresses;
+        self
     }
 }
 
@@ -76,6 +227,7 @@ impl fmt::Debug for WebhookConfig {
             .field("queue_capacity", &self.queue_capacity)
             .field("max_attempts", &self.max_attempts)
             .field("timeout_ms", &self.timeout_ms)
+            .field("addresses", &self.addresses)
             .finish()
     }
 }
@@ -340,6 +492,8 @@ impl Sender {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(GuardedResolver(self.config.addresses.clone()))
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"));
         loop {
@@ -408,6 +562,14 @@ impl Sender {
     }
 
     async fn send_once(&self, http: &reqwest::Client, body: Vec<u8>) -> Result<(), AttemptError> {
+        // An IP-literal host is not resolved, so the resolver cannot judge it: here.
+        self.config
+            .addresses
+            .check_url(&self.config.url)
+            .map_err(|message| AttemptError {
+                message,
+                retryable: false,
+            })?;
         let mut request = http
             .post(&self.config.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -452,6 +614,56 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::AddressPolicy;
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for internal in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "ff02::1",
+        ] {
+            assert!(
+                AddressPolicy::internal(internal.parse().unwrap()),
+                "{internal}"
+            );
+        }
+        for public in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2001:4860::8888",
+        ] {
+            assert!(
+                !AddressPolicy::internal(public.parse().unwrap()),
+                "{public}"
+            );
+        }
+        let policy = AddressPolicy::allowing(&["[::1]".into(), "Hooks.Internal".into()]);
+        assert!(policy.check_url("http://[::1]:8/x").is_ok());
+        assert!(policy.check_url("http://127.0.0.1/x").is_err());
+        assert!(policy.check_url("ftp://8.8.8.8/x").is_err());
+        assert!(policy.check_url("http://8.8.8.8/x").is_ok());
+        assert!(policy.host_allowed("hooks.internal"));
+    }
+
     use super::*;
 
     #[test]

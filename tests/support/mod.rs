@@ -83,7 +83,19 @@ pub fn test_settings(url: &str) -> Settings {
     s.queue.max_attempts = 3;
     s.datasets.embed_batch_size = 16;
     s.local_model.threads = 1;
+    s.training.secrets_key_env = test_secrets_key().into();
     s
+}
+
+/// The variable holding the tests' key for sealed webhook credentials, set once per process.
+pub fn test_secrets_key() -> &'static str {
+    const VAR: &str = "TRAINYARD_TEST_SECRETS_KEY";
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // base64 of 32 bytes 0x2a: a fixed test key.
+        std::env::set_var(VAR, "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=");
+    });
+    VAR
 }
 
 pub struct TestApp {
