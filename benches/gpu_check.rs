@@ -4,7 +4,7 @@
 //! Usage: gpu_check --device cpu|cuda --model-dir DIR [--sentences FILE] [--n 2000]
 //!        [--batch-size 128] [--token-budget 16384] [--threads 2] [--repeats 3]
 //!        [--head-steps 100] [--finetune-steps 20] [--half-smoke 8]
-//!        [--dump-embeddings FILE] [--families-dir DIR] [--json]
+//!        [--dump-embeddings FILE] [--families-dir DIR] [--throughput-only] [--json]
 //!
 //! DIR holds config.json, tokenizer.json and model.safetensors (MiniLM, or a random BERT of its
 //! shape written by scripts/gpu_check_peer.py). Sections:
@@ -64,6 +64,8 @@ struct Args {
     half_smoke: usize,
     dump: Option<PathBuf>,
     families_dir: Option<PathBuf>,
+    /// Only (a) and (f): the per-family throughput runs of gpu_check.sh.
+    throughput_only: bool,
     json: bool,
 }
 
@@ -103,6 +105,7 @@ fn parse_args() -> Result<Args> {
         half_smoke: num("--half-smoke", 8, 0)?,
         dump: get("--dump-embeddings").map(PathBuf::from),
         families_dir: get("--families-dir").map(PathBuf::from),
+        throughput_only: argv.iter().any(|a| a == "--throughput-only"),
         json: argv.iter().any(|a| a == "--json"),
     })
 }
@@ -293,6 +296,13 @@ fn main() {
         let work = std::env::temp_dir().join(format!("trainyard_gpu_check_{}", std::process::id()));
         let mut trained = None;
         tch::set_num_threads(args.threads);
+        if args.throughput_only {
+            r.section("throughput", "(f) local embedding throughput", |r| {
+                inference::throughput_section(r, &args, &sentences, &work)
+            });
+            let _ = std::fs::remove_dir_all(&work);
+            return finish(r, &args, started, false);
+        }
         r.section("head", "(b) head classifier trained on the device", |r| {
             training::head_section(r, &args, &mut trained)
         });
@@ -340,6 +350,11 @@ fn main() {
                 .into(),
         );
     }
+    finish(r, &args, started, cuda_missing)
+}
+
+/// The closing line, the JSON, and the exit status.
+fn finish(mut r: Report, args: &Args, started: Instant, cuda_missing: bool) -> ! {
     let ok = r.failures.is_empty();
     r.say(format!(
         "\n{} in {:.1}s: {} failed, {} skipped",

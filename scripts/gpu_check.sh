@@ -63,6 +63,11 @@ prepare() {
     cp -r "$STAGE/tmp/$family/base" "$STAGE/tmp/$family/reference.json" "$STAGE/families/$family/"
   done
   rm -rf "$STAGE/tmp"
+  # Per-family throughput on the GPU machine: the model writer and its sentence source, in the
+  # layout the writer expects (its --bench models are written there, ~90 MB each).
+  mkdir -p "$STAGE/tests/python" "$STAGE/benches"
+  cp "$ROOT/tests/python/make_family_model.py" "$STAGE/tests/python/"
+  cp "$ROOT/benches/make_sentences.py" "$STAGE/benches/"
   local bytes total
   bytes=$(stat -c %s "$STAGE/bin/gpu_check")
   total=$(du -sb "$STAGE" | cut -f1)
@@ -191,14 +196,74 @@ if "error" in peer:
 peer_ok = "error" not in peer and (peer.get("compare") or {}).get("ok", False)
 print(f"\nresult: trainyard checks {'PASS' if ours.get('ok') else 'FAIL'}, peer {'ok' if peer_ok else 'FAIL'}")
 PY
+  family_throughput "$device" "$py" "$bin" "$work" "$dtypes" "$threads"
   local out="${GPU_CHECK_OUT:-${OUT:-}}"
   if [ -n "$out" ]; then
     mkdir -p "$out"
     cp "$work/trainyard.json" "$work/peer.json" "$work/summary.txt" "$out/"
+    cp "$work"/families_*.json "$work/families.txt" "$out/" 2>/dev/null || true
     echo "[gpu_check] results copied to $out"
   fi
   echo "[gpu_check] total $((SECONDS - all_started))s for both sides"
   [ "$rc_ours" = 0 ] && [ "$rc_peer" = 0 ] && grep -q "trainyard checks PASS, peer ok" "$work/summary.txt"
+}
+
+# Embedding throughput per encoder family beside PyTorch on the same device: a MiniLM-sized random
+# model of each family (written here by transformers, when this machine has it), trainyard's
+# serve and fixed-batch paths against the peer, fp32 and (on CUDA) fp16/bf16. On CPU it runs only
+# with FAMILY_THROUGHPUT=1 (slow); FAMILY_BUDGET (300 s) stops before a family that would start
+# past it; FAMILY_N (1000) sentences.
+family_throughput() { # DEVICE PY BIN WORK DTYPES THREADS
+  local device="$1" py="$2" bin="$3" work="$4" dtypes="$5" threads="$6"
+  if [ "$device" != cuda ] && [ "${FAMILY_THROUGHPUT:-0}" != 1 ]; then
+    echo "[gpu_check] per-family throughput: skipped on CPU (FAMILY_THROUGHPUT=1 runs it)"
+    return 0
+  fi
+  if ! "$py" -c "import transformers, tokenizers" 2>/dev/null; then
+    echo "[gpu_check] per-family throughput: skipped: this python has no transformers/tokenizers" | tee "$work/families.txt"
+    return 0
+  fi
+  local started=$SECONDS family n="${FAMILY_N:-1000}"
+  : >"$work/families.txt"
+  for family in roberta xlm-roberta distilbert mpnet modernbert deberta-v3; do
+    if [ $((SECONDS - started)) -gt "${FAMILY_BUDGET:-300}" ]; then
+      echo "[gpu_check] $family: skipped (FAMILY_BUDGET ${FAMILY_BUDGET:-300}s spent)" | tee -a "$work/families.txt"
+      continue
+    fi
+    local dir="$work/bench_$family"
+    if ! "$py" "$STAGE/tests/python/make_family_model.py" "$family" "$dir" --bench >/dev/null 2>"$work/family.err"; then
+      echo "[gpu_check] $family: the model could not be written: $(tail -n1 "$work/family.err")" | tee -a "$work/families.txt"
+      continue
+    fi
+    timeout 120 "$bin" --device "$device" --model-dir "$dir/base" --sentences "$work/sentences.txt" \
+      --n "$n" --threads "$threads" --repeats 2 --throughput-only --json \
+      >"$work/families_${family}_trainyard.json" 2>/dev/null || true
+    timeout 120 "$py" "$STAGE/gpu_check_peer.py" bench --model-dir "$dir/base" --sentences "$work/sentences.txt" \
+      --device "$device" --n "$n" --batch-size 128 --repeats 2 --dtypes "$dtypes" \
+      $([ "$device" = cpu ] && echo "--threads $threads") \
+      >"$work/families_${family}_peer.json" 2>/dev/null || true
+    rm -rf "$dir"
+    "$py" - "$family" "$work/families_${family}_trainyard.json" "$work/families_${family}_peer.json" <<'PY' | tee -a "$work/families.txt"
+import json, sys
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.loads(f.read().strip().splitlines()[-1])
+    except Exception as e:  # noqa: BLE001 - report whatever came back
+        return {"error": str(e)}
+
+family, ours, peer = sys.argv[1], load(sys.argv[2]), load(sys.argv[3])
+peer_sps = {r["dtype"]: r["sentences_per_second"] for r in peer.get("results", [])}
+rows = ours.get("throughput", {}).get("results", [])
+if not rows:
+    print(f"  {family:12} trainyard: {ours.get('error') or ours.get('failures')}; peer: {peer.get('error', 'ok')}")
+for r in rows:
+    p = peer_sps.get(r["dtype"]) if not r.get("smoke") else None
+    ratio = f"{r['sentences_per_second'] / p:6.2f}x" if p else "     -"
+    print(f"  {family:12} {r['dtype']:5} {r['path']:14} trainyard {r['sentences_per_second']:9.1f}  peer {p if p else '-':>9}  {ratio}")
+PY
+  done
 }
 
 case "$mode" in
