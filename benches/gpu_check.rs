@@ -301,7 +301,7 @@ fn main() {
                 inference::throughput_section(r, &args, &sentences, &work)
             });
             let _ = std::fs::remove_dir_all(&work);
-            return finish(r, &args, started, false);
+            finish(r, &args, started, false);
         }
         r.section("head", "(b) head classifier trained on the device", |r| {
             training::head_section(r, &args, &mut trained)
