@@ -173,11 +173,13 @@ pub fn document(server_url: &str, policy: auth::Policy) -> String {
     let mut doc: serde_json::Value =
         serde_json::from_str(&openapi_service(server_url).spec()).expect("poem-openapi emits JSON");
     auth::declare_security(&mut doc, policy);
-    // poem-openapi keeps one content type per status; the export answers 200 in two.
-    if let Some(content) =
-        doc.pointer_mut("/paths/~1api~1v1~1datasets~1{id}~1export/get/responses/200/content")
-    {
-        content["application/x-ndjson"] = serde_json::json!({"schema": {"type": "string"}});
+    // poem-openapi keeps one content type per status; the exports answer 200 in two.
+    for export in ["datasets", "scoring-jobs"] {
+        let pointer =
+            format!("/paths/~1api~1v1~1{export}~1{{id}}~1export/get/responses/200/content");
+        if let Some(content) = doc.pointer_mut(&pointer) {
+            content["application/x-ndjson"] = serde_json::json!({"schema": {"type": "string"}});
+        }
     }
     serde_json::to_string_pretty(&doc).expect("a JSON value serializes")
 }
