@@ -198,6 +198,22 @@ fn head_scores(head: &[u8], vectors: &[Vec<f32>]) -> Vec<f32> {
         .collect()
 }
 
+/// A binary `spam` dataset of source `mail` embedded by `model`, built and ready; its id.
+async fn ready_spam_dataset(app: &TestApp, name: &str, model: &str) -> String {
+    let (status, d) = app
+        .post(
+            "/api/v1/datasets",
+            json!({"name": name, "selection": {"sources": ["mail"]}, "embedding_model": model,
+                   "label_schema": {"type": "binary", "labels": ["spam"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    let dataset = d["id"].as_str().unwrap().to_string();
+    let d = app.wait_dataset(&dataset, Duration::from_secs(300)).await;
+    assert_eq!(d["status"], "ready", "{d}");
+    dataset
+}
+
 async fn served_scores(app: &TestApp, name: &str, texts: &[String]) -> Vec<f32> {
     let (status, body) = app
         .post(
@@ -224,17 +240,7 @@ async fn datasets_heads_and_finetunes_start_from_the_second_folder() {
     .await;
     let _worker = spawn_inprocess_worker(&app, 2);
     import_spam_docs(&app, "mail", 120).await;
-    let (status, d) = app
-        .post(
-            "/api/v1/datasets",
-            json!({"name": "cls", "selection": {"sources": ["mail"]}, "embedding_model": CLS,
-                   "label_schema": {"type": "binary", "labels": ["spam"]}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{d}");
-    let dataset = d["id"].as_str().unwrap().to_string();
-    let d = app.wait_dataset(&dataset, Duration::from_secs(300)).await;
-    assert_eq!(d["status"], "ready", "{d}");
+    let dataset = ready_spam_dataset(&app, "cls", CLS).await;
     let texts: Vec<String> = sentences(12, "probe")
         .into_iter()
         .chain(["win a free prize now, click the link".to_string()])
@@ -372,17 +378,7 @@ async fn heads_on_windowed_vectors_are_served_on_windows() {
     let app = spawn_api(db.pool.clone(), Arc::new(settings)).await;
     let _worker = spawn_inprocess_worker(&app, 2);
     import_spam_docs(&app, "mail", 120).await;
-    let (status, d) = app
-        .post(
-            "/api/v1/datasets",
-            json!({"name": "windows", "selection": {"sources": ["mail"]}, "embedding_model": WINDOWS,
-                   "label_schema": {"type": "binary", "labels": ["spam"]}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{d}");
-    let dataset = d["id"].as_str().unwrap().to_string();
-    let d = app.wait_dataset(&dataset, Duration::from_secs(300)).await;
-    assert_eq!(d["status"], "ready", "{d}");
+    let dataset = ready_spam_dataset(&app, "windows", WINDOWS).await;
     train_to_success(
         &app,
         json!({"dataset_id": dataset, "model_name": "win-head", "auto_promote": true,

@@ -42,6 +42,11 @@ async fn tokens(pool: &sqlx::PgPool) -> Vec<(&'static str, Vec<Scope>, String)> 
     out
 }
 
+/// The token made for `name` by [`tokens`].
+fn token(tokens: &[(&'static str, Vec<Scope>, String)], name: &str) -> String {
+    tokens.iter().find(|t| t.0 == name).unwrap().2.clone()
+}
+
 /// A path template with every `{parameter}` filled.
 fn concrete(template: &str) -> String {
     template
@@ -149,7 +154,7 @@ async fn auto_promote_and_promotion_gates_need_admin() {
     let db = fresh_db().await;
     let app = spawn_api(db.pool.clone(), Arc::new(auth_settings(&db.url))).await;
     let tokens = tokens(&db.pool).await;
-    let token = |name: &str| tokens.iter().find(|t| t.0 == name).unwrap().2.clone();
+    let token = |name: &str| token(&tokens, name);
     let dataset = uuid::Uuid::new_v4();
     for (body, param) in [
         (
@@ -323,7 +328,7 @@ async fn deployment_details_need_read_and_docs_carry_security_headers() {
     let db = fresh_db().await;
     let app = spawn_api(db.pool.clone(), Arc::new(auth_settings(&db.url))).await;
     let tokens = tokens(&db.pool).await;
-    let token = |name: &str| tokens.iter().find(|t| t.0 == name).unwrap().2.clone();
+    let token = |name: &str| token(&tokens, name);
     let details = [
         "queues",
         "live_workers",
@@ -390,7 +395,7 @@ async fn revoked_tokens_do_not_ride_the_outage_grace() {
         .unwrap();
     let app = spawn_api(app_pool, Arc::new(settings)).await;
     let tokens = tokens(&pool).await;
-    let token = |name: &str| tokens.iter().find(|t| t.0 == name).unwrap().2.clone();
+    let token = |name: &str| token(&tokens, name);
     let id = |name: &str| token(name).split('_').nth(1).unwrap().to_string();
     let last_used = |name: &str| {
         let (pool, id) = (pool.clone(), id(name));

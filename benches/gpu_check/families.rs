@@ -21,14 +21,14 @@ use super::{round, Args, Report, FP32_TOLERANCE, HALF_MIN_COSINE};
 /// LayerNorm-ed, so of order 1; bf16 keeps 8 bits of mantissa).
 const HALF_MAX_ABS: [(Precision, f64); 2] = [(Precision::Bf16, 0.25), (Precision::Fp16, 0.05)];
 
-/// Token states of `sentences` (one padded batch) on `device`, under `precision`, as fp32 on
-/// the CPU, with the mask.
+/// Token states of `sentences` (one padded batch) on `device`, under each of `precisions` (the
+/// model loaded and the batch tokenized once), as fp32 on the CPU, with the mask.
 fn states(
     dir: &Path,
     device: Device,
-    precision: Precision,
+    precisions: &[Precision],
     sentences: &[String],
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(Vec<Tensor>, Tensor)> {
     let (_vs, encoder, config) = load_encoder(dir, device)?;
     let tokenizer = load_tokenizer(dir, config.shape.max_input_tokens as usize)?;
     let rows: Vec<Vec<i64>> = sentences
@@ -56,15 +56,19 @@ fn states(
     let shape = [rows.len() as i64, width as i64];
     let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
     let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
-    let hidden = tch::no_grad(|| {
-        autocast(precision, device, || {
-            encoder.hidden_states(&ids, &mask, true)
+    let hidden = precisions
+        .iter()
+        .map(|&precision| {
+            tch::no_grad(|| {
+                autocast(precision, device, || {
+                    encoder.hidden_states(&ids, &mask, true)
+                })
+            })
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
         })
-    });
-    Ok((
-        hidden.to_kind(Kind::Float).to_device(Device::Cpu),
-        mask.to_device(Device::Cpu),
-    ))
+        .collect();
+    Ok((hidden, mask.to_device(Device::Cpu)))
 }
 
 /// Max abs difference and smallest per-token cosine over real (unpadded) tokens.
@@ -101,9 +105,11 @@ pub fn families_section(r: &mut Report, args: &Args, families_dir: &Path) -> Res
         )?)?;
         let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone())?;
         let mut row = serde_json::Map::new();
-        let (cpu, mask) = states(&dir, Device::Cpu, Precision::Fp32, &sentences)?;
-        let (dev, _) = states(&dir, args.device, Precision::Fp32, &sentences)?;
-        let (d, _) = compare(&dev, &cpu, &mask);
+        let (cpu, mask) = states(&dir, Device::Cpu, &[Precision::Fp32], &sentences)?;
+        let precisions = [Precision::Fp32, HALF_MAX_ABS[0].0, HALF_MAX_ABS[1].0];
+        let (on_device, _) = states(&dir, args.device, &precisions, &sentences)?;
+        let (cpu, dev) = (&cpu[0], &on_device[0]);
+        let (d, _) = compare(dev, cpu, &mask);
         r.check(
             d <= FP32_TOLERANCE,
             format!(
@@ -111,9 +117,8 @@ pub fn families_section(r: &mut Report, args: &Args, families_dir: &Path) -> Res
             ),
         );
         row.insert("fp32_device_vs_cpu_max_abs".into(), json!(d));
-        for (precision, max_abs) in HALF_MAX_ABS {
-            let (half, _) = states(&dir, args.device, precision, &sentences)?;
-            let (d, cos) = compare(&half, &dev, &mask);
+        for ((precision, max_abs), half) in HALF_MAX_ABS.into_iter().zip(&on_device[1..]) {
+            let (d, cos) = compare(half, dev, &mask);
             r.check(
                 d <= max_abs && cos >= HALF_MIN_COSINE,
                 format!(

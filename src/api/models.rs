@@ -228,12 +228,9 @@ impl ModelsApi {
             Err(ExportError::Internal(message)) => return Err(ApiError::internal(message)),
         };
         Ok(VersionExport::Tar(
-            Binary(poem::Body::from_bytes_stream(futures::stream::iter(
-                export.pieces.into_iter().map(move |piece| {
-                    // Held until the last piece has been taken by the connection.
-                    let _held = &permit;
-                    Ok::<_, std::io::Error>(piece)
-                }),
+            Binary(poem::Body::from_bytes_stream(super::held(
+                futures::stream::iter(export.pieces.into_iter().map(Ok::<_, std::io::Error>)),
+                permit,
             ))),
             format!("attachment; filename=\"{}.tar\"", export.folder),
         ))

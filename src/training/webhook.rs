@@ -123,6 +123,11 @@ impl AddressPolicy {
 
     /// Checks what can be checked without a connection: the scheme, and an IP-literal host.
     pub fn check_url(&self, url: &str) -> Result<(), String> {
+        self.parse_checked(url).map(|_| ())
+    }
+
+    /// `check_url`, returning the parsed URL.
+    fn parse_checked(&self, url: &str) -> Result<reqwest::Url, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(format!("`{url}` is not an http(s) URL"));
@@ -138,14 +143,13 @@ impl AddressPolicy {
                 ));
             }
         }
-        Ok(())
+        Ok(parsed)
     }
 
     /// `check_url`, then the host's addresses now (a name that resolves only to internal
     /// addresses is refused at once rather than at the first event).
     pub async fn check_resolved(&self, url: &str) -> Result<(), String> {
-        self.check_url(url)?;
-        let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+        let parsed = self.parse_checked(url)?;
         let name = parsed.host_str().unwrap_or_default();
         if name.starts_with('[') || name.parse::<std::net::IpAddr>().is_ok() {
             return Ok(()); // an IP literal: judged by check_url
