@@ -267,6 +267,8 @@ async fn tokens_scopes_revocation_against_a_real_server() {
     // Bad creation requests are 400s that say what is wrong.
     for bad in [
         json!({"name": "", "scopes": ["read"]}),
+        json!({"name": "  ", "scopes": ["read"]}),
+        json!({"name": "a\nb", "scopes": ["read"]}),
         json!({"name": "n", "scopes": []}),
         json!({"name": "n", "scopes": ["root"]}),
     ] {

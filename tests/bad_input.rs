@@ -86,6 +86,25 @@ async fn bad_requests_get_clear_4xx() {
     assert_eq!(s, 400, "{b}");
     let (s, b) = app.post("/api/v1/datasets", ds(json!({"name": ""}))).await;
     assert_error(s, &b, 400, "name");
+    // Blank names and repeated labels break the declared `pattern` / `uniqueItems`: 400 too.
+    let (s, b) = app
+        .post("/api/v1/datasets", ds(json!({"name": " \u{3000}\u{1f}"})))
+        .await;
+    assert_error(s, &b, 400, "name");
+    let (s, b) = app
+        .post(
+            "/api/v1/datasets",
+            ds(json!({"label_schema": {"type": "multi_label", "labels": ["a", "a"]}})),
+        )
+        .await;
+    assert_error(s, &b, 400, "labels");
+    let (s, b) = app
+        .post(
+            "/api/v1/datasets",
+            ds(json!({"label_schema": {"type": "multi_label", "labels": ["a", "  "]}})),
+        )
+        .await;
+    assert_error(s, &b, 400, "labels");
 
     // Ids that are not ids, and ids that do not exist.
     let (s, b) = app.get("/api/v1/datasets/not-a-uuid").await;
@@ -114,6 +133,13 @@ async fn bad_requests_get_clear_4xx() {
         .await;
     assert_error(s, &b, 422, "no text");
     let (s, b) = app
+        .post(
+            "/api/v1/documents",
+            json!({"documents": [{"source": "\t", "external_id": "1", "text": "hi"}]}),
+        )
+        .await;
+    assert_error(s, &b, 400, "source");
+    let (s, b) = app
         .post("/api/v1/documents", json!({"documents": []}))
         .await;
     assert_error(s, &b, 400, "documents");
@@ -139,6 +165,11 @@ async fn bad_requests_get_clear_4xx() {
     );
     let (s, b) = app.post("/api/v1/annotations", json!({"annotations": [{"source": "s", "external_id": "nope", "annotator": "a", "labels": {"spam": true}}]})).await;
     assert_error(s, &b, 422, "do not exist");
+    // Label names are keys, which OpenAPI 3.0 cannot constrain: a blank one is a 422.
+    let (s, b) = app.post("/api/v1/annotations", json!({"annotations": [{"source": "s", "external_id": "1", "annotator": "a", "labels": {" ": true}}]})).await;
+    assert_error(s, &b, 422, "label names");
+    let (s, b) = app.post("/api/v1/annotations", json!({"annotations": [{"source": "s", "external_id": "1", "annotator": " ", "labels": {"spam": true}}]})).await;
+    assert_error(s, &b, 400, "annotator");
     let (s, b) = app.post("/api/v1/annotations", json!({"annotations": [{"source": "s", "external_id": "1", "annotator": "a", "labels": {"spam": "maybe"}}]})).await;
     assert_eq!(s, 400, "{b}");
 

@@ -6,7 +6,8 @@
 //!
 //! Needs the venv's schemathesis (`scripts/test.sh` installs the pinned version). Extra request
 //! headers come from `TRAINYARD_SCHEMATHESIS_HEADERS`, one `Name: value` per line;
-//! `TRAINYARD_SCHEMATHESIS_EXAMPLES` overrides the examples per operation.
+//! `TRAINYARD_SCHEMATHESIS_EXAMPLES` overrides the examples per operation and
+//! `TRAINYARD_SCHEMATHESIS_CONFIG` the settings file (tests/schemathesis.toml).
 mod support;
 
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use serde_json::Value;
 use support::*;
 
 const SEED: &str = "1";
-const EXAMPLES_PER_OPERATION: &str = "25";
+const EXAMPLES_PER_OPERATION: &str = "30";
 
 fn venv() -> PathBuf {
     std::env::var_os("TRAINYARD_VENV")
@@ -36,11 +37,11 @@ fn schemathesis(
 ) -> (bool, String) {
     let examples = std::env::var("TRAINYARD_SCHEMATHESIS_EXAMPLES")
         .unwrap_or_else(|_| EXAMPLES_PER_OPERATION.into());
+    let config = std::env::var("TRAINYARD_SCHEMATHESIS_CONFIG")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml").into());
     let mut cmd = Command::new(venv().join("bin/st"));
+    cmd.args(["--config-file", &config, "--no-color"]);
     cmd.args([
-        "--config-file",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml"),
-        "--no-color",
         "run",
         url,
         "--checks",
@@ -382,4 +383,86 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
         operations, r["test_cases"]["generated"]
     );
     db.drop_db().await;
+}
+
+/// The settings widen no check beyond what tests/schemathesis.toml gives a reason for: 422 for
+/// a schema-valid request only on the operations listed here (each with its reason in the
+/// file), 413 only for the body limit, and every check stays on.
+#[test]
+fn schemathesis_settings_allow_only_the_listed_exceptions() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/schemathesis.toml"
+    ))
+    .unwrap();
+    let settings: toml::Value = toml::from_str(&text).unwrap();
+    let checks = settings.get("checks").and_then(|c| c.as_table());
+    let global: Vec<&String> = checks.into_iter().flat_map(|c| c.keys()).collect();
+    assert_eq!(
+        global,
+        vec!["negative_data_rejection"],
+        "only the negative check is widened for every operation"
+    );
+    let statuses = |v: &toml::Value| -> Vec<String> {
+        v["expected-statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let negative = statuses(&checks.unwrap()["negative_data_rejection"]);
+    let mut defaults: Vec<String> = [
+        "400", "401", "403", "404", "405", "406", "409", "415", "422", "428", "429", "5xx",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    defaults.push("413".into());
+    defaults.sort();
+    let mut sorted = negative.clone();
+    sorted.sort();
+    assert_eq!(sorted, defaults, "the negative check gains 413 only");
+    let mut allow_422 = Vec::new();
+    for op in settings["operations"].as_array().unwrap() {
+        let name = op["include-name"].as_str().unwrap();
+        assert!(
+            op.get("checks")
+                .and_then(|c| c.as_table())
+                .is_none_or(|c| c.keys().all(|k| k == "positive_data_acceptance")),
+            "{name}: only the positive check is widened per operation"
+        );
+        if let Some(positive) = op.get("checks").map(|c| &c["positive_data_acceptance"]) {
+            let got = statuses(positive);
+            for extra in &got {
+                assert!(
+                    ["2xx", "3xx", "401", "403", "404", "409", "413", "422", "429", "5xx"]
+                        .contains(&extra.as_str()),
+                    "{name}: {extra} is not an allowed exception"
+                );
+            }
+            if got.iter().any(|s| s == "422") {
+                allow_422.push(name.to_string());
+            }
+        }
+    }
+    allow_422.sort();
+    assert_eq!(
+        allow_422,
+        [
+            "GET /api/v1/review-queue",
+            "POST /api/v1/annotations",
+            "POST /api/v1/datasets",
+            "POST /api/v1/documents",
+            "POST /api/v1/evaluations",
+            "POST /api/v1/models/{name}/batch",
+            "POST /api/v1/models/{name}/predict",
+            "POST /api/v1/scoring-jobs",
+            "POST /api/v1/training-runs",
+            "POST /batch",
+            "POST /predict",
+            "POST /v1/dataset/build",
+        ],
+        "422 for schema-valid requests only where tests/schemathesis.toml says why"
+    );
 }

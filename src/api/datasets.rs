@@ -96,7 +96,14 @@ pub struct LabelSchemaIn {
     pub task_type: LabelTaskType,
     /// Distinct, non-empty names: 1 for binary, 2 to 1,000 for multi_class, 1 to 1,000 for
     /// multi_label.
-    #[oai(validator(min_items = 1, max_items = 1000, min_length = 1, max_length = 512))]
+    #[oai(validator(
+        min_items = 1,
+        max_items = 1000,
+        unique_items,
+        min_length = 1,
+        max_length = 512,
+        pattern = "[^\\s\\x1c-\\x1f]"
+    ))]
     pub labels: Vec<String>,
     /// What a tied majority vote becomes (binary / multi-label). Default from config.
     #[oai(nullable)]
@@ -138,8 +145,8 @@ fn default_held_out() -> f64 {
 
 #[derive(Debug, Object)]
 pub struct CreateDataset {
-    /// 1 to 200 characters.
-    #[oai(validator(min_length = 1, max_length = 200))]
+    /// 1 to 200 characters, not all whitespace.
+    #[oai(validator(min_length = 1, max_length = 200, pattern = "[^\\s\\x1c-\\x1f]"))]
     pub name: String,
     #[oai(default)]
     pub description: String,
@@ -348,11 +355,10 @@ impl From<ExportFormat> for crate::streamed_export::Format {
 
 /// Validates a create request against config; returns the stored spec.
 pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<DatasetSpec, ApiError> {
-    if req.name.trim().is_empty()
+    if super::limits::is_blank(&req.name)
         || req.name.chars().count() > super::limits::MAX_DATASET_NAME_CHARS
     {
-        return Err(ApiError::unprocessable(
-            "invalid_name",
+        return Err(ApiError::bad_request(
             "name must be 1 to 200 characters, not all whitespace",
             Some("name"),
         ));
@@ -374,10 +380,9 @@ pub fn validate_request(state: &AppState, req: &CreateDataset) -> Result<Dataset
     let mut labels = schema.labels.clone();
     labels.sort();
     labels.dedup();
-    if labels.len() != schema.labels.len() || labels.iter().any(|l| l.trim().is_empty()) {
-        return Err(ApiError::unprocessable(
-            "invalid_labels",
-            "labels must be distinct, non-empty names",
+    if labels.len() != schema.labels.len() || labels.iter().any(|l| super::limits::is_blank(l)) {
+        return Err(ApiError::bad_request(
+            "labels must be distinct names, not all whitespace",
             Some("label_schema.labels"),
         ));
     }

@@ -21,6 +21,17 @@ pub const MAX_INGEST_ITEMS: usize = 10_000;
 pub const MAX_NAME_CHARS: usize = 512;
 /// Most characters in a dataset's name.
 pub const MAX_DATASET_NAME_CHARS: usize = 200;
+/// The `pattern` of every text and name that may not be blank: at least one character that is
+/// neither whitespace nor an ASCII information separator (U+001C to U+001F, which Python's
+/// `\s` counts as whitespace and Rust's does not), so that the document means the same to
+/// a Python client, a Rust client and this server.
+pub const NOT_BLANK: &str = r"[^\s\x1c-\x1f]";
+
+/// Whether `text` fails [`NOT_BLANK`]: empty, or only whitespace and information separators.
+pub fn is_blank(text: &str) -> bool {
+    text.chars()
+        .all(|c| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+}
 
 /// The limits as one sentence for the document's description.
 pub fn describe() -> String {
@@ -47,6 +58,24 @@ mod tests {
         let p = &doc["components"]["schemas"][schema]["properties"][field];
         assert!(p.is_object(), "{schema}.{field} is documented");
         p
+    }
+
+    #[test]
+    fn blank_is_what_the_pattern_refuses() {
+        let pattern = regex::Regex::new(NOT_BLANK).unwrap();
+        for text in [
+            "",
+            " ",
+            "\t\n\r",
+            "\u{3000}\u{a0}",
+            "\u{1c}\u{1f} ",
+            "\u{85}\u{2029}",
+        ] {
+            assert!(is_blank(text) && !pattern.is_match(text), "{text:?}");
+        }
+        for text in ["a", " a ", "\u{feff}", "\u{200b}", "\u{0}", "-"] {
+            assert!(!is_blank(text) && pattern.is_match(text), "{text:?}");
+        }
     }
 
     #[test]
@@ -78,6 +107,24 @@ mod tests {
         }
         let name = property(&doc, "CreateDataset", "name");
         assert_eq!(n(&name["maxLength"]), MAX_DATASET_NAME_CHARS);
+        // Every text and name that may not be blank says so with the one pattern the server
+        // checks (`is_blank`).
+        for (schema, field) in [
+            ("PredictRequest", "text"),
+            ("DocumentIn", "source"),
+            ("DocumentIn", "external_id"),
+            ("AnnotationIn", "source"),
+            ("AnnotationIn", "external_id"),
+            ("AnnotationIn", "annotator"),
+            ("CreateDataset", "name"),
+            ("LabelSchemaIn", "labels"),
+        ] {
+            let p = property(&doc, schema, field);
+            let p = if p["type"] == "array" { &p["items"] } else { p };
+            assert_eq!(p["pattern"], NOT_BLANK, "{schema}.{field}");
+            assert_eq!(p["minLength"], 1, "{schema}.{field}");
+        }
+        assert_eq!(property(&doc, "BatchRequest", "texts")["minItems"], 1);
         let mut pages = 0;
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {

@@ -5,7 +5,8 @@
 //! stringifies them), so every JSON body is first checked against its operation's declared
 //! schema (`check_request`): a value of the wrong JSON type is a 400 naming the field, like
 //! any other schema violation. Strings holding NUL (U+0000), which Postgres cannot store as
-//! text, are refused there too, with 422.
+//! text, are refused there too, with 422, except by the inference operations
+//! ([`STORES_NOTHING`]), which store nothing of their bodies.
 //!
 //! poem-openapi's payload error names types, not fields ("Expected input type "string", found
 //! null (occurred while parsing "DocumentIn") ... (occurred while parsing "DocumentsIn")"). Its
@@ -56,6 +57,16 @@ fn body_schemas() -> &'static [(String, Vec<String>, Value)] {
     })
 }
 
+/// The operations whose bodies are scored and answered, never stored: NUL is a character like
+/// any other there.
+const STORES_NOTHING: [(&str, &str); 5] = [
+    ("POST", "/predict"),
+    ("POST", "/batch"),
+    ("POST", "/api/v1/models/{name}/predict"),
+    ("POST", "/api/v1/models/{name}/batch"),
+    ("POST", "/v1/embeddings"),
+];
+
 /// Why a JSON body is refused before poem-openapi parses it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -69,7 +80,7 @@ pub enum Refusal {
 /// is not JSON, or the route takes no JSON body: poem-openapi answers those itself).
 pub fn check_request(method: &str, path: &str, body: &[u8]) -> Option<Refusal> {
     let wanted: Vec<&str> = path.split('/').collect();
-    let (_, _, schema) = body_schemas().iter().find(|(m, template, _)| {
+    let (_, template, schema) = body_schemas().iter().find(|(m, template, _)| {
         m == method
             && template.len() == wanted.len()
             && template
@@ -78,7 +89,10 @@ pub fn check_request(method: &str, path: &str, body: &[u8]) -> Option<Refusal> {
                 .all(|(t, w)| t == w || (t.starts_with('{') && t.ends_with('}')))
     })?;
     let value: Value = serde_json::from_slice(body).ok()?;
-    if let Some(at) = nul_at(&value, "") {
+    let stored = !STORES_NOTHING
+        .iter()
+        .any(|(m, t)| *m == method && template.join("/") == *t);
+    if let Some(at) = nul_at(&value, "").filter(|_| stored) {
         return Some(Refusal::Nul(at));
     }
     first_problem(schemas(), schema, &value, "").map(|(p, why)| Refusal::Invalid(p, why))
@@ -400,6 +414,14 @@ mod tests {
             ),
             Some(Refusal::Nul("documents[0].tags[0]".into()))
         );
+        // Inference stores nothing: NUL is scored like any character.
+        for (path, value) in [
+            ("/predict", json!({"text": "a\u{0}b"})),
+            ("/api/v1/models/m/batch", json!({"texts": ["a\u{0}b"]})),
+            ("/v1/embeddings", json!({"model": "m", "input": "a\u{0}b"})),
+        ] {
+            assert_eq!(check_request("POST", path, &body(value)), None, "{path}");
+        }
         assert_eq!(
             check_request(
                 "POST",

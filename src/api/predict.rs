@@ -21,8 +21,8 @@ enum ApiTags {
 
 #[derive(Debug, Object)]
 pub struct PredictRequest {
-    /// At most 100,000 characters (`server.max_text_chars` may lower it).
-    #[oai(validator(max_length = 100000))]
+    /// 1 to 100,000 characters (`server.max_text_chars` may lower it), not all whitespace.
+    #[oai(validator(min_length = 1, max_length = 100000, pattern = "[^\\s\\x1c-\\x1f]"))]
     pub text: String,
     /// A number in [0, 1] for every label, a `{label: number}` map (other labels keep their
     /// stored threshold), or absent for the per-label thresholds tuned on validation.
@@ -34,8 +34,9 @@ pub struct PredictRequest {
 #[derive(Debug, Object)]
 pub struct BatchRequest {
     /// 1 to 1,024 texts (`inference.max_batch_texts` may lower it), each at most 100,000
-    /// characters.
-    #[oai(validator(max_items = 1024, max_length = 100000))]
+    /// characters. Each text fails alone: a blank or too long one gets its `error` in its
+    /// result and the others are scored.
+    #[oai(validator(min_items = 1, max_items = 1024, max_length = 100000))]
     pub texts: Vec<String>,
     /// As in `/predict`.
     #[oai(nullable)]
@@ -116,7 +117,7 @@ pub(crate) fn resolve_thresholds(
 }
 
 fn text_problem(state: &AppState, text: &str) -> Option<String> {
-    if text.trim().is_empty() {
+    if super::limits::is_blank(text) {
         Some("text is empty".into())
     } else if text.chars().count() > state.settings.server.max_text_chars {
         Some(format!(

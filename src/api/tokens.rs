@@ -50,7 +50,11 @@ impl From<Scope> for TokenScope {
 #[derive(Debug, Object)]
 pub struct CreateToken {
     /// Who or what the token is for (shown in listings).
-    #[oai(validator(min_length = 1, max_length = 100))]
+    #[oai(validator(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    ))]
     pub name: String,
     /// `read`, `submit` (includes read), `predict`, `admin` (includes all).
     #[oai(validator(min_items = 1, max_items = 4))]

@@ -194,20 +194,12 @@ impl TrainingApi {
             super::auth::require(req, crate::auth::Scope::Admin, param)?;
         }
         if !valid_model_name(&body.model_name) {
-            return Err(ApiError::unprocessable(
-                "invalid_model_name",
+            return Err(ApiError::bad_request(
                 "model_name must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
                 Some("model_name"),
             ));
         }
-        let device = body.device.unwrap_or_else(|| "auto".into());
-        if !matches!(device.as_str(), "auto" | "cpu" | "cuda") {
-            return Err(ApiError::unprocessable(
-                "invalid_device",
-                format!("device must be auto, cpu or cuda, got `{device}`"),
-                Some("device"),
-            ));
-        }
+        let device = body.device.unwrap_or(DeviceIn::Auto).as_str().to_string();
         let webhook = match body.webhook {
             Some(w) => {
                 let policy = crate::training::webhook::AddressPolicy::allowing(

@@ -35,6 +35,25 @@ pub enum PrecisionIn {
     Fp16,
 }
 
+/// Where a run trains: `auto` (CUDA when the worker that takes it has it), `cpu` or `cuda`.
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum DeviceIn {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceIn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceIn::Auto => "auto",
+            DeviceIn::Cpu => "cpu",
+            DeviceIn::Cuda => "cuda",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Enum)]
 #[oai(rename_all = "snake_case")]
 pub enum EarlyStoppingIn {
@@ -156,15 +175,16 @@ pub struct CreateTrainingRun {
     /// A ready dataset.
     pub dataset_id: Uuid,
     /// The registry name the trained version is stored under: 1–64 of `A-Za-z0-9._-`.
+    #[oai(validator(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$"))]
     pub model_name: String,
     /// Default head.
     #[oai(nullable)]
     pub mode: Option<ModeIn>,
     #[oai(nullable)]
     pub hyperparameters: Option<HyperparametersIn>,
-    /// auto | cpu | cuda. Default auto (CUDA when the worker has it).
+    /// Default auto.
     #[oai(nullable)]
-    pub device: Option<String>,
+    pub device: Option<DeviceIn>,
     /// Promote the new version when its validation macro-F1 beats the served one's (or, with
     /// `promotion_gate`, when it wins that evaluation). Promotion is an `admin` action: with
     /// this (or `promotion_gate`) the token needs scope `admin` (403 otherwise).

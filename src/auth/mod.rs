@@ -118,14 +118,15 @@ fn split_token(token: &str) -> Option<(&str, &str)> {
     (id_ok && secret_ok).then_some((id, secret))
 }
 
+/// 1 to 100 characters, not all whitespace, no control characters: the `pattern` and
+/// `maxLength` the API document declares for a token's name.
 fn validate_name(name: &str) -> Result<(), AuthError> {
-    let n = name.trim();
-    if n.is_empty() || n.chars().count() > 100 {
+    if name.trim().is_empty() || name.chars().count() > 100 {
         return Err(AuthError::Invalid(
-            "name must be 1 to 100 characters".into(),
+            "name must be 1 to 100 characters, not all whitespace".into(),
         ));
     }
-    if n.chars().any(char::is_control) {
+    if name.chars().any(char::is_control) {
         return Err(AuthError::Invalid(
             "name must not contain control characters".into(),
         ));
