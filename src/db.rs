@@ -1,4 +1,4 @@
-//! The Postgres pool and migrations (apalis's, then trainyard's own).
+//! The Postgres pool and migrations (the queue's, then trainyard's own).
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -108,9 +108,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pgcrypto")
         .execute(pool)
         .await?;
-    apalis_postgres::PostgresStorage::<()>::setup(pool)
-        .await
-        .map_err(|e| anyhow::anyhow!("apalis migrations: {e}"))?;
+    crate::queue::migrate(pool).await?;
     MIGRATOR.run(pool).await?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::json;
 use trainyard::datasets::import_parse::{
-    parse_import, ImportFormat, ParsedImport, MAX_FIELD_BYTES, MAX_ROW_BYTES,
+    parse_import, ImportFileError, ImportFormat, ParsedImport, MAX_FIELD_BYTES, MAX_ROW_BYTES,
 };
 use trainyard::datasets::text::{checksum, combine_text};
 use trainyard::ml::text_encoder::{load_tokenizer, plan_batches, EncoderOptions, TextEncoder};
@@ -424,8 +424,23 @@ proptest! {
     #[test]
     fn csv_parser_takes_any_bytes(bytes in structured_bytes(), with_header in any::<bool>()) {
         let bytes = if with_header { [CSV_HEADER.as_bytes(), b"\n", &bytes].concat() } else { bytes };
-        if let Ok(out) = parse_import(&bytes, &csv_format(), now()) {
-            check_invariants(&bytes, &out, true);
+        match parse_import(&bytes, &csv_format(), now()) {
+            Ok(out) => check_invariants(&bytes, &out, true),
+            // Only a header that cannot be used refuses the whole file, and a good header
+            // never is refused: the rows after it are good or bad rows, never fatal.
+            Err(e) => {
+                prop_assert!(!with_header, "a file with a good header was refused: {e}");
+                prop_assert!(
+                    matches!(
+                        e,
+                        ImportFileError::EmptyCsv
+                            | ImportFileError::HeaderNotUtf8
+                            | ImportFileError::NoExternalId(_)
+                            | ImportFileError::DuplicateColumn(_)
+                    ),
+                    "refused for a reason that is not the header's: {e}"
+                );
+            }
         }
     }
 

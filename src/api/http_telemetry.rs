@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use opentelemetry::KeyValue;
 use poem::http::StatusCode;
 use poem::{Endpoint, IntoResponse, Request, Response};
 use tracing::Instrument;
@@ -55,16 +54,12 @@ pub async fn around<E: Endpoint>(ep: std::sync::Arc<E>, req: Request) -> poem::R
     };
     let response = result;
     span.record("http.response.status_code", status.as_u16());
-    let mut attrs = vec![
-        KeyValue::new("http.request.method", method.clone()),
-        KeyValue::new("http.response.status_code", status.as_u16() as i64),
-    ];
-    if let Some(route) = &route {
-        let template = openapi_template(route);
+    let template = route.as_deref().map(openapi_template);
+    if let Some(template) = &template {
         span.record("http.route", template.as_str());
         telemetry::propagation::rename_span(&span, format!("{method} {template}"));
-        attrs.push(KeyValue::new("http.route", template));
     }
+    let attrs = telemetry::instruments::http_request(&method, status.as_u16(), template.as_deref());
     telemetry::metrics()
         .http_duration
         .record(started.elapsed().as_secs_f64(), &attrs);

@@ -190,6 +190,18 @@ pub fn openapi_json() -> String {
     document("http://127.0.0.1:8322", auth::Policy::documented())
 }
 
+/// Serves the API on `listen` until `shutdown` resolves, then lets requests in flight finish
+/// (at most 10 s).
+pub async fn serve(
+    listen: &str,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    poem::Server::new(poem::listener::TcpListener::bind(listen.to_string()))
+        .run_with_graceful_shutdown(app(state), shutdown, Some(std::time::Duration::from_secs(10)))
+        .await
+}
+
 pub fn app(state: AppState) -> impl Endpoint {
     let api = openapi_service("/");
     // Swagger UI and /openapi.json show the document this process enforces.

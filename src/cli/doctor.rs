@@ -16,7 +16,7 @@ pub async fn doctor() -> anyhow::Result<()> {
     if cuda > 0 {
         println!(
             "cuda         {cuda} device(s); cudnn {}",
-            tch::Cuda::cudnn_is_available()
+            crate::ml::cudnn_available()
         );
     } else {
         println!("cuda         none (CPU only)");

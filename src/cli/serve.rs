@@ -108,17 +108,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let listener = poem::listener::TcpListener::bind(listen.clone());
     tracing::info!("trainyard listening on http://{listen} (Swagger UI at /docs)");
-    poem::Server::new(listener)
-        .run_with_graceful_shutdown(
-            api::app(state),
-            async {
-                let _ = shutdown_signal().await;
-            },
-            Some(Duration::from_secs(10)),
-        )
-        .await?;
+    api::serve(&listen, state, async {
+        let _ = shutdown_signal().await;
+    })
+    .await?;
     Ok(())
 }
 

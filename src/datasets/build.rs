@@ -239,10 +239,7 @@ pub async fn run_build(
     .bind(generation)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE job_info SET progress_done = 1, progress_total = 1 WHERE job_id = $1")
-        .bind(&ctx.id)
-        .execute(&mut *tx)
-        .await?;
+    ctx.progress_one_of_one(&mut tx).await?;
     tx.commit().await?;
     tracing::info!(dataset = %dataset.id, records, batches = batches.len(), "dataset built; embedding fanned out");
     Ok(

@@ -201,10 +201,7 @@ pub async fn run_embed(
             ready = true;
         }
     }
-    sqlx::query("UPDATE job_info SET progress_done = progress_total WHERE job_id = $1")
-        .bind(&ctx.id)
-        .execute(&mut *tx)
-        .await?;
+    ctx.progress_complete(&mut tx).await?;
     tx.commit().await?;
     if ready {
         tracing::info!(dataset = %args.dataset_id, "dataset ready");

@@ -124,7 +124,7 @@ impl OpenAiCompatibleClient {
                     1,
                     &[
                         crate::telemetry::instruments::model(&self.model.name),
-                        opentelemetry::KeyValue::new("error.type", e.kind),
+                        crate::telemetry::instruments::error_type(e.kind),
                     ],
                 );
             }

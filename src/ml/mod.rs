@@ -20,6 +20,28 @@ pub mod text_encoder;
 pub mod trainer;
 pub mod vector_rows;
 
+/// Where tensors live (CPU or a CUDA device): the one tch type the rest of trainyard passes
+/// around, opaque outside `ml/`.
+pub use tch::Device;
+
+/// Whether cuDNN is usable (meaningful only when [`cuda_devices`] is above 0).
+pub fn cudnn_available() -> bool {
+    tch::Cuda::cudnn_is_available()
+}
+
+/// Sets the threads libtorch's CPU kernels use in this process when `device` is the CPU;
+/// `threads` 0 means one per available core.
+pub fn use_cpu_threads(device: Device, threads: i32) {
+    if device == Device::Cpu {
+        let threads = if threads > 0 {
+            threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as i32)
+        };
+        tch::set_num_threads(threads);
+    }
+}
+
 /// The libtorch in use: read from the torch wheel's `version.py` beside its `lib/` folder.
 pub fn libtorch_version() -> String {
     let from_wheel = std::env::var("TRAINYARD_TORCH_LIB").ok().and_then(|lib| {

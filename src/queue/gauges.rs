@@ -9,7 +9,6 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use opentelemetry::KeyValue;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use trainyard_jobs::JobKind;
 
@@ -70,56 +69,23 @@ pub async fn sample(
 }
 
 fn register_gauges(shared: Shared, interval: Duration) {
-    let meter = opentelemetry::global::meter("trainyard");
     // A snapshot older than three intervals (the leader stalled) is not reported.
-    let fresh = move |shared: &Shared| -> Vec<QueueSample> {
+    crate::telemetry::instruments::register_queue_gauges(move || {
         match &*shared.lock().unwrap() {
-            Some(s) if s.taken.elapsed() < interval * 3 => s.queues.clone(),
+            Some(s) if s.taken.elapsed() < interval * 3 => s
+                .queues
+                .iter()
+                .map(|q| crate::telemetry::instruments::QueueFigures {
+                    queue: q.queue.clone(),
+                    waiting: q.waiting as f64,
+                    running: q.running as f64,
+                    oldest_waiting_secs: q.oldest_waiting_secs,
+                    live_workers: q.live_workers as f64,
+                })
+                .collect(),
             _ => Vec::new(),
         }
-    };
-    let gauge = |name: &'static str,
-                 description: &'static str,
-                 unit: Option<&'static str>,
-                 pick: fn(&QueueSample) -> f64| {
-        let shared = shared.clone();
-        let mut builder = meter
-            .f64_observable_gauge(name)
-            .with_description(description)
-            .with_callback(move |observer| {
-                for q in fresh(&shared) {
-                    observer.observe(pick(&q), &[KeyValue::new("queue", q.queue.clone())]);
-                }
-            });
-        if let Some(unit) = unit {
-            builder = builder.with_unit(unit);
-        }
-        let _ = builder.build();
-    };
-    gauge(
-        "trainyard.queue.depth",
-        "Jobs waiting in the queue (pending, or failed with attempts left).",
-        None,
-        |q| q.waiting as f64,
-    );
-    gauge(
-        "trainyard.queue.running",
-        "Jobs of the queue running now.",
-        None,
-        |q| q.running as f64,
-    );
-    gauge(
-        "trainyard.queue.oldest_waiting_age",
-        "Age of the oldest job that could run now but waits.",
-        Some("s"),
-        |q| q.oldest_waiting_secs,
-    );
-    gauge(
-        "trainyard.workers.live",
-        "Workers of the queue seen within the orphan window.",
-        None,
-        |q| q.live_workers as f64,
-    );
+    });
 }
 
 /// Starts the sampler of this process (once; later calls do nothing).

@@ -68,6 +68,25 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// Shows this job's progress as complete (`progress_total` of `progress_total`), in the
+    /// caller's transaction: the one that commits the job's last work.
+    pub async fn progress_complete(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE job_info SET progress_done = progress_total WHERE job_id = $1")
+            .bind(&self.id)
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+
+    /// Shows this one-step job's progress as 1 of 1, in the caller's transaction.
+    pub async fn progress_one_of_one(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE job_info SET progress_done = 1, progress_total = 1 WHERE job_id = $1")
+            .bind(&self.id)
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+
     /// Whether this job has been asked to stop (handlers check at their checkpoints). Read
     /// from memory: the worker process refreshes the flags of all its jobs in one query every
     /// `queue.tracker_interval_ms` (see [`JobTracker`]), so a checkpoint costs no round trip.

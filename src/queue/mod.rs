@@ -63,6 +63,14 @@ pub struct NewJob<A: Serialize> {
     pub progress_total: i64,
 }
 
+/// Creates the queue's tables (apalis's migrations, schema `apalis`). Idempotent; needs the
+/// `hstore` extension.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    apalis_postgres::PostgresStorage::<()>::setup(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("apalis migrations: {e}"))
+}
+
 /// Enqueues jobs inside the caller's transaction (so jobs and the rows they need commit
 /// together). Returns the job ids in order.
 pub async fn enqueue<A: Serialize>(

@@ -138,7 +138,7 @@ async fn run_one(
         Err(e) if context.is_last_attempt(e).await => "failed",
         Err(_) => "retried",
     };
-    let attrs = [kind_attr, opentelemetry::KeyValue::new("outcome", outcome)];
+    let attrs = [kind_attr, crate::telemetry::instruments::outcome(outcome)];
     metrics.jobs_finished.add(1, &attrs);
     metrics
         .job_duration

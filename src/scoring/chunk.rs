@@ -160,10 +160,7 @@ pub async fn run_chunk(
             }
         }
     }
-    sqlx::query("UPDATE job_info SET progress_done = progress_total WHERE job_id = $1")
-        .bind(&ctx.id)
-        .execute(&mut *tx)
-        .await?;
+    ctx.progress_complete(&mut tx).await?;
     tx.commit().await?;
     if finished {
         tracing::info!(scoring_job = %job.id, "scoring job done");

@@ -610,10 +610,7 @@ async fn run_evaluate(
     .bind(promotion.as_ref().map(|p| json!(p)))
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE job_info SET progress_done = 1, progress_total = 1 WHERE job_id = $1")
-        .bind(&ctx.id)
-        .execute(&mut *tx)
-        .await?;
+    ctx.progress_one_of_one(&mut tx).await?;
     tx.commit().await?;
     tracing::info!(evaluation = %evaluation.id, records = records.len(), disagreements = disagreements.len(), "evaluation done");
     Ok(json!({

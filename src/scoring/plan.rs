@@ -125,10 +125,7 @@ pub async fn run_plan(
             super::evaluation::start_if_scored(&mut tx, evaluation, &state.settings).await?;
         }
     }
-    sqlx::query("UPDATE job_info SET progress_done = 1, progress_total = 1 WHERE job_id = $1")
-        .bind(&ctx.id)
-        .execute(&mut *tx)
-        .await?;
+    ctx.progress_one_of_one(&mut tx).await?;
     tx.commit().await?;
     tracing::info!(scoring_job = %job.id, documents, to_score = missing, chunks = chunks.len(), "scoring job planned");
     Ok(json!({

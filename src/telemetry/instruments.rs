@@ -148,3 +148,173 @@ pub fn kind(kind: &str) -> KeyValue {
 pub fn model(name: &str) -> KeyValue {
     KeyValue::new("model", name.to_string())
 }
+
+/// `outcome` attribute of a finished job: succeeded, failed, retried, cancelled, interrupted.
+pub fn outcome(outcome: &'static str) -> KeyValue {
+    KeyValue::new("outcome", outcome)
+}
+
+/// `error.type` attribute of a provider error.
+pub fn error_type(kind: &'static str) -> KeyValue {
+    KeyValue::new("error.type", kind)
+}
+
+/// `run.id` attribute of a training run.
+pub fn run(id: impl std::fmt::Display) -> KeyValue {
+    KeyValue::new("run.id", id.to_string())
+}
+
+/// `split` attribute: train, validation or test.
+pub fn split(name: &'static str) -> KeyValue {
+    KeyValue::new("split", name)
+}
+
+/// The attributes of an HTTP request's duration: method, status and, when the request matched
+/// a route, its template (`/api/v1/datasets/{id}`).
+pub fn http_request(method: &str, status: u16, route: Option<&str>) -> Vec<KeyValue> {
+    let mut attrs = vec![
+        KeyValue::new("http.request.method", method.to_string()),
+        KeyValue::new("http.response.status_code", i64::from(status)),
+    ];
+    if let Some(route) = route {
+        attrs.push(KeyValue::new("http.route", route.to_string()));
+    }
+    attrs
+}
+
+/// One queue's figures for the queue-wide gauges.
+#[derive(Debug, Clone, Default)]
+pub struct QueueFigures {
+    pub queue: String,
+    pub waiting: f64,
+    pub running: f64,
+    pub oldest_waiting_secs: f64,
+    pub live_workers: f64,
+}
+
+/// The queue-wide gauges (`trainyard.queue.depth`, `.running`, `.oldest_waiting_age`,
+/// `trainyard.workers.live`, attribute `queue`), observed on the global meter: at each
+/// collection `figures` says what to report (nothing when this process is not the sampler).
+pub fn register_queue_gauges(figures: impl Fn() -> Vec<QueueFigures> + Clone + Send + Sync + 'static) {
+    queue_gauges_on(&opentelemetry::global::meter("trainyard"), figures);
+}
+
+fn queue_gauges_on(
+    meter: &Meter,
+    figures: impl Fn() -> Vec<QueueFigures> + Clone + Send + Sync + 'static,
+) {
+    let gauge = |name: &'static str,
+                 description: &'static str,
+                 unit: Option<&'static str>,
+                 pick: fn(&QueueFigures) -> f64| {
+        let figures = figures.clone();
+        let mut builder = meter
+            .f64_observable_gauge(name)
+            .with_description(description)
+            .with_callback(move |observer| {
+                for q in figures() {
+                    observer.observe(pick(&q), &[KeyValue::new("queue", q.queue.clone())]);
+                }
+            });
+        if let Some(unit) = unit {
+            builder = builder.with_unit(unit);
+        }
+        let _ = builder.build();
+    };
+    gauge(
+        "trainyard.queue.depth",
+        "Jobs waiting in the queue (pending, or failed with attempts left).",
+        None,
+        |q| q.waiting,
+    );
+    gauge(
+        "trainyard.queue.running",
+        "Jobs of the queue running now.",
+        None,
+        |q| q.running,
+    );
+    gauge(
+        "trainyard.queue.oldest_waiting_age",
+        "Age of the oldest job that could run now but waits.",
+        Some("s"),
+        |q| q.oldest_waiting_secs,
+    );
+    gauge(
+        "trainyard.workers.live",
+        "Workers of the queue seen within the orphan window.",
+        None,
+        |q| q.live_workers,
+    );
+}
+
+/// The Prometheus names of every metric family trainyard exports (`/metrics` of `serve` and
+/// of workers), found by recording each instrument once on a private meter with the exporter
+/// `/metrics` uses: what dashboards and alerts may use.
+pub fn exported_families() -> std::collections::BTreeSet<String> {
+    let registry = prometheus::Registry::new();
+    let reader = super::prometheus_reader(&registry).expect("a Prometheus reader");
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(reader)
+        .build();
+    let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "trainyard");
+    // Destructured whole: an instrument added to `Instruments` and not recorded here does not
+    // compile.
+    let Instruments {
+        http_duration,
+        jobs_enqueued,
+        jobs_started,
+        jobs_finished,
+        job_duration,
+        embeddings_computed,
+        embeddings_reused,
+        documents_scored,
+        embedding_tokens,
+        embedding_provider_errors,
+        training_loss,
+        training_validation_f1,
+        training_samples_per_second,
+        training_steps,
+        inference_batch_size,
+        inference_duration,
+        served_version,
+        model_load_failures,
+        model_reloads,
+    } = Instruments::new(&meter);
+    let a = [kind("train")];
+    http_duration.record(0.1, &http_request("GET", 200, Some("/health")));
+    for counter in [
+        &jobs_enqueued,
+        &jobs_started,
+        &jobs_finished,
+        &embeddings_computed,
+        &embeddings_reused,
+        &documents_scored,
+        &embedding_tokens,
+        &embedding_provider_errors,
+        &training_steps,
+        &model_load_failures,
+        &model_reloads,
+    ] {
+        counter.add(1, &a);
+    }
+    for histogram in [&job_duration, &inference_batch_size, &inference_duration] {
+        histogram.record(1.0, &a);
+    }
+    for gauge in [&training_loss, &training_validation_f1, &training_samples_per_second] {
+        gauge.record(1.0, &a);
+    }
+    served_version.record(1, &a);
+    queue_gauges_on(&meter, || {
+        vec![QueueFigures {
+            queue: "train".into(),
+            ..QueueFigures::default()
+        }]
+    });
+    let names = registry
+        .gather()
+        .iter()
+        .map(|f| f.get_name().to_string())
+        .collect();
+    let _ = provider.shutdown();
+    names
+}

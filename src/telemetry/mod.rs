@@ -82,11 +82,7 @@ pub fn prometheus_registry() -> &'static prometheus::Registry {
         .get_or_init(|| {
             let registry = prometheus::Registry::new();
             let mut builder = SdkMeterProvider::builder().with_resource(resource());
-            match opentelemetry_prometheus::exporter()
-                .with_registry(registry.clone())
-                .scope_info_enabled(false)
-                .build()
-            {
+            match prometheus_reader(&registry) {
                 Ok(reader) => builder = builder.with_reader(reader),
                 Err(e) => eprintln!("metrics: the Prometheus exporter could not start: {e}"),
             }
@@ -104,6 +100,17 @@ pub fn prometheus_registry() -> &'static prometheus::Registry {
             }
         })
         .registry
+}
+
+/// The reader that turns the instruments into `registry`'s Prometheus families (the one
+/// configuration of names: `/metrics` and [`instruments::exported_families`] both use it).
+pub(crate) fn prometheus_reader(
+    registry: &prometheus::Registry,
+) -> Result<opentelemetry_prometheus::PrometheusExporter, opentelemetry_sdk::error::OTelSdkError> {
+    opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .scope_info_enabled(false)
+        .build()
 }
 
 /// The Prometheus text exposition of every metric of this process.

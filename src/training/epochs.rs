@@ -149,7 +149,7 @@ pub(super) struct BlockingContext {
     pub(super) spec: ClassifierSpec,
     pub(super) hp: Hyperparameters,
     pub(super) base_dir: PathBuf,
-    pub(super) device: tch::Device,
+    pub(super) device: crate::ml::Device,
     pub(super) threads: i32,
     pub(super) telemetry: Telemetry,
     pub(super) progress: Arc<Progress>,
@@ -173,14 +173,7 @@ pub(super) fn train_blocking(
     test: &SplitData,
     checkpoint: Option<Checkpoint>,
 ) -> Result<Outcome, JobError> {
-    if ctx.device == tch::Device::Cpu {
-        let threads = if ctx.threads > 0 {
-            ctx.threads
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get() as i32)
-        };
-        tch::set_num_threads(threads);
-    }
+    crate::ml::use_cpu_threads(ctx.device, ctx.threads);
     let base_dir = Some(ctx.base_dir.as_path());
     let labels = ctx.spec.labels.clone();
     let hp = ctx.hp.clone();
@@ -387,14 +380,14 @@ fn record_epoch_metrics(
     record: &EpochRecord<'_>,
     metrics: Option<&Metrics>,
 ) {
-    use opentelemetry::KeyValue;
+    use crate::telemetry::instruments::{model, run, split};
     let m = crate::telemetry::metrics();
-    let run = KeyValue::new("run.id", ctx.run_id.to_string());
-    let model = crate::telemetry::instruments::model(&ctx.model_name);
+    let run = run(ctx.run_id);
+    let model = model(&ctx.model_name);
     span.record("train_loss", record.train_loss);
     m.training_loss.record(
         record.train_loss,
-        &[run.clone(), model.clone(), KeyValue::new("split", "train")],
+        &[run.clone(), model.clone(), split("train")],
     );
     if let Some(val_loss) = record.val_loss {
         m.training_loss.record(
@@ -402,7 +395,7 @@ fn record_epoch_metrics(
             &[
                 run.clone(),
                 model.clone(),
-                KeyValue::new("split", "validation"),
+                split("validation"),
             ],
         );
     }
