@@ -526,9 +526,7 @@ impl ScoringApi {
         id: Path<Uuid>,
     ) -> Result<Json<ScoringJob>, ApiError> {
         let job = load(&state, id.0).await?;
-        let mut tx = state.pool.begin().await?;
-        let cancelled = store::cancel(&mut tx, job.id).await?;
-        tx.commit().await?;
+        let cancelled = store::cancel(&state.pool, job.id).await?;
         if !cancelled {
             return Err(ApiError::conflict(format!(
                 "scoring job {} is {}; only an unfinished job can be cancelled",

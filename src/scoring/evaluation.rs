@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::store::{self, NewScoringJob};
 use super::{positive_labels, ScoringTarget};
 use crate::config::Settings;
+use crate::job_registry::LifecycleError;
 use crate::queue::{self, JobContext, JobError, NewJob, QueueError};
 use crate::registry::VersionMeta;
 use crate::training::metrics::{evaluate, tune_thresholds, Metrics};
@@ -279,6 +280,36 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<bool, QueueError> {
     let changed = cancel_in(&mut tx, id).await?;
     tx.commit().await?;
     Ok(changed)
+}
+
+/// An `evaluate` job was cancelled: so is its evaluation (if it is still unfinished).
+pub async fn evaluate_job_cancelled(pool: &PgPool, job_id: &str) -> Result<(), QueueError> {
+    let evaluation: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM evaluations WHERE evaluate_job_id = $1")
+            .bind(job_id)
+            .fetch_optional(pool)
+            .await?;
+    if let Some(evaluation) = evaluation {
+        cancel(pool, evaluation).await?;
+    }
+    Ok(())
+}
+
+/// A failed `evaluate` job goes back in its queue (in the caller's transaction): its
+/// evaluation is evaluating again. Only a failed evaluation's job is retried.
+pub async fn evaluate_job_retrying(
+    conn: &mut PgConnection,
+    job_id: &str,
+) -> Result<(), LifecycleError> {
+    store::only_failed(conn, "evaluations", "evaluate_job_id", job_id, "evaluation").await?;
+    sqlx::query(
+        "UPDATE evaluations SET status = 'evaluating', error = NULL, finished_at = NULL, updated_at = now()
+         WHERE evaluate_job_id = $1",
+    )
+    .bind(job_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// [`cancel`] inside the caller's transaction. Locks the scoring jobs before the evaluation, the

@@ -1,8 +1,8 @@
 //! Training run rows in Postgres: create (row and `train` job in one transaction), read, list,
-//! per-epoch series, cancel.
+//! per-epoch series, cancel, and what cancelling or retrying a run's `train` job does to the run.
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use trainyard_jobs::{JobKind, TrainArgs};
 use uuid::Uuid;
 
@@ -175,6 +175,32 @@ pub async fn cancel_pending(pool: &PgPool, run_id: Uuid) -> Result<(), sqlx::Err
     )
     .bind(run_id)
     .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A run's `train` job was cancelled: a run that has not started is cancelled now.
+pub async fn job_cancelled(pool: &PgPool, job_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE training_runs SET status = 'cancelled', finished_at = now(), updated_at = now()
+         WHERE job_id = $1 AND status = 'pending'",
+    )
+    .bind(job_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A run's failed or cancelled `train` job goes back in its queue (in the caller's
+/// transaction): the run is pending again and resumes from its last checkpoint.
+pub async fn job_retrying(conn: &mut PgConnection, job_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE training_runs SET status = 'pending', error = NULL, finished_at = NULL,
+                updated_at = now()
+         WHERE job_id = $1 AND status IN ('failed', 'cancelled')",
+    )
+    .bind(job_id)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
