@@ -1,5 +1,5 @@
-//! Dataset rows in Postgres: create, read, list, records, delete, and what cancelling or
-//! retrying a dataset's jobs does to the dataset.
+//! Dataset rows in Postgres: create (row and build job in one transaction), read, list,
+//! records, delete, and what cancelling or retrying a dataset's jobs does to the dataset.
 
 /// The record page query ($1 dataset, $2 model, $3 dimensions, $4 first position, $5 limit,
 /// $6 with vectors) followed by one page's condition and order.
@@ -18,10 +18,11 @@ macro_rules! concat_records_page {
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
+use trainyard_jobs::{DatasetBuildArgs, JobKind};
 use uuid::Uuid;
 
 use super::DatasetSpec;
-use crate::queue::{self, Owner, QueueError};
+use crate::queue::{self, NewJob, Owner, QueueError};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DatasetRow {
@@ -48,6 +49,50 @@ impl DatasetRow {
     pub fn spec(&self) -> Result<DatasetSpec, serde_json::Error> {
         serde_json::from_value(self.request.clone())
     }
+}
+
+/// A dataset to build: its name, what it is built from, and the size of its model's vectors.
+pub struct NewDataset<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub spec: &'a DatasetSpec,
+    pub dimensions: i32,
+}
+
+/// Creates the dataset row and its build job in one transaction. Returns the dataset's id.
+pub async fn create(
+    pool: &PgPool,
+    new: NewDataset<'_>,
+    max_attempts: i32,
+) -> Result<Uuid, QueueError> {
+    let id = Uuid::new_v4();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO datasets (id, name, description, embedding_model, dimensions, request) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(new.name)
+    .bind(new.description)
+    .bind(&new.spec.embedding_model)
+    .bind(new.dimensions)
+    .bind(serde_json::to_value(new.spec)?)
+    .execute(&mut *tx)
+    .await?;
+    let job = NewJob {
+        kind: JobKind::DatasetBuild,
+        args: DatasetBuildArgs { dataset_id: id },
+        dataset_id: Some(id),
+        scoring_job_id: None,
+        progress_total: 1,
+    };
+    let ids = queue::enqueue(&mut tx, vec![job], max_attempts).await?;
+    sqlx::query("UPDATE datasets SET build_job_id = $2 WHERE id = $1")
+        .bind(id)
+        .bind(&ids[0])
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(id)
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DatasetRow>, sqlx::Error> {

@@ -115,6 +115,14 @@ pub async fn list(
     Ok((items, total))
 }
 
+/// The scoring jobs of an evaluation, one per version, in version order.
+pub async fn scoring_jobs(pool: &PgPool, id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM scoring_jobs WHERE evaluation_id = $1 ORDER BY version")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+}
+
 /// A disagreement as stored: the record, its consensus labels, each version's decision.
 #[derive(Debug, Clone, Serialize)]
 pub struct Disagreement {
