@@ -403,9 +403,8 @@ impl ScoringApi {
             Some(_) => "request",
         };
         let target = target(&state, &body.selection).await?;
-        let mut tx = state.pool.begin().await?;
         let id = store::create(
-            &mut tx,
+            &state.pool,
             &NewScoringJob {
                 model_name: &body.model,
                 version,
@@ -418,7 +417,6 @@ impl ScoringApi {
             state.settings.queue.max_attempts,
         )
         .await?;
-        tx.commit().await?;
         let row = load(&state, id).await?;
         Ok(ScoringJobCreated::Accepted(Json(
             ScoringJob::from_row(&state, row).await?,

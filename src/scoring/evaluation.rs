@@ -216,7 +216,7 @@ pub async fn create(
         split: Some(new.split.to_string()),
     };
     for (version, meta) in new.versions {
-        store::create(
+        store::create_in(
             &mut tx,
             &NewScoringJob {
                 model_name: new.model_name,

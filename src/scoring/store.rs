@@ -79,8 +79,20 @@ pub struct NewScoringJob<'a> {
     pub evaluation_id: Option<Uuid>,
 }
 
-/// Inserts the scoring job and enqueues its plan inside the caller's transaction.
+/// Inserts the scoring job and enqueues its plan in one transaction.
 pub async fn create(
+    pool: &PgPool,
+    new: &NewScoringJob<'_>,
+    max_attempts: i32,
+) -> Result<Uuid, QueueError> {
+    let mut tx = pool.begin().await?;
+    let id = create_in(&mut tx, new, max_attempts).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// [`create`] inside the caller's transaction.
+pub async fn create_in(
     conn: &mut PgConnection,
     new: &NewScoringJob<'_>,
     max_attempts: i32,
