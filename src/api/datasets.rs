@@ -7,7 +7,6 @@ use poem::Body;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
-use trainyard_jobs::{DatasetBuildArgs, JobKind};
 use uuid::Uuid;
 
 use super::errors::ApiError;
@@ -15,7 +14,6 @@ use super::wire_types::MaskedLabel;
 use super::{page_bounds, AppState};
 use crate::config::TieRule;
 use crate::datasets::{store, DatasetSpec, Selection, SplitRatios, TaskType};
-use crate::queue::{self, NewJob};
 
 #[derive(Tags)]
 enum ApiTags {
@@ -458,33 +456,17 @@ pub async fn create_dataset(
     spec: DatasetSpec,
 ) -> Result<store::DatasetRow, ApiError> {
     let dims = state.settings.embedding_models[&spec.embedding_model].dimensions as i32;
-    let id = Uuid::new_v4();
-    let mut tx = state.pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO datasets (id, name, description, embedding_model, dimensions, request) VALUES ($1, $2, $3, $4, $5, $6)",
+    let id = store::create(
+        &state.pool,
+        store::NewDataset {
+            name,
+            description,
+            spec: &spec,
+            dimensions: dims,
+        },
+        state.settings.queue.max_attempts,
     )
-    .bind(id)
-    .bind(name)
-    .bind(description)
-    .bind(&spec.embedding_model)
-    .bind(dims)
-    .bind(serde_json::to_value(&spec).map_err(ApiError::internal)?)
-    .execute(&mut *tx)
     .await?;
-    let job = NewJob {
-        kind: JobKind::DatasetBuild,
-        args: DatasetBuildArgs { dataset_id: id },
-        dataset_id: Some(id),
-        scoring_job_id: None,
-        progress_total: 1,
-    };
-    let ids = queue::enqueue(&mut tx, vec![job], state.settings.queue.max_attempts).await?;
-    sqlx::query("UPDATE datasets SET build_job_id = $2 WHERE id = $1")
-        .bind(id)
-        .bind(&ids[0])
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
     store::get(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::internal("dataset vanished after insert"))

@@ -7,7 +7,7 @@ use poem_openapi::{Object, OpenApi, Tags};
 use super::errors::ApiError;
 use super::AppState;
 use crate::datasets::documents::{
-    insert_annotations, upsert_documents, NewAnnotation, NewDocument,
+    insert_annotations_all_or_none, upsert_documents_in_pool, NewAnnotation, NewDocument,
 };
 
 #[derive(Tags)]
@@ -158,8 +158,7 @@ impl DocumentsApi {
                 ),
             });
         }
-        let mut conn = state.pool.acquire().await?;
-        let (inserted, updated) = upsert_documents(&mut conn, &rows).await?;
+        let (inserted, updated) = upsert_documents_in_pool(&state.pool, &rows).await?;
         Ok(Json(UpsertResult { inserted, updated }))
     }
 
@@ -213,8 +212,7 @@ impl DocumentsApi {
                 });
             }
         }
-        let mut tx = state.pool.begin().await?;
-        let (inserted, missing) = insert_annotations(&mut tx, &rows).await?;
+        let (inserted, missing) = insert_annotations_all_or_none(&state.pool, &rows).await?;
         if !missing.is_empty() {
             let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
             return Err(ApiError::unprocessable(
@@ -227,7 +225,6 @@ impl DocumentsApi {
                 Some("external_id"),
             ));
         }
-        tx.commit().await?;
         Ok(Json(AnnotationsResult { inserted }))
     }
 }

@@ -192,6 +192,16 @@ impl From<crate::queue::QueueError> for ApiError {
     }
 }
 
+impl From<crate::job_registry::LifecycleError> for ApiError {
+    fn from(e: crate::job_registry::LifecycleError) -> Self {
+        use crate::job_registry::LifecycleError;
+        match e {
+            LifecycleError::Conflict(message) => ApiError::conflict(message),
+            LifecycleError::Queue(e) => e.into(),
+        }
+    }
+}
+
 /// Turns errors raised outside handlers (unparseable JSON, unknown route, body limit) into the
 /// same JSON shape.
 pub async fn poem_error_to_json(err: poem::Error) -> poem::Response {
@@ -273,6 +283,27 @@ mod tests {
         let json = serde_json::from_str::<u8>("x").unwrap_err();
         assert_eq!(
             status_and_code(QueueError::Serialization(json).into()),
+            (500, "internal".to_string())
+        );
+    }
+
+    #[test]
+    fn a_refused_cancel_or_retry_is_a_409_and_its_database_errors_answer_like_any_other() {
+        use crate::job_registry::LifecycleError;
+        let message = "its evaluation is cancelled: only a failed one is retried";
+        match ApiError::from(LifecycleError::Conflict(message.into())) {
+            ApiError::Conflict(b) => {
+                assert_eq!(b.0.error.code, "conflict");
+                assert_eq!(b.0.error.message, message);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            status_and_code(LifecycleError::from(sqlx::Error::PoolTimedOut).into()),
+            (503, "database_unavailable".to_string())
+        );
+        assert_eq!(
+            status_and_code(LifecycleError::from(sqlx::Error::RowNotFound).into()),
             (500, "internal".to_string())
         );
     }

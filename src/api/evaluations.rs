@@ -73,11 +73,7 @@ pub struct Evaluation {
 }
 
 async fn to_evaluation(state: &AppState, r: EvaluationRow) -> Result<Evaluation, ApiError> {
-    let scoring_jobs: Vec<Uuid> =
-        sqlx::query_scalar("SELECT id FROM scoring_jobs WHERE evaluation_id = $1 ORDER BY version")
-            .bind(r.id)
-            .fetch_all(&state.pool)
-            .await?;
+    let scoring_jobs = evaluation::scoring_jobs(&state.pool, r.id).await?;
     Ok(Evaluation {
         id: r.id,
         model: r.model_name,

@@ -217,45 +217,9 @@ impl JobsApi {
         id: Path<String>,
     ) -> Result<Json<Job>, ApiError> {
         check_job_id(&id)?;
-        let job = queue::cancel_job(&state.pool, &id).await?;
-        if job.kind == trainyard_jobs::JobKind::Train.queue() {
-            sqlx::query(
-                "UPDATE training_runs SET status = 'cancelled', finished_at = now(), updated_at = now()
-                 WHERE job_id = $1 AND status = 'pending'",
-            )
-            .bind(&job.id)
-            .execute(&state.pool)
-            .await?;
-        }
-        if let Some(scoring_job) = job.scoring_job_id {
-            // A scoring job missing one chunk can never finish: cancelling any of its jobs
-            // cancels it whole (and the evaluation it belongs to).
-            let mut tx = state.pool.begin().await?;
-            crate::scoring::store::cancel(&mut tx, scoring_job).await?;
-            tx.commit().await?;
-        }
-        if job.kind == trainyard_jobs::JobKind::Evaluate.queue() {
-            let evaluation: Option<uuid::Uuid> =
-                sqlx::query_scalar("SELECT id FROM evaluations WHERE evaluate_job_id = $1")
-                    .bind(&job.id)
-                    .fetch_optional(&state.pool)
-                    .await?;
-            if let Some(evaluation) = evaluation {
-                crate::scoring::evaluation::cancel(&state.pool, evaluation).await?;
-            }
-        }
-        if job.kind == trainyard_jobs::JobKind::DatasetBuild.queue() {
-            if let Some(dataset) = job.dataset_id {
-                let mut tx = state.pool.begin().await?;
-                sqlx::query("UPDATE datasets SET status = 'cancelled', updated_at = now() WHERE id = $1 AND status <> 'ready'")
-                    .bind(dataset)
-                    .execute(&mut *tx)
-                    .await?;
-                queue::cancel_owned_jobs(&mut tx, queue::Owner::Dataset(dataset)).await?;
-                tx.commit().await?;
-            }
-        }
-        Ok(Json(queue::get_job(&state.pool, &id).await?.into()))
+        Ok(Json(
+            crate::job_registry::cancel(&state.pool, &id).await?.into(),
+        ))
     }
 
     /// Put a failed or cancelled job back in its queue with a fresh attempt budget.
@@ -268,98 +232,8 @@ impl JobsApi {
         id: Path<String>,
     ) -> Result<Json<Job>, ApiError> {
         check_job_id(&id)?;
-        let job = queue::get_job(&state.pool, &id).await?;
-        let mut tx = state.pool.begin().await?;
-        if job.kind == trainyard_jobs::JobKind::Train.queue() {
-            // The run resumes from its last checkpoint when the job runs again.
-            sqlx::query(
-                "UPDATE training_runs SET status = 'pending', error = NULL, finished_at = NULL,
-                        updated_at = now()
-                 WHERE job_id = $1 AND status IN ('failed', 'cancelled')",
-            )
-            .bind(&job.id)
-            .execute(&mut *tx)
-            .await?;
-        } else if let Some(dataset) = job.dataset_id {
-            let reset = if job.kind == trainyard_jobs::JobKind::DatasetBuild.queue() {
-                "UPDATE datasets SET status = 'pending', error = NULL, updated_at = now()
-                 WHERE id = $1 AND status IN ('failed', 'cancelled')"
-            } else {
-                "UPDATE datasets SET status = 'embedding', error = NULL, updated_at = now()
-                 WHERE id = $1 AND status = 'failed'"
-            };
-            sqlx::query(reset).bind(dataset).execute(&mut *tx).await?;
-        } else if let Some(scoring_job) = job.scoring_job_id {
-            // Every failed job of a failed scoring job runs again (one left failed would keep
-            // it from finishing); a cancelled one is not resumed: a new job reuses its scores.
-            only_failed(
-                &mut tx,
-                "scoring_jobs",
-                "id",
-                &scoring_job.to_string(),
-                "scoring job",
-            )
-            .await?;
-            sqlx::query(
-                "WITH job AS (
-                    UPDATE scoring_jobs SET error = NULL, finished_at = NULL, updated_at = now(),
-                           status = CASE WHEN EXISTS (SELECT 1 FROM apalis.jobs p
-                                                      WHERE p.id = plan_job_id AND p.status = 'Done')
-                                         THEN 'scoring' ELSE 'pending' END
-                    WHERE id = $1 RETURNING evaluation_id)
-                 UPDATE evaluations SET status = 'scoring', error = NULL, finished_at = NULL, updated_at = now()
-                 WHERE id = (SELECT evaluation_id FROM job) AND status = 'failed'",
-            )
-            .bind(scoring_job)
-            .execute(&mut *tx)
-            .await?;
-            queue::retry_job(&mut tx, &job).await?;
-            queue::retry_failed_owned_jobs(&mut tx, queue::Owner::ScoringJob(scoring_job)).await?;
-            tx.commit().await?;
-            return Ok(Json(queue::get_job(&state.pool, &id).await?.into()));
-        } else if job.kind == trainyard_jobs::JobKind::Evaluate.queue() {
-            only_failed(
-                &mut tx,
-                "evaluations",
-                "evaluate_job_id",
-                &job.id,
-                "evaluation",
-            )
-            .await?;
-            sqlx::query(
-                "UPDATE evaluations SET status = 'evaluating', error = NULL, finished_at = NULL, updated_at = now()
-                 WHERE evaluate_job_id = $1",
-            )
-            .bind(&job.id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        queue::retry_job(&mut tx, &job).await?;
-        tx.commit().await?;
-        let job = queue::get_job(&state.pool, &id).await?;
-        Ok(Json(job.into()))
-    }
-}
-
-/// A job of a scoring job or an evaluation is retried only when that failed: a cancelled one
-/// is not resumed (409), a new one reuses the scores already stored.
-async fn only_failed(
-    tx: &mut sqlx::PgConnection,
-    table: &str,
-    column: &str,
-    key: &str,
-    what: &str,
-) -> Result<(), ApiError> {
-    let status: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT status FROM {table} WHERE {column}::text = $1 FOR UPDATE"
-    )))
-    .bind(key)
-    .fetch_optional(&mut *tx)
-    .await?;
-    match status.as_deref() {
-        Some("failed") | None => Ok(()),
-        Some(other) => Err(ApiError::conflict(format!(
-            "its {what} is {other}: only a failed one is retried (start a new one instead; stored scores are reused)"
-        ))),
+        Ok(Json(
+            crate::job_registry::retry(&state.pool, &id).await?.into(),
+        ))
     }
 }

@@ -157,12 +157,7 @@ async fn served(state: &AppState, name: &str) -> Result<Arc<LoadedModel>, ApiErr
     if let Some(model) = state.models.get(name) {
         return Ok(model);
     }
-    let served: Option<Option<i32>> =
-        sqlx::query_scalar("SELECT served_version FROM models WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&state.pool)
-            .await?;
-    match served {
+    match crate::registry::served_version(&state.pool, name).await? {
         None => Err(ApiError::model_not_found(name)),
         Some(None) => Err(ApiError::conflict(format!(
             "model `{name}` has no promoted version; promote one first"

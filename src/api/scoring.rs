@@ -403,9 +403,8 @@ impl ScoringApi {
             Some(_) => "request",
         };
         let target = target(&state, &body.selection).await?;
-        let mut tx = state.pool.begin().await?;
         let id = store::create(
-            &mut tx,
+            &state.pool,
             &NewScoringJob {
                 model_name: &body.model,
                 version,
@@ -418,7 +417,6 @@ impl ScoringApi {
             state.settings.queue.max_attempts,
         )
         .await?;
-        tx.commit().await?;
         let row = load(&state, id).await?;
         Ok(ScoringJobCreated::Accepted(Json(
             ScoringJob::from_row(&state, row).await?,
@@ -526,9 +524,7 @@ impl ScoringApi {
         id: Path<Uuid>,
     ) -> Result<Json<ScoringJob>, ApiError> {
         let job = load(&state, id.0).await?;
-        let mut tx = state.pool.begin().await?;
-        let cancelled = store::cancel(&mut tx, job.id).await?;
-        tx.commit().await?;
+        let cancelled = store::cancel(&state.pool, job.id).await?;
         if !cancelled {
             return Err(ApiError::conflict(format!(
                 "scoring job {} is {}; only an unfinished job can be cancelled",

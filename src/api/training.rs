@@ -3,16 +3,15 @@ use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{OpenApi, Tags};
-use sqlx::Row;
-use trainyard_jobs::{JobKind, TrainArgs};
 use uuid::Uuid;
 
 use super::errors::ApiError;
 use super::training_schema::*;
 use super::{page_bounds, AppState};
 use crate::ml::classifier::TrainMode;
-use crate::queue::{self, NewJob};
+use crate::queue;
 use crate::training::curves::{render_curves, EpochPoint};
+use crate::training::runs::{self, NewRun, Run};
 use crate::training::webhook::WebhookConfig;
 
 #[derive(Tags)]
@@ -21,55 +20,55 @@ enum ApiTags {
     Training,
 }
 
-fn row_to_run(r: &sqlx::postgres::PgRow) -> TrainingRun {
-    let step: i64 = r.get("global_step");
-    let total: i64 = r.get("total_steps");
-    let sps: Option<f64> = r.get("samples_per_sec");
-    let hp: serde_json::Value = r.get("hyperparameters");
+fn row_to_run(r: Run) -> TrainingRun {
+    let step = r.global_step;
+    let total = r.total_steps;
+    let sps = r.samples_per_sec;
+    let hp = r.hyperparameters;
     let batch = hp.get("batch_size").and_then(|b| b.as_f64()).unwrap_or(1.0);
-    let status: String = r.get("status");
+    let status = r.status;
     let eta = match (status.as_str(), sps) {
         ("running", Some(s)) if s > 0.0 => Some((total - step).max(0) as f64 * batch / s),
         _ => None,
     };
     TrainingRun {
-        id: r.get("id"),
-        dataset_id: r.get("dataset_id"),
-        model_name: r.get("model_name"),
-        mode: r.get("mode"),
-        task: r.get("task"),
-        labels: serde_json::from_value(r.get("labels")).unwrap_or_default(),
+        id: r.id,
+        dataset_id: r.dataset_id,
+        model_name: r.model_name,
+        mode: r.mode,
+        task: r.task,
+        labels: serde_json::from_value(r.labels).unwrap_or_default(),
         hyperparameters: hp,
-        base_model: r.get("base_model"),
-        device: r.get("device"),
-        device_used: r.get("device_used"),
-        auto_promote: r.get("auto_promote"),
-        promotion_gate: r.get("promotion_gate"),
-        gate_evaluation_id: r.get("gate_evaluation_id"),
+        base_model: r.base_model,
+        device: r.device,
+        device_used: r.device_used,
+        auto_promote: r.auto_promote,
+        promotion_gate: r.promotion_gate,
+        gate_evaluation_id: r.gate_evaluation_id,
         status,
-        job_id: r.get("job_id"),
+        job_id: r.job_id,
         error: r
-            .get::<Option<String>, _>("error")
+            .error
             .map(|e| e.trim_start_matches("AbortError: ").to_string()),
         progress: RunProgress {
             global_step: step,
             total_steps: total,
-            epoch: r.get("epoch"),
-            total_epochs: r.get("total_epochs"),
+            epoch: r.epoch,
+            total_epochs: r.total_epochs,
             samples_per_sec: sps,
             eta_secs: eta,
         },
-        best_epoch: r.get("best_epoch"),
-        best_metric: r.get("best_metric"),
-        validation_metrics: r.get("validation_metrics"),
-        test_metrics: r.get("test_metrics"),
-        thresholds: r.get("thresholds"),
-        telemetry: r.get("telemetry"),
-        resumed_from: r.get("resumed_from"),
-        model_version: r.get("model_version"),
-        created_at: r.get("created_at"),
-        started_at: r.get("started_at"),
-        finished_at: r.get("finished_at"),
+        best_epoch: r.best_epoch,
+        best_metric: r.best_metric,
+        validation_metrics: r.validation_metrics,
+        test_metrics: r.test_metrics,
+        thresholds: r.thresholds,
+        telemetry: r.telemetry,
+        resumed_from: r.resumed_from,
+        model_version: r.model_version,
+        created_at: r.created_at,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
     }
 }
 
@@ -160,15 +159,10 @@ fn finetune_base(
 }
 
 async fn fetch_run(state: &AppState, id: Uuid) -> Result<TrainingRun, ApiError> {
-    let row = sqlx::query(
-        "SELECT r.*, (SELECT e.id FROM evaluations e WHERE e.run_id = r.id) AS gate_evaluation_id
-         FROM training_runs r WHERE r.id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("training run", id))?;
-    Ok(row_to_run(&row))
+    let run = runs::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("training run", id))?;
+    Ok(row_to_run(run))
 }
 
 pub struct TrainingApi;
@@ -313,47 +307,24 @@ impl TrainingApi {
                 })
             }
         };
-        let id = Uuid::new_v4();
-        let mut tx = state.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO training_runs (id, dataset_id, model_name, mode, task, labels, hyperparameters,
-                                        device, auto_promote, webhook, total_epochs, promotion_gate,
-                                        base_model)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(id)
-        .bind(dataset.id)
-        .bind(&body.model_name)
-        .bind(serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(str::to_string)))
-        .bind(serde_json::to_value(spec.task_type).ok().and_then(|v| v.as_str().map(str::to_string)))
-        .bind(serde_json::json!(spec.labels))
-        .bind(serde_json::to_value(&hp).map_err(ApiError::internal)?)
-        .bind(&device)
-        .bind(body.auto_promote)
-        .bind(webhook.map(|w| serde_json::to_value(w).unwrap_or_default()))
-        .bind(hp.epochs as i32)
-        .bind(gate.map(|g| serde_json::json!(g)))
-        .bind(&base_model)
-        .execute(&mut *tx)
-        .await?;
-        let ids = queue::enqueue(
-            &mut tx,
-            vec![NewJob {
-                kind: JobKind::Train,
-                args: TrainArgs { run_id: id },
-                dataset_id: Some(dataset.id),
-                scoring_job_id: None,
-                progress_total: 0,
-            }],
+        let id = runs::create(
+            &state.pool,
+            NewRun {
+                dataset_id: dataset.id,
+                model_name: &body.model_name,
+                mode,
+                task: spec.task_type,
+                labels: &spec.labels,
+                hyperparameters: &hp,
+                device: &device,
+                auto_promote: body.auto_promote,
+                webhook,
+                promotion_gate: gate,
+                base_model: base_model.as_deref(),
+            },
             state.settings.queue.max_attempts,
         )
         .await?;
-        sqlx::query("UPDATE training_runs SET job_id = $2 WHERE id = $1")
-            .bind(id)
-            .bind(&ids[0])
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         Ok(Created::Accepted(Json(fetch_run(&state, id).await?)))
     }
 
@@ -370,19 +341,9 @@ impl TrainingApi {
         offset: Query<Option<i64>>,
     ) -> Result<Json<TrainingRunPage>, ApiError> {
         let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
-        let rows = sqlx::query(
-            "SELECT r.*, (SELECT e.id FROM evaluations e WHERE e.run_id = r.id) AS gate_evaluation_id
-             FROM training_runs r ORDER BY r.created_at DESC, r.id LIMIT $1 OFFSET $2",
-        )
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&state.pool)
-        .await?;
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM training_runs")
-            .fetch_one(&state.pool)
-            .await?;
+        let (rows, total) = runs::list(&state.pool, limit, offset).await?;
         Ok(Json(TrainingRunPage {
-            items: rows.iter().map(row_to_run).collect(),
+            items: rows.into_iter().map(row_to_run).collect(),
             total,
             limit,
             offset,
@@ -463,34 +424,22 @@ impl TrainingApi {
             }
         }
         // A queued run is cancelled now; a running one when its worker sees the flag.
-        sqlx::query(
-            "UPDATE training_runs SET status = 'cancelled', finished_at = now(), updated_at = now()
-             WHERE id = $1 AND status = 'pending'",
-        )
-        .bind(run.id)
-        .execute(&state.pool)
-        .await?;
+        runs::cancel_pending(&state.pool, run.id).await?;
         Ok(Json(fetch_run(&state, run.id).await?))
     }
 }
 
 async fn epoch_rows(state: &AppState, run: Uuid) -> Result<Vec<EpochMetrics>, ApiError> {
-    let rows = sqlx::query(
-        "SELECT epoch, global_step, train_loss, val_loss, metrics, created_at
-         FROM training_epochs WHERE run_id = $1 ORDER BY epoch",
-    )
-    .bind(run)
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| EpochMetrics {
-            epoch: r.get("epoch"),
-            global_step: r.get("global_step"),
-            train_loss: r.get("train_loss"),
-            val_loss: r.get("val_loss"),
-            metrics: r.get("metrics"),
-            created_at: r.get("created_at"),
+    Ok(runs::epochs(&state.pool, run)
+        .await?
+        .into_iter()
+        .map(|e| EpochMetrics {
+            epoch: e.epoch,
+            global_step: e.global_step,
+            train_loss: e.train_loss,
+            val_loss: e.val_loss,
+            metrics: e.metrics,
+            created_at: e.created_at,
         })
         .collect())
 }

@@ -1,7 +1,7 @@
 //! Ingest: batch upsert of documents (by source + external id) and annotations.
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NewDocument {
@@ -27,6 +27,15 @@ pub struct NewAnnotation {
     pub label: String,
     pub value: bool,
     pub annotated_at: DateTime<Utc>,
+}
+
+/// [`upsert_documents`] on a connection of the pool; returns (inserted, updated).
+pub async fn upsert_documents_in_pool(
+    pool: &PgPool,
+    docs: &[NewDocument],
+) -> Result<(u64, u64), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    upsert_documents(&mut conn, docs).await
 }
 
 /// Upserts documents; returns (inserted, updated).
@@ -80,6 +89,20 @@ pub async fn upsert_documents(
     .await?;
     let inserted = rows.iter().filter(|r| r.0).count() as u64;
     Ok((inserted, rows.len() as u64 - inserted))
+}
+
+/// [`insert_annotations`] all or none, in one transaction: when any names a document that does
+/// not exist, nothing is stored. Returns (inserted, external ids that name no document).
+pub async fn insert_annotations_all_or_none(
+    pool: &PgPool,
+    annotations: &[NewAnnotation],
+) -> Result<(u64, Vec<String>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let (inserted, missing) = insert_annotations(&mut tx, annotations).await?;
+    if missing.is_empty() {
+        tx.commit().await?;
+    }
+    Ok((inserted, missing))
 }
 
 /// Inserts annotations (idempotent on document, annotator, label, time). Returns

@@ -1,4 +1,5 @@
-//! Dataset rows in Postgres: create, read, list, records, delete.
+//! Dataset rows in Postgres: create (row and build job in one transaction), read, list,
+//! records, delete, and what cancelling or retrying a dataset's jobs does to the dataset.
 
 /// The record page query ($1 dataset, $2 model, $3 dimensions, $4 first position, $5 limit,
 /// $6 with vectors) followed by one page's condition and order.
@@ -16,10 +17,12 @@ macro_rules! concat_records_page {
 }
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
+use trainyard_jobs::{DatasetBuildArgs, JobKind};
 use uuid::Uuid;
 
 use super::DatasetSpec;
+use crate::queue::{self, NewJob, Owner, QueueError};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DatasetRow {
@@ -46,6 +49,50 @@ impl DatasetRow {
     pub fn spec(&self) -> Result<DatasetSpec, serde_json::Error> {
         serde_json::from_value(self.request.clone())
     }
+}
+
+/// A dataset to build: its name, what it is built from, and the size of its model's vectors.
+pub struct NewDataset<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub spec: &'a DatasetSpec,
+    pub dimensions: i32,
+}
+
+/// Creates the dataset row and its build job in one transaction. Returns the dataset's id.
+pub async fn create(
+    pool: &PgPool,
+    new: NewDataset<'_>,
+    max_attempts: i32,
+) -> Result<Uuid, QueueError> {
+    let id = Uuid::new_v4();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO datasets (id, name, description, embedding_model, dimensions, request) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(new.name)
+    .bind(new.description)
+    .bind(&new.spec.embedding_model)
+    .bind(new.dimensions)
+    .bind(serde_json::to_value(new.spec)?)
+    .execute(&mut *tx)
+    .await?;
+    let job = NewJob {
+        kind: JobKind::DatasetBuild,
+        args: DatasetBuildArgs { dataset_id: id },
+        dataset_id: Some(id),
+        scoring_job_id: None,
+        progress_total: 1,
+    };
+    let ids = queue::enqueue(&mut tx, vec![job], max_attempts).await?;
+    sqlx::query("UPDATE datasets SET build_job_id = $2 WHERE id = $1")
+        .bind(id)
+        .bind(&ids[0])
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(id)
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DatasetRow>, sqlx::Error> {
@@ -82,6 +129,45 @@ pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, crate::queue::Queue
         .await?;
     tx.commit().await?;
     Ok(gone.rows_affected() > 0)
+}
+
+/// A dataset's build job was cancelled: the dataset, unless it is ready, is cancelled with its
+/// unfinished jobs, in one transaction.
+pub async fn build_cancelled(pool: &PgPool, id: Uuid) -> Result<(), QueueError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE datasets SET status = 'cancelled', updated_at = now() WHERE id = $1 AND status <> 'ready'")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    queue::cancel_owned_jobs(&mut tx, Owner::Dataset(id)).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A dataset's failed or cancelled build job goes back in its queue (in the caller's
+/// transaction): the dataset is pending again.
+pub async fn build_retrying(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE datasets SET status = 'pending', error = NULL, updated_at = now()
+         WHERE id = $1 AND status IN ('failed', 'cancelled')",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Another job of a dataset (an embed batch) goes back in its queue (in the caller's
+/// transaction): a failed dataset is embedding again.
+pub async fn job_retrying(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE datasets SET status = 'embedding', error = NULL, updated_at = now()
+         WHERE id = $1 AND status = 'failed'",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::store::{self, NewScoringJob};
 use super::{positive_labels, ScoringTarget};
 use crate::config::Settings;
+use crate::job_registry::LifecycleError;
 use crate::queue::{self, JobContext, JobError, NewJob, QueueError};
 use crate::registry::VersionMeta;
 use crate::training::metrics::{evaluate, tune_thresholds, Metrics};
@@ -114,6 +115,14 @@ pub async fn list(
     Ok((items, total))
 }
 
+/// The scoring jobs of an evaluation, one per version, in version order.
+pub async fn scoring_jobs(pool: &PgPool, id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM scoring_jobs WHERE evaluation_id = $1 ORDER BY version")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+}
+
 /// A disagreement as stored: the record, its consensus labels, each version's decision.
 #[derive(Debug, Clone, Serialize)]
 pub struct Disagreement {
@@ -207,7 +216,7 @@ pub async fn create(
         split: Some(new.split.to_string()),
     };
     for (version, meta) in new.versions {
-        store::create(
+        store::create_in(
             &mut tx,
             &NewScoringJob {
                 model_name: new.model_name,
@@ -279,6 +288,36 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<bool, QueueError> {
     let changed = cancel_in(&mut tx, id).await?;
     tx.commit().await?;
     Ok(changed)
+}
+
+/// An `evaluate` job was cancelled: so is its evaluation (if it is still unfinished).
+pub async fn evaluate_job_cancelled(pool: &PgPool, job_id: &str) -> Result<(), QueueError> {
+    let evaluation: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM evaluations WHERE evaluate_job_id = $1")
+            .bind(job_id)
+            .fetch_optional(pool)
+            .await?;
+    if let Some(evaluation) = evaluation {
+        cancel(pool, evaluation).await?;
+    }
+    Ok(())
+}
+
+/// A failed `evaluate` job goes back in its queue (in the caller's transaction): its
+/// evaluation is evaluating again. Only a failed evaluation's job is retried.
+pub async fn evaluate_job_retrying(
+    conn: &mut PgConnection,
+    job_id: &str,
+) -> Result<(), LifecycleError> {
+    store::only_failed(conn, "evaluations", "evaluate_job_id", job_id, "evaluation").await?;
+    sqlx::query(
+        "UPDATE evaluations SET status = 'evaluating', error = NULL, finished_at = NULL, updated_at = now()
+         WHERE evaluate_job_id = $1",
+    )
+    .bind(job_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// [`cancel`] inside the caller's transaction. Locks the scoring jobs before the evaluation, the

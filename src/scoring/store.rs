@@ -1,11 +1,13 @@
 //! Scoring jobs in Postgres: creation (row and plan job in one transaction), reads, result
-//! pages, cancel, and failing a job whose chunk ran out of attempts.
+//! pages, cancel, retrying a failed one's jobs, and failing a job whose chunk ran out of
+//! attempts.
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 use trainyard_jobs::{JobKind, ScoreArgs};
 use uuid::Uuid;
 
 use super::{positive_labels, ScoredDocument, ScoringTarget};
+use crate::job_registry::LifecycleError;
 use crate::queue::{self, JobContext, JobError, NewJob, Owner, QueueError};
 
 #[derive(Debug, Clone)]
@@ -77,8 +79,20 @@ pub struct NewScoringJob<'a> {
     pub evaluation_id: Option<Uuid>,
 }
 
-/// Inserts the scoring job and enqueues its plan inside the caller's transaction.
+/// Inserts the scoring job and enqueues its plan in one transaction.
 pub async fn create(
+    pool: &PgPool,
+    new: &NewScoringJob<'_>,
+    max_attempts: i32,
+) -> Result<Uuid, QueueError> {
+    let mut tx = pool.begin().await?;
+    let id = create_in(&mut tx, new, max_attempts).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// [`create`] inside the caller's transaction.
+pub async fn create_in(
     conn: &mut PgConnection,
     new: &NewScoringJob<'_>,
     max_attempts: i32,
@@ -233,7 +247,15 @@ pub async fn results_from(
 /// Cancels a scoring job that has not finished: its waiting chunks never start, running ones
 /// stop at their next checkpoint. A job of an evaluation cannot finish alone: the evaluation
 /// and its other scoring jobs are cancelled with it. Returns false when it had already ended.
-pub async fn cancel(conn: &mut PgConnection, id: Uuid) -> Result<bool, QueueError> {
+pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<bool, QueueError> {
+    let mut tx = pool.begin().await?;
+    let cancelled = cancel_in(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(cancelled)
+}
+
+/// [`cancel`] inside the caller's transaction.
+pub async fn cancel_in(conn: &mut PgConnection, id: Uuid) -> Result<bool, QueueError> {
     let Some(evaluation) = sqlx::query_scalar::<_, Option<Uuid>>(
         "SELECT evaluation_id FROM scoring_jobs WHERE id = $1",
     )
@@ -256,6 +278,57 @@ pub async fn cancel(conn: &mut PgConnection, id: Uuid) -> Result<bool, QueueErro
         };
     }
     lock_and_cancel(conn, &[id]).await
+}
+
+/// A job of a scoring job or an evaluation is retried only when that failed: a cancelled one
+/// is not resumed (409), a new one reuses the scores already stored. Locks the row.
+pub(super) async fn only_failed(
+    conn: &mut PgConnection,
+    table: &str,
+    column: &str,
+    key: &str,
+    what: &str,
+) -> Result<(), LifecycleError> {
+    let status: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT status FROM {table} WHERE {column}::text = $1 FOR UPDATE"
+    )))
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match status.as_deref() {
+        Some("failed") | None => Ok(()),
+        Some(other) => Err(LifecycleError::Conflict(format!(
+            "its {what} is {other}: only a failed one is retried (start a new one instead; stored scores are reused)"
+        ))),
+    }
+}
+
+/// A failed job of a failed scoring job goes back in its queue (in the caller's transaction):
+/// the scoring job (planned again unless its plan is done) and its failed evaluation are
+/// unfinished again. A cancelled scoring job is not resumed: a new job reuses its scores.
+pub async fn job_retrying(conn: &mut PgConnection, id: Uuid) -> Result<(), LifecycleError> {
+    only_failed(conn, "scoring_jobs", "id", &id.to_string(), "scoring job").await?;
+    sqlx::query(
+        "WITH job AS (
+            UPDATE scoring_jobs SET error = NULL, finished_at = NULL, updated_at = now(),
+                   status = CASE WHEN EXISTS (SELECT 1 FROM apalis.jobs p
+                                              WHERE p.id = plan_job_id AND p.status = 'Done')
+                                 THEN 'scoring' ELSE 'pending' END
+            WHERE id = $1 RETURNING evaluation_id)
+         UPDATE evaluations SET status = 'scoring', error = NULL, finished_at = NULL, updated_at = now()
+         WHERE id = (SELECT evaluation_id FROM job) AND status = 'failed'",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Every failed job of a scoring job runs again (in the caller's transaction): one left failed
+/// would keep it from finishing.
+pub async fn retry_failed_jobs(conn: &mut PgConnection, id: Uuid) -> Result<(), QueueError> {
+    queue::retry_failed_owned_jobs(conn, Owner::ScoringJob(id)).await?;
+    Ok(())
 }
 
 /// Locks the scoring jobs' rows (in id order, as every writer of several does) and cancels the

@@ -4,4 +4,5 @@ mod epochs;
 pub mod metrics;
 pub mod run;
 mod run_data;
+pub mod runs;
 pub mod webhook;
