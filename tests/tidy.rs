@@ -29,16 +29,6 @@ const OWNERS: &[(&str, &[&str], &str)] = &[
     ("poem", &[r"\bpoem(_openapi)?::", r"\buse poem"], "src/api/"),
 ];
 
-/// `src/api/` files that still run SQL, to be moved into their domain modules (issue 21): the
-/// list may only shrink.
-const API_SQL_NOT_YET_MOVED: &[&str] = &[
-    "src/api/datasets.rs",
-    "src/api/evaluations.rs",
-    "src/api/jobs.rs",
-    "src/api/predict.rs",
-    "src/api/training.rs",
-];
-
 /// What running SQL looks like.
 const SQL: &[&str] = &[
     r"\bsqlx::query",
@@ -113,7 +103,7 @@ fn ownership_violations(path: &str, text: &str) -> Vec<String> {
             );
         }
     }
-    if path.starts_with("src/api/") && !API_SQL_NOT_YET_MOVED.contains(&path) {
+    if path.starts_with("src/api/") {
         out.extend(
             matches(path, text, SQL)
                 .into_iter()
@@ -145,14 +135,6 @@ fn each_dependency_is_named_only_by_its_owner_and_the_api_runs_no_sql() {
         "the README's invariants are broken:\n{}",
         violations.join("\n")
     );
-    // A file that no longer runs SQL leaves the list of debts.
-    for path in API_SQL_NOT_YET_MOVED {
-        let text = std::fs::read_to_string(root().join(path)).unwrap();
-        assert!(
-            !matches(path, &text, SQL).is_empty(),
-            "{path} runs no SQL any more: remove it from API_SQL_NOT_YET_MOVED"
-        );
-    }
 }
 
 #[test]
@@ -182,8 +164,14 @@ fn every_rust_file_says_what_it_is_for() {
 fn the_scans_catch_each_kind_of_violation() {
     let caught = |path: &str, text: &str| !ownership_violations(path, text).is_empty();
     assert!(caught("src/training/epochs.rs", "use tch::Tensor;"));
-    assert!(caught("src/cli/doctor.rs", "let x = tch::Cuda::device_count();"));
-    assert!(caught("src/db.rs", "apalis_postgres::PostgresStorage::<()>::setup(pool)"));
+    assert!(caught(
+        "src/cli/doctor.rs",
+        "let x = tch::Cuda::device_count();"
+    ));
+    assert!(caught(
+        "src/db.rs",
+        "apalis_postgres::PostgresStorage::<()>::setup(pool)"
+    ));
     assert!(caught(
         "src/scoring/plan.rs",
         r#"sqlx::query("UPDATE job_info SET progress_done = 1")"#
@@ -192,23 +180,32 @@ fn the_scans_catch_each_kind_of_violation() {
         "src/queue/worker.rs",
         r#"let a = opentelemetry::KeyValue::new("outcome", o);"#
     ));
-    assert!(caught(
-        "src/cli/serve.rs",
-        "poem::Server::new(listener)"
-    ));
+    assert!(caught("src/cli/serve.rs", "poem::Server::new(listener)"));
     assert!(caught(
         "src/api/models.rs",
         r#"let row = sqlx::query("SELECT 1").fetch_one(&pool).await?;"#
     ));
-    assert!(caught("src/api/scoring.rs", "let mut tx = state.pool.begin().await?;"));
+    assert!(caught(
+        "src/api/scoring.rs",
+        "let mut tx = state.pool.begin().await?;"
+    ));
     // The owners themselves, comments and look-alike words are fine.
     assert!(!caught("src/ml/bert.rs", "use tch::Tensor;"));
     assert!(!caught("src/queue/mod.rs", "UPDATE job_info SET x = 1"));
-    assert!(!caught("src/training/webhook.rs", "let (tx, rx) = watch::channel(false);"));
-    assert!(!caught("src/training/run.rs", "// the tensors live in tch:: land"));
+    assert!(!caught(
+        "src/training/webhook.rs",
+        "let (tx, rx) = watch::channel(false);"
+    ));
+    assert!(!caught(
+        "src/training/run.rs",
+        "// the tensors live in tch:: land"
+    ));
     assert!(!caught(
         "src/telemetry/mod.rs",
         r#"EnvFilter::new("info,apalis=warn,opentelemetry=warn")"#
     ));
-    assert!(!caught("src/api/datasets.rs", "crate::datasets::store::get(&state.pool, id)"));
+    assert!(!caught(
+        "src/api/datasets.rs",
+        "crate::datasets::store::get(&state.pool, id)"
+    ));
 }

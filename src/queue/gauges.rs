@@ -70,21 +70,19 @@ pub async fn sample(
 
 fn register_gauges(shared: Shared, interval: Duration) {
     // A snapshot older than three intervals (the leader stalled) is not reported.
-    crate::telemetry::instruments::register_queue_gauges(move || {
-        match &*shared.lock().unwrap() {
-            Some(s) if s.taken.elapsed() < interval * 3 => s
-                .queues
-                .iter()
-                .map(|q| crate::telemetry::instruments::QueueFigures {
-                    queue: q.queue.clone(),
-                    waiting: q.waiting as f64,
-                    running: q.running as f64,
-                    oldest_waiting_secs: q.oldest_waiting_secs,
-                    live_workers: q.live_workers as f64,
-                })
-                .collect(),
-            _ => Vec::new(),
-        }
+    crate::telemetry::instruments::register_queue_gauges(move || match &*shared.lock().unwrap() {
+        Some(s) if s.taken.elapsed() < interval * 3 => s
+            .queues
+            .iter()
+            .map(|q| crate::telemetry::instruments::QueueFigures {
+                queue: q.queue.clone(),
+                waiting: q.waiting as f64,
+                running: q.running as f64,
+                oldest_waiting_secs: q.oldest_waiting_secs,
+                live_workers: q.live_workers as f64,
+            })
+            .collect(),
+        _ => Vec::new(),
     });
 }
 

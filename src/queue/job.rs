@@ -70,7 +70,10 @@ pub struct JobContext {
 impl JobContext {
     /// Shows this job's progress as complete (`progress_total` of `progress_total`), in the
     /// caller's transaction: the one that commits the job's last work.
-    pub async fn progress_complete(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    pub async fn progress_complete(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE job_info SET progress_done = progress_total WHERE job_id = $1")
             .bind(&self.id)
             .execute(conn)
@@ -79,7 +82,10 @@ impl JobContext {
     }
 
     /// Shows this one-step job's progress as 1 of 1, in the caller's transaction.
-    pub async fn progress_one_of_one(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    pub async fn progress_one_of_one(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE job_info SET progress_done = 1, progress_total = 1 WHERE job_id = $1")
             .bind(&self.id)
             .execute(conn)

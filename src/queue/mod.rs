@@ -71,6 +71,16 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("apalis migrations: {e}"))
 }
 
+/// Whether job `id` has finished successfully (false when it has not, failed, or is unknown).
+pub async fn job_succeeded(conn: &mut PgConnection, id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM apalis.jobs WHERE id = $1 AND status = 'Done')",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await
+}
+
 /// Enqueues jobs inside the caller's transaction (so jobs and the rows they need commit
 /// together). Returns the job ids in order.
 pub async fn enqueue<A: Serialize>(

@@ -308,17 +308,26 @@ pub(super) async fn only_failed(
 /// unfinished again. A cancelled scoring job is not resumed: a new job reuses its scores.
 pub async fn job_retrying(conn: &mut PgConnection, id: Uuid) -> Result<(), LifecycleError> {
     only_failed(conn, "scoring_jobs", "id", &id.to_string(), "scoring job").await?;
+    let plan_job: Option<String> =
+        sqlx::query_scalar("SELECT plan_job_id FROM scoring_jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten();
+    let planned = match plan_job {
+        Some(job) => crate::queue::job_succeeded(conn, &job).await?,
+        None => false,
+    };
     sqlx::query(
         "WITH job AS (
             UPDATE scoring_jobs SET error = NULL, finished_at = NULL, updated_at = now(),
-                   status = CASE WHEN EXISTS (SELECT 1 FROM apalis.jobs p
-                                              WHERE p.id = plan_job_id AND p.status = 'Done')
-                                 THEN 'scoring' ELSE 'pending' END
+                   status = CASE WHEN $2 THEN 'scoring' ELSE 'pending' END
             WHERE id = $1 RETURNING evaluation_id)
          UPDATE evaluations SET status = 'scoring', error = NULL, finished_at = NULL, updated_at = now()
          WHERE id = (SELECT evaluation_id FROM job) AND status = 'failed'",
     )
     .bind(id)
+    .bind(planned)
     .execute(&mut *conn)
     .await?;
     Ok(())

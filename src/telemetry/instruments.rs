@@ -195,7 +195,9 @@ pub struct QueueFigures {
 /// The queue-wide gauges (`trainyard.queue.depth`, `.running`, `.oldest_waiting_age`,
 /// `trainyard.workers.live`, attribute `queue`), observed on the global meter: at each
 /// collection `figures` says what to report (nothing when this process is not the sampler).
-pub fn register_queue_gauges(figures: impl Fn() -> Vec<QueueFigures> + Clone + Send + Sync + 'static) {
+pub fn register_queue_gauges(
+    figures: impl Fn() -> Vec<QueueFigures> + Clone + Send + Sync + 'static,
+) {
     queue_gauges_on(&opentelemetry::global::meter("trainyard"), figures);
 }
 
@@ -300,7 +302,11 @@ pub fn exported_families() -> std::collections::BTreeSet<String> {
     for histogram in [&job_duration, &inference_batch_size, &inference_duration] {
         histogram.record(1.0, &a);
     }
-    for gauge in [&training_loss, &training_validation_f1, &training_samples_per_second] {
+    for gauge in [
+        &training_loss,
+        &training_validation_f1,
+        &training_samples_per_second,
+    ] {
         gauge.record(1.0, &a);
     }
     served_version.record(1, &a);
@@ -313,7 +319,7 @@ pub fn exported_families() -> std::collections::BTreeSet<String> {
     let names = registry
         .gather()
         .iter()
-        .map(|f| f.get_name().to_string())
+        .map(|f| f.name().to_string())
         .collect();
     let _ = provider.shutdown();
     names

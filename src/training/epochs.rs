@@ -390,14 +390,8 @@ fn record_epoch_metrics(
         &[run.clone(), model.clone(), split("train")],
     );
     if let Some(val_loss) = record.val_loss {
-        m.training_loss.record(
-            val_loss,
-            &[
-                run.clone(),
-                model.clone(),
-                split("validation"),
-            ],
-        );
+        m.training_loss
+            .record(val_loss, &[run.clone(), model.clone(), split("validation")]);
     }
     if let Some(f1) = metrics.map(|v| v.macro_f1).filter(|f| f.is_finite()) {
         span.record("val_macro_f1", f1);
