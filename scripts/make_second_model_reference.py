@@ -1,4 +1,4 @@
-# Writes tests/fixtures/second_model_reference.json: sentence-transformers embeddings of the second local model (a different BERT-family checkpoint folder) with its own mean pooling and with CLS pooling, the reference for tests/second_local_model.rs.
+# Writes tests/fixtures/second_model_reference.json: sentence-transformers embeddings of the second local model (a different BERT-family checkpoint folder) with its own mean pooling and with CLS pooling, the reference for tests/it/second_local_model.rs.
 """Reference embeddings of the second local model's folder with sentence-transformers (CPU, offline).
 
 Usage (from the repo root, after `source scripts/env.sh`):

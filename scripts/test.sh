@@ -13,7 +13,7 @@ fi
 "$TRAINYARD_VENV/bin/python" -c "import openai" 2>/dev/null \
   || "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check openai
 # schemathesis (pinned: its checks change between versions) tests the served OpenAPI document
-# against the server (tests/schemathesis.rs).
+# against the server (tests/it/schemathesis.rs).
 "$TRAINYARD_VENV/bin/st" --version 2>/dev/null | grep -q " 4\.32\.5$" \
   || "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check schemathesis==4.32.5
 # Debian's Prometheus runs every dashboard and alert query against a live trainyard.

@@ -1,19 +1,129 @@
-//! The one registry of job kinds: binds each kind (a stable string, see `trainyard-jobs`) to
-//! its handler in its domain module, and cancelling or retrying a job to what that does to the
-//! run, dataset, scoring job or evaluation it works for. The queue runs handlers without
-//! knowing what they do; the handlers know nothing of the queue but their context and typed
-//! error.
+//! The one registry of job kinds. Each kind is registered once, next to its handler in its
+//! domain module, by implementing [`RegisteredKind`]: its argument type, its handler, and what
+//! cancelling or retrying one of its jobs does to the run, dataset, scoring job or evaluation
+//! it works for. [`registration`] lists every kind in one exhaustive match, so a new
+//! `JobKind` does not compile until it is registered; the API's kind list is `JobKind::ALL`.
+//! The queue runs handlers without knowing what they do; the handlers know nothing of the
+//! queue but their context and typed error.
+use std::future::Future;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use trainyard_jobs::JobKind;
 
 use crate::queue::worker::{JobHandler, JobHandlers};
 use crate::queue::{self, JobContext, JobError, JobView, QueueError};
 use crate::worker_state::WorkerState;
-use crate::{datasets, scoring, training};
+use crate::{datasets, review, scoring, training};
+
+/// One job kind: implemented once, in the domain module that owns the kind, on a unit struct
+/// named after it (`datasets::build::DatasetBuildJob`, …).
+pub trait RegisteredKind: Send + Sync + 'static {
+    const KIND: JobKind;
+    /// The job's stored arguments (`trainyard_jobs::*Args`).
+    type Args: DeserializeOwned + Send + 'static;
+
+    /// Runs one attempt of a job; its result is stored as the job's result.
+    fn handle(
+        state: &WorkerState,
+        ctx: &JobContext,
+        args: Self::Args,
+    ) -> impl Future<Output = Result<serde_json::Value, JobError>> + Send;
+
+    /// After the queue cancelled one of its jobs: what the job works for follows.
+    fn cancelled(
+        _pool: &PgPool,
+        _job: &JobView,
+    ) -> impl Future<Output = Result<(), LifecycleError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// In a retry's transaction, before the job is put back in its queue: what the job works
+    /// for goes back to unfinished, or the retry is refused ([`LifecycleError::Conflict`]).
+    fn retrying(
+        _conn: &mut PgConnection,
+        _job: &JobView,
+    ) -> impl Future<Output = Result<(), LifecycleError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// In the same transaction, after the job was put back in its queue.
+    fn retried(
+        _conn: &mut PgConnection,
+        _job: &JobView,
+    ) -> impl Future<Output = Result<(), LifecycleError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// A kind's registration with its types erased, so the registry can hold every kind.
+#[derive(Clone, Copy)]
+pub struct Registration {
+    pub kind: JobKind,
+    handler: fn(WorkerState) -> JobHandler,
+    cancelled: for<'a> fn(&'a PgPool, &'a JobView) -> BoxFuture<'a, Result<(), LifecycleError>>,
+    retrying:
+        for<'a> fn(&'a mut PgConnection, &'a JobView) -> BoxFuture<'a, Result<(), LifecycleError>>,
+    retried:
+        for<'a> fn(&'a mut PgConnection, &'a JobView) -> BoxFuture<'a, Result<(), LifecycleError>>,
+}
+
+/// Every kind's registration: the one list to extend when a kind is added.
+pub fn registration(kind: JobKind) -> Registration {
+    match kind {
+        JobKind::DatasetBuild => register::<datasets::build::DatasetBuildJob>(),
+        JobKind::Embed => register::<datasets::embed_job::EmbedJob>(),
+        JobKind::Train => register::<training::run::TrainJob>(),
+        JobKind::Score => register::<scoring::plan::ScoreJob>(),
+        JobKind::Evaluate => register::<scoring::EvaluateJob>(),
+        JobKind::ReviewRank => register::<review::job::ReviewRankJob>(),
+    }
+}
+
+fn register<K: RegisteredKind>() -> Registration {
+    Registration {
+        kind: K::KIND,
+        handler: handler_of::<K>,
+        cancelled: cancelled_of::<K>,
+        retrying: retrying_of::<K>,
+        retried: retried_of::<K>,
+    }
+}
+
+fn handler_of<K: RegisteredKind>(state: WorkerState) -> JobHandler {
+    Arc::new(move |ctx: JobContext, args| {
+        let state = state.clone();
+        async move {
+            let args = decode::<K::Args>(ctx.kind, args)?;
+            K::handle(&state, &ctx, args).await
+        }
+        .boxed()
+    })
+}
+
+fn cancelled_of<'a, K: RegisteredKind>(
+    pool: &'a PgPool,
+    job: &'a JobView,
+) -> BoxFuture<'a, Result<(), LifecycleError>> {
+    K::cancelled(pool, job).boxed()
+}
+
+fn retrying_of<'a, K: RegisteredKind>(
+    conn: &'a mut PgConnection,
+    job: &'a JobView,
+) -> BoxFuture<'a, Result<(), LifecycleError>> {
+    K::retrying(conn, job).boxed()
+}
+
+fn retried_of<'a, K: RegisteredKind>(
+    conn: &'a mut PgConnection,
+    job: &'a JobView,
+) -> BoxFuture<'a, Result<(), LifecycleError>> {
+    K::retried(conn, job).boxed()
+}
 
 /// Decodes a job's stored arguments; arguments that do not parse can never succeed.
 fn decode<A: DeserializeOwned>(kind: JobKind, args: serde_json::Value) -> Result<A, JobError> {
@@ -23,56 +133,7 @@ fn decode<A: DeserializeOwned>(kind: JobKind, args: serde_json::Value) -> Result
 
 /// The handler of one kind, bound to this process's services.
 pub fn handler(kind: JobKind, state: WorkerState) -> JobHandler {
-    match kind {
-        JobKind::DatasetBuild => Arc::new(move |ctx: JobContext, args| {
-            let state = state.clone();
-            async move {
-                let args = decode(ctx.kind, args)?;
-                crate::datasets::build::handle_build(&state, &ctx, args).await
-            }
-            .boxed()
-        }),
-        JobKind::Embed => Arc::new(move |ctx: JobContext, args| {
-            let state = state.clone();
-            async move {
-                let args = decode(ctx.kind, args)?;
-                crate::datasets::embed_job::handle_embed(&state, &ctx, args).await
-            }
-            .boxed()
-        }),
-        JobKind::Train => Arc::new(move |ctx: JobContext, args| {
-            let state = state.clone();
-            async move {
-                let args = decode(ctx.kind, args)?;
-                crate::training::run::handle_train(&state, &ctx, args).await
-            }
-            .boxed()
-        }),
-        JobKind::Score => Arc::new(move |ctx: JobContext, args| {
-            let state = state.clone();
-            async move {
-                let args = decode(ctx.kind, args)?;
-                crate::scoring::plan::handle_score(&state, &ctx, args).await
-            }
-            .boxed()
-        }),
-        JobKind::Evaluate => Arc::new(move |ctx: JobContext, args| {
-            let state = state.clone();
-            async move {
-                let args = decode(ctx.kind, args)?;
-                crate::scoring::evaluation::handle_evaluate(&state, &ctx, args).await
-            }
-            .boxed()
-        }),
-        JobKind::ReviewRank => Arc::new(move |ctx: JobContext, args| {
-            let state = state.clone();
-            async move {
-                let args = decode(ctx.kind, args)?;
-                crate::review::job::handle_review_rank(&state, &ctx, args).await
-            }
-            .boxed()
-        }),
-    }
+    (registration(kind).handler)(state)
 }
 
 /// Every kind's handler.
@@ -122,23 +183,8 @@ impl From<sqlx::Error> for LifecycleError {
 /// every job of it. Returns the job as it is now.
 pub async fn cancel(pool: &PgPool, job_id: &str) -> Result<JobView, LifecycleError> {
     let job = queue::cancel_job(pool, job_id).await?;
-    let kind = JobKind::from_queue(&job.kind);
-    if kind == Some(JobKind::Train) {
-        training::runs::job_cancelled(pool, &job.id).await?;
-    }
-    if let Some(scoring_job) = job.scoring_job_id {
-        // A scoring job missing one chunk can never finish: cancelling any of its jobs
-        // cancels it whole (and the evaluation it belongs to).
-        scoring::store::cancel(pool, scoring_job).await?;
-    }
-    match (kind, job.dataset_id) {
-        (Some(JobKind::Evaluate), _) => {
-            scoring::evaluation::evaluate_job_cancelled(pool, &job.id).await?
-        }
-        (Some(JobKind::DatasetBuild), Some(dataset)) => {
-            datasets::store::build_cancelled(pool, dataset).await?
-        }
-        _ => {}
+    if let Some(kind) = JobKind::from_queue(&job.kind) {
+        (registration(kind).cancelled)(pool, &job).await?;
     }
     Ok(queue::get_job(pool, job_id).await?)
 }
@@ -149,36 +195,27 @@ pub async fn cancel(pool: &PgPool, job_id: &str) -> Result<JobView, LifecycleErr
 /// one is not resumed: [`LifecycleError::Conflict`]). Returns the job as it is now.
 pub async fn retry(pool: &PgPool, job_id: &str) -> Result<JobView, LifecycleError> {
     let job = queue::get_job(pool, job_id).await?;
+    let registered = JobKind::from_queue(&job.kind).map(registration);
     let mut tx = pool.begin().await?;
-    let kind = JobKind::from_queue(&job.kind);
-    // The scoring job whose other failed jobs run again with this one.
-    let scoring_job = match (kind, job.dataset_id, job.scoring_job_id) {
-        (Some(JobKind::Train), _, _) => {
-            training::runs::job_retrying(&mut tx, &job.id).await?;
-            None
-        }
-        (Some(JobKind::DatasetBuild), Some(dataset), _) => {
-            datasets::store::build_retrying(&mut tx, dataset).await?;
-            None
-        }
-        (_, Some(dataset), _) => {
-            datasets::store::job_retrying(&mut tx, dataset).await?;
-            None
-        }
-        (_, None, Some(scoring_job)) => {
-            scoring::store::job_retrying(&mut tx, scoring_job).await?;
-            Some(scoring_job)
-        }
-        (Some(JobKind::Evaluate), None, None) => {
-            scoring::evaluation::evaluate_job_retrying(&mut tx, &job.id).await?;
-            None
-        }
-        _ => None,
-    };
+    if let Some(registered) = registered {
+        (registered.retrying)(&mut tx, &job).await?;
+    }
     queue::retry_job(&mut tx, &job).await?;
-    if let Some(scoring_job) = scoring_job {
-        scoring::store::retry_failed_jobs(&mut tx, scoring_job).await?;
+    if let Some(registered) = registered {
+        (registered.retried)(&mut tx, &job).await?;
     }
     tx.commit().await?;
     Ok(queue::get_job(pool, job_id).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_registered_as_itself() {
+        for kind in JobKind::ALL {
+            assert_eq!(registration(kind).kind, kind);
+        }
+    }
 }

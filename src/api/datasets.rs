@@ -13,7 +13,8 @@ use super::errors::ApiError;
 use super::wire_types::MaskedLabel;
 use super::{page_bounds, AppState};
 use crate::config::TieRule;
-use crate::datasets::{store, DatasetSpec, Selection, SplitRatios, TaskType};
+use crate::datasets::store::{self, DatasetStatus};
+use crate::datasets::{DatasetSpec, Selection, SplitRatios, TaskType};
 
 #[derive(Tags)]
 enum ApiTags {
@@ -187,7 +188,7 @@ impl DatasetProgress {
         &mut self,
         state: &AppState,
         id: Uuid,
-        status: &str,
+        status: DatasetStatus,
     ) -> Result<(), ApiError> {
         let Some((done, total, started)) = crate::queue::owned_jobs_progress(
             &state.pool,
@@ -198,14 +199,14 @@ impl DatasetProgress {
         else {
             return Ok(());
         };
-        let done = if status == "ready" {
+        let done = if status == DatasetStatus::Ready {
             total
         } else {
             done.min(total)
         };
         self.texts_done = Some(done);
         self.texts_total = Some(total);
-        if status == "embedding" {
+        if status == DatasetStatus::Embedding {
             if let Some((rate, eta)) = super::rate_and_eta(done, total, started) {
                 self.texts_per_second = Some(rate);
                 self.eta_seconds = Some(eta);
@@ -250,7 +251,7 @@ impl From<store::DatasetRow> for Dataset {
             id: r.id,
             name: r.name,
             description: r.description,
-            status: r.status,
+            status: r.status.to_string(),
             embedding_model: r.embedding_model,
             dimensions: r.dimensions,
             build_job_id: r.build_job_id,
@@ -540,11 +541,11 @@ impl DatasetsApi {
     #[oai(path = "/datasets/:id", method = "get")]
     async fn get(&self, state: Data<&AppState>, id: Path<Uuid>) -> Result<Json<Dataset>, ApiError> {
         let row = load(&state, id.0).await?;
-        let (dataset_id, status) = (row.id, row.status.clone());
+        let (dataset_id, status) = (row.id, row.status);
         let mut dataset: Dataset = row.into();
         dataset
             .progress
-            .fill_texts(&state, dataset_id, &status)
+            .fill_texts(&state, dataset_id, status)
             .await?;
         Ok(Json(dataset))
     }
@@ -598,7 +599,7 @@ impl DatasetsApi {
         format: Query<Option<ExportFormat>>,
     ) -> Result<ExportResponse, ApiError> {
         let dataset = load(&state, id.0).await?;
-        if dataset.status != "ready" {
+        if dataset.status != DatasetStatus::Ready {
             return Err(ApiError::conflict(format!(
                 "dataset {} is {}; export needs it ready",
                 dataset.id, dataset.status

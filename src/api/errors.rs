@@ -202,6 +202,18 @@ impl From<crate::job_registry::LifecycleError> for ApiError {
     }
 }
 
+impl From<crate::training::runs::RunError> for ApiError {
+    fn from(e: crate::training::runs::RunError) -> Self {
+        use crate::training::runs::RunError;
+        match e {
+            RunError::NotFound(id) => ApiError::not_found("training run", id),
+            RunError::Conflict(message) => ApiError::conflict(message),
+            RunError::Queue(e) => e.into(),
+            RunError::Database(e) => e.into(),
+        }
+    }
+}
+
 /// Turns errors raised outside handlers (unparseable JSON, unknown route, body limit) into the
 /// same JSON shape.
 pub async fn poem_error_to_json(err: poem::Error) -> poem::Response {

@@ -3,7 +3,10 @@ use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
+use poem_openapi::types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON};
 use poem_openapi::{Enum, Object, OpenApi, Tags};
+use trainyard_jobs::JobKind;
 
 use super::errors::ApiError;
 use super::{page_bounds, AppState};
@@ -26,8 +29,7 @@ pub struct Job {
     /// ULID of the job (26 characters of Crockford base32).
     #[oai(validator(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$"))]
     pub id: String,
-    /// Job kind (= queue name): `dataset_build`, `embed`, `train`, `score`, `evaluate` or
-    /// `review_rank`.
+    /// Job kind (= queue name), one of `JobKindName`.
     pub kind: String,
     /// queued | running | retrying | succeeded | failed | cancelled
     pub status: String,
@@ -65,7 +67,7 @@ impl From<JobView> for Job {
         Job {
             id: v.id,
             kind: v.kind,
-            status: v.status,
+            status: v.status.to_string(),
             attempts: v.attempts,
             max_attempts: v.max_attempts,
             progress: Progress {
@@ -95,16 +97,66 @@ pub struct JobPage {
     pub offset: i64,
 }
 
-/// A job kind (= queue name).
-#[derive(Debug, Clone, Copy, Enum, PartialEq, Eq)]
-#[oai(rename_all = "snake_case")]
-pub enum JobKindName {
-    DatasetBuild,
-    Embed,
-    Train,
-    Score,
-    Evaluate,
-    ReviewRank,
+/// A job kind (= queue name), as the API names it: every kind of `JobKind::ALL`, so a kind
+/// added to the registry is listed and accepted here without a change to this file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobKindName(pub JobKind);
+
+impl poem_openapi::types::Type for JobKindName {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        "JobKindName".into()
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Reference(Self::name().into_owned())
+    }
+
+    fn register(registry: &mut Registry) {
+        registry.create_schema::<Self, _>(Self::name().into_owned(), |_| MetaSchema {
+            description: Some("A job kind (= queue name)."),
+            enum_items: JobKind::ALL
+                .iter()
+                .map(|k| serde_json::Value::from(k.queue()))
+                .collect(),
+            ..MetaSchema::new("string")
+        });
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromParameter for JobKindName {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        JobKind::from_queue(value)
+            .map(JobKindName)
+            .ok_or_else(|| ParseError::custom("Expect a valid enumeration value."))
+    }
+}
+
+impl ParseFromJSON for JobKindName {
+    fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        let value = value.unwrap_or_default();
+        match value.as_str().and_then(JobKind::from_queue) {
+            Some(kind) => Ok(JobKindName(kind)),
+            None => Err(ParseError::expected_type(value)),
+        }
+    }
+}
+
+impl ToJSON for JobKindName {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        Some(self.0.queue().into())
+    }
 }
 
 /// A job's state.
@@ -119,29 +171,16 @@ pub enum JobStatusName {
     Cancelled,
 }
 
-impl std::fmt::Display for JobKindName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            JobKindName::DatasetBuild => trainyard_jobs::JobKind::DatasetBuild.queue(),
-            JobKindName::Embed => trainyard_jobs::JobKind::Embed.queue(),
-            JobKindName::Train => trainyard_jobs::JobKind::Train.queue(),
-            JobKindName::Score => trainyard_jobs::JobKind::Score.queue(),
-            JobKindName::Evaluate => trainyard_jobs::JobKind::Evaluate.queue(),
-            JobKindName::ReviewRank => trainyard_jobs::JobKind::ReviewRank.queue(),
-        })
-    }
-}
-
-impl std::fmt::Display for JobStatusName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            JobStatusName::Queued => "queued",
-            JobStatusName::Running => "running",
-            JobStatusName::Retrying => "retrying",
-            JobStatusName::Succeeded => "succeeded",
-            JobStatusName::Failed => "failed",
-            JobStatusName::Cancelled => "cancelled",
-        })
+impl From<JobStatusName> for queue::JobStatus {
+    fn from(name: JobStatusName) -> Self {
+        match name {
+            JobStatusName::Queued => queue::JobStatus::Queued,
+            JobStatusName::Running => queue::JobStatus::Running,
+            JobStatusName::Retrying => queue::JobStatus::Retrying,
+            JobStatusName::Succeeded => queue::JobStatus::Succeeded,
+            JobStatusName::Failed => queue::JobStatus::Failed,
+            JobStatusName::Cancelled => queue::JobStatus::Cancelled,
+        }
     }
 }
 
@@ -174,17 +213,10 @@ impl JobsApi {
         #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<i64>>,
     ) -> Result<Json<JobPage>, ApiError> {
-        let kind = kind.0.map(|k| k.to_string());
-        let status = status.0.map(|s| s.to_string());
+        let kind = kind.0.map(|k| k.0.queue());
+        let status = status.0.map(queue::JobStatus::from);
         let (limit, offset) = page_bounds(&state, limit.0, offset.0)?;
-        let (jobs, total) = queue::list_jobs(
-            &state.pool,
-            kind.as_deref(),
-            status.as_deref(),
-            limit,
-            offset,
-        )
-        .await?;
+        let (jobs, total) = queue::list_jobs(&state.pool, kind, status, limit, offset).await?;
         Ok(Json(JobPage {
             items: jobs.into_iter().map(Job::from).collect(),
             total,

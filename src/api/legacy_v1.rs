@@ -13,7 +13,7 @@ use super::datasets::{
 };
 use super::errors::ApiError;
 use super::AppState;
-use crate::datasets::store;
+use crate::datasets::store::{self, DatasetStatus};
 
 #[derive(Tags)]
 enum ApiTags {
@@ -92,10 +92,10 @@ pub struct LegacyMessage {
 fn legacy(row: store::DatasetRow) -> LegacyDataset {
     LegacyDataset {
         dataset_id: row.id.to_string(),
-        status: if row.status == "ready" {
+        status: if row.status == DatasetStatus::Ready {
             "completed".into()
         } else {
-            row.status
+            row.status.to_string()
         },
         description: row.description,
         embedding_model: row.embedding_model,

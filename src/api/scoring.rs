@@ -316,7 +316,7 @@ pub async fn ready_dataset(
                 Some(param),
             )
         })?;
-    if dataset.status != "ready" {
+    if dataset.status != crate::datasets::store::DatasetStatus::Ready {
         return Err(ApiError::unprocessable(
             "dataset_not_ready",
             format!("dataset {id} is {}; it must be ready", dataset.status),

@@ -9,8 +9,8 @@ use super::errors::ApiError;
 use super::training_schema::*;
 use super::{page_bounds, AppState};
 use crate::ml::classifier::TrainMode;
-use crate::queue;
 use crate::training::curves::{render_curves, EpochPoint};
+use crate::training::runs::RunStatus;
 use crate::training::runs::{self, NewRun, Run};
 use crate::training::webhook::WebhookConfig;
 
@@ -27,8 +27,8 @@ fn row_to_run(r: Run) -> TrainingRun {
     let hp = r.hyperparameters;
     let batch = hp.get("batch_size").and_then(|b| b.as_f64()).unwrap_or(1.0);
     let status = r.status;
-    let eta = match (status.as_str(), sps) {
-        ("running", Some(s)) if s > 0.0 => Some((total - step).max(0) as f64 * batch / s),
+    let eta = match (status, sps) {
+        (RunStatus::Running, Some(s)) if s > 0.0 => Some((total - step).max(0) as f64 * batch / s),
         _ => None,
     };
     TrainingRun {
@@ -45,7 +45,7 @@ fn row_to_run(r: Run) -> TrainingRun {
         auto_promote: r.auto_promote,
         promotion_gate: r.promotion_gate,
         gate_evaluation_id: r.gate_evaluation_id,
-        status,
+        status: status.to_string(),
         job_id: r.job_id,
         error: r
             .error
@@ -239,7 +239,7 @@ impl TrainingApi {
                     Some("dataset_id"),
                 )
             })?;
-        if dataset.status != "ready" {
+        if dataset.status != crate::datasets::store::DatasetStatus::Ready {
             return Err(ApiError::conflict(format!(
                 "dataset {} is {}; training needs a ready dataset",
                 dataset.id, dataset.status
@@ -410,22 +410,7 @@ impl TrainingApi {
         state: Data<&AppState>,
         id: Path<Uuid>,
     ) -> Result<Json<TrainingRun>, ApiError> {
-        let run = fetch_run(&state, id.0).await?;
-        if matches!(run.status.as_str(), "succeeded" | "failed" | "cancelled") {
-            return Err(ApiError::conflict(format!(
-                "training run {} is {}: it cannot be cancelled",
-                run.id, run.status
-            )));
-        }
-        if let Some(job) = &run.job_id {
-            match queue::cancel_job(&state.pool, job).await {
-                Ok(_) | Err(queue::QueueError::Conflict { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        // A queued run is cancelled now; a running one when its worker sees the flag.
-        runs::cancel_pending(&state.pool, run.id).await?;
-        Ok(Json(fetch_run(&state, run.id).await?))
+        Ok(Json(row_to_run(runs::cancel(&state.pool, id.0).await?)))
     }
 }
 

@@ -13,8 +13,9 @@ use trainyard_jobs::{DatasetBuildArgs, EmbedArgs, JobKind};
 
 use super::consensus;
 use super::splits::{cut_points, split_key, Split};
+use super::store::{self, DatasetStatus};
 use super::text::{checksum, combine_text};
-use super::{store, DatasetSpec, TaskType};
+use super::{DatasetSpec, TaskType};
 use crate::queue::{self, NewJob};
 use crate::queue::{JobContext, JobError};
 use crate::worker_state::WorkerState;
@@ -77,9 +78,9 @@ pub async fn run_build(
     let dataset = store::get(pool, args.dataset_id)
         .await?
         .ok_or_else(|| JobError::Fatal(format!("dataset {} no longer exists", args.dataset_id)))?;
-    match dataset.status.as_str() {
-        "cancelled" => return Err(JobError::Cancelled),
-        "embedding" | "ready" => {
+    match dataset.status {
+        DatasetStatus::Cancelled => return Err(JobError::Cancelled),
+        DatasetStatus::Embedding | DatasetStatus::Ready => {
             return Ok(
                 json!({"dataset_id": dataset.id, "status": dataset.status, "batches": dataset.batches_total}),
             )
@@ -87,13 +88,13 @@ pub async fn run_build(
         _ => {}
     }
     if ctx.cancel_requested() {
-        mark(pool, dataset.id, "cancelled", None).await?;
+        mark(pool, dataset.id, DatasetStatus::Cancelled, None).await?;
         return Err(JobError::Cancelled);
     }
     let spec: DatasetSpec = dataset
         .spec()
         .map_err(|e| JobError::Fatal(format!("stored request unreadable: {e}")))?;
-    mark(pool, dataset.id, "building", None).await?;
+    mark(pool, dataset.id, DatasetStatus::Building, None).await?;
 
     // External sources are copied in first, so the rest reads one shape of data.
     for name in spec
@@ -140,7 +141,7 @@ pub async fn run_build(
                 .await?
                 .rows_affected() as usize;
             tracing::info!(dataset = %dataset.id, from = %donor, records = copied, "records copied from an identical build of the same corpus");
-            if donor_status == "ready" {
+            if donor_status == DatasetStatus::Ready {
                 all_stored = donor_stats["unique_texts"].as_i64();
             }
             let mut stats = donor_stats;
@@ -156,7 +157,7 @@ pub async fn run_build(
             if staged.records == 0 {
                 drop(tx);
                 let message = "the selection has no labelled documents with text";
-                mark(pool, dataset.id, "failed", Some(message)).await?;
+                mark(pool, dataset.id, DatasetStatus::Failed, Some(message)).await?;
                 return Err(JobError::Fatal(message.into()));
             }
             if !lock_building(&mut tx, dataset.id).await? {
@@ -221,9 +222,9 @@ pub async fn run_build(
     jobs.sort_by_key(|j| j.args.batch_no);
     queue::enqueue(&mut tx, jobs, state.settings.queue.max_attempts).await?;
     let final_status = if batches.is_empty() {
-        "ready"
+        DatasetStatus::Ready
     } else {
-        "embedding"
+        DatasetStatus::Embedding
     };
     sqlx::query(
         "UPDATE datasets SET status = $2, batches_total = $3, batches_done = 0, new_embeddings = 0,
@@ -250,11 +251,12 @@ pub async fn run_build(
 /// Locks the dataset row (concurrent re-runs of this job serialise here), and clears what an
 /// earlier attempt may have left; false when the dataset is no longer being built.
 async fn lock_building(tx: &mut sqlx::PgConnection, id: uuid::Uuid) -> Result<bool, JobError> {
-    let status: String = sqlx::query_scalar("SELECT status FROM datasets WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-    if status != "building" {
+    let status: DatasetStatus =
+        sqlx::query_scalar("SELECT status FROM datasets WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if status != DatasetStatus::Building {
         return Ok(false);
     }
     for table in ["dataset_records", "embed_batches"] {
@@ -284,7 +286,7 @@ async fn identical_build(
     pool: &sqlx::PgPool,
     dataset: &store::DatasetRow,
     generation: i64,
-) -> Result<Option<(uuid::Uuid, serde_json::Value, String)>, JobError> {
+) -> Result<Option<(uuid::Uuid, serde_json::Value, DatasetStatus)>, JobError> {
     Ok(sqlx::query_as(
         "SELECT id, stats, status FROM datasets
          WHERE id <> $1 AND request = $2 AND embedding_model = $3 AND dimensions = $4
@@ -585,7 +587,7 @@ async fn insert_staged(
 async fn mark(
     pool: &sqlx::PgPool,
     id: uuid::Uuid,
-    status: &str,
+    status: DatasetStatus,
     error: Option<&str>,
 ) -> Result<(), JobError> {
     sqlx::query("UPDATE datasets SET status = $2, error = $3, updated_at = now() WHERE id = $1")
@@ -595,4 +597,41 @@ async fn mark(
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// The `dataset_build` kind's registration: cancelling the build cancels the dataset (unless it
+/// is ready); retrying it builds the dataset again.
+pub struct DatasetBuildJob;
+
+impl crate::job_registry::RegisteredKind for DatasetBuildJob {
+    const KIND: JobKind = JobKind::DatasetBuild;
+    type Args = DatasetBuildArgs;
+
+    fn handle(
+        state: &WorkerState,
+        ctx: &JobContext,
+        args: DatasetBuildArgs,
+    ) -> impl std::future::Future<Output = Result<serde_json::Value, JobError>> + Send {
+        handle_build(state, ctx, args)
+    }
+
+    async fn cancelled(
+        pool: &sqlx::PgPool,
+        job: &queue::JobView,
+    ) -> Result<(), crate::job_registry::LifecycleError> {
+        if let Some(dataset) = job.dataset_id {
+            store::build_cancelled(pool, dataset).await?;
+        }
+        Ok(())
+    }
+
+    async fn retrying(
+        conn: &mut sqlx::PgConnection,
+        job: &queue::JobView,
+    ) -> Result<(), crate::job_registry::LifecycleError> {
+        if let Some(dataset) = job.dataset_id {
+            store::build_retrying(conn, dataset).await?;
+        }
+        Ok(())
+    }
 }

@@ -47,7 +47,7 @@ pub async fn run_embed(
             args.dataset_id
         )));
     };
-    if dataset.status == "cancelled" {
+    if dataset.status == store::DatasetStatus::Cancelled {
         return Err(JobError::Cancelled);
     }
     let spec = dataset.spec().map_err(|e| JobError::Fatal(e.to_string()))?;
@@ -209,4 +209,30 @@ pub async fn run_embed(
     Ok(
         json!({"batch_no": args.batch_no, "texts": checksums.len(), "new_embeddings": inserted, "dataset_ready": ready}),
     )
+}
+
+/// The `embed` kind's registration: retrying a failed batch puts its dataset back to embedding.
+pub struct EmbedJob;
+
+impl crate::job_registry::RegisteredKind for EmbedJob {
+    const KIND: trainyard_jobs::JobKind = trainyard_jobs::JobKind::Embed;
+    type Args = EmbedArgs;
+
+    fn handle(
+        state: &WorkerState,
+        ctx: &JobContext,
+        args: EmbedArgs,
+    ) -> impl std::future::Future<Output = Result<serde_json::Value, JobError>> + Send {
+        handle_embed(state, ctx, args)
+    }
+
+    async fn retrying(
+        conn: &mut sqlx::PgConnection,
+        job: &crate::queue::JobView,
+    ) -> Result<(), crate::job_registry::LifecycleError> {
+        if let Some(dataset) = job.dataset_id {
+            store::job_retrying(conn, dataset).await?;
+        }
+        Ok(())
+    }
 }

@@ -2,7 +2,7 @@
 //! (documents and their annotations) and the bad rows (line number and reason) out.
 //!
 //! A row is kept or refused whole: a bad annotation refuses its document too. Nothing here
-//! panics on any input (checked by property tests in `tests/bad_input_props.rs`):
+//! panics on any input (checked by property tests in `tests/it/bad_input_props.rs`):
 //! - a UTF-8 byte-order mark at the start is skipped; CRLF and LF line ends are both accepted;
 //! - bytes that are not UTF-8, NUL characters (Postgres `text` and `jsonb` cannot store them),
 //!   fields over [`MAX_FIELD_BYTES`] and rows over [`MAX_ROW_BYTES`] make a row bad;

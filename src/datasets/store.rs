@@ -24,12 +24,26 @@ use uuid::Uuid;
 use super::DatasetSpec;
 use crate::queue::{self, NewJob, Owner, QueueError};
 
+crate::db::text_enum! {
+    /// A dataset's state (`datasets.status`): `pending` until its build starts, `building`
+    /// while it selects and fans out, `embedding` until its last batch is stored, then `ready`;
+    /// or `failed` / `cancelled`.
+    pub enum DatasetStatus {
+        Pending = "pending",
+        Building = "building",
+        Embedding = "embedding",
+        Ready = "ready",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DatasetRow {
     pub id: Uuid,
     pub name: String,
     pub description: String,
-    pub status: String,
+    pub status: DatasetStatus,
     pub embedding_model: String,
     pub dimensions: i32,
     pub request: serde_json::Value,

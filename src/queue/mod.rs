@@ -34,7 +34,7 @@ pub enum QueueError {
     #[error("job {id} is {status}: {action} is not possible")]
     Conflict {
         id: String,
-        status: String,
+        status: JobStatus,
         action: &'static str,
     },
 }
@@ -140,13 +140,34 @@ pub async fn enqueue<A: Serialize>(
     Ok(ids)
 }
 
+crate::db::text_enum! {
+    /// A job's state as the API shows it (computed from apalis's raw status, see [`api_status`]).
+    pub enum JobStatus {
+        Queued = "queued",
+        Running = "running",
+        Retrying = "retrying",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
+impl JobStatus {
+    /// Whether the job has ended (it runs no more unless retried).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
 /// A job as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobView {
     pub id: String,
     pub kind: String,
-    /// queued | running | retrying | succeeded | failed | cancelled
-    pub status: String,
+    pub status: JobStatus,
     pub attempts: i32,
     pub max_attempts: i32,
     pub progress_done: i64,
@@ -174,15 +195,15 @@ pub fn api_status(
     attempts: i32,
     max_attempts: i32,
     cancel_requested: bool,
-) -> &'static str {
+) -> JobStatus {
     match raw {
-        "Done" => "succeeded",
-        "Running" => "running",
-        "Killed" if cancel_requested => "cancelled",
-        "Killed" => "failed",
-        "Failed" if attempts >= max_attempts => "failed",
-        "Failed" => "retrying",
-        _ => "queued",
+        "Done" => JobStatus::Succeeded,
+        "Running" => JobStatus::Running,
+        "Killed" if cancel_requested => JobStatus::Cancelled,
+        "Killed" => JobStatus::Failed,
+        "Failed" if attempts >= max_attempts => JobStatus::Failed,
+        "Failed" => JobStatus::Retrying,
+        _ => JobStatus::Queued,
     }
 }
 
@@ -207,13 +228,13 @@ fn row_to_view(row: &sqlx::postgres::PgRow) -> Result<JobView, sqlx::Error> {
         other => (other, None),
     };
     let status = api_status(&raw, attempts, max_attempts, cancel.unwrap_or(false));
-    let running = matches!(status, "running" | "queued");
+    let running = matches!(status, JobStatus::Running | JobStatus::Queued);
     let progress_total = row
         .try_get::<Option<i64>, _>("progress_total")?
         .unwrap_or(0);
     // A succeeded job is complete whatever its last buffered progress write said (workers
     // write progress a tick late and not at all after success: see `tracker`).
-    let progress_done = if status == "succeeded" {
+    let progress_done = if status == JobStatus::Succeeded {
         progress_total
     } else {
         row.try_get::<Option<i64>, _>("progress_done")?.unwrap_or(0)
@@ -221,15 +242,19 @@ fn row_to_view(row: &sqlx::postgres::PgRow) -> Result<JobView, sqlx::Error> {
     Ok(JobView {
         id: row.try_get("id")?,
         kind: row.try_get("job_type")?,
-        status: status.to_string(),
+        status,
         attempts,
         max_attempts,
         progress_done,
         progress_total,
         dataset_id: row.try_get("dataset_id")?,
         scoring_job_id: row.try_get("scoring_job_id")?,
-        result: if status == "succeeded" { result } else { None },
-        last_error: if status == "succeeded" {
+        result: if status == JobStatus::Succeeded {
+            result
+        } else {
+            None
+        },
+        last_error: if status == JobStatus::Succeeded {
             None
         } else {
             last_error
@@ -261,22 +286,21 @@ pub async fn get_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> {
 pub async fn list_jobs(
     pool: &PgPool,
     kind: Option<&str>,
-    status: Option<&str>,
+    status: Option<JobStatus>,
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<JobView>, i64), QueueError> {
     // API statuses map to conditions on apalis's columns.
     let status_sql = match status {
         None => "true",
-        Some("queued") => "j.status IN ('Pending', 'Queued')",
-        Some("running") => "j.status = 'Running'",
-        Some("retrying") => "(j.status = 'Failed' AND j.attempts < j.max_attempts)",
-        Some("succeeded") => "j.status = 'Done'",
-        Some("failed") => {
+        Some(JobStatus::Queued) => "j.status IN ('Pending', 'Queued')",
+        Some(JobStatus::Running) => "j.status = 'Running'",
+        Some(JobStatus::Retrying) => "(j.status = 'Failed' AND j.attempts < j.max_attempts)",
+        Some(JobStatus::Succeeded) => "j.status = 'Done'",
+        Some(JobStatus::Failed) => {
             "((j.status = 'Failed' AND j.attempts >= j.max_attempts) OR (j.status = 'Killed' AND NOT coalesce(i.cancel_requested, false)))"
         }
-        Some("cancelled") => "(j.status = 'Killed' AND coalesce(i.cancel_requested, false))",
-        Some(_) => "false",
+        Some(JobStatus::Cancelled) => "(j.status = 'Killed' AND coalesce(i.cancel_requested, false))",
     };
     let filter = format!("WHERE ($1::text IS NULL OR j.job_type = $1) AND {status_sql}");
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -303,7 +327,7 @@ pub async fn list_jobs(
 /// Cancels a job: a pending one never runs; a running one stops at its next checkpoint.
 pub async fn cancel_job(pool: &PgPool, id: &str) -> Result<JobView, QueueError> {
     let job = get_job(pool, id).await?;
-    if matches!(job.status.as_str(), "succeeded" | "failed" | "cancelled") {
+    if job.status.is_final() {
         return Err(QueueError::Conflict {
             id: id.into(),
             status: job.status,
@@ -408,10 +432,10 @@ pub async fn retry_failed_owned_jobs(
 /// Runs inside the caller's transaction, so that whatever the job depends on can be reset
 /// in the same commit (a worker must never see the job pending before that).
 pub async fn retry_job(conn: &mut PgConnection, job: &JobView) -> Result<(), QueueError> {
-    if !matches!(job.status.as_str(), "failed" | "cancelled") {
+    if !matches!(job.status, JobStatus::Failed | JobStatus::Cancelled) {
         return Err(QueueError::Conflict {
             id: job.id.clone(),
-            status: job.status.clone(),
+            status: job.status,
             action: "retry",
         });
     }

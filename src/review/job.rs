@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use trainyard_jobs::{JobKind, ReviewRankArgs};
 
-use super::store::{self, RankingKey};
+use super::store::{self, RankingKey, RankingState};
 use super::{ReviewError, Strategy};
 use crate::config::Settings;
 use crate::queue::{self, JobContext, JobError, NewJob};
@@ -25,10 +25,10 @@ pub async fn ensure(
 ) -> Result<String, ReviewError> {
     let mut tx = pool.begin().await?;
     store::lock_key(&mut tx, key, "enqueue").await?;
-    if let Some(computing) = store::find(&mut tx, key, "computing").await? {
+    if let Some(computing) = store::find(&mut tx, key, RankingState::Computing).await? {
         let job_id = computing.job_id.clone().unwrap_or_default();
         let alive = match queue::get_job(pool, &job_id).await {
-            Ok(job) => matches!(job.status.as_str(), "queued" | "running" | "retrying"),
+            Ok(job) => !job.status.is_final(),
             Err(queue::QueueError::NotFound(_)) => false,
             Err(queue::QueueError::Database(e)) => return Err(e.into()),
             Err(e) => return Err(ReviewError::Internal(e.to_string())),
@@ -45,7 +45,7 @@ pub async fn ensure(
         .execute(&mut *tx)
         .await?;
     }
-    if let Some(failed) = store::find(&mut tx, key, "failed").await? {
+    if let Some(failed) = store::find(&mut tx, key, RankingState::Failed).await? {
         if failed.fingerprint == fingerprint {
             tx.commit().await?;
             return Err(ReviewError::JobFailed {
@@ -119,7 +119,7 @@ async fn run(
     args: &ReviewRankArgs,
 ) -> Result<serde_json::Value, JobError> {
     let pool = &state.pool;
-    let row: Option<(String, i32, String, String, String, String)> = sqlx::query_as(
+    let row: Option<(String, i32, String, String, String, RankingState)> = sqlx::query_as(
         "SELECT model_name, version, strategy, source, label, status
          FROM review_rankings WHERE id = $1",
     )
@@ -129,7 +129,7 @@ async fn run(
     let Some((model, version, strategy, source, label, status)) = row else {
         return Ok(json!({"ranking_id": args.ranking_id, "skipped": "the ranking row is gone"}));
     };
-    if status != "computing" {
+    if status != RankingState::Computing {
         return Ok(
             json!({"ranking_id": args.ranking_id, "skipped": format!("the ranking is {status}")}),
         );
@@ -170,5 +170,22 @@ fn job_error(e: ReviewError) -> JobError {
         ReviewError::Database(e) => e.into(),
         ReviewError::Busy => JobError::Retryable(e.to_string()),
         other => JobError::Fatal(other.to_string()),
+    }
+}
+
+/// The `review_rank` kind's registration: its job's last failed attempt marks its ranking
+/// failed (in the handler); cancelling or retrying it touches nothing else.
+pub struct ReviewRankJob;
+
+impl crate::job_registry::RegisteredKind for ReviewRankJob {
+    const KIND: JobKind = JobKind::ReviewRank;
+    type Args = ReviewRankArgs;
+
+    fn handle(
+        state: &WorkerState,
+        ctx: &JobContext,
+        args: ReviewRankArgs,
+    ) -> impl std::future::Future<Output = Result<serde_json::Value, JobError>> + Send {
+        handle_review_rank(state, ctx, args)
     }
 }

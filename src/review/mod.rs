@@ -558,7 +558,7 @@ pub async fn compute(
     }
     if ticket.is_none() {
         let now = store::fingerprint(&mut writer, settings, version, key.strategy).await?;
-        if let Some(ready) = store::find(&mut writer, key, "ready").await? {
+        if let Some(ready) = store::find(&mut writer, key, store::RankingState::Ready).await? {
             if ready.fingerprint == now {
                 writer.commit().await?;
                 return Ok(Some(ready));
@@ -716,7 +716,10 @@ pub async fn page(
     let (fingerprint, ready) = {
         let mut conn = pool.acquire().await?;
         let fingerprint = store::fingerprint(&mut conn, settings, version, key.strategy).await?;
-        (fingerprint, store::find(&mut conn, &key, "ready").await?)
+        (
+            fingerprint,
+            store::find(&mut conn, &key, store::RankingState::Ready).await?,
+        )
     };
     let current = ready.as_ref().is_some_and(|r| r.fingerprint == fingerprint);
     let as_job = !current && ranked_by_job(pool, settings, &key).await?;

@@ -86,12 +86,22 @@ pub async fn fingerprint(
     })
 }
 
+crate::db::text_enum! {
+    /// A stored ranking's state (`review_rankings.status`): `computing` while its
+    /// `review_rank` job runs, then `ready` or `failed`.
+    pub enum RankingState {
+        Computing = "computing",
+        Ready = "ready",
+        Failed = "failed",
+    }
+}
+
 /// One row of `review_rankings`.
 #[derive(Debug, Clone)]
 pub struct StoredRanking {
     pub id: i64,
     pub fingerprint: String,
-    pub status: String,
+    pub status: RankingState,
     pub job_id: Option<String>,
     pub total: i64,
     pub summary: Ranking,
@@ -124,7 +134,7 @@ fn stored(row: &sqlx::postgres::PgRow) -> StoredRanking {
 pub async fn find(
     conn: &mut PgConnection,
     key: &RankingKey,
-    status: &str,
+    status: RankingState,
 ) -> Result<Option<StoredRanking>, sqlx::Error> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM review_rankings

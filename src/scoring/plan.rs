@@ -336,3 +336,51 @@ mod tests {
         assert_eq!(chunk_size(10, 0), 1);
     }
 }
+
+/// The `score` kind's registration: cancelling any job of a scoring job cancels it whole (a
+/// scoring job missing one chunk can never finish), with its evaluation; retrying one puts the
+/// scoring job back to running and its other failed jobs back in the queue with it.
+pub struct ScoreJob;
+
+impl crate::job_registry::RegisteredKind for ScoreJob {
+    const KIND: JobKind = JobKind::Score;
+    type Args = ScoreArgs;
+
+    fn handle(
+        state: &WorkerState,
+        ctx: &JobContext,
+        args: ScoreArgs,
+    ) -> impl std::future::Future<Output = Result<serde_json::Value, JobError>> + Send {
+        handle_score(state, ctx, args)
+    }
+
+    async fn cancelled(
+        pool: &sqlx::PgPool,
+        job: &queue::JobView,
+    ) -> Result<(), crate::job_registry::LifecycleError> {
+        if let Some(scoring_job) = job.scoring_job_id {
+            store::cancel(pool, scoring_job).await?;
+        }
+        Ok(())
+    }
+
+    async fn retrying(
+        conn: &mut sqlx::PgConnection,
+        job: &queue::JobView,
+    ) -> Result<(), crate::job_registry::LifecycleError> {
+        if let Some(scoring_job) = job.scoring_job_id {
+            store::job_retrying(conn, scoring_job).await?;
+        }
+        Ok(())
+    }
+
+    async fn retried(
+        conn: &mut sqlx::PgConnection,
+        job: &queue::JobView,
+    ) -> Result<(), crate::job_registry::LifecycleError> {
+        if let Some(scoring_job) = job.scoring_job_id {
+            store::retry_failed_jobs(conn, scoring_job).await?;
+        }
+        Ok(())
+    }
+}

@@ -68,8 +68,8 @@ pub async fn run_training(
             args.run_id
         )));
     };
-    match run.status.as_str() {
-        "succeeded" => {
+    match run.status {
+        super::runs::RunStatus::Succeeded => {
             // A worker killed between registering the version and asking for the gate's
             // evaluation left the job unacknowledged: ask now (once per run).
             let evaluation = match run.model_version {
@@ -80,13 +80,13 @@ pub async fn run_training(
                 json!({"run_id": run.id, "model_version": run.model_version, "already_done": true, "gate_evaluation_id": evaluation}),
             );
         }
-        "cancelled" => return Err(JobError::Cancelled),
+        super::runs::RunStatus::Cancelled => return Err(JobError::Cancelled),
         _ => {}
     }
     let dataset = store::get(pool, run.dataset_id)
         .await?
         .ok_or_else(|| JobError::Fatal(format!("dataset {} no longer exists", run.dataset_id)))?;
-    if dataset.status != "ready" {
+    if dataset.status != store::DatasetStatus::Ready {
         return Err(JobError::Fatal(format!(
             "dataset {} is {}, not ready",
             dataset.id, dataset.status
@@ -352,5 +352,38 @@ pub async fn record_failure(pool: &PgPool, run_id: Uuid, error: &JobError, last:
     .await;
     if let Err(e) = result {
         tracing::error!(run = %run_id, "could not record the run's failure: {e}");
+    }
+}
+
+/// The `train` kind's registration: cancelling a run's job before it started cancels the run;
+/// retrying it resumes the run from its last checkpoint.
+pub struct TrainJob;
+
+impl crate::job_registry::RegisteredKind for TrainJob {
+    const KIND: trainyard_jobs::JobKind = trainyard_jobs::JobKind::Train;
+    type Args = TrainArgs;
+
+    fn handle(
+        state: &WorkerState,
+        ctx: &JobContext,
+        args: TrainArgs,
+    ) -> impl std::future::Future<Output = Result<serde_json::Value, JobError>> + Send {
+        handle_train(state, ctx, args)
+    }
+
+    async fn cancelled(
+        pool: &PgPool,
+        job: &crate::queue::JobView,
+    ) -> Result<(), crate::job_registry::LifecycleError> {
+        super::runs::job_cancelled(pool, &job.id).await?;
+        Ok(())
+    }
+
+    async fn retrying(
+        conn: &mut sqlx::PgConnection,
+        job: &crate::queue::JobView,
+    ) -> Result<(), crate::job_registry::LifecycleError> {
+        super::runs::job_retrying(conn, &job.id).await?;
+        Ok(())
     }
 }

@@ -28,7 +28,7 @@ pub struct RunSettings {
     /// `auto_promote` must first win an evaluation on this dataset split.
     pub promotion_gate: Option<crate::scoring::evaluation::GateSettings>,
     pub webhook: Option<WebhookConfig>,
-    pub status: String,
+    pub status: super::runs::RunStatus,
     pub model_version: Option<i32>,
     /// Finetune: the local embedding model the encoder starts from (None: `local_model.dir`,
     /// for runs created before base models could be chosen).

@@ -13,6 +13,42 @@ use crate::queue::{self, NewJob, QueueError};
 use crate::scoring::evaluation::GateSettings;
 use crate::training::webhook::WebhookConfig;
 
+crate::db::text_enum! {
+    /// A training run's state (`training_runs.status`).
+    pub enum RunStatus {
+        Pending = "pending",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
+impl RunStatus {
+    /// Whether the run has ended (nothing more will happen to it).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+}
+
+/// Why a request about a training run was refused or failed: the training domain's one error
+/// type, mapped to HTTP once in `api/errors.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("training run {0} not found")]
+    NotFound(Uuid),
+    /// The run is in a state that forbids what was asked.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
 /// One run as it is stored, with the id of the evaluation its promotion gate ran (if any).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Run {
@@ -29,7 +65,7 @@ pub struct Run {
     pub auto_promote: bool,
     pub promotion_gate: Option<serde_json::Value>,
     pub gate_evaluation_id: Option<Uuid>,
-    pub status: String,
+    pub status: RunStatus,
     pub job_id: Option<String>,
     pub error: Option<String>,
     pub global_step: i64,
@@ -177,6 +213,26 @@ pub async fn cancel_pending(pool: &PgPool, run_id: Uuid) -> Result<(), sqlx::Err
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Stops a run: a queued one never starts (cancelled now), a running one stops at its next
+/// step (its worker sees the job's cancel flag). Returns the run as it is now.
+pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Run, RunError> {
+    let run = get(pool, id).await?.ok_or(RunError::NotFound(id))?;
+    if run.status.is_final() {
+        return Err(RunError::Conflict(format!(
+            "training run {} is {}: it cannot be cancelled",
+            run.id, run.status
+        )));
+    }
+    if let Some(job) = &run.job_id {
+        match queue::cancel_job(pool, job).await {
+            Ok(_) | Err(QueueError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    cancel_pending(pool, run.id).await?;
+    get(pool, id).await?.ok_or(RunError::NotFound(id))
 }
 
 /// A run's `train` job was cancelled: a run that has not started is cancelled now.

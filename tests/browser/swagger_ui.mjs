@@ -1,7 +1,7 @@
 // Opens trainyard's Swagger UI in headless Chromium, counts the rendered operations, runs
 // "Try it out" on GET /api/v1/health, records every request the page makes, and saves a
 // screenshot. With a TOKEN it also enters it through "Authorize" and runs "Try it out" on the
-// token-protected GET /api/v1/jobs. Prints one JSON line; tests/browser_and_clients.rs asserts on it.
+// token-protected GET /api/v1/jobs. Prints one JSON line; tests/it/browser_and_clients.rs asserts on it.
 // Usage: node swagger_ui.mjs BASE_URL SCREENSHOT_PATH [TOKEN]
 import { chromium } from "playwright-core";
 

@@ -1,4 +1,4 @@
-# Loads a trainyard export with Hugging Face transformers (and sentence-transformers) and writes the scores it computes; tests/model_export.rs compares them with trainyard's own.
+# Loads a trainyard export with Hugging Face transformers (and sentence-transformers) and writes the scores it computes; tests/it/model_export.rs compares them with trainyard's own.
 """Score texts with an exported trainyard model version, outside trainyard.
 
 Usage: python tests/python/export_roundtrip.py FOLDER INPUT.json OUTPUT.json

@@ -1,4 +1,4 @@
-# Writes a small randomly initialised encoder of one family with Hugging Face transformers, its own tokenizer.json, and the reference outputs trainyard must reproduce (tests/encoder_reference.rs).
+# Writes a small randomly initialised encoder of one family with Hugging Face transformers, its own tokenizer.json, and the reference outputs trainyard must reproduce (tests/it/encoder_reference.rs).
 """Usage: python tests/python/make_family_model.py FAMILY OUT_DIR [--bench]
 
 --bench: all-MiniLM-L6-v2's size instead, for benches/encoder_families.sh: 6 layers of width 384,

@@ -1,4 +1,4 @@
-# Embeds long texts as overlapping windows in plain transformers, the reference for trainyard's `long_texts = "windows"` (tests/encoder_reference.rs).
+# Embeds long texts as overlapping windows in plain transformers, the reference for trainyard's `long_texts = "windows"` (tests/it/encoder_reference.rs).
 """Usage: python tests/python/window_reference.py MODEL_DIR MAX_TOKENS OVERLAP MAX_WINDOWS IN.json OUT.json
 
 IN.json: a list of texts. Each text is tokenized whole (tokenizer.json, special tokens added);

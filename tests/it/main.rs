@@ -1,0 +1,39 @@
+//! The integration tests, linked once into one binary (libtorch is linked once, not per file):
+//! each module is one area, run as `cargo test --release --test it <module>::`.
+mod support;
+
+mod auth;
+mod bad_input;
+mod bad_input_props;
+mod browser_and_clients;
+mod cli;
+mod compose_stack;
+mod dashboard_queries;
+mod datasets_api;
+mod db_faults;
+mod embedding_store;
+mod empty_test_split;
+mod encoder_reference;
+mod gpu_check_cpu;
+mod hot_reload_processes;
+mod metrics_endpoint;
+mod model_export;
+mod model_swap_releases_old_versions;
+mod openai_provider_faults;
+mod openapi_document;
+mod otlp_traces;
+mod query_plans;
+mod review_multiclass;
+mod review_plans;
+mod review_queue;
+mod scale_smoke;
+mod schemathesis;
+mod scoring;
+mod second_local_model;
+mod security_holes;
+mod telemetry_webhook;
+mod tidy;
+mod training;
+mod worker_chaos;
+mod worker_kill;
+mod worker_sigterm;
