@@ -15,6 +15,7 @@ mod payload_errors;
 pub mod predict;
 pub mod review;
 mod route_errors;
+mod routes;
 pub mod scoring;
 pub mod tokens;
 pub mod training;
@@ -159,8 +160,8 @@ pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
 }
 
 /// The document as poem-openapi generates it from the routes, parsed once per process. What
-/// the server derives from its own document (route templates, allowed methods, body schemas,
-/// each operation's scope) reads it here; [`document`] adds the security policy on top.
+/// the server derives from its own document (body schemas) reads it here;
+/// the route table (`routes.rs`) reads its own; [`document`] adds the security policy on top.
 pub(crate) fn generated_document() -> &'static serde_json::Value {
     static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
     DOC.get_or_init(|| {
