@@ -159,16 +159,6 @@ pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
     .server(server_url)
 }
 
-/// The document as poem-openapi generates it from the routes, parsed once per process. What
-/// the server derives from its own document (body schemas) reads it here;
-/// the route table (`routes.rs`) reads its own; [`document`] adds the security policy on top.
-pub(crate) fn generated_document() -> &'static serde_json::Value {
-    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
-    DOC.get_or_init(|| {
-        serde_json::from_str(&openapi_service("/").spec()).expect("poem-openapi emits JSON")
-    })
-}
-
 /// The generated document with the security this process enforces declared on it.
 pub fn document(server_url: &str, policy: auth::Policy) -> String {
     let mut doc: serde_json::Value =

@@ -1,10 +1,11 @@
 //! The one route table: every documented operation (its method, its path template, the access
-//! `auth`'s scope table gives it), read once from the generated OpenAPI document, and the one
-//! matcher of request paths to it ([`lookup`]). The scope check, the `http.route` attribute,
-//! the 405 `Allow` header and path parameter errors read the document through here.
+//! `auth`'s scope table gives it, its JSON request body schema), read once from the generated
+//! OpenAPI document, and the one matcher of request paths to it ([`lookup`]). The scope check,
+//! the `http.route` attribute, the 405 `Allow` header, path parameter errors and the body checks
+//! all read the document through here.
 use std::sync::OnceLock;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::auth::{self, Access};
 
@@ -32,6 +33,8 @@ pub struct Operation {
     pub method: String,
     /// What it needs: its entry in `auth::OPERATIONS`, `admin` when the table misses it.
     pub access: Access,
+    /// The schema of its JSON request body, when it takes one.
+    pub body: Option<Value>,
 }
 
 /// One documented path and its operations.
@@ -109,6 +112,8 @@ pub struct Match<'t> {
 pub struct Table {
     /// In document order.
     paths: Vec<Path>,
+    /// The document's `components.schemas`.
+    schemas: Map<String, Value>,
 }
 
 impl Table {
@@ -124,17 +129,23 @@ impl Table {
                     .as_object()
                     .into_iter()
                     .flatten()
-                    .map(|(method, _)| {
+                    .map(|(method, op)| {
                         let method = method.to_uppercase();
                         Operation {
                             access: auth::declared_access(&method, template),
+                            body: json_body(op),
                             method,
                         }
                     })
                     .collect(),
             })
             .collect();
-        Table { paths }
+        let schemas = doc
+            .pointer("/components/schemas")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        Table { paths, schemas }
     }
 
     /// The most literal template wins; None when no documented path matches `path`.
@@ -179,6 +190,16 @@ impl Table {
     }
 }
 
+/// The schema of an operation's JSON request body.
+fn json_body(op: &Value) -> Option<Value> {
+    op.pointer("/requestBody/content")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .find(|(mime, _)| mime.starts_with("application/json"))
+        .map(|(_, content)| content["schema"].clone())
+}
+
 /// The table of the document poem-openapi generates from the routes, built once per process.
 fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
@@ -206,6 +227,11 @@ pub fn documented_template(pattern: &str) -> Option<&'static str> {
         .map(|p| p.template.as_str())
 }
 
+/// The generated document's `components.schemas`.
+pub fn schemas() -> &'static Map<String, Value> {
+    &table().schemas
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,13 +245,17 @@ mod tests {
 
     /// A document with a literal path beside a parameter one, and methods that differ.
     fn small() -> Table {
+        let body = json!({"requestBody": {"content": {
+            "application/json; charset=utf-8": {"schema": {"$ref": "#/components/schemas/In"}}
+        }}});
         Table::from_document(&json!({
             "paths": {
                 "/api/v1/jobs": {"get": {}},
                 "/api/v1/jobs/{id}": {"get": {}, "delete": {}},
                 "/api/v1/jobs/{id}/cancel": {"post": {}},
-                "/api/v1/jobs/latest": {"post": {}},
+                "/api/v1/jobs/latest": {"post": body},
             },
+            "components": {"schemas": {"In": {"type": "object"}}}
         }))
     }
 
@@ -236,14 +266,19 @@ mod tests {
         assert_eq!(latest.path.template, "/api/v1/jobs/latest");
         let route = latest.route.unwrap();
         assert_eq!(route.path.template, "/api/v1/jobs/latest");
+        assert_eq!(
+            route.operation.body,
+            Some(json!({"$ref": "#/components/schemas/In"}))
+        );
         assert!(method_allowed(&latest));
         let one = table.lookup("GET", "/api/v1/jobs/7").unwrap();
         assert_eq!(one.path.template, "/api/v1/jobs/{id}");
-        assert!(one.route.is_some());
+        assert_eq!(one.route.unwrap().operation.body, None);
         assert_eq!(
             one.path.parameters("/api/v1/jobs/7").collect::<Vec<_>>(),
             [("id", "7")]
         );
+        assert_eq!(table.schemas.len(), 1);
     }
 
     #[test]
@@ -316,6 +351,14 @@ mod tests {
             m.route.unwrap().operation.access,
             Access::Needs(Scope::Admin)
         );
+        assert!(lookup("POST", "/predict")
+            .unwrap()
+            .route
+            .unwrap()
+            .operation
+            .body
+            .is_some());
+        assert!(schemas().contains_key("DocumentsIn"));
         assert_eq!(
             documented_template("/api/v1/datasets/:param0/records"),
             Some("/api/v1/datasets/{id}/records")
