@@ -30,8 +30,9 @@ pub enum Access {
 use Access::{AnyToken, Inference, Needs, Public};
 use Scope::{Admin, Read, Submit};
 
-/// Every operation of the API and what it needs. A documented operation missing here needs
-/// `admin` (fail closed); a test keeps this table and the document equal.
+/// Every operation of the API and what it needs (the route table, `routes.rs`, gives each
+/// documented operation its entry). A documented operation missing here needs `admin` (fail
+/// closed); a test keeps this table and the document equal.
 pub const OPERATIONS: &[(&str, &str, Access)] = &[
     ("GET", "/health", Public),
     ("GET", "/api/v1/health", Public),
@@ -101,19 +102,36 @@ pub const OPERATIONS: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/review-queue", Needs(Read)),
 ];
 
-/// (METHOD, path template) of every generated operation; the document is read once per process.
-fn documented_operations() -> &'static [(String, String)] {
-    static OPS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
-    OPS.get_or_init(|| {
-        let doc = super::generated_document();
-        let mut ops = Vec::new();
-        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-            for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
-                ops.push((method.to_uppercase(), path.clone()));
-            }
-        }
-        ops
-    })
+/// What the table says `method` (upper case) on `template` needs: `admin` when it has no entry
+/// (fail closed). The route table and the document's declarations both read it here.
+pub(crate) fn declared_access(method: &str, template: &str) -> Access {
+    OPERATIONS
+        .iter()
+        .find(|(m, p, _)| m.eq_ignore_ascii_case(method) && *p == template)
+        .map(|(_, _, a)| *a)
+        .unwrap_or(Needs(Admin))
+}
+
+/// What a request needs by its operation: the most literal documented operation of its method
+/// (`HEAD` runs the GET handler, so it needs what `GET` needs), leading slashes collapsed. None
+/// when no operation matches, or when the match would take an empty segment as a parameter
+/// (fail closed: such a path is treated as no operation).
+fn operation_access(method: &Method, path: &str) -> Option<Access> {
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
+    let path = format!("/{}", path.trim_start_matches('/'));
+    let route = super::routes::lookup(method.as_str(), &path)?.route?;
+    if route
+        .path
+        .parameters(&path)
+        .any(|(_, value)| value.is_empty())
+    {
+        return None;
+    }
+    Some(route.operation.access)
 }
 
 /// How this process treats requests, decided once at start-up.
@@ -164,49 +182,10 @@ impl Policy {
     }
 }
 
-/// A route template split into segments; `None` is a `{parameter}`.
-struct Template {
-    method: Method,
-    segments: Vec<Option<String>>,
-    access: Access,
-}
-
-impl Template {
-    fn parse(method: &str, path: &str, access: Access) -> Template {
-        Template {
-            method: method.parse().expect("table methods are valid"),
-            segments: path
-                .trim_start_matches('/')
-                .split('/')
-                .map(|s| (!s.starts_with('{')).then(|| s.to_string()))
-                .collect(),
-            access,
-        }
-    }
-
-    /// Some(number of literal segments) when `path` matches.
-    fn score(&self, path: &[&str]) -> Option<usize> {
-        if path.len() != self.segments.len() {
-            return None;
-        }
-        let mut literals = 0;
-        for (want, got) in self.segments.iter().zip(path) {
-            match want {
-                Some(lit) if lit == got => literals += 1,
-                Some(_) => return None,
-                None if got.is_empty() => return None,
-                None => {}
-            }
-        }
-        Some(literals)
-    }
-}
-
 /// Checks tokens and rate limits for one API process.
 pub struct Gate {
     pub policy: Policy,
     verifier: Arc<TokenVerifier>,
-    templates: Vec<Template>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     /// Per client address, before anything else.
     ip_limiter: Option<DefaultKeyedRateLimiter<String>>,
@@ -222,16 +201,8 @@ impl Gate {
     pub fn new(pool: sqlx::PgPool, settings: &Settings) -> Gate {
         let policy = Policy::of(settings);
         let auth = &settings.auth;
-        let mut templates: Vec<Template> = OPERATIONS
-            .iter()
-            .map(|(m, p, a)| Template::parse(m, p, *a))
-            .collect();
-        // Documented operations the table forgot need `admin` (a test keeps this empty).
-        for (method, path) in documented_operations() {
-            if !OPERATIONS.iter().any(|(m, p, _)| m == method && p == path) {
-                templates.push(Template::parse(method, path, Needs(Admin)));
-            }
-        }
+        // Read the document's routes now, not on the first request.
+        super::routes::load();
         let limiter = NonZeroU32::new(auth.rate_limit_per_second).map(|rate| {
             let burst = NonZeroU32::new(auth.rate_limit_burst).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
@@ -259,7 +230,6 @@ impl Gate {
                 }
                 verifier
             },
-            templates,
             limiter,
             checks: AtomicU64::new(0),
             open_allowed_hosts: auth
@@ -289,14 +259,7 @@ impl Gate {
         if path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/") {
             return Public;
         }
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        self.templates
-            .iter()
-            .filter(|t| t.method == *method)
-            .filter_map(|t| t.score(&segments).map(|s| (s, t.access)))
-            .max_by_key(|(s, _)| *s)
-            .map(|(_, a)| a)
-            .unwrap_or(AnyToken)
+        operation_access(method, path).unwrap_or(AnyToken)
     }
 
     /// The 429 to send when `key` (a token id or client address) is over its limit.
@@ -494,13 +457,7 @@ pub async fn around<E: Endpoint>(
     if req.method() == Method::OPTIONS {
         return ep.call(req).await.map(IntoResponse::into_response);
     }
-    // HEAD runs the GET handler (the body is dropped): it needs what GET needs.
-    let method = if req.method() == Method::HEAD {
-        Method::GET
-    } else {
-        req.method().clone()
-    };
-    let access = gate.access_of(&method, req.uri().path());
+    let access = gate.access_of(req.method(), req.uri().path());
     let Some(needed) = gate.policy.needed(access) else {
         if let Some(limited) = gate.rate_limited(client_key(&req, &gate.trusted_proxies)) {
             return Ok(limited);
@@ -634,11 +591,7 @@ pub fn declare_security(doc: &mut Value, policy: Policy) {
             continue;
         };
         for (method, op) in ops.iter_mut() {
-            let access = OPERATIONS
-                .iter()
-                .find(|(m, p, _)| m.eq_ignore_ascii_case(method) && p == path)
-                .map(|(_, _, a)| *a)
-                .unwrap_or(Needs(Admin));
+            let access = declared_access(method, path);
             let needed = if policy.enabled {
                 policy.needed(access).flatten()
             } else {
@@ -715,19 +668,7 @@ mod tests {
 
     #[test]
     fn paths_resolve_to_the_most_literal_operation() {
-        let templates: Vec<Template> = OPERATIONS
-            .iter()
-            .map(|(m, p, a)| Template::parse(m, p, *a))
-            .collect();
-        let access = |method: Method, path: &str| {
-            let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-            templates
-                .iter()
-                .filter(|t| t.method == method)
-                .filter_map(|t| t.score(&segments).map(|s| (s, t.access)))
-                .max_by_key(|(s, _)| *s)
-                .map(|(_, a)| a)
-        };
+        let access = |method: Method, path: &str| operation_access(&method, path);
         assert_eq!(
             access(Method::GET, "/v1/models/embedding"),
             Some(Needs(Read))
@@ -744,5 +685,27 @@ mod tests {
         assert_eq!(access(Method::GET, "/api/v1/datasets/x"), Some(Needs(Read)));
         assert_eq!(access(Method::GET, "/api/v1/datasets//records"), None);
         assert_eq!(access(Method::GET, "/nothing/here"), None);
+        assert_eq!(access(Method::GET, "/v1/models/"), None);
+        assert_eq!(access(Method::GET, "//api/v1/jobs"), Some(Needs(Read)));
+        assert_eq!(access(Method::PUT, "/api/v1/jobs"), None);
+        // GET of a path whose literal template has only POST needs what the GET beside it needs.
+        assert_eq!(access(Method::GET, "/v1/dataset/build"), Some(Needs(Read)));
+    }
+
+    #[test]
+    fn head_needs_what_get_needs() {
+        for path in [
+            "/api/v1/jobs",
+            "/v1/models/embedding",
+            "/v1/models/m",
+            "/health",
+        ] {
+            assert_eq!(
+                operation_access(&Method::HEAD, path),
+                operation_access(&Method::GET, path),
+                "{path}"
+            );
+        }
+        assert_eq!(operation_access(&Method::HEAD, "/predict"), None);
     }
 }

@@ -81,27 +81,13 @@ fn shape(template: &str) -> String {
         .join("/")
 }
 
-/// The route templates of the OpenAPI document, by shape.
-fn documented_routes() -> &'static HashMap<String, String> {
-    static ROUTES: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
-    ROUTES.get_or_init(|| {
-        super::generated_document()["paths"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(path, _)| (shape(path), path.clone()))
-            .collect()
-    })
-}
-
 /// poem's matched pattern (poem-openapi names parameters `:param0`) as the OpenAPI document
 /// spells the route: `/api/v1/datasets/{id}`.
 fn openapi_template(pattern: &str) -> String {
-    let shaped = shape(pattern);
-    documented_routes()
-        .get(&shaped)
-        .cloned()
-        .unwrap_or_else(|| shaped.replace("{}", "{param}"))
+    match super::routes::documented_template(pattern) {
+        Some(template) => template.to_string(),
+        None => shape(pattern).replace("{}", "{param}"),
+    }
 }
 
 /// `GET /metrics`: the Prometheus text exposition of this process.

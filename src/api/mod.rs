@@ -15,6 +15,7 @@ mod payload_errors;
 pub mod predict;
 pub mod review;
 mod route_errors;
+mod routes;
 pub mod scoring;
 pub mod tokens;
 pub mod training;
@@ -156,16 +157,6 @@ pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
     )
     .description(format!("Labelled text in, served classifiers out: documents, annotations, datasets, embeddings, training runs, a model registry, inference and jobs.\n\n{}", limits::describe()))
     .server(server_url)
-}
-
-/// The document as poem-openapi generates it from the routes, parsed once per process. What
-/// the server derives from its own document (route templates, allowed methods, body schemas,
-/// each operation's scope) reads it here; [`document`] adds the security policy on top.
-pub(crate) fn generated_document() -> &'static serde_json::Value {
-    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
-    DOC.get_or_init(|| {
-        serde_json::from_str(&openapi_service("/").spec()).expect("poem-openapi emits JSON")
-    })
 }
 
 /// The generated document with the security this process enforces declared on it.

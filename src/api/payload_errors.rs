@@ -15,47 +15,9 @@
 //! its path (`documents[0].source`). Only consulted after poem has already refused a body, so
 //! the walk is a diagnosis, never a second validator: when it finds nothing, poem's own
 //! message stands.
-use std::sync::OnceLock;
-
 use serde_json::{Map, Value};
 
-/// The generated document's `components.schemas`, parsed once on first use.
-fn schemas() -> &'static Map<String, Value> {
-    static SCHEMAS: OnceLock<Map<String, Value>> = OnceLock::new();
-    SCHEMAS.get_or_init(|| {
-        super::generated_document()
-            .pointer("/components/schemas")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default()
-    })
-}
-
-/// Each documented operation that takes a JSON body: method, path segments, body schema.
-fn body_schemas() -> &'static [(String, Vec<String>, Value)] {
-    static BODIES: OnceLock<Vec<(String, Vec<String>, Value)>> = OnceLock::new();
-    BODIES.get_or_init(|| {
-        let spec = super::generated_document();
-        let mut out = Vec::new();
-        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
-            for (method, op) in item.as_object().into_iter().flatten() {
-                let content = op
-                    .pointer("/requestBody/content")
-                    .and_then(Value::as_object);
-                let schema = content
-                    .into_iter()
-                    .flatten()
-                    .find(|(mime, _)| mime.starts_with("application/json"))
-                    .map(|(_, c)| c["schema"].clone());
-                if let Some(schema) = schema {
-                    let segments = path.split('/').map(str::to_string).collect();
-                    out.push((method.to_uppercase(), segments, schema));
-                }
-            }
-        }
-        out
-    })
-}
+use super::routes::{self, schemas};
 
 /// The operations whose bodies are scored and answered, never stored: NUL is a character like
 /// any other there.
@@ -79,19 +41,12 @@ pub enum Refusal {
 /// Checks a JSON body against the schema its operation declares; `None` when it conforms (or
 /// is not JSON, or the route takes no JSON body: poem-openapi answers those itself).
 pub fn check_request(method: &str, path: &str, body: &[u8]) -> Option<Refusal> {
-    let wanted: Vec<&str> = path.split('/').collect();
-    let (_, template, schema) = body_schemas().iter().find(|(m, template, _)| {
-        m == method
-            && template.len() == wanted.len()
-            && template
-                .iter()
-                .zip(&wanted)
-                .all(|(t, w)| t == w || (t.starts_with('{') && t.ends_with('}')))
-    })?;
+    let route = routes::lookup(method, path)?.route?;
+    let schema = route.operation.body.as_ref()?;
     let value: Value = serde_json::from_slice(body).ok()?;
     let stored = !STORES_NOTHING
         .iter()
-        .any(|(m, t)| *m == method && template.join("/") == *t);
+        .any(|(m, t)| *m == method && route.path.template == *t);
     if let Some(at) = nul_at(&value, "").filter(|_| stored) {
         return Some(Refusal::Nul(at));
     }
