@@ -10,6 +10,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::LogFormat;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -326,7 +328,7 @@ impl Default for ScoringSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySettings {
     /// `text` or `json` (overridden by `--log-format` or `TRAINYARD_LOG_FORMAT`).
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// Where a worker serves Prometheus `/metrics` ("" = off; `serve` always has `/metrics`).
     pub worker_metrics_listen: String,
     /// Seconds between samples of the queue-wide gauges (by one process of the deployment).
@@ -336,7 +338,7 @@ pub struct TelemetrySettings {
 impl Default for TelemetrySettings {
     fn default() -> Self {
         TelemetrySettings {
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             worker_metrics_listen: String::new(),
             queue_sample_secs: 15.0,
         }
@@ -349,7 +351,48 @@ pub struct LocalModelSettings {
     pub dir: String,
     pub threads: i32,
     pub max_tokens_per_batch: usize,
-    pub device: String,
+    pub device: DeviceSetting,
+}
+
+/// `local_model.device`: where local models run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSetting {
+    /// The first CUDA device when there is one, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceSetting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceSetting::Auto => "auto",
+            DeviceSetting::Cpu => "cpu",
+            DeviceSetting::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeviceSetting {
+    type Err = String;
+
+    /// `auto`, `cpu` or `cuda` (as a training run's `device` is stored).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(DeviceSetting::Auto),
+            "cpu" => Ok(DeviceSetting::Cpu),
+            "cuda" => Ok(DeviceSetting::Cuda),
+            other => Err(format!("`{other}` is not auto, cpu or cuda")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -538,12 +581,6 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
-            return Err(invalid(
-                "telemetry.log_format",
-                format!("`{}` is not text or json", self.telemetry.log_format),
-            ));
-        }
         let listen = &self.telemetry.worker_metrics_listen;
         if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
@@ -657,9 +694,6 @@ impl Settings {
                     self.datasets.default_embedding_model
                 ),
             ));
-        }
-        if !matches!(self.local_model.device.as_str(), "auto" | "cpu" | "cuda") {
-            return Err(invalid("local_model.device", "must be auto, cpu or cuda"));
         }
         for (key, model) in &self.embedding_models {
             let at = |field: &str| format!("embedding_models.{key}.{field}");

@@ -1,5 +1,5 @@
 //! `trainyard migrate` and `trainyard doctor`.
-use crate::config::{ProviderType, Settings};
+use crate::config::{DeviceSetting, ProviderType, Settings};
 
 pub async fn migrate() -> anyhow::Result<()> {
     let (_, pool) = crate::start(true).await?;
@@ -22,7 +22,7 @@ pub async fn doctor() -> anyhow::Result<()> {
         println!("cuda         none (CPU only)");
     }
     // What a `train` job with device=auto and the served models would use on this machine.
-    let device = crate::ml::text_encoder::pick_device("auto");
+    let device = crate::ml::text_encoder::pick_device(DeviceSetting::Auto);
     println!(
         "device       {} for training and inference with device=auto (local_model.device = {})",
         format!("{device:?}").to_lowercase(),

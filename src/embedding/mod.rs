@@ -161,7 +161,7 @@ impl Embedders {
                 max_tokens: checkpoint.max_tokens,
                 max_tokens_per_batch: settings.local_model.max_tokens_per_batch,
                 threads: settings.local_model.threads,
-                device: pick_device(&settings.local_model.device),
+                device: pick_device(settings.local_model.device),
                 pooling: checkpoint.pooling,
                 classifier: None,
                 batch_wait: std::time::Duration::ZERO,

@@ -350,7 +350,7 @@ async fn start_version(
         max_tokens,
         max_tokens_per_batch: settings.local_model.max_tokens_per_batch,
         threads,
-        device: pick_device(&settings.local_model.device),
+        device: pick_device(settings.local_model.device),
         pooling: spec.pooling,
         classifier: Some(Arc::new(ClassifierWeights {
             spec: spec.clone(),

@@ -159,7 +159,8 @@ pub async fn run_training(
     )
     .await?;
     let checkpoint = load_checkpoint(pool, run.id).await?;
-    let device = pick_device(&run.device);
+    // Stored as the API took it (auto, cpu or cuda); anything else means auto, as before.
+    let device = pick_device(run.device.parse().unwrap_or_default());
     sqlx::query(
         "UPDATE training_runs SET status = 'running', job_id = $2, error = NULL,
                 started_at = coalesce(started_at, now()), total_epochs = $3, device_used = $4,
