@@ -404,25 +404,70 @@ pub struct ExternalSource {
     pub database_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ProviderType {
-    #[serde(rename = "local")]
-    Local,
-    #[serde(rename = "openai-compatible")]
-    OpenAiCompatible,
-}
-
+/// One `[models.NAME]` of `embedding_models.toml`: what every model has, and its `type` with
+/// the keys that type takes (a key of another type is refused by name).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EmbeddingModelConfig {
     pub name: String,
     pub dimensions: usize,
-    #[serde(rename = "type")]
-    pub provider: ProviderType,
-    #[serde(default)]
-    pub api_endpoint: Option<String>,
     pub max_tokens: usize,
     pub max_batch_size: usize,
+    /// `type = "…"` and that type's keys.
+    #[serde(flatten)]
+    pub provider: EmbeddingProvider,
+}
+
+/// An embedding model's `type`. A new type is a variant here (with its keys), its client in
+/// `src/embedding/`, and one line of `embedding::Embedders::provider`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum EmbeddingProvider {
+    /// Run in-process with the local encoder.
+    #[serde(rename = "local")]
+    Local(LocalProvider),
+    /// `POST {api_endpoint}/embeddings` with the key from `api_key_env`.
+    #[serde(rename = "openai-compatible")]
+    OpenAiCompatible(OpenAiCompatibleProvider),
+}
+
+/// The keys of a `type = "local"` model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalProvider {
+    /// The checkpoint folder (`config.json`, `tokenizer.json`, `model.safetensors`); `${VAR}`
+    /// is replaced by the environment variable. Absent: `local_model.dir` (the
+    /// all-MiniLM-L6-v2 weights).
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// `mean` or `cls`. Absent: the folder's sentence-transformers `1_Pooling/config.json`,
+    /// else `mean`.
+    #[serde(default)]
+    pub pooling: Option<crate::ml::encoder::Pooling>,
+    /// L2-normalise embeddings. Absent: whether the folder's `modules.json` lists a
+    /// `Normalize` module (true when the folder has no `modules.json`).
+    #[serde(default)]
+    pub normalize: Option<bool>,
+    /// Texts longer than `max_tokens` are cut there (`truncate`, the default) or embedded as
+    /// overlapping windows whose vectors are averaged, weighted by their text tokens
+    /// (`windows`).
+    #[serde(default)]
+    pub long_texts: LongTexts,
+    /// `long_texts = "windows"`: tokens two consecutive windows share. Default a quarter of
+    /// a window's text tokens.
+    #[serde(default)]
+    pub window_overlap: Option<usize>,
+    /// `long_texts = "windows"`: most windows per text (the rest is cut). Default 16.
+    #[serde(default)]
+    pub max_windows: Option<usize>,
+}
+
+/// The keys of a `type = "openai-compatible"` model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiCompatibleProvider {
+    /// The API's base URL; requests go to `{api_endpoint}/embeddings`.
+    pub api_endpoint: String,
+    /// The environment variable holding the API key (absent: no key is sent).
     #[serde(default)]
     pub api_key_env: Option<String>,
     /// Concurrent requests to the provider from one worker.
@@ -433,31 +478,81 @@ pub struct EmbeddingModelConfig {
     pub max_attempts: u32,
     #[serde(default = "default_timeout")]
     pub timeout_secs: f64,
-    /// `type = "local"`: the checkpoint folder (`config.json`, `tokenizer.json`,
-    /// `model.safetensors`); `${VAR}` is replaced by the environment
-    /// variable. Absent: `local_model.dir` (the all-MiniLM-L6-v2 weights).
-    #[serde(default)]
-    pub dir: Option<String>,
-    /// `type = "local"`: `mean` or `cls`. Absent: the folder's sentence-transformers
-    /// `1_Pooling/config.json`, else `mean`.
-    #[serde(default)]
-    pub pooling: Option<crate::ml::encoder::Pooling>,
-    /// `type = "local"`: L2-normalise embeddings. Absent: whether the folder's
-    /// `modules.json` lists a `Normalize` module (true when the folder has no `modules.json`).
-    #[serde(default)]
-    pub normalize: Option<bool>,
-    /// `type = "local"`: texts longer than `max_tokens` are cut there (`truncate`, the
-    /// default) or embedded as overlapping windows whose vectors are averaged, weighted by
-    /// their text tokens (`windows`).
-    #[serde(default)]
-    pub long_texts: LongTexts,
-    /// `long_texts = "windows"`: tokens two consecutive windows share. Default a quarter of
-    /// a window's text tokens.
-    #[serde(default)]
-    pub window_overlap: Option<usize>,
-    /// `long_texts = "windows"`: most windows per text (the rest is cut). Default 16.
-    #[serde(default)]
-    pub max_windows: Option<usize>,
+}
+
+impl EmbeddingProvider {
+    /// The `type` as written in `embedding_models.toml`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EmbeddingProvider::Local(_) => "local",
+            EmbeddingProvider::OpenAiCompatible(_) => "openai-compatible",
+        }
+    }
+
+    /// A remote provider's base URL (`None` for a local model).
+    pub fn api_endpoint(&self) -> Option<&str> {
+        match self {
+            EmbeddingProvider::Local(_) => None,
+            EmbeddingProvider::OpenAiCompatible(p) => Some(&p.api_endpoint),
+        }
+    }
+
+    /// The environment variable holding a remote provider's API key, when it needs one.
+    pub fn api_key_env(&self) -> Option<&str> {
+        match self {
+            EmbeddingProvider::Local(_) => None,
+            EmbeddingProvider::OpenAiCompatible(p) => p.api_key_env.as_deref(),
+        }
+    }
+
+    /// Requests a remote provider has in flight at once from one worker (`None` for a local
+    /// model, which runs in-process).
+    pub fn max_concurrency(&self) -> Option<usize> {
+        match self {
+            EmbeddingProvider::Local(_) => None,
+            EmbeddingProvider::OpenAiCompatible(p) => Some(p.max_concurrency),
+        }
+    }
+}
+
+impl EmbeddingModelConfig {
+    /// The keys of a `type = "local"` model; `None` for any other type.
+    pub fn local(&self) -> Option<&LocalProvider> {
+        match &self.provider {
+            EmbeddingProvider::Local(local) => Some(local),
+            _ => None,
+        }
+    }
+
+    pub fn local_mut(&mut self) -> Option<&mut LocalProvider> {
+        match &mut self.provider {
+            EmbeddingProvider::Local(local) => Some(local),
+            _ => None,
+        }
+    }
+
+    /// Whether the model runs in-process (`type = "local"`): only such a model serves
+    /// `/v1/embeddings`, starts finetunes and has heads served on its vectors.
+    pub fn is_local(&self) -> bool {
+        self.local().is_some()
+    }
+
+    /// `embedding_models.KEY`: what serde cannot check.
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let at = |field: &str| format!("embedding_models.{key}.{field}");
+        if self.dimensions == 0 {
+            return Err(invalid(&at("dimensions"), "must be > 0"));
+        }
+        if self.max_batch_size == 0 {
+            return Err(invalid(&at("max_batch_size"), "must be > 0"));
+        }
+        if let Some(local) = self.local() {
+            if local.max_windows == Some(0) {
+                return Err(invalid(&at("max_windows"), "must be > 0"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a local embedding model does with a text longer than its `max_tokens`.
@@ -696,38 +791,7 @@ impl Settings {
             ));
         }
         for (key, model) in &self.embedding_models {
-            let at = |field: &str| format!("embedding_models.{key}.{field}");
-            if model.dimensions == 0 {
-                return Err(invalid(&at("dimensions"), "must be > 0"));
-            }
-            if model.max_batch_size == 0 {
-                return Err(invalid(&at("max_batch_size"), "must be > 0"));
-            }
-            if model.provider == ProviderType::OpenAiCompatible
-                && (model.dir.is_some() || model.pooling.is_some() || model.normalize.is_some())
-            {
-                return Err(invalid(
-                    &at("dir"),
-                    "dir, pooling and normalize are for type local only",
-                ));
-            }
-            if model.provider == ProviderType::OpenAiCompatible
-                && model.long_texts == LongTexts::Windows
-            {
-                return Err(invalid(
-                    &at("long_texts"),
-                    "windows are for type local only (a provider cuts long texts itself)",
-                ));
-            }
-            if model.max_windows == Some(0) {
-                return Err(invalid(&at("max_windows"), "must be > 0"));
-            }
-            if model.provider == ProviderType::OpenAiCompatible && model.api_endpoint.is_none() {
-                return Err(invalid(
-                    &at("api_endpoint"),
-                    "required for type openai-compatible",
-                ));
-            }
+            model.validate(key)?;
         }
         Ok(())
     }

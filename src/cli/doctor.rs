@@ -1,5 +1,5 @@
 //! `trainyard migrate` and `trainyard doctor`.
-use crate::config::{DeviceSetting, ProviderType, Settings};
+use crate::config::{DeviceSetting, Settings};
 
 pub async fn migrate() -> anyhow::Result<()> {
     let (_, pool) = crate::start(true).await?;
@@ -53,8 +53,8 @@ pub async fn doctor() -> anyhow::Result<()> {
         }
     }
     for (key, m) in &settings.embedding_models {
-        let detail = match m.provider {
-            ProviderType::Local => match crate::embedding::local_checkpoint(&settings, key) {
+        let detail = if m.is_local() {
+            match crate::embedding::local_checkpoint(&settings, key) {
                 Ok(c) => {
                     let config =
                         crate::ml::encoder::EncoderConfig::from_file(&c.dir.join("config.json"));
@@ -90,16 +90,18 @@ pub async fn doctor() -> anyhow::Result<()> {
                     healthy = false;
                     format!("local, UNAVAILABLE: {e}")
                 }
-            },
-            ProviderType::OpenAiCompatible => format!(
-                "openai-compatible {}, key {}",
-                m.api_endpoint.as_deref().unwrap_or("?"),
-                match &m.api_key_env {
+            }
+        } else {
+            format!(
+                "{} {}, key {}",
+                m.provider.type_name(),
+                m.provider.api_endpoint().unwrap_or("?"),
+                match m.provider.api_key_env() {
                     Some(var) if std::env::var(var).is_ok() => format!("${var} set"),
                     Some(var) => format!("${var} not set"),
                     None => "not needed".into(),
                 }
-            ),
+            )
         };
         println!("model        {key}: {} dims, {detail}", m.dimensions);
     }

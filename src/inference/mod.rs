@@ -22,7 +22,7 @@ use serde::Serialize;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 
-use crate::config::{ProviderType, Settings};
+use crate::config::Settings;
 use crate::ml::classifier::{ClassifierSpec, TrainMode};
 use crate::ml::text_encoder::{
     pick_device, ClassifierWeights, EncoderOptions, TextEncoder, ThreadWatch,
@@ -415,7 +415,7 @@ pub fn version_encoder(
                 .embedding_models
                 .get(embedding_model)
                 .ok_or_else(|| format!("embedding model `{embedding_model}` is not configured"))?;
-            if model.provider != ProviderType::Local {
+            if !model.is_local() {
                 return Err(format!(
                     "head models on `{embedding_model}` embeddings cannot be served: only a local model's"
                 ));

@@ -24,7 +24,6 @@ use super::epochs::{
 pub use super::run_data::{load_run, RunSettings};
 use super::run_data::{load_splits, Splits};
 use super::webhook::{AddressPolicy, Telemetry, WebhookConfig};
-use crate::config::ProviderType;
 use crate::datasets::store;
 use crate::ml::classifier::{ClassifierSpec, TrainMode};
 use crate::ml::text_encoder::pick_device;
@@ -104,7 +103,7 @@ pub async fn run_training(
             .settings
             .embedding_models
             .get(&dataset.embedding_model)
-            .filter(|m| m.provider == ProviderType::Local)
+            .filter(|m| m.is_local())
             .map(|_| dataset.embedding_model.clone())
     });
     let checkpoint = match &encoder_model {
