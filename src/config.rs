@@ -630,95 +630,132 @@ impl Settings {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
     }
 
-    /// The API document declares hard limits (`api::limits`); configuration may lower them,
-    /// never raise them, or the document would promise less than the server accepts.
-    fn check_api_limits(&self) -> Result<(), ConfigError> {
-        use crate::api::limits::*;
-        let bounds: [(&str, usize, usize); 5] = [
-            (
-                "server.max_body_bytes",
-                self.server.max_body_bytes,
-                MAX_BODY_BYTES,
-            ),
-            (
-                "server.max_inputs_per_request",
-                self.server.max_inputs_per_request,
-                MAX_INPUTS_PER_REQUEST,
-            ),
-            (
-                "server.max_text_chars",
-                self.server.max_text_chars,
-                MAX_TEXT_CHARS,
-            ),
-            (
-                "server.page_size_max",
-                usize::try_from(self.server.page_size_max).unwrap_or(0),
-                PAGE_SIZE_MAX as usize,
-            ),
-            (
-                "inference.max_batch_texts",
-                self.inference.max_batch_texts,
-                MAX_BATCH_TEXTS,
-            ),
-        ];
-        for (key, value, max) in bounds {
-            if value == 0 || value > max {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "must be between 1 and {max} (the limit the API document declares; \
-                         configuration may only lower it), got {value}"
-                    ),
-                ));
-            }
+    /// Each section in turn; the first problem stops start-up, naming its key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.telemetry.validate()?;
+        self.scoring.validate()?;
+        self.server.validate()?;
+        self.auth.validate()?;
+        self.database.validate()?;
+        self.inference.validate()?;
+        self.queue.validate()?;
+        self.datasets.validate(&self.embedding_models)?;
+        for (key, model) in &self.embedding_models {
+            model.validate(key)?;
         }
         Ok(())
     }
+}
 
+/// The API document declares hard limits (`api::limits`); configuration may lower them, never
+/// raise them, or the document would promise less than the server accepts.
+fn within_api_limit(key: &str, value: usize, max: usize) -> Result<(), ConfigError> {
+    if value == 0 || value > max {
+        return Err(invalid(
+            key,
+            format!(
+                "must be between 1 and {max} (the limit the API document declares; \
+                 configuration may only lower it), got {value}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl ServerSettings {
     fn validate(&self) -> Result<(), ConfigError> {
-        let listen = &self.telemetry.worker_metrics_listen;
-        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "telemetry.worker_metrics_listen",
-                format!("`{listen}` is not host:port"),
-            ));
-        }
-        if self.telemetry.queue_sample_secs.is_nan() || self.telemetry.queue_sample_secs < 0.5 {
-            return Err(invalid(
-                "telemetry.queue_sample_secs",
-                "must be at least 0.5 seconds",
-            ));
-        }
-        if !(1..=100_000).contains(&self.scoring.chunk_size) {
-            return Err(invalid(
-                "scoring.chunk_size",
-                "must be between 1 and 100000 documents",
-            ));
-        }
-        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+        use crate::api::limits::*;
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "server.listen",
-                format!("`{}` is not host:port", self.server.listen),
+                format!("`{}` is not host:port", self.listen),
             ));
         }
-        let auth = &self.auth;
-        if !(auth.token_cache_secs.is_finite() && (0.0..=3600.0).contains(&auth.token_cache_secs)) {
+        if self.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        within_api_limit("server.max_body_bytes", self.max_body_bytes, MAX_BODY_BYTES)?;
+        within_api_limit(
+            "server.max_inputs_per_request",
+            self.max_inputs_per_request,
+            MAX_INPUTS_PER_REQUEST,
+        )?;
+        within_api_limit("server.max_text_chars", self.max_text_chars, MAX_TEXT_CHARS)?;
+        within_api_limit(
+            "server.page_size_max",
+            usize::try_from(self.page_size_max).unwrap_or(0),
+            PAGE_SIZE_MAX as usize,
+        )
+    }
+}
+
+impl DatabaseSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be > 0"));
+        }
+        if !(self.acquire_timeout_secs >= 0.05 && self.acquire_timeout_secs <= 3600.0) {
+            return Err(invalid(
+                "database.acquire_timeout_secs",
+                "must be between 0.05 and 3600 seconds",
+            ));
+        }
+        if !self.url.starts_with("postgres") {
+            return Err(invalid("database.url", "must be a postgres:// URL"));
+        }
+        Ok(())
+    }
+}
+
+impl QueueSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_secs == 0 || self.missed_heartbeats == 0 {
+            return Err(invalid(
+                "queue.heartbeat_secs",
+                "heartbeat and missed_heartbeats must be > 0",
+            ));
+        }
+        if self.fetch_batch == 0 {
+            return Err(invalid("queue.fetch_batch", "must be > 0"));
+        }
+        if self.max_attempts < 1 {
+            return Err(invalid("queue.max_attempts", "must be >= 1"));
+        }
+        if !(self.retry_base_secs >= 0.0 && self.retry_max_secs >= self.retry_base_secs) {
+            return Err(invalid(
+                "queue.retry_base_secs",
+                "need 0 <= retry_base_secs <= retry_max_secs",
+            ));
+        }
+        if !(self.shutdown_grace_secs >= 0.0 && self.shutdown_grace_secs <= 86_400.0) {
+            return Err(invalid(
+                "queue.shutdown_grace_secs",
+                "must be between 0 and 86400 seconds",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AuthSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.token_cache_secs.is_finite() && (0.0..=3600.0).contains(&self.token_cache_secs)) {
             return Err(invalid(
                 "auth.token_cache_secs",
                 "must be between 0 and 3600",
             ));
         }
-        if !(auth.outage_grace_secs.is_finite() && auth.outage_grace_secs >= 0.0) {
+        if !(self.outage_grace_secs.is_finite() && self.outage_grace_secs >= 0.0) {
             return Err(invalid("auth.outage_grace_secs", "must be >= 0"));
         }
-        if auth.rate_limit_per_second > 0 && auth.rate_limit_burst == 0 {
+        if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
             return Err(invalid(
                 "auth.rate_limit_burst",
                 "must be > 0 when rate limits are on",
             ));
         }
-        for origin in &auth.cors_origins {
-            if origin == "*" && auth.cors_allow_credentials {
+        for origin in &self.cors_origins {
+            if origin == "*" && self.cors_allow_credentials {
                 return Err(invalid(
                     "auth.cors_origins",
                     "`*` cannot be combined with cors_allow_credentials = true; list the origins",
@@ -731,67 +768,65 @@ impl Settings {
                 ));
             }
         }
-        if self.server.max_body_bytes < 1024 {
-            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
-        }
-        if self.database.max_connections == 0 {
-            return Err(invalid("database.max_connections", "must be > 0"));
-        }
-        if !(self.database.acquire_timeout_secs >= 0.05
-            && self.database.acquire_timeout_secs <= 3600.0)
-        {
-            return Err(invalid(
-                "database.acquire_timeout_secs",
-                "must be between 0.05 and 3600 seconds",
-            ));
-        }
-        self.check_api_limits()?;
-        if !self.database.url.starts_with("postgres") {
-            return Err(invalid("database.url", "must be a postgres:// URL"));
-        }
-        if self.queue.heartbeat_secs == 0 || self.queue.missed_heartbeats == 0 {
-            return Err(invalid(
-                "queue.heartbeat_secs",
-                "heartbeat and missed_heartbeats must be > 0",
-            ));
-        }
-        if self.queue.fetch_batch == 0 {
-            return Err(invalid("queue.fetch_batch", "must be > 0"));
-        }
-        if self.queue.max_attempts < 1 {
-            return Err(invalid("queue.max_attempts", "must be >= 1"));
-        }
-        if !(self.queue.retry_base_secs >= 0.0
-            && self.queue.retry_max_secs >= self.queue.retry_base_secs)
-        {
-            return Err(invalid(
-                "queue.retry_base_secs",
-                "need 0 <= retry_base_secs <= retry_max_secs",
-            ));
-        }
-        if !(self.queue.shutdown_grace_secs >= 0.0 && self.queue.shutdown_grace_secs <= 86_400.0) {
-            return Err(invalid(
-                "queue.shutdown_grace_secs",
-                "must be between 0 and 86400 seconds",
-            ));
-        }
-        if self.datasets.embed_batch_size == 0 {
+        Ok(())
+    }
+}
+
+impl DatasetSettings {
+    /// `default_embedding_model` must be one of `models` (from `embedding_models.toml`).
+    fn validate(&self, models: &BTreeMap<String, EmbeddingModelConfig>) -> Result<(), ConfigError> {
+        if self.embed_batch_size == 0 {
             return Err(invalid("datasets.embed_batch_size", "must be > 0"));
         }
-        if !self
-            .embedding_models
-            .contains_key(&self.datasets.default_embedding_model)
-        {
+        if !models.contains_key(&self.default_embedding_model) {
             return Err(invalid(
                 "datasets.default_embedding_model",
                 format!(
                     "`{}` is not in embedding_models.toml",
-                    self.datasets.default_embedding_model
+                    self.default_embedding_model
                 ),
             ));
         }
-        for (key, model) in &self.embedding_models {
-            model.validate(key)?;
+        Ok(())
+    }
+}
+
+impl InferenceSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        within_api_limit(
+            "inference.max_batch_texts",
+            self.max_batch_texts,
+            crate::api::limits::MAX_BATCH_TEXTS,
+        )
+    }
+}
+
+impl ScoringSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=100_000).contains(&self.chunk_size) {
+            return Err(invalid(
+                "scoring.chunk_size",
+                "must be between 1 and 100000 documents",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TelemetrySettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let listen = &self.worker_metrics_listen;
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "telemetry.worker_metrics_listen",
+                format!("`{listen}` is not host:port"),
+            ));
+        }
+        if self.queue_sample_secs.is_nan() || self.queue_sample_secs < 0.5 {
+            return Err(invalid(
+                "telemetry.queue_sample_secs",
+                "must be at least 0.5 seconds",
+            ));
         }
         Ok(())
     }
