@@ -846,14 +846,130 @@ mod tests {
         .unwrap();
     }
 
+    /// `Settings::load` of the shipped config with `embedding_models.toml` edited by `edit`;
+    /// the error it gives.
+    fn models_error(name: &str, edit: impl Fn(&str) -> String) -> String {
+        let dir = std::env::temp_dir().join(format!("ty-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_config(&dir, "");
+        let text = std::fs::read_to_string(dir.join("embedding_models.toml")).unwrap();
+        let edited = edit(&text);
+        assert_ne!(edited, text, "the edit changed nothing");
+        std::fs::write(dir.join("embedding_models.toml"), edited).unwrap();
+        let err = Settings::load(&dir).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        err
+    }
+
     #[test]
     fn shipped_config_loads() {
         let settings = Settings::load(&Settings::default_dir()).unwrap();
+        let minilm = &settings.embedding_models["all-MiniLM-L6-v2"];
+        assert_eq!(minilm.dimensions, 384);
+        assert!(minilm.is_local());
+        assert_eq!(minilm.local().unwrap().long_texts, LongTexts::Truncate);
+        let openai = &settings.embedding_models["text-embedding-3-small"];
+        assert_eq!(openai.provider.type_name(), "openai-compatible");
         assert_eq!(
-            settings.embedding_models["all-MiniLM-L6-v2"].dimensions,
-            384
+            openai.provider.api_endpoint(),
+            Some("https://api.openai.com/v1")
         );
+        assert_eq!(openai.provider.api_key_env(), Some("OPENAI_API_KEY"));
+        assert_eq!(
+            openai.provider.max_concurrency(),
+            Some(default_concurrency())
+        );
+        assert_eq!(settings.telemetry.log_format, LogFormat::Text);
+        assert_eq!(settings.local_model.device, DeviceSetting::Auto);
+        assert_eq!(settings.auth.mode, AuthMode::Auto);
         assert!(settings.sources.contains_key("bilibili"));
+    }
+
+    #[test]
+    fn a_local_model_with_an_api_endpoint_is_refused_naming_the_key() {
+        let err = models_error("local-endpoint", |text| {
+            text.replacen(
+                "\ntype = \"local\"\n",
+                "\ntype = \"local\"\napi_endpoint = \"https://example.com/v1\"\n",
+                1,
+            )
+        });
+        assert!(
+            err.contains("embedding_models") && err.contains("unknown field `api_endpoint`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_openai_compatible_model_with_windows_is_refused_naming_the_key() {
+        for (name, key) in [
+            ("openai-windows", "long_texts = \"windows\""),
+            ("openai-max-windows", "max_windows = 4"),
+            ("openai-dir", "dir = \"/models/x\""),
+        ] {
+            let err = models_error(name, |text| {
+                text.replacen(
+                    "\ntype = \"openai-compatible\"\n",
+                    &format!("\ntype = \"openai-compatible\"\n{key}\n"),
+                    1,
+                )
+            });
+            let field = key.split(' ').next().unwrap();
+            assert!(
+                err.contains("embedding_models")
+                    && err.contains(&format!("unknown field `{field}`")),
+                "{key}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_openai_compatible_model_needs_an_api_endpoint_and_a_known_type() {
+        let err = models_error("openai-no-endpoint", |text| {
+            text.replacen("api_endpoint = \"https://api.openai.com/v1\"\n", "", 1)
+        });
+        assert!(err.contains("missing field `api_endpoint`"), "{err}");
+        let err = models_error("unknown-type", |text| {
+            text.replacen("\ntype = \"local\"\n", "\ntype = \"remote\"\n", 1)
+        });
+        assert!(
+            err.contains("embedding_models") && err.contains("remote"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_log_format_or_device_is_refused_naming_the_key() {
+        let dir = std::env::temp_dir().join(format!("ty-config-enums-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_config(&dir, "");
+        let text = std::fs::read_to_string(dir.join("trainyard.toml")).unwrap();
+        for (from, to, key) in [
+            (
+                "log_format = \"text\"",
+                "log_format = \"xml\"",
+                "telemetry.log_format",
+            ),
+            (
+                "device = \"auto\"",
+                "device = \"gpu\"",
+                "local_model.device",
+            ),
+        ] {
+            assert!(text.contains(from), "{from}");
+            std::fs::write(dir.join("trainyard.toml"), text.replace(from, to)).unwrap();
+            let err = Settings::load(&dir).unwrap_err().to_string();
+            assert!(err.contains(key), "{to}: {err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn device_settings_read_as_they_are_written() {
+        for device in [DeviceSetting::Auto, DeviceSetting::Cpu, DeviceSetting::Cuda] {
+            assert_eq!(device.to_string().parse::<DeviceSetting>(), Ok(device));
+        }
+        assert!("gpu".parse::<DeviceSetting>().is_err());
     }
 
     #[test]
