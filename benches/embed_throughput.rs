@@ -12,7 +12,12 @@ fn main() -> anyhow::Result<()> {
     );
     let threads: i32 = args.get(2).map_or(Ok(2), |s| s.parse())?;
     let repeats: usize = args.get(3).map_or(Ok(3), |s| s.parse())?;
-    let device = pick_device(args.get(4).map_or("cpu", String::as_str));
+    let device = pick_device(
+        args.get(4)
+            .map_or("cpu", String::as_str)
+            .parse()
+            .unwrap_or_default(),
+    );
     let budget: usize = args.get(5).map_or(Ok(2048), |s| s.parse())?;
     let sentences: Vec<String> = std::fs::read_to_string(file)?
         .lines()

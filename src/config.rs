@@ -10,6 +10,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::LogFormat;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -326,7 +328,7 @@ impl Default for ScoringSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySettings {
     /// `text` or `json` (overridden by `--log-format` or `TRAINYARD_LOG_FORMAT`).
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// Where a worker serves Prometheus `/metrics` ("" = off; `serve` always has `/metrics`).
     pub worker_metrics_listen: String,
     /// Seconds between samples of the queue-wide gauges (by one process of the deployment).
@@ -336,7 +338,7 @@ pub struct TelemetrySettings {
 impl Default for TelemetrySettings {
     fn default() -> Self {
         TelemetrySettings {
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             worker_metrics_listen: String::new(),
             queue_sample_secs: 15.0,
         }
@@ -349,7 +351,48 @@ pub struct LocalModelSettings {
     pub dir: String,
     pub threads: i32,
     pub max_tokens_per_batch: usize,
-    pub device: String,
+    pub device: DeviceSetting,
+}
+
+/// `local_model.device`: where local models run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSetting {
+    /// The first CUDA device when there is one, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceSetting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceSetting::Auto => "auto",
+            DeviceSetting::Cpu => "cpu",
+            DeviceSetting::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeviceSetting {
+    type Err = String;
+
+    /// `auto`, `cpu` or `cuda` (as a training run's `device` is stored).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(DeviceSetting::Auto),
+            "cpu" => Ok(DeviceSetting::Cpu),
+            "cuda" => Ok(DeviceSetting::Cuda),
+            other => Err(format!("`{other}` is not auto, cpu or cuda")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -361,25 +404,70 @@ pub struct ExternalSource {
     pub database_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ProviderType {
-    #[serde(rename = "local")]
-    Local,
-    #[serde(rename = "openai-compatible")]
-    OpenAiCompatible,
-}
-
+/// One `[models.NAME]` of `embedding_models.toml`: what every model has, and its `type` with
+/// the keys that type takes (a key of another type is refused by name).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EmbeddingModelConfig {
     pub name: String,
     pub dimensions: usize,
-    #[serde(rename = "type")]
-    pub provider: ProviderType,
-    #[serde(default)]
-    pub api_endpoint: Option<String>,
     pub max_tokens: usize,
     pub max_batch_size: usize,
+    /// `type = "…"` and that type's keys.
+    #[serde(flatten)]
+    pub provider: EmbeddingProvider,
+}
+
+/// An embedding model's `type`. A new type is a variant here (with its keys), its client in
+/// `src/embedding/`, and one line of `embedding::Embedders::provider`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum EmbeddingProvider {
+    /// Run in-process with the local encoder.
+    #[serde(rename = "local")]
+    Local(LocalProvider),
+    /// `POST {api_endpoint}/embeddings` with the key from `api_key_env`.
+    #[serde(rename = "openai-compatible")]
+    OpenAiCompatible(OpenAiCompatibleProvider),
+}
+
+/// The keys of a `type = "local"` model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalProvider {
+    /// The checkpoint folder (`config.json`, `tokenizer.json`, `model.safetensors`); `${VAR}`
+    /// is replaced by the environment variable. Absent: `local_model.dir` (the
+    /// all-MiniLM-L6-v2 weights).
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// `mean` or `cls`. Absent: the folder's sentence-transformers `1_Pooling/config.json`,
+    /// else `mean`.
+    #[serde(default)]
+    pub pooling: Option<crate::ml::encoder::Pooling>,
+    /// L2-normalise embeddings. Absent: whether the folder's `modules.json` lists a
+    /// `Normalize` module (true when the folder has no `modules.json`).
+    #[serde(default)]
+    pub normalize: Option<bool>,
+    /// Texts longer than `max_tokens` are cut there (`truncate`, the default) or embedded as
+    /// overlapping windows whose vectors are averaged, weighted by their text tokens
+    /// (`windows`).
+    #[serde(default)]
+    pub long_texts: LongTexts,
+    /// `long_texts = "windows"`: tokens two consecutive windows share. Default a quarter of
+    /// a window's text tokens.
+    #[serde(default)]
+    pub window_overlap: Option<usize>,
+    /// `long_texts = "windows"`: most windows per text (the rest is cut). Default 16.
+    #[serde(default)]
+    pub max_windows: Option<usize>,
+}
+
+/// The keys of a `type = "openai-compatible"` model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiCompatibleProvider {
+    /// The API's base URL; requests go to `{api_endpoint}/embeddings`.
+    pub api_endpoint: String,
+    /// The environment variable holding the API key (absent: no key is sent).
     #[serde(default)]
     pub api_key_env: Option<String>,
     /// Concurrent requests to the provider from one worker.
@@ -390,31 +478,81 @@ pub struct EmbeddingModelConfig {
     pub max_attempts: u32,
     #[serde(default = "default_timeout")]
     pub timeout_secs: f64,
-    /// `type = "local"`: the checkpoint folder (`config.json`, `tokenizer.json`,
-    /// `model.safetensors`); `${VAR}` is replaced by the environment
-    /// variable. Absent: `local_model.dir` (the all-MiniLM-L6-v2 weights).
-    #[serde(default)]
-    pub dir: Option<String>,
-    /// `type = "local"`: `mean` or `cls`. Absent: the folder's sentence-transformers
-    /// `1_Pooling/config.json`, else `mean`.
-    #[serde(default)]
-    pub pooling: Option<crate::ml::encoder::Pooling>,
-    /// `type = "local"`: L2-normalise embeddings. Absent: whether the folder's
-    /// `modules.json` lists a `Normalize` module (true when the folder has no `modules.json`).
-    #[serde(default)]
-    pub normalize: Option<bool>,
-    /// `type = "local"`: texts longer than `max_tokens` are cut there (`truncate`, the
-    /// default) or embedded as overlapping windows whose vectors are averaged, weighted by
-    /// their text tokens (`windows`).
-    #[serde(default)]
-    pub long_texts: LongTexts,
-    /// `long_texts = "windows"`: tokens two consecutive windows share. Default a quarter of
-    /// a window's text tokens.
-    #[serde(default)]
-    pub window_overlap: Option<usize>,
-    /// `long_texts = "windows"`: most windows per text (the rest is cut). Default 16.
-    #[serde(default)]
-    pub max_windows: Option<usize>,
+}
+
+impl EmbeddingProvider {
+    /// The `type` as written in `embedding_models.toml`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EmbeddingProvider::Local(_) => "local",
+            EmbeddingProvider::OpenAiCompatible(_) => "openai-compatible",
+        }
+    }
+
+    /// A remote provider's base URL (`None` for a local model).
+    pub fn api_endpoint(&self) -> Option<&str> {
+        match self {
+            EmbeddingProvider::Local(_) => None,
+            EmbeddingProvider::OpenAiCompatible(p) => Some(&p.api_endpoint),
+        }
+    }
+
+    /// The environment variable holding a remote provider's API key, when it needs one.
+    pub fn api_key_env(&self) -> Option<&str> {
+        match self {
+            EmbeddingProvider::Local(_) => None,
+            EmbeddingProvider::OpenAiCompatible(p) => p.api_key_env.as_deref(),
+        }
+    }
+
+    /// Requests a remote provider has in flight at once from one worker (`None` for a local
+    /// model, which runs in-process).
+    pub fn max_concurrency(&self) -> Option<usize> {
+        match self {
+            EmbeddingProvider::Local(_) => None,
+            EmbeddingProvider::OpenAiCompatible(p) => Some(p.max_concurrency),
+        }
+    }
+}
+
+impl EmbeddingModelConfig {
+    /// The keys of a `type = "local"` model; `None` for any other type.
+    pub fn local(&self) -> Option<&LocalProvider> {
+        match &self.provider {
+            EmbeddingProvider::Local(local) => Some(local),
+            _ => None,
+        }
+    }
+
+    pub fn local_mut(&mut self) -> Option<&mut LocalProvider> {
+        match &mut self.provider {
+            EmbeddingProvider::Local(local) => Some(local),
+            _ => None,
+        }
+    }
+
+    /// Whether the model runs in-process (`type = "local"`): only such a model serves
+    /// `/v1/embeddings`, starts finetunes and has heads served on its vectors.
+    pub fn is_local(&self) -> bool {
+        self.local().is_some()
+    }
+
+    /// `embedding_models.KEY`: what serde cannot check.
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let at = |field: &str| format!("embedding_models.{key}.{field}");
+        if self.dimensions == 0 {
+            return Err(invalid(&at("dimensions"), "must be > 0"));
+        }
+        if self.max_batch_size == 0 {
+            return Err(invalid(&at("max_batch_size"), "must be > 0"));
+        }
+        if let Some(local) = self.local() {
+            if local.max_windows == Some(0) {
+                return Err(invalid(&at("max_windows"), "must be > 0"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a local embedding model does with a text longer than its `max_tokens`.
@@ -492,101 +630,132 @@ impl Settings {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
     }
 
-    /// The API document declares hard limits (`api::limits`); configuration may lower them,
-    /// never raise them, or the document would promise less than the server accepts.
-    fn check_api_limits(&self) -> Result<(), ConfigError> {
-        use crate::api::limits::*;
-        let bounds: [(&str, usize, usize); 5] = [
-            (
-                "server.max_body_bytes",
-                self.server.max_body_bytes,
-                MAX_BODY_BYTES,
-            ),
-            (
-                "server.max_inputs_per_request",
-                self.server.max_inputs_per_request,
-                MAX_INPUTS_PER_REQUEST,
-            ),
-            (
-                "server.max_text_chars",
-                self.server.max_text_chars,
-                MAX_TEXT_CHARS,
-            ),
-            (
-                "server.page_size_max",
-                usize::try_from(self.server.page_size_max).unwrap_or(0),
-                PAGE_SIZE_MAX as usize,
-            ),
-            (
-                "inference.max_batch_texts",
-                self.inference.max_batch_texts,
-                MAX_BATCH_TEXTS,
-            ),
-        ];
-        for (key, value, max) in bounds {
-            if value == 0 || value > max {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "must be between 1 and {max} (the limit the API document declares; \
-                         configuration may only lower it), got {value}"
-                    ),
-                ));
-            }
+    /// Each section in turn; the first problem stops start-up, naming its key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.telemetry.validate()?;
+        self.scoring.validate()?;
+        self.server.validate()?;
+        self.auth.validate()?;
+        self.database.validate()?;
+        self.inference.validate()?;
+        self.queue.validate()?;
+        self.datasets.validate(&self.embedding_models)?;
+        for (key, model) in &self.embedding_models {
+            model.validate(key)?;
         }
         Ok(())
     }
+}
 
+/// The API document declares hard limits (`api::limits`); configuration may lower them, never
+/// raise them, or the document would promise less than the server accepts.
+fn within_api_limit(key: &str, value: usize, max: usize) -> Result<(), ConfigError> {
+    if value == 0 || value > max {
+        return Err(invalid(
+            key,
+            format!(
+                "must be between 1 and {max} (the limit the API document declares; \
+                 configuration may only lower it), got {value}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl ServerSettings {
     fn validate(&self) -> Result<(), ConfigError> {
-        if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
-            return Err(invalid(
-                "telemetry.log_format",
-                format!("`{}` is not text or json", self.telemetry.log_format),
-            ));
-        }
-        let listen = &self.telemetry.worker_metrics_listen;
-        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "telemetry.worker_metrics_listen",
-                format!("`{listen}` is not host:port"),
-            ));
-        }
-        if self.telemetry.queue_sample_secs.is_nan() || self.telemetry.queue_sample_secs < 0.5 {
-            return Err(invalid(
-                "telemetry.queue_sample_secs",
-                "must be at least 0.5 seconds",
-            ));
-        }
-        if !(1..=100_000).contains(&self.scoring.chunk_size) {
-            return Err(invalid(
-                "scoring.chunk_size",
-                "must be between 1 and 100000 documents",
-            ));
-        }
-        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+        use crate::api::limits::*;
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "server.listen",
-                format!("`{}` is not host:port", self.server.listen),
+                format!("`{}` is not host:port", self.listen),
             ));
         }
-        let auth = &self.auth;
-        if !(auth.token_cache_secs.is_finite() && (0.0..=3600.0).contains(&auth.token_cache_secs)) {
+        if self.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        within_api_limit("server.max_body_bytes", self.max_body_bytes, MAX_BODY_BYTES)?;
+        within_api_limit(
+            "server.max_inputs_per_request",
+            self.max_inputs_per_request,
+            MAX_INPUTS_PER_REQUEST,
+        )?;
+        within_api_limit("server.max_text_chars", self.max_text_chars, MAX_TEXT_CHARS)?;
+        within_api_limit(
+            "server.page_size_max",
+            usize::try_from(self.page_size_max).unwrap_or(0),
+            PAGE_SIZE_MAX as usize,
+        )
+    }
+}
+
+impl DatabaseSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be > 0"));
+        }
+        if !(self.acquire_timeout_secs >= 0.05 && self.acquire_timeout_secs <= 3600.0) {
+            return Err(invalid(
+                "database.acquire_timeout_secs",
+                "must be between 0.05 and 3600 seconds",
+            ));
+        }
+        if !self.url.starts_with("postgres") {
+            return Err(invalid("database.url", "must be a postgres:// URL"));
+        }
+        Ok(())
+    }
+}
+
+impl QueueSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_secs == 0 || self.missed_heartbeats == 0 {
+            return Err(invalid(
+                "queue.heartbeat_secs",
+                "heartbeat and missed_heartbeats must be > 0",
+            ));
+        }
+        if self.fetch_batch == 0 {
+            return Err(invalid("queue.fetch_batch", "must be > 0"));
+        }
+        if self.max_attempts < 1 {
+            return Err(invalid("queue.max_attempts", "must be >= 1"));
+        }
+        if !(self.retry_base_secs >= 0.0 && self.retry_max_secs >= self.retry_base_secs) {
+            return Err(invalid(
+                "queue.retry_base_secs",
+                "need 0 <= retry_base_secs <= retry_max_secs",
+            ));
+        }
+        if !(self.shutdown_grace_secs >= 0.0 && self.shutdown_grace_secs <= 86_400.0) {
+            return Err(invalid(
+                "queue.shutdown_grace_secs",
+                "must be between 0 and 86400 seconds",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AuthSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.token_cache_secs.is_finite() && (0.0..=3600.0).contains(&self.token_cache_secs)) {
             return Err(invalid(
                 "auth.token_cache_secs",
                 "must be between 0 and 3600",
             ));
         }
-        if !(auth.outage_grace_secs.is_finite() && auth.outage_grace_secs >= 0.0) {
+        if !(self.outage_grace_secs.is_finite() && self.outage_grace_secs >= 0.0) {
             return Err(invalid("auth.outage_grace_secs", "must be >= 0"));
         }
-        if auth.rate_limit_per_second > 0 && auth.rate_limit_burst == 0 {
+        if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
             return Err(invalid(
                 "auth.rate_limit_burst",
                 "must be > 0 when rate limits are on",
             ));
         }
-        for origin in &auth.cors_origins {
-            if origin == "*" && auth.cors_allow_credentials {
+        for origin in &self.cors_origins {
+            if origin == "*" && self.cors_allow_credentials {
                 return Err(invalid(
                     "auth.cors_origins",
                     "`*` cannot be combined with cors_allow_credentials = true; list the origins",
@@ -599,101 +768,65 @@ impl Settings {
                 ));
             }
         }
-        if self.server.max_body_bytes < 1024 {
-            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
-        }
-        if self.database.max_connections == 0 {
-            return Err(invalid("database.max_connections", "must be > 0"));
-        }
-        if !(self.database.acquire_timeout_secs >= 0.05
-            && self.database.acquire_timeout_secs <= 3600.0)
-        {
-            return Err(invalid(
-                "database.acquire_timeout_secs",
-                "must be between 0.05 and 3600 seconds",
-            ));
-        }
-        self.check_api_limits()?;
-        if !self.database.url.starts_with("postgres") {
-            return Err(invalid("database.url", "must be a postgres:// URL"));
-        }
-        if self.queue.heartbeat_secs == 0 || self.queue.missed_heartbeats == 0 {
-            return Err(invalid(
-                "queue.heartbeat_secs",
-                "heartbeat and missed_heartbeats must be > 0",
-            ));
-        }
-        if self.queue.fetch_batch == 0 {
-            return Err(invalid("queue.fetch_batch", "must be > 0"));
-        }
-        if self.queue.max_attempts < 1 {
-            return Err(invalid("queue.max_attempts", "must be >= 1"));
-        }
-        if !(self.queue.retry_base_secs >= 0.0
-            && self.queue.retry_max_secs >= self.queue.retry_base_secs)
-        {
-            return Err(invalid(
-                "queue.retry_base_secs",
-                "need 0 <= retry_base_secs <= retry_max_secs",
-            ));
-        }
-        if !(self.queue.shutdown_grace_secs >= 0.0 && self.queue.shutdown_grace_secs <= 86_400.0) {
-            return Err(invalid(
-                "queue.shutdown_grace_secs",
-                "must be between 0 and 86400 seconds",
-            ));
-        }
-        if self.datasets.embed_batch_size == 0 {
+        Ok(())
+    }
+}
+
+impl DatasetSettings {
+    /// `default_embedding_model` must be one of `models` (from `embedding_models.toml`).
+    fn validate(&self, models: &BTreeMap<String, EmbeddingModelConfig>) -> Result<(), ConfigError> {
+        if self.embed_batch_size == 0 {
             return Err(invalid("datasets.embed_batch_size", "must be > 0"));
         }
-        if !self
-            .embedding_models
-            .contains_key(&self.datasets.default_embedding_model)
-        {
+        if !models.contains_key(&self.default_embedding_model) {
             return Err(invalid(
                 "datasets.default_embedding_model",
                 format!(
                     "`{}` is not in embedding_models.toml",
-                    self.datasets.default_embedding_model
+                    self.default_embedding_model
                 ),
             ));
         }
-        if !matches!(self.local_model.device.as_str(), "auto" | "cpu" | "cuda") {
-            return Err(invalid("local_model.device", "must be auto, cpu or cuda"));
+        Ok(())
+    }
+}
+
+impl InferenceSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        within_api_limit(
+            "inference.max_batch_texts",
+            self.max_batch_texts,
+            crate::api::limits::MAX_BATCH_TEXTS,
+        )
+    }
+}
+
+impl ScoringSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=100_000).contains(&self.chunk_size) {
+            return Err(invalid(
+                "scoring.chunk_size",
+                "must be between 1 and 100000 documents",
+            ));
         }
-        for (key, model) in &self.embedding_models {
-            let at = |field: &str| format!("embedding_models.{key}.{field}");
-            if model.dimensions == 0 {
-                return Err(invalid(&at("dimensions"), "must be > 0"));
-            }
-            if model.max_batch_size == 0 {
-                return Err(invalid(&at("max_batch_size"), "must be > 0"));
-            }
-            if model.provider == ProviderType::OpenAiCompatible
-                && (model.dir.is_some() || model.pooling.is_some() || model.normalize.is_some())
-            {
-                return Err(invalid(
-                    &at("dir"),
-                    "dir, pooling and normalize are for type local only",
-                ));
-            }
-            if model.provider == ProviderType::OpenAiCompatible
-                && model.long_texts == LongTexts::Windows
-            {
-                return Err(invalid(
-                    &at("long_texts"),
-                    "windows are for type local only (a provider cuts long texts itself)",
-                ));
-            }
-            if model.max_windows == Some(0) {
-                return Err(invalid(&at("max_windows"), "must be > 0"));
-            }
-            if model.provider == ProviderType::OpenAiCompatible && model.api_endpoint.is_none() {
-                return Err(invalid(
-                    &at("api_endpoint"),
-                    "required for type openai-compatible",
-                ));
-            }
+        Ok(())
+    }
+}
+
+impl TelemetrySettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let listen = &self.worker_metrics_listen;
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "telemetry.worker_metrics_listen",
+                format!("`{listen}` is not host:port"),
+            ));
+        }
+        if self.queue_sample_secs.is_nan() || self.queue_sample_secs < 0.5 {
+            return Err(invalid(
+                "telemetry.queue_sample_secs",
+                "must be at least 0.5 seconds",
+            ));
         }
         Ok(())
     }
@@ -713,14 +846,130 @@ mod tests {
         .unwrap();
     }
 
+    /// `Settings::load` of the shipped config with `embedding_models.toml` edited by `edit`;
+    /// the error it gives.
+    fn models_error(name: &str, edit: impl Fn(&str) -> String) -> String {
+        let dir = std::env::temp_dir().join(format!("ty-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_config(&dir, "");
+        let text = std::fs::read_to_string(dir.join("embedding_models.toml")).unwrap();
+        let edited = edit(&text);
+        assert_ne!(edited, text, "the edit changed nothing");
+        std::fs::write(dir.join("embedding_models.toml"), edited).unwrap();
+        let err = Settings::load(&dir).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        err
+    }
+
     #[test]
     fn shipped_config_loads() {
         let settings = Settings::load(&Settings::default_dir()).unwrap();
+        let minilm = &settings.embedding_models["all-MiniLM-L6-v2"];
+        assert_eq!(minilm.dimensions, 384);
+        assert!(minilm.is_local());
+        assert_eq!(minilm.local().unwrap().long_texts, LongTexts::Truncate);
+        let openai = &settings.embedding_models["text-embedding-3-small"];
+        assert_eq!(openai.provider.type_name(), "openai-compatible");
         assert_eq!(
-            settings.embedding_models["all-MiniLM-L6-v2"].dimensions,
-            384
+            openai.provider.api_endpoint(),
+            Some("https://api.openai.com/v1")
         );
+        assert_eq!(openai.provider.api_key_env(), Some("OPENAI_API_KEY"));
+        assert_eq!(
+            openai.provider.max_concurrency(),
+            Some(default_concurrency())
+        );
+        assert_eq!(settings.telemetry.log_format, LogFormat::Text);
+        assert_eq!(settings.local_model.device, DeviceSetting::Auto);
+        assert_eq!(settings.auth.mode, AuthMode::Auto);
         assert!(settings.sources.contains_key("bilibili"));
+    }
+
+    #[test]
+    fn a_local_model_with_an_api_endpoint_is_refused_naming_the_key() {
+        let err = models_error("local-endpoint", |text| {
+            text.replacen(
+                "\ntype = \"local\"\n",
+                "\ntype = \"local\"\napi_endpoint = \"https://example.com/v1\"\n",
+                1,
+            )
+        });
+        assert!(
+            err.contains("embedding_models") && err.contains("unknown field `api_endpoint`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_openai_compatible_model_with_windows_is_refused_naming_the_key() {
+        for (name, key) in [
+            ("openai-windows", "long_texts = \"windows\""),
+            ("openai-max-windows", "max_windows = 4"),
+            ("openai-dir", "dir = \"/models/x\""),
+        ] {
+            let err = models_error(name, |text| {
+                text.replacen(
+                    "\ntype = \"openai-compatible\"\n",
+                    &format!("\ntype = \"openai-compatible\"\n{key}\n"),
+                    1,
+                )
+            });
+            let field = key.split(' ').next().unwrap();
+            assert!(
+                err.contains("embedding_models")
+                    && err.contains(&format!("unknown field `{field}`")),
+                "{key}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_openai_compatible_model_needs_an_api_endpoint_and_a_known_type() {
+        let err = models_error("openai-no-endpoint", |text| {
+            text.replacen("api_endpoint = \"https://api.openai.com/v1\"\n", "", 1)
+        });
+        assert!(err.contains("missing field `api_endpoint`"), "{err}");
+        let err = models_error("unknown-type", |text| {
+            text.replacen("\ntype = \"local\"\n", "\ntype = \"remote\"\n", 1)
+        });
+        assert!(
+            err.contains("embedding_models") && err.contains("remote"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_log_format_or_device_is_refused_naming_the_key() {
+        let dir = std::env::temp_dir().join(format!("ty-config-enums-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_config(&dir, "");
+        let text = std::fs::read_to_string(dir.join("trainyard.toml")).unwrap();
+        for (from, to, key) in [
+            (
+                "log_format = \"text\"",
+                "log_format = \"xml\"",
+                "telemetry.log_format",
+            ),
+            (
+                "device = \"auto\"",
+                "device = \"gpu\"",
+                "local_model.device",
+            ),
+        ] {
+            assert!(text.contains(from), "{from}");
+            std::fs::write(dir.join("trainyard.toml"), text.replace(from, to)).unwrap();
+            let err = Settings::load(&dir).unwrap_err().to_string();
+            assert!(err.contains(key), "{to}: {err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn device_settings_read_as_they_are_written() {
+        for device in [DeviceSetting::Auto, DeviceSetting::Cpu, DeviceSetting::Cuda] {
+            assert_eq!(device.to_string().parse::<DeviceSetting>(), Ok(device));
+        }
+        assert!("gpu".parse::<DeviceSetting>().is_err());
     }
 
     #[test]

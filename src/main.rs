@@ -59,15 +59,9 @@ enum Command {
 async fn main() {
     let cli = Cli::parse();
     let log_format = cli.log_format.unwrap_or_else(|| {
-        let configured =
-            trainyard::config::Settings::load(&trainyard::config::Settings::default_dir())
-                .map(|s| s.telemetry.log_format)
-                .unwrap_or_default();
-        if configured == "json" {
-            trainyard::telemetry::LogFormat::Json
-        } else {
-            trainyard::telemetry::LogFormat::Text
-        }
+        trainyard::config::Settings::load(&trainyard::config::Settings::default_dir())
+            .map(|s| s.telemetry.log_format)
+            .unwrap_or_default()
     });
     trainyard::init_process(log_format);
     let result = match cli.command {

@@ -133,13 +133,10 @@ pub fn model_infos(state: &AppState) -> Vec<EmbeddingModelInfo> {
         .map(|m| EmbeddingModelInfo {
             name: m.name.clone(),
             dimensions: m.dimensions,
-            provider: match m.provider {
-                crate::config::ProviderType::Local => "local".into(),
-                crate::config::ProviderType::OpenAiCompatible => "openai-compatible".into(),
-            },
+            provider: m.provider.type_name().into(),
             max_tokens: m.max_tokens,
             max_batch_size: m.max_batch_size,
-            api_key_present: m.api_key_env.as_ref().map(|v| std::env::var(v).is_ok()),
+            api_key_present: m.provider.api_key_env().map(|v| std::env::var(v).is_ok()),
         })
         .collect()
 }

@@ -11,7 +11,6 @@ use poem_openapi::{Enum, Object, OpenApi, Tags};
 use super::errors::ApiError;
 use super::wire_types::EmbeddingInput;
 use super::AppState;
-use crate::config::ProviderType;
 
 #[derive(Tags)]
 enum ApiTags {
@@ -150,7 +149,7 @@ fn served_models(state: &AppState) -> Vec<OpenAiModel> {
         .settings
         .embedding_models
         .values()
-        .filter(|m| m.provider == ProviderType::Local)
+        .filter(|m| m.is_local())
         .map(|m| OpenAiModel {
             id: m.name.clone(),
             object: "model".into(),
@@ -203,7 +202,7 @@ impl OpenAiEmbeddingsApi {
                     m.name == req.model || req.model.ends_with(&format!("/{}", m.name))
                 })
             })
-            .filter(|(_, m)| m.provider == ProviderType::Local)
+            .filter(|(_, m)| m.is_local())
             .ok_or_else(|| ApiError::model_not_found(&req.model))?;
         if let Some(d) = req.dimensions {
             if d != model.dimensions {

@@ -286,7 +286,7 @@ pub async fn resolve_version(
             .settings
             .embedding_models
             .get(&meta.embedding_model)
-            .is_some_and(|m| m.provider == crate::config::ProviderType::Local);
+            .is_some_and(|m| m.is_local());
         if !local {
             return Err(ApiError::unprocessable(
                 "unsupported_version",

@@ -83,11 +83,7 @@ fn finetune_base(
     max_tokens: usize,
 ) -> Result<String, ApiError> {
     let models = &state.settings.embedding_models;
-    let is_local = |key: &str| {
-        models
-            .get(key)
-            .is_some_and(|m| m.provider == crate::config::ProviderType::Local)
-    };
+    let is_local = |key: &str| models.get(key).is_some_and(|m| m.is_local());
     let key = match requested {
         Some(key) => {
             if !is_local(key) {
@@ -118,7 +114,7 @@ fn finetune_base(
                 models
                     .iter()
                     .filter(|(k, _)| is_local(k))
-                    .min_by_key(|(_, m)| m.dir.is_some())
+                    .min_by_key(|(_, m)| m.local().is_some_and(|l| l.dir.is_some()))
                     .map(|(k, _)| k.clone())
                     .ok_or_else(|| {
                         ApiError::unprocessable(

@@ -1,5 +1,5 @@
 //! `trainyard migrate` and `trainyard doctor`.
-use crate::config::{ProviderType, Settings};
+use crate::config::{DeviceSetting, Settings};
 
 pub async fn migrate() -> anyhow::Result<()> {
     let (_, pool) = crate::start(true).await?;
@@ -22,7 +22,7 @@ pub async fn doctor() -> anyhow::Result<()> {
         println!("cuda         none (CPU only)");
     }
     // What a `train` job with device=auto and the served models would use on this machine.
-    let device = crate::ml::text_encoder::pick_device("auto");
+    let device = crate::ml::text_encoder::pick_device(DeviceSetting::Auto);
     println!(
         "device       {} for training and inference with device=auto (local_model.device = {})",
         format!("{device:?}").to_lowercase(),
@@ -53,8 +53,8 @@ pub async fn doctor() -> anyhow::Result<()> {
         }
     }
     for (key, m) in &settings.embedding_models {
-        let detail = match m.provider {
-            ProviderType::Local => match crate::embedding::local_checkpoint(&settings, key) {
+        let detail = if m.is_local() {
+            match crate::embedding::local_checkpoint(&settings, key) {
                 Ok(c) => {
                     let config =
                         crate::ml::encoder::EncoderConfig::from_file(&c.dir.join("config.json"));
@@ -90,16 +90,18 @@ pub async fn doctor() -> anyhow::Result<()> {
                     healthy = false;
                     format!("local, UNAVAILABLE: {e}")
                 }
-            },
-            ProviderType::OpenAiCompatible => format!(
-                "openai-compatible {}, key {}",
-                m.api_endpoint.as_deref().unwrap_or("?"),
-                match &m.api_key_env {
+            }
+        } else {
+            format!(
+                "{} {}, key {}",
+                m.provider.type_name(),
+                m.provider.api_endpoint().unwrap_or("?"),
+                match m.provider.api_key_env() {
                     Some(var) if std::env::var(var).is_ok() => format!("${var} set"),
                     Some(var) => format!("${var} not set"),
                     None => "not needed".into(),
                 }
-            ),
+            )
         };
         println!("model        {key}: {} dims, {detail}", m.dimensions);
     }

@@ -91,11 +91,10 @@ pub async fn run_embed(
     let reused = (checksums.len() - todo.len()) as i64;
     let mut order = todo.clone();
     order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
-    let slice = match model.provider {
-        crate::config::ProviderType::Local => EMBED_PROGRESS_SLICE,
-        crate::config::ProviderType::OpenAiCompatible => {
-            (model.max_batch_size * model.max_concurrency.max(1)).max(EMBED_PROGRESS_SLICE)
-        }
+    // A remote provider has `max_concurrency` requests of `max_batch_size` texts in flight.
+    let slice = match model.provider.max_concurrency() {
+        None => EMBED_PROGRESS_SLICE,
+        Some(requests) => (model.max_batch_size * requests.max(1)).max(EMBED_PROGRESS_SLICE),
     };
     let span = tracing::info_span!(
         "embed_batch",

@@ -1,5 +1,7 @@
 //! Embedding providers behind one type: local BERT-family checkpoints (tch; all-MiniLM-L6-v2
-//! by default, any folder named in embedding_models.toml) or an OpenAI-compatible API.
+//! by default, any folder named in embedding_models.toml) or a remote API (each `type` of
+//! `config::EmbeddingProvider` but `local` has its client in a file of its own here, e.g.
+//! `openai_compatible`, and one line in `Embedders::provider`).
 pub mod openai_compatible;
 pub mod store;
 
@@ -7,7 +9,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::config::{EmbeddingModelConfig, LongTexts, ProviderType, Settings};
+use futures::future::BoxFuture;
+
+use crate::config::{EmbeddingModelConfig, EmbeddingProvider, LongTexts, Settings};
 use crate::ml::encoder::{folder_pooling, PoolingSpec};
 use crate::ml::text_encoder::{pick_device, EncoderOptions, TextEncoder, Windows};
 use openai_compatible::OpenAiCompatibleClient;
@@ -32,12 +36,12 @@ pub fn local_checkpoint(settings: &Settings, key: &str) -> Result<LocalCheckpoin
         .embedding_models
         .get(key)
         .ok_or_else(|| EmbedError::UnknownModel(key.to_string()))?;
-    if model.provider != ProviderType::Local {
+    let Some(local) = model.local() else {
         return Err(EmbedError::Fatal(format!(
             "embedding model `{key}` is not a local model"
         )));
-    }
-    let dir = match &model.dir {
+    };
+    let dir = match &local.dir {
         Some(dir) => shellexpand::env(dir)
             .map_err(|e| {
                 EmbedError::Fatal(format!(
@@ -62,21 +66,21 @@ pub fn local_checkpoint(settings: &Settings, key: &str) -> Result<LocalCheckpoin
     }
     // An explicit `pooling` and `normalize` override the folder's files (even ones trainyard
     // could not follow); otherwise the folder decides, and an unsupported pipeline is refused.
-    let (folder_mode, folder_normalize) = match (model.pooling, model.normalize) {
+    let (folder_mode, folder_normalize) = match (local.pooling, local.normalize) {
         (Some(_), Some(_)) => (None, None),
         _ => folder_pooling(&dir)
             .map_err(|e| EmbedError::Fatal(format!("embedding model `{key}`: {e}")))?,
     };
     let pooling = PoolingSpec {
-        pooling: model.pooling.or(folder_mode).unwrap_or_default(),
-        normalize: model.normalize.or(folder_normalize).unwrap_or(true),
+        pooling: local.pooling.or(folder_mode).unwrap_or_default(),
+        normalize: local.normalize.or(folder_normalize).unwrap_or(true),
     };
-    let windows = (model.long_texts == LongTexts::Windows).then(|| Windows {
+    let windows = (local.long_texts == LongTexts::Windows).then(|| Windows {
         // A quarter of the text tokens of a window (its special tokens are about 2).
-        overlap: model
+        overlap: local
             .window_overlap
             .unwrap_or(model.max_tokens.saturating_sub(2) / 4),
-        max_windows: model.max_windows.unwrap_or(16),
+        max_windows: local.max_windows.unwrap_or(16),
     });
     Ok(LocalCheckpoint {
         dir,
@@ -104,10 +108,23 @@ impl EmbedError {
     }
 }
 
+/// Vectors, in the order of the texts, and the tokens embedded when the provider counted them.
+pub type Embedded = (Vec<Vec<f32>>, Option<u64>);
+
+/// The client of a remote embedding API (every `type` but `local`).
+pub trait RemoteProvider: Send + Sync {
+    /// Embeds all `texts` (batched and retried as the provider's keys say); every vector has
+    /// the model's dimensions.
+    fn embed_texts<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, Result<Embedded, EmbedError>>;
+}
+
 #[derive(Clone)]
 pub enum Provider {
     Local(TextEncoder),
-    OpenAiCompatible(Box<OpenAiCompatibleClient>),
+    Remote(Arc<dyn RemoteProvider>),
 }
 
 type EncoderCell = Arc<tokio::sync::OnceCell<TextEncoder>>;
@@ -161,7 +178,7 @@ impl Embedders {
                 max_tokens: checkpoint.max_tokens,
                 max_tokens_per_batch: settings.local_model.max_tokens_per_batch,
                 threads: settings.local_model.threads,
-                device: pick_device(&settings.local_model.device),
+                device: pick_device(settings.local_model.device),
                 pooling: checkpoint.pooling,
                 classifier: None,
                 batch_wait: std::time::Duration::ZERO,
@@ -183,14 +200,16 @@ impl Embedders {
         .cloned()
     }
 
+    /// The model's provider: its local encoder, or a client of its `type`'s API.
     pub async fn provider(&self, name: &str) -> Result<Provider, EmbedError> {
-        let model = self.model(name)?.clone();
-        match model.provider {
-            ProviderType::Local => Ok(Provider::Local(self.local_encoder(name).await?)),
-            ProviderType::OpenAiCompatible => Ok(Provider::OpenAiCompatible(Box::new(
-                OpenAiCompatibleClient::new(model)?,
-            ))),
+        fn remote(client: impl RemoteProvider + 'static) -> Provider {
+            Provider::Remote(Arc::new(client))
         }
+        let model = self.model(name)?.clone();
+        Ok(match &model.provider {
+            EmbeddingProvider::Local(_) => Provider::Local(self.local_encoder(name).await?),
+            EmbeddingProvider::OpenAiCompatible(_) => remote(OpenAiCompatibleClient::new(model)?),
+        })
     }
 
     /// Embeds texts with the named model; every vector has the model's dimensions.
@@ -204,7 +223,7 @@ impl Embedders {
         &self,
         name: &str,
         texts: Vec<String>,
-    ) -> Result<(Vec<Vec<f32>>, Option<u64>), EmbedError> {
+    ) -> Result<Embedded, EmbedError> {
         match self.provider(name).await? {
             Provider::Local(encoder) => encoder
                 .encode(texts)
@@ -214,7 +233,7 @@ impl Embedders {
                     (e.vectors, Some(tokens))
                 })
                 .map_err(|e| EmbedError::Fatal(e.to_string())),
-            Provider::OpenAiCompatible(client) => client.embed_with_usage(&texts).await,
+            Provider::Remote(client) => client.embed_texts(&texts).await,
         }
     }
 }

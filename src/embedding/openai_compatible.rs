@@ -11,8 +11,8 @@ use backon::{ExponentialBuilder, Retryable};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
-use super::EmbedError;
-use crate::config::EmbeddingModelConfig;
+use super::{EmbedError, Embedded, RemoteProvider};
+use crate::config::{EmbeddingModelConfig, EmbeddingProvider, OpenAiCompatibleProvider};
 
 /// A server's Retry-After is honoured up to this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
@@ -23,6 +23,8 @@ pub struct OpenAiCompatibleClient {
     url: String,
     api_key: Option<String>,
     model: EmbeddingModelConfig,
+    /// The model's `type = "openai-compatible"` keys.
+    api: OpenAiCompatibleProvider,
     /// First retry delay; doubles each time up to `max_delay`.
     pub min_delay: Duration,
     pub max_delay: Duration,
@@ -57,27 +59,32 @@ struct AttemptError {
 }
 
 /// Vectors of one call and, when the provider reported it, the tokens it counted.
-type Batch = (Vec<Vec<f32>>, Option<u64>);
+type Batch = Embedded;
 
 impl OpenAiCompatibleClient {
     pub fn new(model: EmbeddingModelConfig) -> Result<Self, EmbedError> {
-        let endpoint = model.api_endpoint.clone().ok_or_else(|| {
-            EmbedError::Fatal(format!("model {} has no api_endpoint", model.name))
-        })?;
-        let api_key = match &model.api_key_env {
+        let EmbeddingProvider::OpenAiCompatible(api) = &model.provider else {
+            return Err(EmbedError::Fatal(format!(
+                "model {} is not openai-compatible",
+                model.name
+            )));
+        };
+        let api = api.clone();
+        let api_key = match &api.api_key_env {
             Some(var) => std::env::var(var).ok(),
             None => None,
         };
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs_f64(model.timeout_secs))
+            .timeout(Duration::from_secs_f64(api.timeout_secs))
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| EmbedError::Fatal(format!("http client: {e}")))?;
         Ok(OpenAiCompatibleClient {
             http,
-            url: format!("{}/embeddings", endpoint.trim_end_matches('/')),
+            url: format!("{}/embeddings", api.api_endpoint.trim_end_matches('/')),
             api_key,
             model,
+            api,
             min_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
         })
@@ -102,7 +109,7 @@ impl OpenAiCompatibleClient {
                 let client = self.clone();
                 async move { client.embed_batch_with_retries(&batch).await }
             })
-            .buffered(self.model.max_concurrency.max(1))
+            .buffered(self.api.max_concurrency.max(1))
             .try_collect()
             .await?;
         let tokens = results.iter().map(|(_, t)| *t).sum::<Option<u64>>();
@@ -113,7 +120,7 @@ impl OpenAiCompatibleClient {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)
-            .with_max_times(self.model.max_attempts.saturating_sub(1) as usize)
+            .with_max_times(self.api.max_attempts.saturating_sub(1) as usize)
             .with_jitter();
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let result = (|| async {
@@ -251,6 +258,15 @@ impl OpenAiCompatibleClient {
             .into_iter()
             .map(|v| v.expect("every index filled once"))
             .collect())
+    }
+}
+
+impl RemoteProvider for OpenAiCompatibleClient {
+    fn embed_texts<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> futures::future::BoxFuture<'a, Result<Embedded, EmbedError>> {
+        Box::pin(self.embed_with_usage(texts))
     }
 }
 

@@ -22,7 +22,7 @@ use serde::Serialize;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 
-use crate::config::{ProviderType, Settings};
+use crate::config::Settings;
 use crate::ml::classifier::{ClassifierSpec, TrainMode};
 use crate::ml::text_encoder::{
     pick_device, ClassifierWeights, EncoderOptions, TextEncoder, ThreadWatch,
@@ -350,7 +350,7 @@ async fn start_version(
         max_tokens,
         max_tokens_per_batch: settings.local_model.max_tokens_per_batch,
         threads,
-        device: pick_device(&settings.local_model.device),
+        device: pick_device(settings.local_model.device),
         pooling: spec.pooling,
         classifier: Some(Arc::new(ClassifierWeights {
             spec: spec.clone(),
@@ -415,7 +415,7 @@ pub fn version_encoder(
                 .embedding_models
                 .get(embedding_model)
                 .ok_or_else(|| format!("embedding model `{embedding_model}` is not configured"))?;
-            if model.provider != ProviderType::Local {
+            if !model.is_local() {
                 return Err(format!(
                     "head models on `{embedding_model}` embeddings cannot be served: only a local model's"
                 ));

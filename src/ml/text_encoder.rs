@@ -21,6 +21,7 @@ use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
 use super::classifier::{Classifier, ClassifierInput, ClassifierSpec, TrainMode};
 use super::encoder::{load_encoder, Encoder, EncoderConfig, PoolingSpec};
+use crate::config::DeviceSetting;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncoderError {
@@ -149,11 +150,11 @@ impl ThreadWatch {
 }
 
 /// Resolves `auto|cpu|cuda` to a tch device.
-pub fn pick_device(setting: &str) -> Device {
+pub fn pick_device(setting: DeviceSetting) -> Device {
     match setting {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => Device::cuda_if_available(),
+        DeviceSetting::Cpu => Device::Cpu,
+        DeviceSetting::Cuda => Device::Cuda(0),
+        DeviceSetting::Auto => Device::cuda_if_available(),
     }
 }
 

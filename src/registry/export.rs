@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
 
-use crate::config::{ProviderType, Settings};
+use crate::config::Settings;
 use crate::datasets::TaskType;
 use crate::ml::classifier::{ClassifierSpec, TrainMode};
 use crate::ml::encoder::{EncoderConfig, Pooling, PoolingSpec};
@@ -347,17 +347,14 @@ fn manifest(
         },
         "embedding_model": {
             "name": row.embedding_model,
-            "type": embedding.map(|m| match m.provider {
-                ProviderType::Local => "local",
-                ProviderType::OpenAiCompatible => "openai-compatible",
-            }),
+            "type": embedding.map(|m| m.provider.type_name()),
             "model_name": embedding.map(|m| m.name.clone()),
             "dimensions": embedding.map(|m| m.dimensions),
         },
         // Only a local encoder's pooling is trainyard's to state: a head on a provider's
         // vectors reads them as the provider makes them.
-        "pooling": match (spec.mode, embedding.map(|m| m.provider)) {
-            (TrainMode::Head, Some(ProviderType::Local)) | (TrainMode::Finetune, _) => pooling_json(spec.pooling),
+        "pooling": match (spec.mode, embedding.map(|m| m.is_local())) {
+            (TrainMode::Head, Some(true)) | (TrainMode::Finetune, _) => pooling_json(spec.pooling),
             _ => Value::Null,
         },
         "truncation": {

@@ -22,7 +22,17 @@ use tracing_subscriber::{EnvFilter, Layer};
 pub use instruments::metrics;
 
 /// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines (the default at a terminal).

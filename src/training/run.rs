@@ -24,7 +24,6 @@ use super::epochs::{
 pub use super::run_data::{load_run, RunSettings};
 use super::run_data::{load_splits, Splits};
 use super::webhook::{AddressPolicy, Telemetry, WebhookConfig};
-use crate::config::ProviderType;
 use crate::datasets::store;
 use crate::ml::classifier::{ClassifierSpec, TrainMode};
 use crate::ml::text_encoder::pick_device;
@@ -104,7 +103,7 @@ pub async fn run_training(
             .settings
             .embedding_models
             .get(&dataset.embedding_model)
-            .filter(|m| m.provider == ProviderType::Local)
+            .filter(|m| m.is_local())
             .map(|_| dataset.embedding_model.clone())
     });
     let checkpoint = match &encoder_model {
@@ -159,7 +158,8 @@ pub async fn run_training(
     )
     .await?;
     let checkpoint = load_checkpoint(pool, run.id).await?;
-    let device = pick_device(&run.device);
+    // Stored as the API took it (auto, cpu or cuda); anything else means auto, as before.
+    let device = pick_device(run.device.parse().unwrap_or_default());
     sqlx::query(
         "UPDATE training_runs SET status = 'running', job_id = $2, error = NULL,
                 started_at = coalesce(started_at, now()), total_epochs = $3, device_used = $4,

@@ -324,7 +324,12 @@ async fn finetunes_of_every_family_export_folders_transformers_loads() {
             format!("tiny-{family}"),
             trainyard::config::EmbeddingModelConfig {
                 name: format!("tiny-{family}"),
-                dir: Some(tmp.path().join(family).join("base").display().to_string()),
+                provider: trainyard::config::EmbeddingProvider::Local(
+                    trainyard::config::LocalProvider {
+                        dir: Some(tmp.path().join(family).join("base").display().to_string()),
+                        ..base.local().unwrap().clone()
+                    },
+                ),
                 dimensions: 32,
                 max_tokens: 64,
                 ..base.clone()

@@ -10,7 +10,7 @@ use poem::listener::{Acceptor, Listener};
 use poem::web::{Data, Json};
 use poem::{handler, EndpointExt, Response, Route};
 use serde_json::{json, Value};
-use trainyard::config::{EmbeddingModelConfig, ProviderType};
+use trainyard::config::{EmbeddingModelConfig, EmbeddingProvider, OpenAiCompatibleProvider};
 use trainyard::embedding::openai_compatible::OpenAiCompatibleClient;
 use trainyard::embedding::EmbedError;
 
@@ -107,20 +107,15 @@ fn model(endpoint: &str, max_attempts: u32) -> EmbeddingModelConfig {
     EmbeddingModelConfig {
         name: "faulty".into(),
         dimensions: DIMS,
-        provider: ProviderType::OpenAiCompatible,
-        api_endpoint: Some(endpoint.into()),
+        provider: EmbeddingProvider::OpenAiCompatible(OpenAiCompatibleProvider {
+            api_endpoint: endpoint.into(),
+            api_key_env: None,
+            max_concurrency: 1,
+            max_attempts,
+            timeout_secs: 0.5,
+        }),
         max_tokens: 512,
         max_batch_size: 4,
-        api_key_env: None,
-        max_concurrency: 1,
-        max_attempts,
-        timeout_secs: 0.5,
-        dir: None,
-        pooling: None,
-        normalize: None,
-        long_texts: Default::default(),
-        window_overlap: None,
-        max_windows: None,
     }
 }
 

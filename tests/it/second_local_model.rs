@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crate::support::*;
 use serde_json::{json, Value};
-use trainyard::config::{EmbeddingModelConfig, LongTexts, Settings};
+use trainyard::config::{
+    EmbeddingModelConfig, EmbeddingProvider, LocalProvider, LongTexts, Settings,
+};
 use trainyard::ml::encoder::{Pooling, PoolingSpec};
 
 const MEAN: &str = "sre-minilm";
@@ -35,8 +37,11 @@ fn settings_with_second_model(url: &str) -> Settings {
     let base = settings.embedding_models["all-MiniLM-L6-v2"].clone();
     let model = |name: &str, pooling: Option<Pooling>| EmbeddingModelConfig {
         name: name.to_string(),
-        dir: Some("${TRAINYARD_SECOND_MODEL_DIR}".into()),
-        pooling,
+        provider: EmbeddingProvider::Local(LocalProvider {
+            dir: Some("${TRAINYARD_SECOND_MODEL_DIR}".into()),
+            pooling,
+            ..base.local().unwrap().clone()
+        }),
         ..base.clone()
     };
     settings
@@ -119,8 +124,20 @@ async fn second_local_model_matches_sentence_transformers_with_mean_and_cls_pool
 
     // A folder that is not there: a clear error, and the other models keep working.
     let mut broken = settings_with_second_model(&db.url);
-    broken.embedding_models.get_mut(MEAN).unwrap().dir = Some("/nonexistent/model".into());
-    broken.embedding_models.get_mut(CLS).unwrap().dir = Some("${TRAINYARD_UNSET_FOR_TEST}".into());
+    broken
+        .embedding_models
+        .get_mut(MEAN)
+        .unwrap()
+        .local_mut()
+        .unwrap()
+        .dir = Some("/nonexistent/model".into());
+    broken
+        .embedding_models
+        .get_mut(CLS)
+        .unwrap()
+        .local_mut()
+        .unwrap()
+        .dir = Some("${TRAINYARD_UNSET_FOR_TEST}".into());
     let broken_app = spawn_api(db.pool.clone(), Arc::new(broken)).await;
     let (s, e) = broken_app
         .post("/v1/embeddings", json!({"model": MEAN, "input": "x"}))
@@ -363,9 +380,12 @@ async fn heads_on_windowed_vectors_are_served_on_windows() {
     let model = |name: &str, long_texts| EmbeddingModelConfig {
         name: name.to_string(),
         max_tokens: 20,
-        long_texts,
-        window_overlap: Some(4),
-        max_windows: Some(8),
+        provider: EmbeddingProvider::Local(LocalProvider {
+            long_texts,
+            window_overlap: Some(4),
+            max_windows: Some(8),
+            ..base.local().unwrap().clone()
+        }),
         ..base.clone()
     };
     settings
