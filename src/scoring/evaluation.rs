@@ -7,6 +7,10 @@
 //! (under the evaluation's row lock, so two finishing at once cannot both miss it) moves the
 //! evaluation to `evaluating` and enqueues the `evaluate` job, which writes the results, the
 //! disagreements and the gate's decision in one transaction, guarded by the status.
+//!
+//! Evaluations depend on `scoring::store` (they create, cancel and check scoring jobs there);
+//! the scoring jobs hear nothing of evaluations but call [`on_scoring_job_outcome`], from
+//! `scoring::store::report`, in the transaction that changed one of them.
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
@@ -16,11 +20,9 @@ use sqlx::{PgConnection, PgPool, Row};
 use trainyard_jobs::{EvaluateArgs, JobKind};
 use uuid::Uuid;
 
-use super::store::{self, NewScoringJob};
-use super::{positive_labels, ScoringTarget};
-use crate::config::Settings;
-use crate::job_registry::LifecycleError;
-use crate::queue::{self, JobContext, JobError, NewJob, QueueError};
+use super::store::{self, NewScoringJob, ScoringJobOutcome};
+use super::{positive_labels, ScoringError, ScoringTarget};
+use crate::queue::{self, JobContext, JobError, NewJob};
 use crate::registry::VersionMeta;
 use crate::training::metrics::{evaluate, tune_thresholds, Metrics};
 use crate::worker_state::WorkerState;
@@ -85,20 +87,20 @@ impl EvaluationRow {
     }
 }
 
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<EvaluationRow>, sqlx::Error> {
-    sqlx::query("SELECT * FROM evaluations WHERE id = $1")
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<EvaluationRow>, ScoringError> {
+    Ok(sqlx::query("SELECT * FROM evaluations WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await?
         .map(|r| EvaluationRow::from_row(&r))
-        .transpose()
+        .transpose()?)
 }
 
 pub async fn list(
     pool: &PgPool,
     limit: i64,
     offset: i64,
-) -> Result<(Vec<EvaluationRow>, i64), sqlx::Error> {
+) -> Result<(Vec<EvaluationRow>, i64), ScoringError> {
     let rows =
         sqlx::query("SELECT * FROM evaluations ORDER BY created_at DESC, id LIMIT $1 OFFSET $2")
             .bind(limit)
@@ -116,11 +118,13 @@ pub async fn list(
 }
 
 /// The scoring jobs of an evaluation, one per version, in version order.
-pub async fn scoring_jobs(pool: &PgPool, id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM scoring_jobs WHERE evaluation_id = $1 ORDER BY version")
-        .bind(id)
-        .fetch_all(pool)
-        .await
+pub async fn scoring_jobs(pool: &PgPool, id: Uuid) -> Result<Vec<Uuid>, ScoringError> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM scoring_jobs WHERE evaluation_id = $1 ORDER BY version")
+            .bind(id)
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 /// A disagreement as stored: the record, its consensus labels, each version's decision.
@@ -140,7 +144,7 @@ pub async fn disagreements(
     id: Uuid,
     limit: i64,
     offset: i64,
-) -> Result<(Vec<Disagreement>, i64), sqlx::Error> {
+) -> Result<(Vec<Disagreement>, i64), ScoringError> {
     let rows = sqlx::query(
         "SELECT position, document_id, source, external_id, text, labels, predictions
          FROM evaluation_disagreements WHERE evaluation_id = $1
@@ -189,7 +193,7 @@ pub async fn create(
     pool: &PgPool,
     new: &NewEvaluation<'_>,
     max_attempts: i32,
-) -> Result<Uuid, QueueError> {
+) -> Result<Uuid, ScoringError> {
     let mut tx = pool.begin().await?;
     let id: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO evaluations (id, model_name, versions, dataset_id, split, run_id, promotion)
@@ -235,13 +239,60 @@ pub async fn create(
     Ok(id)
 }
 
-/// Called in the transaction that finished one of the evaluation's scoring jobs: when every
-/// one is done, moves the evaluation on and enqueues its `evaluate` job (once).
-pub(crate) async fn start_if_scored(
+/// The hook through which a scoring job of the evaluation tells what happened to it, in the
+/// transaction that changed it (see `scoring::store::report`, its one caller). Returns whether
+/// the evaluation (or, when cancelling, any of its jobs) changed.
+pub(super) async fn on_scoring_job_outcome(
     conn: &mut PgConnection,
     evaluation_id: Uuid,
-    settings: &Settings,
-) -> Result<(), QueueError> {
+    outcome: ScoringJobOutcome<'_>,
+) -> Result<bool, ScoringError> {
+    match outcome {
+        ScoringJobOutcome::Succeeded { max_attempts } => {
+            start_if_scored(conn, evaluation_id, max_attempts).await
+        }
+        ScoringJobOutcome::Failed { error } => scoring_failed(conn, evaluation_id, error).await,
+        ScoringJobOutcome::Cancelled => cancel_in(conn, evaluation_id).await,
+        ScoringJobOutcome::Retrying => scoring_again(conn, evaluation_id).await,
+    }
+}
+
+/// A scoring job of the evaluation failed for good: so does the evaluation, unless it ended.
+async fn scoring_failed(
+    conn: &mut PgConnection,
+    evaluation_id: Uuid,
+    error: &str,
+) -> Result<bool, ScoringError> {
+    let failed = sqlx::query(
+        "UPDATE evaluations SET status = 'failed', error = $2, updated_at = now(), finished_at = now()
+         WHERE id = $1 AND status NOT IN ('done', 'cancelled')",
+    )
+    .bind(evaluation_id)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    Ok(failed.rows_affected() > 0)
+}
+
+/// A failed scoring job of the evaluation runs again: a failed evaluation is scoring again.
+async fn scoring_again(conn: &mut PgConnection, evaluation_id: Uuid) -> Result<bool, ScoringError> {
+    let reopened = sqlx::query(
+        "UPDATE evaluations SET status = 'scoring', error = NULL, finished_at = NULL, updated_at = now()
+         WHERE id = $1 AND status = 'failed'",
+    )
+    .bind(evaluation_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(reopened.rows_affected() > 0)
+}
+
+/// One of the evaluation's scoring jobs is done: when every one is, moves the evaluation on and
+/// enqueues its `evaluate` job (once). True when it did.
+async fn start_if_scored(
+    conn: &mut PgConnection,
+    evaluation_id: Uuid,
+    max_attempts: i32,
+) -> Result<bool, ScoringError> {
     // The row lock orders concurrent finishers: the later one sees the earlier one's commit.
     let status: Option<String> =
         sqlx::query_scalar("SELECT status FROM evaluations WHERE id = $1 FOR UPDATE")
@@ -249,7 +300,7 @@ pub(crate) async fn start_if_scored(
             .fetch_optional(&mut *conn)
             .await?;
     if status.as_deref() != Some("scoring") {
-        return Ok(());
+        return Ok(false);
     }
     let unfinished: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM scoring_jobs WHERE evaluation_id = $1 AND status <> 'done'",
@@ -258,7 +309,7 @@ pub(crate) async fn start_if_scored(
     .fetch_one(&mut *conn)
     .await?;
     if unfinished > 0 {
-        return Ok(());
+        return Ok(false);
     }
     let ids = queue::enqueue(
         conn,
@@ -269,7 +320,7 @@ pub(crate) async fn start_if_scored(
             scoring_job_id: None,
             progress_total: 1,
         }],
-        settings.queue.max_attempts,
+        max_attempts,
     )
     .await?;
     sqlx::query(
@@ -279,11 +330,11 @@ pub(crate) async fn start_if_scored(
     .bind(&ids[0])
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Cancels an evaluation that has not finished, with its scoring jobs and its `evaluate` job.
-pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<bool, QueueError> {
+pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<bool, ScoringError> {
     let mut tx = pool.begin().await?;
     let changed = cancel_in(&mut tx, id).await?;
     tx.commit().await?;
@@ -291,7 +342,7 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<bool, QueueError> {
 }
 
 /// An `evaluate` job was cancelled: so is its evaluation (if it is still unfinished).
-pub async fn evaluate_job_cancelled(pool: &PgPool, job_id: &str) -> Result<(), QueueError> {
+pub async fn evaluate_job_cancelled(pool: &PgPool, job_id: &str) -> Result<(), ScoringError> {
     let evaluation: Option<Uuid> =
         sqlx::query_scalar("SELECT id FROM evaluations WHERE evaluate_job_id = $1")
             .bind(job_id)
@@ -308,7 +359,7 @@ pub async fn evaluate_job_cancelled(pool: &PgPool, job_id: &str) -> Result<(), Q
 pub async fn evaluate_job_retrying(
     conn: &mut PgConnection,
     job_id: &str,
-) -> Result<(), LifecycleError> {
+) -> Result<(), ScoringError> {
     store::only_failed(conn, "evaluations", "evaluate_job_id", job_id, "evaluation").await?;
     sqlx::query(
         "UPDATE evaluations SET status = 'evaluating', error = NULL, finished_at = NULL, updated_at = now()
@@ -322,7 +373,7 @@ pub async fn evaluate_job_retrying(
 
 /// [`cancel`] inside the caller's transaction. Locks the scoring jobs before the evaluation, the
 /// order in which a finishing chunk takes them, so the two never deadlock.
-pub(crate) async fn cancel_in(conn: &mut PgConnection, id: Uuid) -> Result<bool, QueueError> {
+async fn cancel_in(conn: &mut PgConnection, id: Uuid) -> Result<bool, ScoringError> {
     let jobs: Vec<Uuid> =
         sqlx::query_scalar("SELECT id FROM scoring_jobs WHERE evaluation_id = $1 ORDER BY id")
             .bind(id)
@@ -415,7 +466,9 @@ pub async fn handle_evaluate(
     ctx: &JobContext,
     args: EvaluateArgs,
 ) -> Result<serde_json::Value, JobError> {
-    let result = run_evaluate(state, ctx, &args).await;
+    let result = run_evaluate(state, ctx, &args)
+        .await
+        .map_err(JobError::from);
     if let Err(e) = &result {
         tracing::warn!(job = %ctx.id, evaluation = %args.evaluation_id, error = %e, "evaluate failed");
         if matches!(e, JobError::Cancelled) {
@@ -444,23 +497,23 @@ async fn run_evaluate(
     state: &WorkerState,
     ctx: &JobContext,
     args: &EvaluateArgs,
-) -> Result<serde_json::Value, JobError> {
+) -> Result<serde_json::Value, ScoringError> {
     let pool = &state.pool;
     let evaluation = get(pool, args.evaluation_id).await?.ok_or_else(|| {
-        JobError::Fatal(format!(
+        ScoringError::Invalid(format!(
             "evaluation {} no longer exists",
             args.evaluation_id
         ))
     })?;
     match evaluation.status.as_str() {
-        "cancelled" => return Err(JobError::Cancelled),
+        "cancelled" => return Err(ScoringError::Cancelled),
         "done" | "failed" => {
             return Ok(json!({"evaluation_id": evaluation.id, "status": evaluation.status}))
         }
         _ => {}
     }
     if ctx.cancel_requested() {
-        return Err(JobError::Cancelled);
+        return Err(ScoringError::Cancelled);
     }
     let rows = sqlx::query(
         "SELECT r.position, r.document_id, r.source, r.external_id, r.text, r.checksum, r.labels
@@ -512,7 +565,7 @@ async fn run_evaluate(
             .map(|r| stored.get(&key(r)).cloned())
             .collect();
         let Some(scores) = scores else {
-            return Err(JobError::Fatal(format!(
+            return Err(ScoringError::Invalid(format!(
                 "version {version} has no score for {} of the {} records",
                 records
                     .iter()
@@ -536,7 +589,7 @@ async fn run_evaluate(
                 .any(|l| r.labels.get(l).copied().flatten().is_some())
         });
         if !annotated {
-            return Err(JobError::Fatal(format!(
+            return Err(ScoringError::Invalid(format!(
                 "no record of the {} split of dataset {} annotates a label of version {} ({:?}): nothing to evaluate on",
                 evaluation.split, evaluation.dataset_id, side.version, side.labels
             )));
@@ -606,7 +659,7 @@ async fn run_evaluate(
             .await?;
     if status != "evaluating" {
         return match status.as_str() {
-            "cancelled" => Err(JobError::Cancelled),
+            "cancelled" => Err(ScoringError::Cancelled),
             _ => Ok(json!({"evaluation_id": evaluation.id, "status": status})),
         };
     }
@@ -632,8 +685,9 @@ async fn run_evaluate(
     }
     let promotion = match &evaluation.promotion {
         Some(gate) => {
-            let gate: PromotionGate = serde_json::from_value(gate.clone())
-                .map_err(|e| JobError::Fatal(format!("stored promotion gate unreadable: {e}")))?;
+            let gate: PromotionGate = serde_json::from_value(gate.clone()).map_err(|e| {
+                ScoringError::Invalid(format!("stored promotion gate unreadable: {e}"))
+            })?;
             Some(decide_gate(&mut tx, &evaluation.model_name, gate, &macro_f1).await?)
         }
         None => None,
@@ -668,11 +722,11 @@ async fn decide_gate(
     model: &str,
     mut gate: PromotionGate,
     macro_f1: &HashMap<i32, Option<f64>>,
-) -> Result<PromotionGate, JobError> {
+) -> Result<PromotionGate, ScoringError> {
     let (Some(&candidate), Some(&against)) =
         (macro_f1.get(&gate.candidate), macro_f1.get(&gate.against))
     else {
-        return Err(JobError::Fatal(
+        return Err(ScoringError::Invalid(
             "the gate's versions were not both evaluated".into(),
         ));
     };
@@ -705,7 +759,7 @@ async fn decide_gate(
     } else if delta > 0.0 && delta >= gate.margin {
         crate::registry::promote_in_tx(conn, model, gate.candidate, "auto_promote")
             .await
-            .map_err(|e| JobError::Retryable(format!("promoting: {e}")))?;
+            .map_err(|e| ScoringError::Transient(format!("promoting: {e}")))?;
         gate.decision = Some("promoted".into());
         gate.reason = Some(format!("{figures}: promoted"));
     } else {
@@ -728,7 +782,7 @@ pub async fn ensure_gate_evaluation(
     model_name: &str,
     version: i32,
     gate: &GateSettings,
-) -> Result<Option<Uuid>, JobError> {
+) -> Result<Option<Uuid>, ScoringError> {
     let pool = &state.pool;
     let served = crate::registry::served_version(pool, model_name)
         .await?
@@ -740,7 +794,9 @@ pub async fn ensure_gate_evaluation(
     for v in [against, version] {
         let meta = crate::registry::version_meta(pool, model_name, v)
             .await?
-            .ok_or_else(|| JobError::Fatal(format!("version {v} of `{model_name}` vanished")))?;
+            .ok_or_else(|| {
+                ScoringError::Invalid(format!("version {v} of `{model_name}` vanished"))
+            })?;
         versions.push((v, meta));
     }
     let id = create(
