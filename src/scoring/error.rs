@@ -1,11 +1,13 @@
 //! The scoring domain's one error type, and the one place it becomes a job's error.
 //!
 //! Every function of `scoring` (scoring jobs, their plan and chunks, evaluations and their
-//! gate) fails with a [`ScoringError`]. What matters to a job is whether trying again can help:
-//! [`ScoringError::is_transient`] says so, and the `From<ScoringError> for JobError` below turns
-//! that into [`JobError::Retryable`] or [`JobError::Fatal`], here and nowhere else. The API answers a
-//! `ScoringError` as it answered the database and queue errors it wraps (see `api::errors`), and
-//! the job registry's lifecycle calls get a [`LifecycleError`] (below).
+//! gate) fails with a [`ScoringError`], but for the export's page reader and encoder, which
+//! answer to `streamed_export` as the dataset export does. What matters to a job is whether
+//! trying again can help: [`ScoringError::is_transient`] says so, and the
+//! `From<ScoringError> for JobError` below turns that into [`JobError::Retryable`] or
+//! [`JobError::Fatal`], here and nowhere else. The API answers a `ScoringError` as it answered
+//! the database and queue errors it wraps (see `api::errors`), and the job registry's lifecycle
+//! calls get the [`LifecycleError`] they got before (below).
 use crate::job_registry::LifecycleError;
 use crate::queue::{JobError, QueueError};
 

@@ -13,7 +13,7 @@
 //! Dependencies point one way: `evaluation` uses `store` (it creates, cancels and checks its
 //! scoring jobs there); `store`, `plan` and `chunk` know an evaluation only as the id a scoring
 //! job belongs to, and tell it what happened to that job through one hook (`store::report`
-//! calls `evaluation::on_scoring_job_outcome`). Every failure is a [`ScoringError`], which says
+//! calls `evaluation::on_scoring_job_outcome`). A failure is a [`ScoringError`], which says
 //! whether a job should try again.
 pub mod chunk;
 pub mod error;

@@ -5,7 +5,7 @@
 //! A scoring job may belong to an evaluation (`scoring::evaluation`), which depends on this
 //! module, never the other way round, but for one call: what happens to a scoring job (it
 //! succeeds, fails for good, is cancelled, or is retried after failing) reaches its evaluation
-//! as a [`ScoringJobOutcome`] through [`report`], the one place this module names the
+//! as a [`ScoringJobOutcome`] through `report`, the one place this module names the
 //! evaluation (its hook `evaluation::on_scoring_job_outcome`), in the transaction that changed
 //! the scoring job.
 use chrono::{DateTime, Utc};
