@@ -192,6 +192,20 @@ impl From<crate::queue::QueueError> for ApiError {
     }
 }
 
+/// A scoring failure is answered as the database or queue error it wraps was before it had its
+/// own type; the kinds only a running job meets are server faults.
+impl From<crate::scoring::ScoringError> for ApiError {
+    fn from(e: crate::scoring::ScoringError) -> Self {
+        use crate::scoring::ScoringError;
+        match e {
+            ScoringError::Database(db) => db.into(),
+            ScoringError::Queue(queue) => queue.into(),
+            ScoringError::Conflict(message) => ApiError::conflict(message),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
 impl From<crate::job_registry::LifecycleError> for ApiError {
     fn from(e: crate::job_registry::LifecycleError) -> Self {
         use crate::job_registry::LifecycleError;
@@ -318,5 +332,32 @@ mod tests {
             status_and_code(LifecycleError::from(sqlx::Error::RowNotFound).into()),
             (500, "internal".to_string())
         );
+    }
+
+    #[test]
+    fn a_scoring_error_is_answered_as_the_error_it_wraps() {
+        use crate::scoring::ScoringError;
+        assert_eq!(
+            status_and_code(ScoringError::Database(sqlx::Error::PoolTimedOut).into()),
+            status_and_code(sqlx::Error::PoolTimedOut.into())
+        );
+        assert_eq!(
+            status_and_code(
+                ScoringError::from(QueueError::Database(sqlx::Error::RowNotFound)).into()
+            ),
+            (500, "internal".to_string())
+        );
+        match ApiError::from(ScoringError::Queue(QueueError::NotFound("j1".into()))) {
+            ApiError::NotFound(b) => assert_eq!(b.0.error.message, "job j1 not found"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let message = "its scoring job is cancelled: only a failed one is retried";
+        match ApiError::from(ScoringError::Conflict(message.into())) {
+            ApiError::Conflict(b) => {
+                assert_eq!(b.0.error.code, "conflict");
+                assert_eq!(b.0.error.message, message);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

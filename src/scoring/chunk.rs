@@ -4,15 +4,16 @@
 //! Idempotent: scores are unique per (model, version, document, text checksum); the chunk is marked done and
 //! the job's counter advanced in the same transaction, guarded by `NOT done`, so a chunk
 //! counts once however often it runs (after a kill, a retry). The transaction that completes
-//! the last chunk finishes the job and, when it belongs to an evaluation whose other versions
-//! are scored, enqueues the `evaluate` job.
+//! the last chunk finishes the job and reports it to the evaluation it may belong to, which
+//! enqueues its `evaluate` job once its other versions are scored.
 use serde_json::json;
 use sqlx::Row;
 
-use super::store::ScoringJobRow;
+use super::store::{self, ScoringJobOutcome, ScoringJobRow};
+use super::ScoringError;
 use crate::embedding::store::begin_batch_write;
 use crate::inference::LoadError;
-use crate::queue::{JobContext, JobError};
+use crate::queue::JobContext;
 use crate::worker_state::WorkerState;
 
 /// Texts scored between two progress updates and cancel checks (about a second of the local
@@ -24,10 +25,10 @@ pub async fn run_chunk(
     ctx: &JobContext,
     job: ScoringJobRow,
     chunk_no: i32,
-) -> Result<serde_json::Value, JobError> {
+) -> Result<serde_json::Value, ScoringError> {
     let pool = &state.pool;
     if job.status == "cancelled" || ctx.cancel_requested() {
-        return Err(JobError::Cancelled);
+        return Err(ScoringError::Cancelled);
     }
     let row = sqlx::query(
         "SELECT document_ids, checksums, texts, done FROM scoring_chunks
@@ -38,7 +39,7 @@ pub async fn run_chunk(
     .fetch_optional(pool)
     .await?
     .ok_or_else(|| {
-        JobError::Fatal(format!(
+        ScoringError::Invalid(format!(
             "chunk {chunk_no} of scoring job {} does not exist",
             job.id
         ))
@@ -55,15 +56,15 @@ pub async fn run_chunk(
         .get(pool, &state.settings, &job.model_name, job.version)
         .await
         .map_err(|e| match e {
-            LoadError::DatabaseUnavailable(m) => JobError::Retryable(m),
-            LoadError::Broken(m) => JobError::Fatal(format!(
+            LoadError::DatabaseUnavailable(m) => ScoringError::Transient(m),
+            LoadError::Broken(m) => ScoringError::Invalid(format!(
                 "version {} of `{}` cannot be loaded: {m}",
                 job.version, job.model_name
             )),
         })?;
     let width = model.spec.labels.len();
     if model.spec.labels != job.labels {
-        return Err(JobError::Fatal(format!(
+        return Err(ScoringError::Invalid(format!(
             "version {} of `{}` has labels {:?}, the scoring job expects {:?}",
             job.version, job.model_name, model.spec.labels, job.labels
         )));
@@ -78,7 +79,7 @@ pub async fn run_chunk(
     let mut flat: Vec<f32> = Vec::with_capacity(texts.len() * width);
     for slice in texts.chunks(SLICE) {
         if ctx.stopping.is_set() {
-            return Err(JobError::Interrupted);
+            return Err(ScoringError::Interrupted);
         }
         let scores = {
             use tracing::Instrument;
@@ -86,10 +87,10 @@ pub async fn run_chunk(
                 .scores(slice.to_vec())
                 .instrument(span.clone())
                 .await
-                .map_err(JobError::Retryable)?
+                .map_err(ScoringError::Transient)?
         };
         if scores.len() != slice.len() || scores.iter().any(|s| s.len() != width) {
-            return Err(JobError::Fatal(format!(
+            return Err(ScoringError::Invalid(format!(
                 "the model returned {} score rows for {} texts",
                 scores.len(),
                 slice.len()
@@ -98,7 +99,7 @@ pub async fn run_chunk(
         flat.extend(scores.into_iter().flatten());
         ctx.set_progress((flat.len() / width.max(1)) as i64, None);
         if ctx.cancel_requested() {
-            return Err(JobError::Cancelled);
+            return Err(ScoringError::Cancelled);
         }
     }
     crate::telemetry::metrics().documents_scored.add(
@@ -153,10 +154,13 @@ pub async fn run_chunk(
             .rows_affected()
                 == 1;
             if finished {
-                if let Some(evaluation) = job.evaluation_id {
-                    super::evaluation::start_if_scored(&mut tx, evaluation, &state.settings)
-                        .await?;
-                }
+                let max_attempts = state.settings.queue.max_attempts;
+                store::report(
+                    &mut tx,
+                    job.evaluation_id,
+                    ScoringJobOutcome::Succeeded { max_attempts },
+                )
+                .await?;
             }
         }
     }

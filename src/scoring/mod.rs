@@ -9,11 +9,20 @@
 //! scoring job per version on a dataset split; the chunk that completes the last of them
 //! enqueues the `evaluate` job, which computes the metrics side by side and applies the
 //! evaluation's promotion gate.
+//!
+//! Dependencies point one way: `evaluation` uses `store` (it creates, cancels and checks its
+//! scoring jobs there); `store`, `plan` and `chunk` know an evaluation only as the id a scoring
+//! job belongs to, and tell it what happened to that job through one hook (`store::report`
+//! calls `evaluation::on_scoring_job_outcome`). A failure is a [`ScoringError`], which says
+//! whether a job should try again.
 pub mod chunk;
+pub mod error;
 pub mod evaluation;
 pub mod export;
 pub mod plan;
 pub mod store;
+
+pub use error::ScoringError;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

@@ -9,8 +9,8 @@ use serde_json::json;
 use sqlx::Row;
 use trainyard_jobs::{JobKind, ScoreArgs};
 
-use super::store::{self, ScoringJobRow};
-use super::ScoringTarget;
+use super::store::{self, ScoringJobOutcome, ScoringJobRow};
+use super::{ScoringError, ScoringTarget};
 use crate::datasets::text::{checksum, combine_text};
 use crate::queue::{self, JobContext, JobError, NewJob};
 use crate::worker_state::WorkerState;
@@ -26,17 +26,17 @@ pub async fn run_plan(
     state: &WorkerState,
     ctx: &JobContext,
     job: ScoringJobRow,
-) -> Result<serde_json::Value, JobError> {
+) -> Result<serde_json::Value, ScoringError> {
     let pool = &state.pool;
     match job.status.as_str() {
-        "cancelled" => return Err(JobError::Cancelled),
+        "cancelled" => return Err(ScoringError::Cancelled),
         "scoring" | "done" | "failed" => {
             return Ok(json!({"scoring_job_id": job.id, "status": job.status}))
         }
         _ => {}
     }
     if ctx.cancel_requested() {
-        return Err(JobError::Cancelled);
+        return Err(ScoringError::Cancelled);
     }
     sqlx::query(
         "UPDATE scoring_jobs SET status = 'planning', started_at = coalesce(started_at, now()), updated_at = now()
@@ -47,7 +47,7 @@ pub async fn run_plan(
     .await?;
     let target = job
         .target()
-        .map_err(|e| JobError::Fatal(format!("stored request unreadable: {e}")))?;
+        .map_err(|e| ScoringError::Invalid(format!("stored request unreadable: {e}")))?;
     // The covered documents stream into a temporary table (dropped at commit); which of them
     // miss a score, and the chunks, are then worked out by the database: the worker holds one
     // block of documents, never the job.
@@ -61,7 +61,7 @@ pub async fn run_plan(
             .await?;
     match status.as_str() {
         "planning" => {}
-        "cancelled" => return Err(JobError::Cancelled),
+        "cancelled" => return Err(ScoringError::Cancelled),
         _ => return Ok(json!({"scoring_job_id": job.id, "status": status})),
     }
     for table in ["scoring_job_documents", "scoring_chunks"] {
@@ -121,9 +121,13 @@ pub async fn run_plan(
     .execute(&mut *tx)
     .await?;
     if final_status == "done" {
-        if let Some(evaluation) = job.evaluation_id {
-            super::evaluation::start_if_scored(&mut tx, evaluation, &state.settings).await?;
-        }
+        let max_attempts = state.settings.queue.max_attempts;
+        store::report(
+            &mut tx,
+            job.evaluation_id,
+            ScoringJobOutcome::Succeeded { max_attempts },
+        )
+        .await?;
     }
     ctx.progress_one_of_one(&mut tx).await?;
     tx.commit().await?;
@@ -200,7 +204,7 @@ async fn stage(
     ctx: &JobContext,
     target: &ScoringTarget,
     tx: &mut sqlx::PgConnection,
-) -> Result<(usize, usize), JobError> {
+) -> Result<(usize, usize), ScoringError> {
     let pool = &state.pool;
     let mut rows = match target {
         // The records' own texts (as the dataset was built); documents deleted since are
@@ -267,7 +271,7 @@ async fn stage(
         }
         if block.len() == STAGE_BLOCK || (done && !block.is_empty()) {
             if ctx.cancel_requested() {
-                return Err(JobError::Cancelled);
+                return Err(ScoringError::Cancelled);
             }
             sqlx::query(
                 "INSERT INTO plan_staging (position, document_id, checksum, text)
@@ -306,15 +310,17 @@ pub async fn handle_score(
     args: ScoreArgs,
 ) -> Result<serde_json::Value, JobError> {
     let Some(job) = store::get(&state.pool, args.scoring_job_id).await? else {
-        return Err(JobError::Fatal(format!(
+        return Err(ScoringError::Invalid(format!(
             "scoring job {} no longer exists",
             args.scoring_job_id
-        )));
+        ))
+        .into());
     };
     let result = match args.chunk {
         None => run_plan(state, ctx, job).await,
         Some(chunk) => super::chunk::run_chunk(state, ctx, job, chunk).await,
-    };
+    }
+    .map_err(JobError::from);
     if let Err(e) = &result {
         tracing::warn!(job = %ctx.id, scoring_job = %args.scoring_job_id, chunk = ?args.chunk, error = %e, "score failed");
         store::fail_if_final(ctx, args.scoring_job_id, e).await;

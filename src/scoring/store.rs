@@ -1,13 +1,19 @@
 //! Scoring jobs in Postgres: creation (row and plan job in one transaction), reads, result
 //! pages, cancel, retrying a failed one's jobs, and failing a job whose chunk ran out of
 //! attempts.
+//!
+//! A scoring job may belong to an evaluation (`scoring::evaluation`), which depends on this
+//! module, never the other way round, but for one call: what happens to a scoring job (it
+//! succeeds, fails for good, is cancelled, or is retried after failing) reaches its evaluation
+//! as a [`ScoringJobOutcome`] through `report`, the one place this module names the
+//! evaluation (its hook `evaluation::on_scoring_job_outcome`), in the transaction that changed
+//! the scoring job.
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 use trainyard_jobs::{JobKind, ScoreArgs};
 use uuid::Uuid;
 
-use super::{positive_labels, ScoredDocument, ScoringTarget};
-use crate::job_registry::LifecycleError;
+use super::{positive_labels, ScoredDocument, ScoringError, ScoringTarget};
 use crate::queue::{self, JobContext, JobError, NewJob, Owner, QueueError};
 
 #[derive(Debug, Clone)]
@@ -84,7 +90,7 @@ pub async fn create(
     pool: &PgPool,
     new: &NewScoringJob<'_>,
     max_attempts: i32,
-) -> Result<Uuid, QueueError> {
+) -> Result<Uuid, ScoringError> {
     let mut tx = pool.begin().await?;
     let id = create_in(&mut tx, new, max_attempts).await?;
     tx.commit().await?;
@@ -96,7 +102,7 @@ pub async fn create_in(
     conn: &mut PgConnection,
     new: &NewScoringJob<'_>,
     max_attempts: i32,
-) -> Result<Uuid, QueueError> {
+) -> Result<Uuid, ScoringError> {
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO scoring_jobs (id, model_name, version, labels, thresholds, threshold_source, request, evaluation_id)
@@ -108,7 +114,7 @@ pub async fn create_in(
     .bind(new.labels)
     .bind(new.thresholds)
     .bind(new.threshold_source)
-    .bind(serde_json::to_value(new.target)?)
+    .bind(serde_json::to_value(new.target).map_err(QueueError::Serialization)?)
     .bind(new.evaluation_id)
     .execute(&mut *conn)
     .await?;
@@ -135,13 +141,13 @@ pub async fn create_in(
     Ok(id)
 }
 
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<ScoringJobRow>, sqlx::Error> {
-    sqlx::query("SELECT * FROM scoring_jobs WHERE id = $1")
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<ScoringJobRow>, ScoringError> {
+    Ok(sqlx::query("SELECT * FROM scoring_jobs WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await?
         .map(|r| ScoringJobRow::from_row(&r))
-        .transpose()
+        .transpose()?)
 }
 
 /// Scoring jobs newest first, and how many there are.
@@ -150,7 +156,7 @@ pub async fn list(
     evaluation_id: Option<Uuid>,
     limit: i64,
     offset: i64,
-) -> Result<(Vec<ScoringJobRow>, i64), sqlx::Error> {
+) -> Result<(Vec<ScoringJobRow>, i64), ScoringError> {
     let rows = sqlx::query(
         "SELECT * FROM scoring_jobs WHERE ($1::uuid IS NULL OR evaluation_id = $1)
          ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
@@ -211,7 +217,7 @@ pub async fn results(
     job: &ScoringJobRow,
     limit: i64,
     offset: i64,
-) -> Result<(Vec<ScoredDocument>, i64), sqlx::Error> {
+) -> Result<(Vec<ScoredDocument>, i64), ScoringError> {
     let rows = sqlx::query(RESULTS_PAGE)
         .bind(job.id)
         .bind(&job.model_name)
@@ -226,7 +232,8 @@ pub async fn results(
 }
 
 /// The results at positions `[from, from + limit)` (an export reads a job of any size in pages
-/// of constant cost).
+/// of constant cost). Fails with the statement's own error: the page reader of
+/// `streamed_export`, shared with the dataset export, takes that.
 pub async fn results_from(
     pool: &PgPool,
     job: &ScoringJobRow,
@@ -247,15 +254,17 @@ pub async fn results_from(
 /// Cancels a scoring job that has not finished: its waiting chunks never start, running ones
 /// stop at their next checkpoint. A job of an evaluation cannot finish alone: the evaluation
 /// and its other scoring jobs are cancelled with it. Returns false when it had already ended.
-pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<bool, QueueError> {
+pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<bool, ScoringError> {
     let mut tx = pool.begin().await?;
     let cancelled = cancel_in(&mut tx, id).await?;
     tx.commit().await?;
     Ok(cancelled)
 }
 
-/// [`cancel`] inside the caller's transaction.
-pub async fn cancel_in(conn: &mut PgConnection, id: Uuid) -> Result<bool, QueueError> {
+/// [`cancel`] inside the caller's transaction. An evaluation's unfinished scoring job is
+/// reported [`ScoringJobOutcome::Cancelled`] before anything is locked: the evaluation cancels
+/// it with the others, locking them in the one order every writer of several takes.
+pub async fn cancel_in(conn: &mut PgConnection, id: Uuid) -> Result<bool, ScoringError> {
     let Some(evaluation) = sqlx::query_scalar::<_, Option<Uuid>>(
         "SELECT evaluation_id FROM scoring_jobs WHERE id = $1",
     )
@@ -273,7 +282,7 @@ pub async fn cancel_in(conn: &mut PgConnection, id: Uuid) -> Result<bool, QueueE
         .fetch_optional(&mut *conn)
         .await?;
         return match unfinished {
-            Some(_) => super::evaluation::cancel_in(conn, evaluation).await,
+            Some(_) => report(conn, Some(evaluation), ScoringJobOutcome::Cancelled).await,
             None => Ok(false),
         };
     }
@@ -288,7 +297,7 @@ pub(super) async fn only_failed(
     column: &str,
     key: &str,
     what: &str,
-) -> Result<(), LifecycleError> {
+) -> Result<(), ScoringError> {
     let status: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT status FROM {table} WHERE {column}::text = $1 FOR UPDATE"
     )))
@@ -297,7 +306,7 @@ pub(super) async fn only_failed(
     .await?;
     match status.as_deref() {
         Some("failed") | None => Ok(()),
-        Some(other) => Err(LifecycleError::Conflict(format!(
+        Some(other) => Err(ScoringError::Conflict(format!(
             "its {what} is {other}: only a failed one is retried (start a new one instead; stored scores are reused)"
         ))),
     }
@@ -306,7 +315,7 @@ pub(super) async fn only_failed(
 /// A failed job of a failed scoring job goes back in its queue (in the caller's transaction):
 /// the scoring job (planned again unless its plan is done) and its failed evaluation are
 /// unfinished again. A cancelled scoring job is not resumed: a new job reuses its scores.
-pub async fn job_retrying(conn: &mut PgConnection, id: Uuid) -> Result<(), LifecycleError> {
+pub async fn job_retrying(conn: &mut PgConnection, id: Uuid) -> Result<(), ScoringError> {
     only_failed(conn, "scoring_jobs", "id", &id.to_string(), "scoring job").await?;
     let plan_job: Option<String> =
         sqlx::query_scalar("SELECT plan_job_id FROM scoring_jobs WHERE id = $1")
@@ -318,34 +327,32 @@ pub async fn job_retrying(conn: &mut PgConnection, id: Uuid) -> Result<(), Lifec
         Some(job) => crate::queue::job_succeeded(conn, &job).await?,
         None => false,
     };
-    sqlx::query(
-        "WITH job AS (
-            UPDATE scoring_jobs SET error = NULL, finished_at = NULL, updated_at = now(),
-                   status = CASE WHEN $2 THEN 'scoring' ELSE 'pending' END
-            WHERE id = $1 RETURNING evaluation_id)
-         UPDATE evaluations SET status = 'scoring', error = NULL, finished_at = NULL, updated_at = now()
-         WHERE id = (SELECT evaluation_id FROM job) AND status = 'failed'",
+    let evaluation: Option<Option<Uuid>> = sqlx::query_scalar(
+        "UPDATE scoring_jobs SET error = NULL, finished_at = NULL, updated_at = now(),
+                status = CASE WHEN $2 THEN 'scoring' ELSE 'pending' END
+         WHERE id = $1 RETURNING evaluation_id",
     )
     .bind(id)
     .bind(planned)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
+    report(conn, evaluation.flatten(), ScoringJobOutcome::Retrying).await?;
     Ok(())
 }
 
 /// Every failed job of a scoring job runs again (in the caller's transaction): one left failed
 /// would keep it from finishing.
-pub async fn retry_failed_jobs(conn: &mut PgConnection, id: Uuid) -> Result<(), QueueError> {
+pub async fn retry_failed_jobs(conn: &mut PgConnection, id: Uuid) -> Result<(), ScoringError> {
     queue::retry_failed_owned_jobs(conn, Owner::ScoringJob(id)).await?;
     Ok(())
 }
 
 /// Locks the scoring jobs' rows (in id order, as every writer of several does) and cancels the
 /// unfinished ones with their queued jobs; true when any was.
-pub(crate) async fn lock_and_cancel(
+pub(super) async fn lock_and_cancel(
     conn: &mut PgConnection,
     ids: &[Uuid],
-) -> Result<bool, QueueError> {
+) -> Result<bool, ScoringError> {
     let locked: Vec<Uuid> =
         sqlx::query_scalar("SELECT id FROM scoring_jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
             .bind(ids)
@@ -371,19 +378,63 @@ pub(crate) async fn fail_if_final(ctx: &JobContext, id: Uuid, error: &JobError) 
         return;
     }
     let message = format!("job {} failed: {error}", ctx.id);
-    let update = sqlx::query(
-        "WITH failed AS (
-            UPDATE scoring_jobs SET status = 'failed', error = $2, updated_at = now(), finished_at = now()
-            WHERE id = $1 AND status NOT IN ('done', 'cancelled', 'failed')
-            RETURNING evaluation_id)
-         UPDATE evaluations SET status = 'failed', error = $2, updated_at = now(), finished_at = now()
-         WHERE id = (SELECT evaluation_id FROM failed) AND status NOT IN ('done', 'cancelled')",
+    if let Err(e) = fail(&ctx.pool, id, &message).await {
+        tracing::error!(scoring_job = %id, "could not mark scoring job failed: {e}");
+    }
+}
+
+/// Fails an unfinished scoring job and reports it, in one transaction.
+async fn fail(pool: &PgPool, id: Uuid, message: &str) -> Result<(), ScoringError> {
+    let mut tx = pool.begin().await?;
+    let failed: Option<Option<Uuid>> = sqlx::query_scalar(
+        "UPDATE scoring_jobs SET status = 'failed', error = $2, updated_at = now(), finished_at = now()
+         WHERE id = $1 AND status NOT IN ('done', 'cancelled', 'failed')
+         RETURNING evaluation_id",
     )
     .bind(id)
-    .bind(&message)
-    .execute(&ctx.pool)
-    .await;
-    if let Err(e) = update {
-        tracing::error!(scoring_job = %id, "could not mark scoring job failed: {e}");
+    .bind(message)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(evaluation) = failed {
+        report(
+            &mut tx,
+            evaluation,
+            ScoringJobOutcome::Failed { error: message },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What happened to a scoring job, as the evaluation it belongs to hears of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ScoringJobOutcome<'a> {
+    /// It is done: its last chunk, or a plan that found nothing to score, marked it so in this
+    /// transaction. The evaluation's `evaluate` job is enqueued with `max_attempts` once every
+    /// scoring job of it is done.
+    Succeeded { max_attempts: i32 },
+    /// It failed for good in this transaction, with this message.
+    Failed { error: &'a str },
+    /// It is to be cancelled and has not ended. An evaluation's scoring jobs cannot end alone:
+    /// the evaluation is cancelled with all of them, this one included.
+    Cancelled,
+    /// It had failed and runs again (a retry, in this transaction).
+    Retrying,
+}
+
+/// The one place a scoring job's outcome reaches its evaluation (when it belongs to one), in
+/// the caller's transaction. Returns whether that changed anything (for
+/// [`ScoringJobOutcome::Cancelled`]: whether anything was cancelled).
+pub(super) async fn report(
+    conn: &mut PgConnection,
+    evaluation_id: Option<Uuid>,
+    outcome: ScoringJobOutcome<'_>,
+) -> Result<bool, ScoringError> {
+    match evaluation_id {
+        Some(evaluation) => {
+            super::evaluation::on_scoring_job_outcome(conn, evaluation, outcome).await
+        }
+        None => Ok(false),
     }
 }

@@ -318,16 +318,14 @@ async fn promotion_gate(
     version: i32,
 ) -> Result<Option<Uuid>, JobError> {
     match (&run.promotion_gate, run.auto_promote) {
-        (Some(gate), true) => {
-            crate::scoring::evaluation::ensure_gate_evaluation(
-                state,
-                run.id,
-                &run.model_name,
-                version,
-                gate,
-            )
-            .await
-        }
+        (Some(gate), true) => Ok(crate::scoring::evaluation::ensure_gate_evaluation(
+            state,
+            run.id,
+            &run.model_name,
+            version,
+            gate,
+        )
+        .await?),
         _ => Ok(None),
     }
 }
