@@ -78,7 +78,7 @@ pub fn registration(kind: JobKind) -> Registration {
         JobKind::Embed => register::<datasets::embed_job::EmbedJob>(),
         JobKind::Train => register::<training::run::TrainJob>(),
         JobKind::Score => register::<scoring::plan::ScoreJob>(),
-        JobKind::Evaluate => register::<scoring::EvaluateJob>(),
+        JobKind::Evaluate => register::<scoring::evaluation::EvaluateJob>(),
         JobKind::ReviewRank => register::<review::job::ReviewRankJob>(),
     }
 }

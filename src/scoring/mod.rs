@@ -96,36 +96,3 @@ mod tests {
         assert!(positive_labels(&labels, &[0.49, 0.0], &[0.5, 0.1]).is_empty());
     }
 }
-
-/// The `evaluate` kind's registration: cancelling its job cancels the evaluation; retrying it
-/// computes the evaluation again.
-pub struct EvaluateJob;
-
-impl crate::job_registry::RegisteredKind for EvaluateJob {
-    const KIND: trainyard_jobs::JobKind = trainyard_jobs::JobKind::Evaluate;
-    type Args = trainyard_jobs::EvaluateArgs;
-
-    fn handle(
-        state: &crate::worker_state::WorkerState,
-        ctx: &crate::queue::JobContext,
-        args: trainyard_jobs::EvaluateArgs,
-    ) -> impl std::future::Future<Output = Result<serde_json::Value, crate::queue::JobError>> + Send
-    {
-        evaluation::handle_evaluate(state, ctx, args)
-    }
-
-    async fn cancelled(
-        pool: &sqlx::PgPool,
-        job: &crate::queue::JobView,
-    ) -> Result<(), crate::job_registry::LifecycleError> {
-        evaluation::evaluate_job_cancelled(pool, &job.id).await?;
-        Ok(())
-    }
-
-    async fn retrying(
-        conn: &mut sqlx::PgConnection,
-        job: &crate::queue::JobView,
-    ) -> Result<(), crate::job_registry::LifecycleError> {
-        evaluation::evaluate_job_retrying(conn, &job.id).await
-    }
-}

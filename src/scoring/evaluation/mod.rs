@@ -41,7 +41,7 @@ use super::ScoringError;
 use crate::registry::VersionMeta;
 
 pub use gate::{ensure_gate_evaluation, GateSettings, PromotionGate, GATE_METRIC};
-pub use job::handle_evaluate;
+pub use job::{handle_evaluate, EvaluateJob};
 pub use store::{
     cancel, create, disagreements, evaluate_job_cancelled, evaluate_job_retrying, get, list,
     scoring_jobs,
