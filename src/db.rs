@@ -153,27 +153,29 @@ fn is_unavailable_sqlstate(code: &str) -> bool {
     code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_faults_are_unavailable_and_query_faults_are_not() {
-        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
-        assert!(is_unavailable(&sqlx::Error::Io(std::io::Error::from(
-            std::io::ErrorKind::ConnectionReset
-        ))));
-        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
-        assert!(!is_unavailable(&sqlx::Error::Protocol(
-            "unknown message type".into()
-        )));
-        for code in ["08006", "08001", "57P01", "57P02", "57P03", "53300"] {
-            assert!(is_unavailable_sqlstate(code), "{code}");
-        }
-        for code in ["23505", "42P01", "57014", "40001"] {
-            assert!(!is_unavailable_sqlstate(code), "{code}");
-        }
+/// A database error that trying again cannot cure: the code asked for something that is not
+/// there or does not fit (a column that does not decode into its type, `RowNotFound` from a
+/// query whose row must exist), or the data breaks a rule (a constraint violation, a value out
+/// of range). Anything else (connections, the pool, I/O, a restarting server, lock timeouts,
+/// deadlocks, serialization failures, and whatever is not known here) is worth a retry.
+pub fn is_permanent(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::RowNotFound
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::Encode(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_bad_data_sqlstate(&code)),
+        _ => false,
     }
+}
+
+/// SQLSTATE classes 22 (data exception: a value out of range, invalid text for its type) and
+/// 23 (integrity constraint violation: unique, foreign key, not null, check).
+pub fn is_bad_data_sqlstate(code: &str) -> bool {
+    code.starts_with("22") || code.starts_with("23")
 }
 
 /// Declares a status enum stored in a `TEXT` column (whose `CHECK` constraint lists the same
@@ -244,3 +246,26 @@ macro_rules! text_enum {
     };
 }
 pub(crate) use text_enum;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_faults_are_unavailable_and_query_faults_are_not() {
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        ))));
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+        assert!(!is_unavailable(&sqlx::Error::Protocol(
+            "unknown message type".into()
+        )));
+        for code in ["08006", "08001", "57P01", "57P02", "57P03", "53300"] {
+            assert!(is_unavailable_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42P01", "57014", "40001"] {
+            assert!(!is_unavailable_sqlstate(code), "{code}");
+        }
+    }
+}

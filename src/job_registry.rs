@@ -1,11 +1,10 @@
 //! The one registry of job kinds. Each kind is registered once, next to its handler in its
-//! domain module, by implementing [`RegisteredKind`]: its argument type, its handler, and what
-//! cancelling or retrying one of its jobs does to the run, dataset, scoring job or evaluation
-//! it works for. [`registration`] lists every kind in one exhaustive match, so a new
-//! `JobKind` does not compile until it is registered; the API's kind list is `JobKind::ALL`.
-//! The queue runs handlers without knowing what they do; the handlers know nothing of the
-//! queue but their context and typed error.
-use std::future::Future;
+//! domain module, by implementing [`RegisteredKind`] (`crate::job_kind`): its argument type,
+//! its handler, and what cancelling or retrying one of its jobs does to the run, dataset,
+//! scoring job or evaluation it works for. [`registration`] lists every kind in one exhaustive
+//! match, so a new `JobKind` does not compile until it is registered; the API's kind list is
+//! `JobKind::ALL`. The queue runs handlers without knowing what they do; the handlers know
+//! nothing of the queue but their context and typed error.
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -14,50 +13,12 @@ use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
 use trainyard_jobs::JobKind;
 
+use crate::job_kind::LifecycleError;
+use crate::job_kind::RegisteredKind;
 use crate::queue::worker::{JobHandler, JobHandlers};
-use crate::queue::{self, JobContext, JobError, JobView, QueueError};
+use crate::queue::{self, JobContext, JobError, JobView};
 use crate::worker_state::WorkerState;
 use crate::{datasets, review, scoring, training};
-
-/// One job kind: implemented once, in the domain module that owns the kind, on a unit struct
-/// named after it (`datasets::build::DatasetBuildJob`, …).
-pub trait RegisteredKind: Send + Sync + 'static {
-    const KIND: JobKind;
-    /// The job's stored arguments (`trainyard_jobs::*Args`).
-    type Args: DeserializeOwned + Send + 'static;
-
-    /// Runs one attempt of a job; its result is stored as the job's result.
-    fn handle(
-        state: &WorkerState,
-        ctx: &JobContext,
-        args: Self::Args,
-    ) -> impl Future<Output = Result<serde_json::Value, JobError>> + Send;
-
-    /// After the queue cancelled one of its jobs: what the job works for follows.
-    fn cancelled(
-        _pool: &PgPool,
-        _job: &JobView,
-    ) -> impl Future<Output = Result<(), LifecycleError>> + Send {
-        async { Ok(()) }
-    }
-
-    /// In a retry's transaction, before the job is put back in its queue: what the job works
-    /// for goes back to unfinished, or the retry is refused ([`LifecycleError::Conflict`]).
-    fn retrying(
-        _conn: &mut PgConnection,
-        _job: &JobView,
-    ) -> impl Future<Output = Result<(), LifecycleError>> + Send {
-        async { Ok(()) }
-    }
-
-    /// In the same transaction, after the job was put back in its queue.
-    fn retried(
-        _conn: &mut PgConnection,
-        _job: &JobView,
-    ) -> impl Future<Output = Result<(), LifecycleError>> + Send {
-        async { Ok(()) }
-    }
-}
 
 /// A kind's registration with its types erased, so the registry can hold every kind.
 #[derive(Clone, Copy)]
@@ -159,22 +120,6 @@ pub async fn run_workers(
         shutdown,
     )
     .await
-}
-
-/// Why a job was not cancelled or retried.
-#[derive(Debug, thiserror::Error)]
-pub enum LifecycleError {
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    /// What the job works for is in a state that forbids it.
-    #[error("{0}")]
-    Conflict(String),
-}
-
-impl From<sqlx::Error> for LifecycleError {
-    fn from(e: sqlx::Error) -> Self {
-        LifecycleError::Queue(QueueError::Database(e))
-    }
 }
 
 /// Cancels a job: a queued one never runs; a running one stops at its next checkpoint. What it

@@ -10,6 +10,7 @@ pub mod datasets;
 pub mod db;
 pub mod embedding;
 pub mod inference;
+pub mod job_kind;
 pub mod job_registry;
 pub mod ml;
 pub mod queue;

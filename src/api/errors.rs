@@ -206,9 +206,9 @@ impl From<crate::scoring::ScoringError> for ApiError {
     }
 }
 
-impl From<crate::job_registry::LifecycleError> for ApiError {
-    fn from(e: crate::job_registry::LifecycleError) -> Self {
-        use crate::job_registry::LifecycleError;
+impl From<crate::job_kind::LifecycleError> for ApiError {
+    fn from(e: crate::job_kind::LifecycleError) -> Self {
+        use crate::job_kind::LifecycleError;
         match e {
             LifecycleError::Conflict(message) => ApiError::conflict(message),
             LifecycleError::Queue(e) => e.into(),
@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn a_refused_cancel_or_retry_is_a_409_and_its_database_errors_answer_like_any_other() {
-        use crate::job_registry::LifecycleError;
+        use crate::job_kind::LifecycleError;
         let message = "its evaluation is cancelled: only a failed one is retried";
         match ApiError::from(LifecycleError::Conflict(message.into())) {
             ApiError::Conflict(b) => {

@@ -603,7 +603,7 @@ async fn mark(
 /// is ready); retrying it builds the dataset again.
 pub struct DatasetBuildJob;
 
-impl crate::job_registry::RegisteredKind for DatasetBuildJob {
+impl crate::job_kind::RegisteredKind for DatasetBuildJob {
     const KIND: JobKind = JobKind::DatasetBuild;
     type Args = DatasetBuildArgs;
 
@@ -618,7 +618,7 @@ impl crate::job_registry::RegisteredKind for DatasetBuildJob {
     async fn cancelled(
         pool: &sqlx::PgPool,
         job: &queue::JobView,
-    ) -> Result<(), crate::job_registry::LifecycleError> {
+    ) -> Result<(), crate::job_kind::LifecycleError> {
         if let Some(dataset) = job.dataset_id {
             store::build_cancelled(pool, dataset).await?;
         }
@@ -628,7 +628,7 @@ impl crate::job_registry::RegisteredKind for DatasetBuildJob {
     async fn retrying(
         conn: &mut sqlx::PgConnection,
         job: &queue::JobView,
-    ) -> Result<(), crate::job_registry::LifecycleError> {
+    ) -> Result<(), crate::job_kind::LifecycleError> {
         if let Some(dataset) = job.dataset_id {
             store::build_retrying(conn, dataset).await?;
         }

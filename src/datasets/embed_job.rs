@@ -213,7 +213,7 @@ pub async fn run_embed(
 /// The `embed` kind's registration: retrying a failed batch puts its dataset back to embedding.
 pub struct EmbedJob;
 
-impl crate::job_registry::RegisteredKind for EmbedJob {
+impl crate::job_kind::RegisteredKind for EmbedJob {
     const KIND: trainyard_jobs::JobKind = trainyard_jobs::JobKind::Embed;
     type Args = EmbedArgs;
 
@@ -228,7 +228,7 @@ impl crate::job_registry::RegisteredKind for EmbedJob {
     async fn retrying(
         conn: &mut sqlx::PgConnection,
         job: &crate::queue::JobView,
-    ) -> Result<(), crate::job_registry::LifecycleError> {
+    ) -> Result<(), crate::job_kind::LifecycleError> {
         if let Some(dataset) = job.dataset_id {
             store::job_retrying(conn, dataset).await?;
         }

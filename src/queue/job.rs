@@ -41,8 +41,13 @@ impl StopFlag {
 
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
-        // A lost connection or a restarted Postgres: try again later.
-        JobError::Retryable(format!("database: {e}"))
+        if crate::db::is_permanent(&e) {
+            // A bug or bad data: the same statement fails the same way on every attempt.
+            JobError::Fatal(format!("database: {e}"))
+        } else {
+            // A lost connection, a restarted Postgres, a deadlock: try again later.
+            JobError::Retryable(format!("database: {e}"))
+        }
     }
 }
 
@@ -51,6 +56,9 @@ impl From<QueueError> for JobError {
         match e {
             // The same arguments fail the same way on every attempt.
             QueueError::Serialization(_) => JobError::Fatal(e.to_string()),
+            QueueError::Database(db) if crate::db::is_permanent(&db) => {
+                JobError::Fatal(QueueError::Database(db).to_string())
+            }
             _ => JobError::Retryable(e.to_string()),
         }
     }
@@ -125,5 +133,30 @@ impl JobContext {
     /// wherever progress is read, so its last value is never written.
     pub fn set_progress(&self, done: i64, total: Option<i64>) {
         self.tracker.set_progress(&self.id, done, total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_trouble_is_retried_and_bugs_are_not() {
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ] {
+            assert!(matches!(JobError::from(e), JobError::Retryable(_)));
+        }
+        for e in [
+            sqlx::Error::RowNotFound,
+            sqlx::Error::ColumnNotFound("status".into()),
+        ] {
+            assert!(matches!(JobError::from(e), JobError::Fatal(m) if m.starts_with("database: ")));
+        }
+        let queued = QueueError::Database(sqlx::Error::Decode("not a uuid".into()));
+        assert!(matches!(JobError::from(queued), JobError::Fatal(_)));
+        let queued = QueueError::Database(sqlx::Error::PoolTimedOut);
+        assert!(matches!(JobError::from(queued), JobError::Retryable(_)));
     }
 }

@@ -177,7 +177,7 @@ fn job_error(e: ReviewError) -> JobError {
 /// failed (in the handler); cancelling or retrying it touches nothing else.
 pub struct ReviewRankJob;
 
-impl crate::job_registry::RegisteredKind for ReviewRankJob {
+impl crate::job_kind::RegisteredKind for ReviewRankJob {
     const KIND: JobKind = JobKind::ReviewRank;
     type Args = ReviewRankArgs;
 

@@ -8,7 +8,7 @@
 //! [`JobError::Fatal`], here and nowhere else. The API answers a `ScoringError` as it answered
 //! the database and queue errors it wraps (see `api::errors`), and the job registry's lifecycle
 //! calls get the [`LifecycleError`] they got before (below).
-use crate::job_registry::LifecycleError;
+use crate::job_kind::LifecycleError;
 use crate::queue::{JobError, QueueError};
 
 /// How scoring work failed.
@@ -64,7 +64,7 @@ impl ScoringError {
     /// work is neither: the queue is told so as such.
     pub fn is_transient(&self) -> bool {
         match self {
-            ScoringError::Database(e) => !is_bug_or_bad_data(e),
+            ScoringError::Database(e) => !crate::db::is_permanent(e),
             // The same arguments fail the same way on every attempt.
             ScoringError::Queue(QueueError::Serialization(_)) => false,
             ScoringError::Queue(_) | ScoringError::Transient(_) => true,
@@ -74,31 +74,6 @@ impl ScoringError {
             | ScoringError::Interrupted => false,
         }
     }
-}
-
-/// A database error that trying again cannot cure: the code asked for something that is not
-/// there or does not fit (a column that does not decode into its type, `RowNotFound` from a
-/// query whose row must exist), or the data breaks a rule (a constraint violation, a value out
-/// of range). Anything else (connections, the pool, I/O, a restarting server, lock timeouts,
-/// deadlocks, serialization failures, and whatever is not known here) is worth a retry.
-fn is_bug_or_bad_data(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::RowNotFound
-        | sqlx::Error::TypeNotFound { .. }
-        | sqlx::Error::ColumnIndexOutOfBounds { .. }
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::Encode(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_bad_data_sqlstate(&code)),
-        _ => false,
-    }
-}
-
-/// SQLSTATE classes 22 (data exception: a value out of range, invalid text for its type) and
-/// 23 (integrity constraint violation: unique, foreign key, not null, check).
-fn is_bad_data_sqlstate(code: &str) -> bool {
-    code.starts_with("22") || code.starts_with("23")
 }
 
 /// The one mapping of scoring failures to the queue's: retried while transient, else fatal.
@@ -174,13 +149,13 @@ mod tests {
             }
         }
         for code in ["23505", "23503", "23502", "23514", "22003", "22P02"] {
-            assert!(is_bad_data_sqlstate(code), "{code}");
+            assert!(crate::db::is_bad_data_sqlstate(code), "{code}");
         }
         // Connection faults, deadlocks, serialization failures and timeouts are worth a retry.
         for code in [
             "08006", "57P01", "53300", "40001", "40P01", "55P03", "57014",
         ] {
-            assert!(!is_bad_data_sqlstate(code), "{code}");
+            assert!(!crate::db::is_bad_data_sqlstate(code), "{code}");
         }
     }
 

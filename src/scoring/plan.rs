@@ -328,27 +328,12 @@ pub async fn handle_score(
     result
 }
 
-#[cfg(test)]
-mod tests {
-    use super::chunk_size;
-
-    #[test]
-    fn small_jobs_are_shared_and_large_ones_use_the_configured_size() {
-        assert_eq!(chunk_size(100_000, 1000), 1000);
-        assert_eq!(chunk_size(905, 1000), 114);
-        assert_eq!(chunk_size(300, 1000), 100);
-        assert_eq!(chunk_size(600, 50), 50);
-        assert_eq!(chunk_size(0, 1000), 100);
-        assert_eq!(chunk_size(10, 0), 1);
-    }
-}
-
 /// The `score` kind's registration: cancelling any job of a scoring job cancels it whole (a
 /// scoring job missing one chunk can never finish), with its evaluation; retrying one puts the
 /// scoring job back to running and its other failed jobs back in the queue with it.
 pub struct ScoreJob;
 
-impl crate::job_registry::RegisteredKind for ScoreJob {
+impl crate::job_kind::RegisteredKind for ScoreJob {
     const KIND: JobKind = JobKind::Score;
     type Args = ScoreArgs;
 
@@ -363,7 +348,7 @@ impl crate::job_registry::RegisteredKind for ScoreJob {
     async fn cancelled(
         pool: &sqlx::PgPool,
         job: &queue::JobView,
-    ) -> Result<(), crate::job_registry::LifecycleError> {
+    ) -> Result<(), crate::job_kind::LifecycleError> {
         if let Some(scoring_job) = job.scoring_job_id {
             store::cancel(pool, scoring_job).await?;
         }
@@ -373,7 +358,7 @@ impl crate::job_registry::RegisteredKind for ScoreJob {
     async fn retrying(
         conn: &mut sqlx::PgConnection,
         job: &queue::JobView,
-    ) -> Result<(), crate::job_registry::LifecycleError> {
+    ) -> Result<(), crate::job_kind::LifecycleError> {
         if let Some(scoring_job) = job.scoring_job_id {
             store::job_retrying(conn, scoring_job).await?;
         }
@@ -383,10 +368,25 @@ impl crate::job_registry::RegisteredKind for ScoreJob {
     async fn retried(
         conn: &mut sqlx::PgConnection,
         job: &queue::JobView,
-    ) -> Result<(), crate::job_registry::LifecycleError> {
+    ) -> Result<(), crate::job_kind::LifecycleError> {
         if let Some(scoring_job) = job.scoring_job_id {
             store::retry_failed_jobs(conn, scoring_job).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_size;
+
+    #[test]
+    fn small_jobs_are_shared_and_large_ones_use_the_configured_size() {
+        assert_eq!(chunk_size(100_000, 1000), 1000);
+        assert_eq!(chunk_size(905, 1000), 114);
+        assert_eq!(chunk_size(300, 1000), 100);
+        assert_eq!(chunk_size(600, 50), 50);
+        assert_eq!(chunk_size(0, 1000), 100);
+        assert_eq!(chunk_size(10, 0), 1);
     }
 }

@@ -357,7 +357,7 @@ pub async fn record_failure(pool: &PgPool, run_id: Uuid, error: &JobError, last:
 /// retrying it resumes the run from its last checkpoint.
 pub struct TrainJob;
 
-impl crate::job_registry::RegisteredKind for TrainJob {
+impl crate::job_kind::RegisteredKind for TrainJob {
     const KIND: trainyard_jobs::JobKind = trainyard_jobs::JobKind::Train;
     type Args = TrainArgs;
 
@@ -372,7 +372,7 @@ impl crate::job_registry::RegisteredKind for TrainJob {
     async fn cancelled(
         pool: &PgPool,
         job: &crate::queue::JobView,
-    ) -> Result<(), crate::job_registry::LifecycleError> {
+    ) -> Result<(), crate::job_kind::LifecycleError> {
         super::runs::job_cancelled(pool, &job.id).await?;
         Ok(())
     }
@@ -380,7 +380,7 @@ impl crate::job_registry::RegisteredKind for TrainJob {
     async fn retrying(
         conn: &mut sqlx::PgConnection,
         job: &crate::queue::JobView,
-    ) -> Result<(), crate::job_registry::LifecycleError> {
+    ) -> Result<(), crate::job_kind::LifecycleError> {
         super::runs::job_retrying(conn, &job.id).await?;
         Ok(())
     }

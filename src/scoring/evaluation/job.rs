@@ -131,7 +131,7 @@ async fn run_evaluate(
 /// computes the evaluation again.
 pub struct EvaluateJob;
 
-impl crate::job_registry::RegisteredKind for EvaluateJob {
+impl crate::job_kind::RegisteredKind for EvaluateJob {
     const KIND: trainyard_jobs::JobKind = trainyard_jobs::JobKind::Evaluate;
     type Args = trainyard_jobs::EvaluateArgs;
 
@@ -147,7 +147,7 @@ impl crate::job_registry::RegisteredKind for EvaluateJob {
     async fn cancelled(
         pool: &sqlx::PgPool,
         job: &crate::queue::JobView,
-    ) -> Result<(), crate::job_registry::LifecycleError> {
+    ) -> Result<(), crate::job_kind::LifecycleError> {
         super::evaluate_job_cancelled(pool, &job.id).await?;
         Ok(())
     }
@@ -155,7 +155,7 @@ impl crate::job_registry::RegisteredKind for EvaluateJob {
     async fn retrying(
         conn: &mut sqlx::PgConnection,
         job: &crate::queue::JobView,
-    ) -> Result<(), crate::job_registry::LifecycleError> {
+    ) -> Result<(), crate::job_kind::LifecycleError> {
         super::evaluate_job_retrying(conn, &job.id).await?;
         Ok(())
     }
