@@ -5,8 +5,8 @@
 //! stringifies them), so every JSON body is first checked against its operation's declared
 //! schema (`check_request`): a value of the wrong JSON type is a 400 naming the field, like
 //! any other schema violation. Strings holding NUL (U+0000), which Postgres cannot store as
-//! text, are refused there too, with 422, except by the inference operations
-//! ([`STORES_NOTHING`]), which store nothing of their bodies.
+//! text, are refused there too, with 422, except by the inference operations (those the scope
+//! table marks `Access::Inference`), which score and answer their bodies and store nothing.
 //!
 //! poem-openapi's payload error names types, not fields ("Expected input type "string", found
 //! null (occurred while parsing "DocumentIn") ... (occurred while parsing "DocumentsIn")"). Its
@@ -18,16 +18,6 @@
 use serde_json::{Map, Value};
 
 use super::routes::{self, schemas};
-
-/// The operations whose bodies are scored and answered, never stored: NUL is a character like
-/// any other there.
-const STORES_NOTHING: [(&str, &str); 5] = [
-    ("POST", "/predict"),
-    ("POST", "/batch"),
-    ("POST", "/api/v1/models/{name}/predict"),
-    ("POST", "/api/v1/models/{name}/batch"),
-    ("POST", "/v1/embeddings"),
-];
 
 /// Why a JSON body is refused before poem-openapi parses it.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,9 +34,8 @@ pub fn check_request(method: &str, path: &str, body: &[u8]) -> Option<Refusal> {
     let route = routes::lookup(method, path)?.route?;
     let schema = route.operation.body.as_ref()?;
     let value: Value = serde_json::from_slice(body).ok()?;
-    let stored = !STORES_NOTHING
-        .iter()
-        .any(|(m, t)| *m == method && route.path.template == *t);
+    // Inference operations score and answer their bodies and store nothing of them.
+    let stored = route.operation.access != super::auth::Access::Inference;
     if let Some(at) = nul_at(&value, "").filter(|_| stored) {
         return Some(Refusal::Nul(at));
     }
