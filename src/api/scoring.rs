@@ -16,7 +16,7 @@ use super::wire_types::Threshold;
 use super::{page_bounds, AppState};
 use crate::queue::Owner;
 use crate::registry::VersionMeta;
-use crate::scoring::store::{self, NewScoringJob, ScoringJobRow};
+use crate::scoring::store::{self, NewScoringJob, ScoringJobRow, ScoringStatus};
 use crate::scoring::{ScoredDocument, ScoringTarget};
 
 #[derive(Tags)]
@@ -135,16 +135,17 @@ impl ScoringJob {
             // The plan job counts 1 of 1; the chunks count documents.
             // Nothing to show before the plan stored its chunks (also when the job failed or
             // was cancelled before that).
-            let planned = r.chunks_total > 0 || matches!(r.status.as_str(), "scoring" | "done");
+            let planned = r.chunks_total > 0
+                || matches!(r.status, ScoringStatus::Scoring | ScoringStatus::Done);
             if planned {
-                let (done, total) = if r.status == "done" {
+                let (done, total) = if r.status == ScoringStatus::Done {
                     (r.scored, r.scored)
                 } else {
                     ((done - 1).clamp(0, total - 1), total - 1)
                 };
                 progress.texts_done = Some(done);
                 progress.texts_total = Some(total);
-                if r.status == "scoring" {
+                if r.status == ScoringStatus::Scoring {
                     if let Some((rate, eta)) = super::rate_and_eta(done, total, started) {
                         progress.texts_per_second = Some(rate);
                         progress.eta_seconds = Some(eta);
@@ -164,7 +165,7 @@ impl ScoringJob {
             version: r.version,
             labels: r.labels,
             threshold_source: r.threshold_source,
-            status: r.status,
+            status: r.status.to_string(),
             selection: r.request,
             evaluation_id: r.evaluation_id,
             plan_job_id: r.plan_job_id,
@@ -495,7 +496,7 @@ impl ScoringApi {
         format: Query<Option<ExportFormat>>,
     ) -> Result<ScoresExport, ApiError> {
         let job = load(&state, id.0).await?;
-        if job.status != "done" {
+        if job.status != ScoringStatus::Done {
             return Err(ApiError::conflict(format!(
                 "scoring job {} is {}; export needs it done",
                 job.id, job.status

@@ -27,7 +27,7 @@ pub async fn run_chunk(
     chunk_no: i32,
 ) -> Result<serde_json::Value, ScoringError> {
     let pool = &state.pool;
-    if job.status == "cancelled" || ctx.cancel_requested() {
+    if job.status == super::store::ScoringStatus::Cancelled || ctx.cancel_requested() {
         return Err(ScoringError::Cancelled);
     }
     let row = sqlx::query(

@@ -9,7 +9,7 @@ use serde_json::json;
 use sqlx::Row;
 use trainyard_jobs::{JobKind, ScoreArgs};
 
-use super::store::{self, ScoringJobOutcome, ScoringJobRow};
+use super::store::{self, ScoringJobOutcome, ScoringJobRow, ScoringStatus};
 use super::{ScoringError, ScoringTarget};
 use crate::datasets::text::{checksum, combine_text};
 use crate::queue::{self, JobContext, JobError, NewJob};
@@ -28,9 +28,9 @@ pub async fn run_plan(
     job: ScoringJobRow,
 ) -> Result<serde_json::Value, ScoringError> {
     let pool = &state.pool;
-    match job.status.as_str() {
-        "cancelled" => return Err(ScoringError::Cancelled),
-        "scoring" | "done" | "failed" => {
+    match job.status {
+        ScoringStatus::Cancelled => return Err(ScoringError::Cancelled),
+        ScoringStatus::Scoring | ScoringStatus::Done | ScoringStatus::Failed => {
             return Ok(json!({"scoring_job_id": job.id, "status": job.status}))
         }
         _ => {}
@@ -54,14 +54,14 @@ pub async fn run_plan(
     let mut tx = pool.begin().await?;
     sqlx::query(CREATE_STAGING).execute(&mut *tx).await?;
     let (documents, empty) = stage(state, ctx, &target, &mut tx).await?;
-    let status: String =
+    let status: ScoringStatus =
         sqlx::query_scalar("SELECT status FROM scoring_jobs WHERE id = $1 FOR UPDATE")
             .bind(job.id)
             .fetch_one(&mut *tx)
             .await?;
-    match status.as_str() {
-        "planning" => {}
-        "cancelled" => return Err(ScoringError::Cancelled),
+    match status {
+        ScoringStatus::Planning => {}
+        ScoringStatus::Cancelled => return Err(ScoringError::Cancelled),
         _ => return Ok(json!({"scoring_job_id": job.id, "status": status})),
     }
     for table in ["scoring_job_documents", "scoring_chunks"] {
@@ -105,7 +105,11 @@ pub async fn run_plan(
         .collect();
     jobs.sort_by_key(|j| j.args.chunk);
     queue::enqueue(&mut tx, jobs, state.settings.queue.max_attempts).await?;
-    let final_status = if chunks.is_empty() { "done" } else { "scoring" };
+    let final_status = if chunks.is_empty() {
+        ScoringStatus::Done
+    } else {
+        ScoringStatus::Scoring
+    };
     sqlx::query(
         "UPDATE scoring_jobs SET status = $2, chunks_total = $3, chunks_done = 0, documents_total = $4,
                 excluded_empty_text = $5, scored = 0, reused = $6, updated_at = now(),
@@ -120,7 +124,7 @@ pub async fn run_plan(
     .bind(documents as i64 - missing)
     .execute(&mut *tx)
     .await?;
-    if final_status == "done" {
+    if final_status == ScoringStatus::Done {
         let max_attempts = state.settings.queue.max_attempts;
         store::report(
             &mut tx,

@@ -16,6 +16,19 @@ use uuid::Uuid;
 use super::{positive_labels, ScoredDocument, ScoringError, ScoringTarget};
 use crate::queue::{self, JobContext, JobError, NewJob, Owner, QueueError};
 
+crate::db::text_enum! {
+    /// A scoring job's state (`scoring_jobs.status`): `pending` until its plan runs,
+    /// `planning`, `scoring` while its chunks run, then `done`; or `failed` / `cancelled`.
+    pub enum ScoringStatus {
+        Pending = "pending",
+        Planning = "planning",
+        Scoring = "scoring",
+        Done = "done",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ScoringJobRow {
     pub id: Uuid,
@@ -26,7 +39,7 @@ pub struct ScoringJobRow {
     pub threshold_source: String,
     pub request: serde_json::Value,
     pub evaluation_id: Option<Uuid>,
-    pub status: String,
+    pub status: ScoringStatus,
     pub plan_job_id: Option<String>,
     pub error: Option<String>,
     pub chunks_total: i32,

@@ -7,7 +7,7 @@ use serde_json::json;
 use trainyard_jobs::EvaluateArgs;
 
 use super::compute::{self, Side};
-use super::{gate, store, PromotionGate};
+use super::{gate, store, EvaluationStatus, PromotionGate};
 use crate::queue::{JobContext, JobError};
 use crate::scoring::ScoringError;
 use crate::worker_state::WorkerState;
@@ -45,9 +45,9 @@ async fn run_evaluate(
             args.evaluation_id
         ))
     })?;
-    match evaluation.status.as_str() {
-        "cancelled" => return Err(ScoringError::Cancelled),
-        "done" | "failed" => {
+    match evaluation.status {
+        EvaluationStatus::Cancelled => return Err(ScoringError::Cancelled),
+        EvaluationStatus::Done | EvaluationStatus::Failed => {
             return Ok(json!({"evaluation_id": evaluation.id, "status": evaluation.status}))
         }
         _ => {}
@@ -92,9 +92,9 @@ async fn run_evaluate(
 
     let mut tx = pool.begin().await?;
     let status = store::lock_status(&mut tx, evaluation.id).await?;
-    if status != "evaluating" {
-        return match status.as_str() {
-            "cancelled" => Err(ScoringError::Cancelled),
+    if status != EvaluationStatus::Evaluating {
+        return match status {
+            EvaluationStatus::Cancelled => Err(ScoringError::Cancelled),
             _ => Ok(json!({"evaluation_id": evaluation.id, "status": status})),
         };
     }

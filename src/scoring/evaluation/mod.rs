@@ -47,6 +47,18 @@ pub use store::{
     scoring_jobs,
 };
 
+crate::db::text_enum! {
+    /// An evaluation's state (`evaluations.status`): `scoring` while its versions' scoring jobs
+    /// run, `evaluating` while its `evaluate` job runs, then `done`; or `failed` / `cancelled`.
+    pub enum EvaluationStatus {
+        Scoring = "scoring",
+        Evaluating = "evaluating",
+        Done = "done",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
 /// An evaluation as stored.
 #[derive(Debug, Clone)]
 pub struct EvaluationRow {
@@ -55,7 +67,7 @@ pub struct EvaluationRow {
     pub versions: Vec<i32>,
     pub dataset_id: Uuid,
     pub split: String,
-    pub status: String,
+    pub status: EvaluationStatus,
     pub run_id: Option<Uuid>,
     pub promotion: Option<serde_json::Value>,
     pub results: Option<serde_json::Value>,

@@ -9,7 +9,7 @@ use trainyard_jobs::{EvaluateArgs, JobKind};
 use uuid::Uuid;
 
 use super::compute::EvalRecord;
-use super::{Disagreement, EvaluationRow, NewEvaluation};
+use super::{Disagreement, EvaluationRow, EvaluationStatus, NewEvaluation};
 use crate::queue::{self, NewJob};
 use crate::scoring::store::{self as scoring_jobs_store, NewScoringJob};
 use crate::scoring::{ScoringError, ScoringTarget};
@@ -168,12 +168,12 @@ pub(super) async fn start_if_scored(
     max_attempts: i32,
 ) -> Result<bool, ScoringError> {
     // The row lock orders concurrent finishers: the later one sees the earlier one's commit.
-    let status: Option<String> =
+    let status: Option<EvaluationStatus> =
         sqlx::query_scalar("SELECT status FROM evaluations WHERE id = $1 FOR UPDATE")
             .bind(evaluation_id)
             .fetch_optional(&mut *conn)
             .await?;
-    if status.as_deref() != Some("scoring") {
+    if status != Some(EvaluationStatus::Scoring) {
         return Ok(false);
     }
     let unfinished: i64 = sqlx::query_scalar(
@@ -374,7 +374,10 @@ pub(super) async fn stored_scores(
 
 /// Locks the evaluation's row (in the transaction that writes its results) and reads its
 /// status.
-pub(super) async fn lock_status(conn: &mut PgConnection, id: Uuid) -> Result<String, ScoringError> {
+pub(super) async fn lock_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<EvaluationStatus, ScoringError> {
     Ok(
         sqlx::query_scalar("SELECT status FROM evaluations WHERE id = $1 FOR UPDATE")
             .bind(id)
