@@ -3,12 +3,15 @@ pub mod build;
 pub mod consensus;
 pub mod documents;
 pub mod embed_job;
+pub mod error;
 pub mod export;
 pub mod external_source;
 pub mod import_parse;
 pub mod splits;
 pub mod store;
 pub mod text;
+
+pub use error::DatasetError;
 
 use serde::{Deserialize, Serialize};
 
