@@ -15,7 +15,7 @@ use super::consensus;
 use super::splits::{cut_points, split_key, Split};
 use super::store::{self, DatasetStatus};
 use super::text::{checksum, combine_text};
-use super::{DatasetSpec, TaskType};
+use super::{DatasetError, DatasetSpec, TaskType};
 use crate::queue::{self, NewJob};
 use crate::queue::{JobContext, JobError};
 use crate::worker_state::WorkerState;
@@ -32,13 +32,14 @@ struct Record {
 }
 
 /// The `dataset_build` handler: builds, and fails the dataset when this failure ends the job.
+/// The build's [`DatasetError`] becomes the queue's [`JobError`] here, once.
 pub async fn handle_build(
     state: &WorkerState,
     ctx: &JobContext,
     args: DatasetBuildArgs,
 ) -> Result<serde_json::Value, JobError> {
     tracing::info!(job = %ctx.id, dataset = %args.dataset_id, "dataset_build started");
-    let result = run_build(state, ctx, &args).await;
+    let result = run_build(state, ctx, &args).await.map_err(JobError::from);
     if let Err(e) = &result {
         tracing::warn!(job = %ctx.id, error = %e, "dataset_build failed");
         fail_dataset_if_final(ctx, args.dataset_id, e).await;
@@ -73,13 +74,13 @@ pub async fn run_build(
     state: &WorkerState,
     ctx: &JobContext,
     args: &DatasetBuildArgs,
-) -> Result<serde_json::Value, JobError> {
+) -> Result<serde_json::Value, DatasetError> {
     let pool = &state.pool;
-    let dataset = store::get(pool, args.dataset_id)
-        .await?
-        .ok_or_else(|| JobError::Fatal(format!("dataset {} no longer exists", args.dataset_id)))?;
+    let dataset = store::get(pool, args.dataset_id).await?.ok_or_else(|| {
+        DatasetError::Invalid(format!("dataset {} no longer exists", args.dataset_id))
+    })?;
     match dataset.status {
-        DatasetStatus::Cancelled => return Err(JobError::Cancelled),
+        DatasetStatus::Cancelled => return Err(DatasetError::Cancelled),
         DatasetStatus::Embedding | DatasetStatus::Ready => {
             return Ok(
                 json!({"dataset_id": dataset.id, "status": dataset.status, "batches": dataset.batches_total}),
@@ -89,11 +90,11 @@ pub async fn run_build(
     }
     if ctx.cancel_requested() {
         mark(pool, dataset.id, DatasetStatus::Cancelled, None).await?;
-        return Err(JobError::Cancelled);
+        return Err(DatasetError::Cancelled);
     }
     let spec: DatasetSpec = dataset
         .spec()
-        .map_err(|e| JobError::Fatal(format!("stored request unreadable: {e}")))?;
+        .map_err(|e| DatasetError::Invalid(format!("stored request unreadable: {e}")))?;
     mark(pool, dataset.id, DatasetStatus::Building, None).await?;
 
     // External sources are copied in first, so the rest reads one shape of data.
@@ -107,15 +108,11 @@ pub async fn run_build(
             crate::datasets::external_source::import_source(pool, name, external)
                 .await
                 .map_err(|e| {
-                    JobError::Retryable(format!("reading external source {name}: {e:#}"))
+                    DatasetError::Transient(format!("reading external source {name}: {e:#}"))
                 })?;
         }
     }
-    let model = state
-        .embedders
-        .model(&spec.embedding_model)
-        .map_err(|e| JobError::Fatal(e.to_string()))?
-        .clone();
+    let model = state.embedders.model(&spec.embedding_model)?.clone();
 
     // The corpus generation is read before any document is: a build labelled with it saw at
     // least that state (a change committed while it reads only makes a later build skip reuse).
@@ -158,7 +155,7 @@ pub async fn run_build(
                 drop(tx);
                 let message = "the selection has no labelled documents with text";
                 mark(pool, dataset.id, DatasetStatus::Failed, Some(message)).await?;
-                return Err(JobError::Fatal(message.into()));
+                return Err(DatasetError::Invalid(message.into()));
             }
             if !lock_building(&mut tx, dataset.id).await? {
                 return Ok(json!({"dataset_id": dataset.id, "status": "superseded"}));
@@ -250,7 +247,7 @@ pub async fn run_build(
 
 /// Locks the dataset row (concurrent re-runs of this job serialise here), and clears what an
 /// earlier attempt may have left; false when the dataset is no longer being built.
-async fn lock_building(tx: &mut sqlx::PgConnection, id: uuid::Uuid) -> Result<bool, JobError> {
+async fn lock_building(tx: &mut sqlx::PgConnection, id: uuid::Uuid) -> Result<bool, DatasetError> {
     let status: DatasetStatus =
         sqlx::query_scalar("SELECT status FROM datasets WHERE id = $1 FOR UPDATE")
             .bind(id)
@@ -272,7 +269,7 @@ async fn lock_building(tx: &mut sqlx::PgConnection, id: uuid::Uuid) -> Result<bo
 
 /// The corpus's generation: bumped in the same transaction as every write to documents and
 /// annotations (a statement-level trigger), so equal generations mean the same corpus.
-async fn corpus_generation(pool: &sqlx::PgPool) -> Result<i64, JobError> {
+async fn corpus_generation(pool: &sqlx::PgPool) -> Result<i64, DatasetError> {
     Ok(
         sqlx::query_scalar("SELECT sum(n)::bigint FROM corpus_generations WHERE scope = 'corpus'")
             .fetch_one(pool)
@@ -286,7 +283,7 @@ async fn identical_build(
     pool: &sqlx::PgPool,
     dataset: &store::DatasetRow,
     generation: i64,
-) -> Result<Option<(uuid::Uuid, serde_json::Value, DatasetStatus)>, JobError> {
+) -> Result<Option<(uuid::Uuid, serde_json::Value, DatasetStatus)>, DatasetError> {
     Ok(sqlx::query_as(
         "SELECT id, stats, status FROM datasets
          WHERE id <> $1 AND request = $2 AND embedding_model = $3 AND dimensions = $4
@@ -455,7 +452,7 @@ async fn stage_records(
     ctx: &JobContext,
     spec: &DatasetSpec,
     tx: &mut sqlx::PgConnection,
-) -> Result<Staged, JobError> {
+) -> Result<Staged, DatasetError> {
     let sel = &spec.selection;
     let mut rows = sqlx::query(SELECT_DOCUMENTS)
         .bind(&sel.sources)
@@ -490,7 +487,7 @@ async fn stage_records(
         }
         if chunk.len() == STAGE_CHUNK || (done && !chunk.is_empty()) {
             if ctx.cancel_requested() {
-                return Err(JobError::Cancelled);
+                return Err(DatasetError::Cancelled);
             }
             insert_staged(&mut *tx, staged.records as i32, &chunk).await?;
             staged.records += chunk.len();
@@ -589,7 +586,7 @@ async fn mark(
     id: uuid::Uuid,
     status: DatasetStatus,
     error: Option<&str>,
-) -> Result<(), JobError> {
+) -> Result<(), DatasetError> {
     sqlx::query("UPDATE datasets SET status = $2, error = $3, updated_at = now() WHERE id = $1")
         .bind(id)
         .bind(status)

@@ -8,9 +8,8 @@ use serde_json::json;
 use sqlx::Row;
 use trainyard_jobs::EmbedArgs;
 
-use super::store;
+use super::{store, DatasetError};
 use crate::embedding::store::{begin_batch_write, insert_embeddings, stored_checksums};
-use crate::embedding::EmbedError;
 use crate::queue::{JobContext, JobError};
 use crate::worker_state::WorkerState;
 use tracing::Instrument;
@@ -19,12 +18,13 @@ use tracing::Instrument;
 const EMBED_PROGRESS_SLICE: usize = 128;
 
 /// The `embed` handler: embeds one batch, and fails the dataset when this failure ends the job.
+/// The batch's [`DatasetError`] becomes the queue's [`JobError`] here, once.
 pub async fn handle_embed(
     state: &WorkerState,
     ctx: &JobContext,
     args: EmbedArgs,
 ) -> Result<serde_json::Value, JobError> {
-    let result = run_embed(state, ctx, &args).await;
+    let result = run_embed(state, ctx, &args).await.map_err(JobError::from);
     if let Err(e) = &result {
         tracing::warn!(job = %ctx.id, dataset = %args.dataset_id, batch = args.batch_no, error = %e, "embed failed");
         super::build::fail_dataset_if_final(ctx, args.dataset_id, e).await;
@@ -36,21 +36,23 @@ pub async fn run_embed(
     state: &WorkerState,
     ctx: &JobContext,
     args: &EmbedArgs,
-) -> Result<serde_json::Value, JobError> {
+) -> Result<serde_json::Value, DatasetError> {
     let pool = &state.pool;
     if ctx.cancel_requested() {
-        return Err(JobError::Cancelled);
+        return Err(DatasetError::Cancelled);
     }
     let Some(dataset) = store::get(pool, args.dataset_id).await? else {
-        return Err(JobError::Fatal(format!(
+        return Err(DatasetError::Invalid(format!(
             "dataset {} no longer exists",
             args.dataset_id
         )));
     };
     if dataset.status == store::DatasetStatus::Cancelled {
-        return Err(JobError::Cancelled);
+        return Err(DatasetError::Cancelled);
     }
-    let spec = dataset.spec().map_err(|e| JobError::Fatal(e.to_string()))?;
+    let spec = dataset
+        .spec()
+        .map_err(|e| DatasetError::Invalid(e.to_string()))?;
     let row = sqlx::query(
         "SELECT checksums, texts, done FROM embed_batches WHERE dataset_id = $1 AND batch_no = $2",
     )
@@ -59,7 +61,7 @@ pub async fn run_embed(
     .fetch_optional(pool)
     .await?
     .ok_or_else(|| {
-        JobError::Fatal(format!(
+        DatasetError::Invalid(format!(
             "batch {} of dataset {} does not exist",
             args.batch_no, args.dataset_id
         ))
@@ -69,11 +71,7 @@ pub async fn run_embed(
     }
     let checksums: Vec<String> = row.get("checksums");
     let texts: Vec<String> = row.get("texts");
-    let model = state
-        .embedders
-        .model(&spec.embedding_model)
-        .map_err(|e| JobError::Fatal(e.to_string()))?
-        .clone();
+    let model = state.embedders.model(&spec.embedding_model)?.clone();
 
     // Another dataset may have embedded some of these since the build.
     let todo: Vec<usize> = if spec.force_regenerate {
@@ -119,11 +117,7 @@ pub async fn run_embed(
                 chunk.iter().map(|&i| texts[i].clone()).collect(),
             )
             .instrument(span.clone())
-            .await
-            .map_err(|e| match e {
-                EmbedError::Retryable(m) => JobError::Retryable(m),
-                other => JobError::Fatal(other.to_string()),
-            })?;
+            .await?;
         if vectors.len() != chunk.len() {
             break; // reported below as a count mismatch
         }
@@ -137,7 +131,7 @@ pub async fn run_embed(
         by_index.extend(chunk.iter().copied().zip(vectors));
         ctx.set_progress(reused + by_index.len() as i64, None);
         if ctx.cancel_requested() {
-            return Err(JobError::Cancelled);
+            return Err(DatasetError::Cancelled);
         }
     }
     if let Some(t) = tokens_total {
@@ -145,14 +139,14 @@ pub async fn run_embed(
     }
     let vectors: Vec<Vec<f32>> = todo.iter().filter_map(|i| by_index.remove(i)).collect();
     if vectors.len() != todo.len() || vectors.iter().any(|v| v.len() != model.dimensions) {
-        return Err(JobError::Fatal(format!(
+        return Err(DatasetError::Invalid(format!(
             "provider returned {} vectors for {} texts or a wrong dimension count",
             vectors.len(),
             todo.len()
         )));
     }
     if ctx.cancel_requested() {
-        return Err(JobError::Cancelled);
+        return Err(DatasetError::Cancelled);
     }
 
     let mut tx = begin_batch_write(pool).await?;
