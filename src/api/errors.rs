@@ -216,14 +216,19 @@ impl From<crate::job_kind::LifecycleError> for ApiError {
     }
 }
 
-impl From<crate::training::runs::RunError> for ApiError {
-    fn from(e: crate::training::runs::RunError) -> Self {
-        use crate::training::runs::RunError;
+/// A training failure is answered as the run, database and queue errors it wraps were before it
+/// had its own type (a missing run 404, a refused cancel 409); the gate's scoring errors as
+/// scoring's; the kinds only a running job meets are server faults.
+impl From<crate::training::TrainingError> for ApiError {
+    fn from(e: crate::training::TrainingError) -> Self {
+        use crate::training::TrainingError;
         match e {
-            RunError::NotFound(id) => ApiError::not_found("training run", id),
-            RunError::Conflict(message) => ApiError::conflict(message),
-            RunError::Queue(e) => e.into(),
-            RunError::Database(e) => e.into(),
+            TrainingError::NotFound(id) => ApiError::not_found("training run", id),
+            TrainingError::Conflict(message) => ApiError::conflict(message),
+            TrainingError::Queue(e) => e.into(),
+            TrainingError::Database(e) => e.into(),
+            TrainingError::Scoring(e) => e.into(),
+            other => ApiError::internal(other),
         }
     }
 }
@@ -359,5 +364,44 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_training_error_is_answered_as_the_run_error_it_replaces() {
+        use crate::training::TrainingError;
+        let id = uuid::Uuid::nil();
+        match ApiError::from(TrainingError::NotFound(id)) {
+            ApiError::NotFound(b) => {
+                assert_eq!(b.0.error.code, "not_found");
+                assert_eq!(b.0.error.message, format!("training run {id} not found"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let message = format!("training run {id} is succeeded: it cannot be cancelled");
+        match ApiError::from(TrainingError::Conflict(message.clone())) {
+            ApiError::Conflict(b) => {
+                assert_eq!(b.0.error.code, "conflict");
+                assert_eq!(b.0.error.message, message);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            status_and_code(TrainingError::Database(sqlx::Error::PoolTimedOut).into()),
+            (503, "database_unavailable".to_string())
+        );
+        assert_eq!(
+            status_and_code(
+                TrainingError::from(QueueError::Database(sqlx::Error::RowNotFound)).into()
+            ),
+            (500, "internal".to_string())
+        );
+        match ApiError::from(TrainingError::Queue(QueueError::NotFound("j1".into()))) {
+            ApiError::NotFound(b) => assert_eq!(b.0.error.message, "job j1 not found"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            status_and_code(TrainingError::Transient("training thread".into()).into()),
+            (500, "internal".to_string())
+        );
     }
 }

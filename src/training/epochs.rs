@@ -17,10 +17,11 @@ use uuid::Uuid;
 
 use super::metrics::{evaluate, tune_thresholds, Metrics};
 use super::webhook::Telemetry;
+use super::TrainingError;
 use crate::artifacts;
 use crate::ml::classifier::ClassifierSpec;
 use crate::ml::trainer::{EarlyStoppingMetric, Hyperparameters, SplitData, TrainError, Trainer};
-use crate::queue::{JobContext, JobError};
+use crate::queue::JobContext;
 
 /// Shared between the training thread and the async progress writer.
 #[derive(Default)]
@@ -66,7 +67,7 @@ pub(super) struct Outcome {
 pub(super) async fn load_checkpoint(
     pool: &PgPool,
     run_id: Uuid,
-) -> Result<Option<Checkpoint>, JobError> {
+) -> Result<Option<Checkpoint>, TrainingError> {
     let row = sqlx::query(
         "SELECT epoch, state, best_weights, state_artifact, best_weights_artifact, best_epoch,
                 best_metric, bad_epochs
@@ -158,33 +159,24 @@ pub(super) struct BlockingContext {
     pub(super) model_name: String,
 }
 
-fn to_job_error(e: TrainError) -> JobError {
-    match e {
-        TrainError::Cancelled => JobError::Cancelled,
-        // Training is deterministic: the same inputs fail the same way.
-        TrainError::Failed(message) => JobError::Fatal(message),
-    }
-}
-
 pub(super) fn train_blocking(
     ctx: BlockingContext,
     train: &SplitData,
     validation: &SplitData,
     test: &SplitData,
     checkpoint: Option<Checkpoint>,
-) -> Result<Outcome, JobError> {
+) -> Result<Outcome, TrainingError> {
     crate::ml::use_cpu_threads(ctx.device, ctx.threads);
     let base_dir = Some(ctx.base_dir.as_path());
     let labels = ctx.spec.labels.clone();
     let hp = ctx.hp.clone();
-    let mut trainer = Trainer::new(ctx.spec.clone(), hp.clone(), train, base_dir, ctx.device)
-        .map_err(to_job_error)?;
+    let mut trainer = Trainer::new(ctx.spec.clone(), hp.clone(), train, base_dir, ctx.device)?;
     ctx.progress
         .total_steps
         .store(trainer.total_steps(), Ordering::Relaxed);
     let (first_epoch, mut best) = match checkpoint {
         Some(c) => {
-            trainer.restore_state(&c.state).map_err(to_job_error)?;
+            trainer.restore_state(&c.state)?;
             ctx.progress
                 .global_step
                 .store(c.epoch as u64 * trainer.steps_per_epoch, Ordering::Relaxed);
@@ -200,7 +192,7 @@ pub(super) fn train_blocking(
             let weights = trainer
                 .model
                 .weights_blob()
-                .map_err(|e| JobError::Fatal(e.to_string()))?;
+                .map_err(|e| TrainingError::Model(e.to_string()))?;
             (
                 1,
                 Best {
@@ -215,7 +207,7 @@ pub(super) fn train_blocking(
     let val_split = if validation.is_empty() {
         None
     } else {
-        Some(trainer.prepare(validation).map_err(to_job_error)?)
+        Some(trainer.prepare(validation)?)
     };
     let stopped_early = |best: &Best| hp.patience > 0 && best.bad_epochs >= hp.patience;
     for epoch in first_epoch..=hp.epochs {
@@ -224,7 +216,7 @@ pub(super) fn train_blocking(
         }
         // Shutting down between epochs: the last one is saved, the next attempt starts here.
         if ctx.progress.interrupt.load(Ordering::SeqCst) {
-            return Err(JobError::Interrupted);
+            return Err(TrainingError::Interrupted);
         }
         ctx.progress.epoch.store(epoch, Ordering::Relaxed);
         let epoch_span = tracing::info_span!(
@@ -265,14 +257,14 @@ pub(super) fn train_blocking(
                     if !progress.cancel.load(Ordering::SeqCst)
                         && progress.interrupt.load(Ordering::SeqCst) =>
                 {
-                    JobError::Interrupted
+                    TrainingError::Interrupted
                 }
-                e => to_job_error(e),
+                e => e.into(),
             })?;
         // (validation metrics, validation loss), when there is a validation split.
         let scored = match &val_split {
             Some(split) => {
-                let (scores, val_loss) = trainer.evaluate(split).map_err(to_job_error)?;
+                let (scores, val_loss) = trainer.evaluate(split)?;
                 let thresholds = tune_thresholds(&scores, &validation.targets, DEFAULT_THRESHOLD);
                 let metrics = evaluate(&labels, &scores, &validation.targets, &thresholds);
                 Some((metrics, val_loss))
@@ -294,14 +286,14 @@ pub(super) fn train_blocking(
             best.weights = trainer
                 .model
                 .weights_blob()
-                .map_err(|e| JobError::Fatal(e.to_string()))?;
+                .map_err(|e| TrainingError::Model(e.to_string()))?;
             best.epoch = epoch;
             best.metric = value;
             best.bad_epochs = 0;
         } else {
             best.bad_epochs += 1;
         }
-        let state = trainer.state_blob().map_err(to_job_error)?;
+        let state = trainer.state_blob()?;
         let global_step = epoch as u64 * trainer.steps_per_epoch;
         let record = EpochRecord {
             epoch,
@@ -317,7 +309,7 @@ pub(super) fn train_blocking(
         };
         ctx.handle
             .block_on(save_epoch(&ctx.pool, ctx.run_id, &record))
-            .map_err(|e| JobError::Retryable(format!("saving epoch {epoch}: {e}")))?;
+            .map_err(|e| TrainingError::Transient(format!("saving epoch {epoch}: {e}")))?;
         record_epoch_metrics(&ctx, &epoch_span, &record, metrics);
         let steps = ctx.progress.global_step.load(Ordering::Relaxed);
         crate::telemetry::metrics().training_steps.add(
@@ -342,10 +334,10 @@ pub(super) fn train_blocking(
     trainer
         .model
         .load_weights_blob(&best.weights)
-        .map_err(|e| JobError::Fatal(e.to_string()))?;
+        .map_err(|e| TrainingError::Model(e.to_string()))?;
     let (thresholds, validation_metrics) = match &val_split {
         Some(split) => {
-            let (val_scores, _) = trainer.evaluate(split).map_err(to_job_error)?;
+            let (val_scores, _) = trainer.evaluate(split)?;
             let thresholds = tune_thresholds(&val_scores, &validation.targets, DEFAULT_THRESHOLD);
             let metrics = evaluate(&labels, &val_scores, &validation.targets, &thresholds);
             (thresholds, Some(metrics))
@@ -355,9 +347,7 @@ pub(super) fn train_blocking(
     let test_metrics = if test.is_empty() {
         None
     } else {
-        let (test_scores, _) = trainer
-            .evaluate(&trainer.prepare(test).map_err(to_job_error)?)
-            .map_err(to_job_error)?;
+        let (test_scores, _) = trainer.evaluate(&trainer.prepare(test)?)?;
         Some(evaluate(&labels, &test_scores, &test.targets, &thresholds))
     };
     Ok(Outcome {

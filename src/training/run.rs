@@ -24,6 +24,7 @@ use super::epochs::{
 pub use super::run_data::{load_run, RunSettings};
 use super::run_data::{load_splits, Splits};
 use super::webhook::{AddressPolicy, Telemetry, WebhookConfig};
+use super::TrainingError;
 use crate::datasets::store;
 use crate::ml::classifier::{ClassifierSpec, TrainMode};
 use crate::ml::text_encoder::pick_device;
@@ -32,14 +33,16 @@ use crate::secrets::SecretBox;
 use crate::worker_state::WorkerState;
 
 /// The `train` handler: trains, and records the failure on the run (failed or cancelled when
-/// this failure ends the job).
+/// this failure ends the job). The one place a [`TrainingError`] becomes the queue's error.
 pub async fn handle_train(
     state: &WorkerState,
     ctx: &JobContext,
     args: TrainArgs,
 ) -> Result<serde_json::Value, JobError> {
     tracing::info!(job = %ctx.id, run = %args.run_id, "train started");
-    let result = run_training(state, ctx, &args).await;
+    let result = run_training(state, ctx, &args)
+        .await
+        .map_err(JobError::from);
     if let Err(e) = &result {
         tracing::warn!(job = %ctx.id, run = %args.run_id, error = %e, "train failed");
         let last = ctx.is_last_attempt(e).await;
@@ -52,17 +55,17 @@ pub async fn run_training(
     state: &WorkerState,
     ctx: &JobContext,
     args: &TrainArgs,
-) -> Result<serde_json::Value, JobError> {
+) -> Result<serde_json::Value, TrainingError> {
     let pool = &state.pool;
     let job_id = ctx.id.as_str();
     if ctx.cancel_requested() {
-        return Err(JobError::Cancelled);
+        return Err(TrainingError::Cancelled);
     }
     if ctx.stopping.is_set() {
-        return Err(JobError::Interrupted);
+        return Err(TrainingError::Interrupted);
     }
     let Some(run) = load_run(pool, args.run_id).await? else {
-        return Err(JobError::Fatal(format!(
+        return Err(TrainingError::Invalid(format!(
             "training run {} does not exist",
             args.run_id
         )));
@@ -79,14 +82,14 @@ pub async fn run_training(
                 json!({"run_id": run.id, "model_version": run.model_version, "already_done": true, "gate_evaluation_id": evaluation}),
             );
         }
-        super::runs::RunStatus::Cancelled => return Err(JobError::Cancelled),
+        super::runs::RunStatus::Cancelled => return Err(TrainingError::Cancelled),
         _ => {}
     }
-    let dataset = store::get(pool, run.dataset_id)
-        .await?
-        .ok_or_else(|| JobError::Fatal(format!("dataset {} no longer exists", run.dataset_id)))?;
+    let dataset = store::get(pool, run.dataset_id).await?.ok_or_else(|| {
+        TrainingError::Invalid(format!("dataset {} no longer exists", run.dataset_id))
+    })?;
     if dataset.status != store::DatasetStatus::Ready {
-        return Err(JobError::Fatal(format!(
+        return Err(TrainingError::Invalid(format!(
             "dataset {} is {}, not ready",
             dataset.id, dataset.status
         )));
@@ -109,7 +112,7 @@ pub async fn run_training(
     let checkpoint = match &encoder_model {
         Some(key) => Some(
             crate::embedding::local_checkpoint(&state.settings, key)
-                .map_err(|e| JobError::Fatal(format!("base model: {e}")))?,
+                .map_err(|e| TrainingError::Invalid(format!("base model: {e}")))?,
         ),
         None => None,
     };
@@ -124,7 +127,9 @@ pub async fn run_training(
     let input_dim = match run.mode {
         TrainMode::Finetune => {
             crate::ml::encoder::EncoderConfig::from_file(&base_dir.join("config.json"))
-                .map_err(|e| JobError::Fatal(format!("base model {}: {e}", base_dir.display())))?
+                .map_err(|e| {
+                    TrainingError::Invalid(format!("base model {}: {e}", base_dir.display()))
+                })?
                 .shape
                 .hidden_size
         }
@@ -257,7 +262,7 @@ pub async fn run_training(
         outcome
     })
     .await
-    .map_err(|e| JobError::Retryable(format!("training thread: {e}")))?;
+    .map_err(|e| TrainingError::Transient(format!("training thread: {e}")))?;
     progress.finished.store(true, Ordering::SeqCst);
     let _ = writer.await;
     let stats = telemetry.finish(Duration::from_secs(5)).await;
@@ -288,7 +293,7 @@ pub async fn run_training(
     };
     let version = crate::registry::register_version(pool, &new_version)
         .await
-        .map_err(|e| JobError::Retryable(format!("registering the model: {e}")))?;
+        .map_err(|e| TrainingError::Transient(format!("registering the model: {e}")))?;
     let gate_evaluation = promotion_gate(state, &run, version).await?;
     let test_macro_f1 = outcome.test.as_ref().map(|m| m.macro_f1);
     tracing::info!(run = %run.id, model = %run.model_name, version, test_macro_f1 = ?test_macro_f1, "training finished");
@@ -316,7 +321,7 @@ async fn promotion_gate(
     state: &WorkerState,
     run: &RunSettings,
     version: i32,
-) -> Result<Option<Uuid>, JobError> {
+) -> Result<Option<Uuid>, TrainingError> {
     match (&run.promotion_gate, run.auto_promote) {
         (Some(gate), true) => Ok(crate::scoring::evaluation::ensure_gate_evaluation(
             state,

@@ -8,10 +8,10 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::webhook::WebhookConfig;
+use super::TrainingError;
 use crate::datasets::TaskType;
 use crate::ml::classifier::TrainMode;
 use crate::ml::trainer::{Hyperparameters, SplitData, SplitInputs, VectorRows};
-use crate::queue::JobError;
 
 /// A run's stored settings.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ pub struct RunSettings {
     pub base_model: Option<String>,
 }
 
-pub async fn load_run(pool: &PgPool, id: Uuid) -> Result<Option<RunSettings>, JobError> {
+pub async fn load_run(pool: &PgPool, id: Uuid) -> Result<Option<RunSettings>, TrainingError> {
     let Some(row) = sqlx::query(
         "SELECT id, dataset_id, model_name, mode, task, labels, hyperparameters, device,
                 auto_promote, webhook, status, model_version, promotion_gate, base_model
@@ -47,7 +47,8 @@ pub async fn load_run(pool: &PgPool, id: Uuid) -> Result<Option<RunSettings>, Jo
     else {
         return Ok(None);
     };
-    let bad = |what: &str, e: serde_json::Error| JobError::Fatal(format!("run {id}: {what}: {e}"));
+    let bad =
+        |what: &str, e: serde_json::Error| TrainingError::Invalid(format!("run {id}: {what}: {e}"));
     let webhook: Option<serde_json::Value> = row.get("webhook");
     Ok(Some(RunSettings {
         id,
@@ -122,7 +123,7 @@ pub(super) async fn load_splits(
     embedding_model: &str,
     dimensions: i32,
     memory_cap_mb: usize,
-) -> Result<Splits, JobError> {
+) -> Result<Splits, TrainingError> {
     let head = run.mode == TrainMode::Head;
     // Streamed: the job holds the vectors (head) or texts (finetune) it trains on, never the
     // rows they came in. A head reads no text, a finetune no vector.
@@ -178,23 +179,22 @@ pub(super) async fn load_splits(
         if head {
             let vector: Option<Vec<u8>> = row.get("vector");
             let vector = vector.ok_or_else(|| {
-                JobError::Fatal(format!(
+                TrainingError::Invalid(format!(
                     "dataset {} has a record without a stored embedding",
                     run.dataset_id
                 ))
             })?;
             let vector = crate::embedding::bytes_to_vector(&vector);
             if vector.len() != dims {
-                return Err(JobError::Fatal(format!(
+                return Err(TrainingError::Invalid(format!(
                     "dataset {} has a stored vector of {} dimensions, not {dims}",
                     run.dataset_id,
                     vector.len()
                 )));
             }
-            split
-                .0
-                .push(&vector)
-                .map_err(|e| JobError::Retryable(format!("spilling vectors to a file: {e}")))?;
+            split.0.push(&vector).map_err(|e| {
+                TrainingError::Transient(format!("spilling vectors to a file: {e}"))
+            })?;
         } else {
             split.1.push(row.get("text"));
         }
@@ -205,7 +205,7 @@ pub(super) async fn load_splits(
         split
             .0
             .finish()
-            .map_err(|e| JobError::Retryable(format!("spilling vectors to a file: {e}")))?;
+            .map_err(|e| TrainingError::Transient(format!("spilling vectors to a file: {e}")))?;
         spilled |= split.0.spilled();
     }
     if spilled {
@@ -220,7 +220,7 @@ pub(super) async fn load_splits(
         targets,
     });
     if train.is_empty() {
-        return Err(JobError::Fatal(
+        return Err(TrainingError::Invalid(
             "the dataset's training split has no annotated record".into(),
         ));
     }

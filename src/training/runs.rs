@@ -12,6 +12,7 @@ use crate::ml::trainer::Hyperparameters;
 use crate::queue::{self, NewJob, QueueError};
 use crate::scoring::evaluation::GateSettings;
 use crate::training::webhook::WebhookConfig;
+use crate::training::TrainingError;
 
 crate::db::text_enum! {
     /// A training run's state (`training_runs.status`).
@@ -32,21 +33,6 @@ impl RunStatus {
             RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
         )
     }
-}
-
-/// Why a request about a training run was refused or failed: the training domain's one error
-/// type, mapped to HTTP once in `api/errors.rs`.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("training run {0} not found")]
-    NotFound(Uuid),
-    /// The run is in a state that forbids what was asked.
-    #[error("{0}")]
-    Conflict(String),
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
 }
 
 /// One run as it is stored, with the id of the evaluation its promotion gate ran (if any).
@@ -120,7 +106,11 @@ fn name_of<T: serde::Serialize>(value: T) -> Option<String> {
 }
 
 /// Creates the run row and its `train` job in one transaction. Returns the run's id.
-pub async fn create(pool: &PgPool, new: NewRun<'_>, max_attempts: i32) -> Result<Uuid, QueueError> {
+pub async fn create(
+    pool: &PgPool,
+    new: NewRun<'_>,
+    max_attempts: i32,
+) -> Result<Uuid, TrainingError> {
     let id = Uuid::new_v4();
     let mut tx = pool.begin().await?;
     sqlx::query(
@@ -135,7 +125,7 @@ pub async fn create(pool: &PgPool, new: NewRun<'_>, max_attempts: i32) -> Result
     .bind(name_of(new.mode))
     .bind(name_of(new.task))
     .bind(json!(new.labels))
-    .bind(serde_json::to_value(new.hyperparameters)?)
+    .bind(serde_json::to_value(new.hyperparameters).map_err(QueueError::from)?)
     .bind(new.device)
     .bind(new.auto_promote)
     .bind(new.webhook.map(|w| serde_json::to_value(w).unwrap_or_default()))
@@ -165,18 +155,22 @@ pub async fn create(pool: &PgPool, new: NewRun<'_>, max_attempts: i32) -> Result
     Ok(id)
 }
 
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
-    sqlx::query_as(
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Run>, TrainingError> {
+    Ok(sqlx::query_as(
         "SELECT r.*, (SELECT e.id FROM evaluations e WHERE e.run_id = r.id) AS gate_evaluation_id
          FROM training_runs r WHERE r.id = $1",
     )
     .bind(id)
     .fetch_optional(pool)
-    .await
+    .await?)
 }
 
 /// Runs, newest first, and how many there are.
-pub async fn list(pool: &PgPool, limit: i64, offset: i64) -> Result<(Vec<Run>, i64), sqlx::Error> {
+pub async fn list(
+    pool: &PgPool,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Run>, i64), TrainingError> {
     let rows = sqlx::query_as(
         "SELECT r.*, (SELECT e.id FROM evaluations e WHERE e.run_id = r.id) AS gate_evaluation_id
          FROM training_runs r ORDER BY r.created_at DESC, r.id LIMIT $1 OFFSET $2",
@@ -192,19 +186,19 @@ pub async fn list(pool: &PgPool, limit: i64, offset: i64) -> Result<(Vec<Run>, i
 }
 
 /// A run's epochs in order.
-pub async fn epochs(pool: &PgPool, run_id: Uuid) -> Result<Vec<Epoch>, sqlx::Error> {
-    sqlx::query_as(
+pub async fn epochs(pool: &PgPool, run_id: Uuid) -> Result<Vec<Epoch>, TrainingError> {
+    Ok(sqlx::query_as(
         "SELECT epoch, global_step, train_loss, val_loss, metrics, created_at
          FROM training_epochs WHERE run_id = $1 ORDER BY epoch",
     )
     .bind(run_id)
     .fetch_all(pool)
-    .await
+    .await?)
 }
 
 /// Cancels a run that has not started; a running one is cancelled by its worker when it sees
 /// its job's cancel flag.
-pub async fn cancel_pending(pool: &PgPool, run_id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn cancel_pending(pool: &PgPool, run_id: Uuid) -> Result<(), TrainingError> {
     sqlx::query(
         "UPDATE training_runs SET status = 'cancelled', finished_at = now(), updated_at = now()
          WHERE id = $1 AND status = 'pending'",
@@ -217,10 +211,10 @@ pub async fn cancel_pending(pool: &PgPool, run_id: Uuid) -> Result<(), sqlx::Err
 
 /// Stops a run: a queued one never starts (cancelled now), a running one stops at its next
 /// step (its worker sees the job's cancel flag). Returns the run as it is now.
-pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Run, RunError> {
-    let run = get(pool, id).await?.ok_or(RunError::NotFound(id))?;
+pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Run, TrainingError> {
+    let run = get(pool, id).await?.ok_or(TrainingError::NotFound(id))?;
     if run.status.is_final() {
-        return Err(RunError::Conflict(format!(
+        return Err(TrainingError::Conflict(format!(
             "training run {} is {}: it cannot be cancelled",
             run.id, run.status
         )));
@@ -232,11 +226,11 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Run, RunError> {
         }
     }
     cancel_pending(pool, run.id).await?;
-    get(pool, id).await?.ok_or(RunError::NotFound(id))
+    get(pool, id).await?.ok_or(TrainingError::NotFound(id))
 }
 
 /// A run's `train` job was cancelled: a run that has not started is cancelled now.
-pub async fn job_cancelled(pool: &PgPool, job_id: &str) -> Result<(), sqlx::Error> {
+pub async fn job_cancelled(pool: &PgPool, job_id: &str) -> Result<(), TrainingError> {
     sqlx::query(
         "UPDATE training_runs SET status = 'cancelled', finished_at = now(), updated_at = now()
          WHERE job_id = $1 AND status = 'pending'",
@@ -249,7 +243,7 @@ pub async fn job_cancelled(pool: &PgPool, job_id: &str) -> Result<(), sqlx::Erro
 
 /// A run's failed or cancelled `train` job goes back in its queue (in the caller's
 /// transaction): the run is pending again and resumes from its last checkpoint.
-pub async fn job_retrying(conn: &mut PgConnection, job_id: &str) -> Result<(), sqlx::Error> {
+pub async fn job_retrying(conn: &mut PgConnection, job_id: &str) -> Result<(), TrainingError> {
     sqlx::query(
         "UPDATE training_runs SET status = 'pending', error = NULL, finished_at = NULL,
                 updated_at = now()
