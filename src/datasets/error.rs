@@ -2,7 +2,7 @@
 //!
 //! The `dataset_build` and `embed` jobs (`build.rs`, `embed_job.rs`) fail with a
 //! [`DatasetError`]. What matters to a job is whether trying again can help:
-//! [`DatasetError::is_transient`] says so, and the `From<DatasetError> for JobError` below turns
+//! its `Failure` implementation (`outcome`) says so, and the `From<DatasetError> for JobError` below turns
 //! that into [`JobError::Retryable`] or [`JobError::Fatal`], here and nowhere else. The message
 //! a job records is the error's own: `database: ...` for a statement, the provider's message for
 //! an embedding failure, the text given for the others.
@@ -10,6 +10,7 @@
 //! The store functions that the API and the job registry's lifecycle hooks call (`store.rs`,
 //! `documents.rs`, `export.rs`) keep answering with the database and queue errors they wrap.
 use crate::embedding::EmbedError;
+use crate::queue::job::{Failure, Outcome};
 use crate::queue::{JobError, QueueError};
 
 /// How a dataset job failed.
@@ -66,31 +67,25 @@ impl From<EmbedError> for DatasetError {
     }
 }
 
-impl DatasetError {
-    /// Whether the same work may succeed when tried again later. Cancelled and interrupted
-    /// work is neither: the queue is told so as such.
-    pub fn is_transient(&self) -> bool {
+/// What a dataset job's failure means to the queue; the message is the error's own
+/// (`database: ...` for a statement, as before).
+impl Failure for DatasetError {
+    fn outcome(&self) -> Outcome {
         match self {
-            DatasetError::Database(e) => !crate::db::is_permanent(e),
-            // The same arguments fail the same way on every attempt.
-            DatasetError::Queue(QueueError::Serialization(_)) => false,
-            DatasetError::Queue(_) | DatasetError::Transient(_) => true,
-            DatasetError::Embed(e) => e.is_retryable(),
-            DatasetError::Invalid(_) | DatasetError::Cancelled | DatasetError::Interrupted => false,
+            DatasetError::Database(e) => Outcome::of_database(e),
+            DatasetError::Queue(e) => Outcome::of_queue(e),
+            DatasetError::Embed(e) if e.is_retryable() => Outcome::Retry,
+            DatasetError::Transient(_) => Outcome::Retry,
+            DatasetError::Embed(_) | DatasetError::Invalid(_) => Outcome::Fail,
+            DatasetError::Cancelled => Outcome::Cancelled,
+            DatasetError::Interrupted => Outcome::Interrupted,
         }
     }
 }
 
-/// The one mapping of dataset job failures to the queue's: retried while transient, else fatal.
-/// The message is the error's own (`database: ...` for a statement, as before).
 impl From<DatasetError> for JobError {
     fn from(e: DatasetError) -> Self {
-        match e {
-            DatasetError::Cancelled => JobError::Cancelled,
-            DatasetError::Interrupted => JobError::Interrupted,
-            e if e.is_transient() => JobError::Retryable(e.to_string()),
-            e => JobError::Fatal(e.to_string()),
-        }
+        JobError::from_failure(e)
     }
 }
 
@@ -103,57 +98,24 @@ mod tests {
     }
 
     #[test]
-    fn connection_trouble_is_retried_with_the_message_it_had() {
-        for e in [
-            sqlx::Error::PoolTimedOut,
-            sqlx::Error::PoolClosed,
-            sqlx::Error::WorkerCrashed,
-            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
-        ] {
-            let message = format!("database: {e}");
-            match job_error(e.into()) {
-                JobError::Retryable(m) => assert_eq!(m, message),
-                other => panic!("expected a retry, got {other:?}"),
-            }
+    fn statements_and_queue_errors_read_and_retry_as_the_queue_maps_them() {
+        let statements = || {
+            [
+                sqlx::Error::PoolTimedOut,
+                sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+                sqlx::Error::RowNotFound,
+                sqlx::Error::Decode("not a uuid".into()),
+            ]
+        };
+        for (mine, queue) in statements().into_iter().zip(statements()) {
+            let theirs = JobError::from(queue);
+            let ours = job_error(DatasetError::from(mine));
+            assert_eq!(format!("{ours:?}"), format!("{theirs:?}"));
         }
-        // A database error inside a queue error is the same database error, with the message
-        // the queue's own mapping gave it.
-        let e = DatasetError::from(QueueError::Database(sqlx::Error::PoolTimedOut));
-        assert!(matches!(
-            e,
-            DatasetError::Database(sqlx::Error::PoolTimedOut)
-        ));
-        assert!(e.is_transient());
-        let before = JobError::from(QueueError::Database(sqlx::Error::PoolTimedOut));
-        match (job_error(e), before) {
-            (JobError::Retryable(now), JobError::Retryable(then)) => assert_eq!(now, then),
-            other => panic!("expected two retries, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn bugs_and_bad_data_are_fatal_as_they_were() {
-        for e in [
-            sqlx::Error::RowNotFound,
-            sqlx::Error::ColumnNotFound("status".into()),
-            sqlx::Error::Decode("not a uuid".into()),
-            sqlx::Error::ColumnIndexOutOfBounds { index: 3, len: 2 },
-        ] {
-            let message = format!("database: {e}");
-            match job_error(e.into()) {
-                JobError::Fatal(m) => assert_eq!(m, message),
-                other => panic!("expected a fatal error, got {other:?}"),
-            }
-        }
-        let e = DatasetError::from(QueueError::Database(sqlx::Error::RowNotFound));
-        assert!(!e.is_transient());
-        let before = JobError::from(QueueError::Database(sqlx::Error::RowNotFound));
-        match (job_error(e), before) {
-            (JobError::Fatal(now), JobError::Fatal(then)) => {
-                assert!(now.starts_with("database: "));
-                assert_eq!(now, then);
-            }
-            other => panic!("expected two fatal errors, got {other:?}"),
+        for (mine, queue) in statements().into_iter().zip(statements()) {
+            let theirs = JobError::from(QueueError::Database(queue));
+            let ours = job_error(DatasetError::from(QueueError::Database(mine)));
+            assert_eq!(format!("{ours:?}"), format!("{theirs:?}"));
         }
     }
 

@@ -39,28 +39,89 @@ impl StopFlag {
     }
 }
 
+/// What a failed attempt means to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The job was asked to stop.
+    Cancelled,
+    /// The worker is shutting down: the job goes back to its queue as it was.
+    Interrupted,
+    /// Trying again later may help.
+    Retry,
+    /// The same work fails the same way on every attempt.
+    Fail,
+}
+
+impl Outcome {
+    /// A statement's failure: a bug or bad data fails ([`crate::db::is_permanent`]); a lost
+    /// connection, a restarted Postgres, a deadlock are retried.
+    pub fn of_database(e: &sqlx::Error) -> Outcome {
+        if crate::db::is_permanent(e) {
+            Outcome::Fail
+        } else {
+            Outcome::Retry
+        }
+    }
+
+    /// The queue's failure: arguments that do not serialize fail the same way every time.
+    pub fn of_queue(e: &QueueError) -> Outcome {
+        match e {
+            QueueError::Serialization(_) => Outcome::Fail,
+            QueueError::Database(db) => Outcome::of_database(db),
+            _ => Outcome::Retry,
+        }
+    }
+}
+
+/// A domain's error type as the queue sees it: its [`Outcome`], and its message as what the
+/// job records. Each domain (datasets, training, scoring) implements it once, and its
+/// `From<…> for JobError` is [`JobError::from_failure`].
+pub trait Failure: std::fmt::Display {
+    fn outcome(&self) -> Outcome;
+}
+
+impl JobError {
+    /// The one mapping of a domain's failure to a job's error.
+    pub fn from_failure(e: impl Failure) -> JobError {
+        match e.outcome() {
+            Outcome::Cancelled => JobError::Cancelled,
+            Outcome::Interrupted => JobError::Interrupted,
+            Outcome::Retry => JobError::Retryable(e.to_string()),
+            Outcome::Fail => JobError::Fatal(e.to_string()),
+        }
+    }
+}
+
+/// A statement, as a domain's error shows it (`database: …`).
+struct Statement(sqlx::Error);
+
+impl std::fmt::Display for Statement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "database: {}", self.0)
+    }
+}
+
+impl Failure for Statement {
+    fn outcome(&self) -> Outcome {
+        Outcome::of_database(&self.0)
+    }
+}
+
+impl Failure for QueueError {
+    fn outcome(&self) -> Outcome {
+        Outcome::of_queue(self)
+    }
+}
+
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
-        if crate::db::is_permanent(&e) {
-            // A bug or bad data: the same statement fails the same way on every attempt.
-            JobError::Fatal(format!("database: {e}"))
-        } else {
-            // A lost connection, a restarted Postgres, a deadlock: try again later.
-            JobError::Retryable(format!("database: {e}"))
-        }
+        JobError::from_failure(Statement(e))
     }
 }
 
 impl From<QueueError> for JobError {
     fn from(e: QueueError) -> Self {
-        match e {
-            // The same arguments fail the same way on every attempt.
-            QueueError::Serialization(_) => JobError::Fatal(e.to_string()),
-            QueueError::Database(db) if crate::db::is_permanent(&db) => {
-                JobError::Fatal(QueueError::Database(db).to_string())
-            }
-            _ => JobError::Retryable(e.to_string()),
-        }
+        JobError::from_failure(e)
     }
 }
 

@@ -3,12 +3,13 @@
 //! Every function of `scoring` (scoring jobs, their plan and chunks, evaluations and their
 //! gate) fails with a [`ScoringError`], but for the export's page reader and encoder, which
 //! answer to `streamed_export` as the dataset export does. What matters to a job is whether
-//! trying again can help: [`ScoringError::is_transient`] says so, and the
+//! trying again can help: its `Failure` implementation (`outcome`) says so, and the
 //! `From<ScoringError> for JobError` below turns that into [`JobError::Retryable`] or
 //! [`JobError::Fatal`], here and nowhere else. The API answers a `ScoringError` as it answered
 //! the database and queue errors it wraps (see `api::errors`), and the job registry's lifecycle
 //! calls get the [`LifecycleError`] they got before (below).
 use crate::job_kind::LifecycleError;
+use crate::queue::job::{Failure, Outcome};
 use crate::queue::{JobError, QueueError};
 
 /// How scoring work failed.
@@ -59,33 +60,24 @@ impl From<QueueError> for ScoringError {
     }
 }
 
-impl ScoringError {
-    /// Whether the same work may succeed when tried again later. Cancelled and interrupted
-    /// work is neither: the queue is told so as such.
-    pub fn is_transient(&self) -> bool {
+/// What a scoring failure means to the queue; the message is the error's own (`database: ...`
+/// for a statement, as before).
+impl Failure for ScoringError {
+    fn outcome(&self) -> Outcome {
         match self {
-            ScoringError::Database(e) => !crate::db::is_permanent(e),
-            // The same arguments fail the same way on every attempt.
-            ScoringError::Queue(QueueError::Serialization(_)) => false,
-            ScoringError::Queue(_) | ScoringError::Transient(_) => true,
-            ScoringError::Conflict(_)
-            | ScoringError::Invalid(_)
-            | ScoringError::Cancelled
-            | ScoringError::Interrupted => false,
+            ScoringError::Database(e) => Outcome::of_database(e),
+            ScoringError::Queue(e) => Outcome::of_queue(e),
+            ScoringError::Transient(_) => Outcome::Retry,
+            ScoringError::Conflict(_) | ScoringError::Invalid(_) => Outcome::Fail,
+            ScoringError::Cancelled => Outcome::Cancelled,
+            ScoringError::Interrupted => Outcome::Interrupted,
         }
     }
 }
 
-/// The one mapping of scoring failures to the queue's: retried while transient, else fatal.
-/// The message is the error's own (`database: ...` for a statement, as before).
 impl From<ScoringError> for JobError {
     fn from(e: ScoringError) -> Self {
-        match e {
-            ScoringError::Cancelled => JobError::Cancelled,
-            ScoringError::Interrupted => JobError::Interrupted,
-            e if e.is_transient() => JobError::Retryable(e.to_string()),
-            e => JobError::Fatal(e.to_string()),
-        }
+        JobError::from_failure(e)
     }
 }
 
@@ -131,7 +123,7 @@ mod tests {
             e,
             ScoringError::Database(sqlx::Error::PoolTimedOut)
         ));
-        assert!(e.is_transient());
+        assert_eq!(e.outcome(), Outcome::Retry);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Every function of `training` that can fail for a reason worth telling (run rows and their
 //! cancel, the `train` job's data, epochs and checkpoints, its promotion gate) fails with a
 //! [`TrainingError`]; the telemetry webhook and the curves answer to no caller and keep their
-//! own. What matters to a job is whether trying again can help: [`TrainingError::is_transient`]
+//! own. What matters to a job is whether trying again can help: its `Failure` implementation (`outcome`)
 //! says so, and the `From<TrainingError> for JobError` below turns that into
 //! [`JobError::Retryable`] or [`JobError::Fatal`], here and nowhere else; the message a run
 //! records is the error's own. The API answers a `TrainingError` as it answered the run, database
@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::job_kind::LifecycleError;
 use crate::ml::trainer::TrainError;
+use crate::queue::job::{Failure, Outcome};
 use crate::queue::{JobError, QueueError};
 use crate::scoring::ScoringError;
 
@@ -91,38 +92,28 @@ impl From<TrainError> for TrainingError {
     }
 }
 
-impl TrainingError {
-    /// Whether the same work may succeed when tried again later. Cancelled and interrupted
-    /// work is neither: the queue is told so as such.
-    pub fn is_transient(&self) -> bool {
+/// What a training failure means to the queue; the message is the error's own (`database: ...`
+/// for a statement, as before); a scoring failure is classified as scoring classifies it.
+impl Failure for TrainingError {
+    fn outcome(&self) -> Outcome {
         match self {
-            TrainingError::Database(e) => !crate::db::is_permanent(e),
-            // The same arguments fail the same way on every attempt.
-            TrainingError::Queue(QueueError::Serialization(_)) => false,
-            TrainingError::Queue(_) | TrainingError::Transient(_) => true,
-            TrainingError::Scoring(e) => e.is_transient(),
+            TrainingError::Database(e) => Outcome::of_database(e),
+            TrainingError::Queue(e) => Outcome::of_queue(e),
+            TrainingError::Scoring(e) => e.outcome(),
+            TrainingError::Transient(_) => Outcome::Retry,
             TrainingError::NotFound(_)
             | TrainingError::Conflict(_)
             | TrainingError::Model(_)
-            | TrainingError::Invalid(_)
-            | TrainingError::Cancelled
-            | TrainingError::Interrupted => false,
+            | TrainingError::Invalid(_) => Outcome::Fail,
+            TrainingError::Cancelled => Outcome::Cancelled,
+            TrainingError::Interrupted => Outcome::Interrupted,
         }
     }
 }
 
-/// The one mapping of training failures to the queue's: retried while transient, else fatal.
-/// The message is the error's own (`database: ...` for a statement, as before); a scoring
-/// failure is mapped as scoring maps it.
 impl From<TrainingError> for JobError {
     fn from(e: TrainingError) -> Self {
-        match e {
-            TrainingError::Cancelled => JobError::Cancelled,
-            TrainingError::Interrupted => JobError::Interrupted,
-            TrainingError::Scoring(e) => e.into(),
-            e if e.is_transient() => JobError::Retryable(e.to_string()),
-            e => JobError::Fatal(e.to_string()),
-        }
+        JobError::from_failure(e)
     }
 }
 
@@ -150,50 +141,25 @@ mod tests {
     }
 
     #[test]
-    fn connection_trouble_is_retried_with_the_message_it_had() {
-        for e in [
-            sqlx::Error::PoolTimedOut,
-            sqlx::Error::PoolClosed,
-            sqlx::Error::WorkerCrashed,
-            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
-        ] {
-            let message = format!("database: {e}");
-            match job_error(e.into()) {
-                JobError::Retryable(m) => assert_eq!(m, message),
-                other => panic!("expected a retry, got {other:?}"),
-            }
+    fn statements_and_queue_errors_read_and_retry_as_the_queue_maps_them() {
+        let statements = || {
+            [
+                sqlx::Error::PoolTimedOut,
+                sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+                sqlx::Error::RowNotFound,
+                sqlx::Error::Decode("not a uuid".into()),
+            ]
+        };
+        for (mine, queue) in statements().into_iter().zip(statements()) {
+            let theirs = JobError::from(queue);
+            let ours = job_error(TrainingError::from(mine));
+            assert_eq!(format!("{ours:?}"), format!("{theirs:?}"));
         }
-        // A database error inside a queue error is the same database error, shown the same.
-        let e = TrainingError::from(QueueError::Database(sqlx::Error::PoolTimedOut));
-        assert!(matches!(
-            e,
-            TrainingError::Database(sqlx::Error::PoolTimedOut)
-        ));
-        assert!(e.is_transient());
-        assert_eq!(
-            e.to_string(),
-            QueueError::Database(sqlx::Error::PoolTimedOut).to_string()
-        );
-    }
-
-    #[test]
-    fn bugs_and_bad_data_are_fatal_with_the_message_they_had() {
-        for e in [
-            sqlx::Error::RowNotFound,
-            sqlx::Error::ColumnNotFound("status".into()),
-            sqlx::Error::Decode("not a uuid".into()),
-        ] {
-            let message = format!("database: {e}");
-            match job_error(e.into()) {
-                JobError::Fatal(m) => assert_eq!(m, message),
-                other => panic!("expected a fatal error, got {other:?}"),
-            }
+        for (mine, queue) in statements().into_iter().zip(statements()) {
+            let theirs = JobError::from(QueueError::Database(queue));
+            let ours = job_error(TrainingError::from(QueueError::Database(mine)));
+            assert_eq!(format!("{ours:?}"), format!("{theirs:?}"));
         }
-        let json = serde_json::from_str::<u8>("x").unwrap_err();
-        assert!(matches!(
-            job_error(QueueError::Serialization(json).into()),
-            JobError::Fatal(m) if m.starts_with("job arguments: ")
-        ));
     }
 
     #[test]

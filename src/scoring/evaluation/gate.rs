@@ -265,7 +265,10 @@ mod tests {
         // A gate whose versions were not both evaluated is a bug: never retried.
         let e = figures(&gate(), &macro_f1(&[(3, Some(0.8))])).unwrap_err();
         assert!(matches!(e, ScoringError::Invalid(_)));
-        assert!(!e.is_transient());
+        assert_eq!(
+            crate::queue::job::Failure::outcome(&e),
+            crate::queue::job::Outcome::Fail
+        );
     }
 
     #[test]
