@@ -16,6 +16,12 @@ fi
 # against the server (tests/it/schemathesis.rs).
 "$TRAINYARD_VENV/bin/st" --version 2>/dev/null | grep -q " 4\.32\.5$" \
   || "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check schemathesis==4.32.5
+# krippendorff (pinned) and scikit-learn are the references of the agreement figures
+# (tests/it/agreement.rs).
+"$TRAINYARD_VENV/bin/python" -c "import krippendorff" 2>/dev/null \
+  || "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check krippendorff==0.9.0
+"$TRAINYARD_VENV/bin/python" -c "import sklearn" 2>/dev/null \
+  || "$TRAINYARD_VENV/bin/pip" install -q --disable-pip-version-check scikit-learn
 # Debian's Prometheus runs every dashboard and alert query against a live trainyard.
 if ! command -v prometheus >/dev/null; then
   echo "[test] installing prometheus (Debian package)"

@@ -11,6 +11,7 @@
 //! request should), the ranking is a `review_rank` job (`job`), and until it is done the API
 //! answers 202 with the previous ranking of the key, marked stale, if there is one. Each strategy's ranking of one document is
 //! a pure function (`rank_*` sort them in memory), so they are tested without a database.
+pub mod agreement;
 pub mod disagreement;
 pub mod job;
 pub mod store;

@@ -2,6 +2,7 @@
 //! each module is one area, run as `cargo test --release --test it <module>::`.
 mod support;
 
+mod agreement;
 mod auth;
 mod bad_input;
 mod bad_input_props;
