@@ -191,9 +191,6 @@ macro_rules! text_enum {
         $vis enum $name { $($(#[$vmeta])* $variant),+ }
 
         impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
             /// The stored string.
             pub const fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),+ }
