@@ -28,10 +28,11 @@ if ! command -v prometheus >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
     || echo "[test] prometheus could not be installed; the dashboard query test will fail"
 fi
-# playwright-core (npm) drives Debian's Chromium through the Swagger UI test.
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
+# playwright-core (npm) drives Debian's Chromium through the Swagger UI and web app tests;
+# axe-core checks the web app's accessibility inside the page.
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/axe-core ]; then
   (cd tests/browser && npm install --no-audit --no-fund --silent) \
-    || echo "[test] playwright-core could not be installed; the Swagger UI browser test will fail"
+    || echo "[test] playwright-core or axe-core could not be installed; the browser tests will fail"
 fi
 # The rotel OpenTelemetry collector (its wheel carries the binary) for the OTLP trace test.
 "$TRAINYARD_VENV/bin/python" -c "import rotel" 2>/dev/null \

@@ -291,6 +291,9 @@ pub struct ReviewSettings {
     pub suspect_fit_max_rows: usize,
     /// `suspect_label`: MiB of vectors kept in memory; more are spilled to a temporary file.
     pub vectors_in_memory_mb: usize,
+    /// Labelling (`/api/v1/labelling/next`): seconds a person holds the document they were
+    /// given before anyone else may get it (renewed each time they ask again), 10 to 3,600.
+    pub lease_secs: u64,
 }
 
 impl Default for ReviewSettings {
@@ -299,6 +302,7 @@ impl Default for ReviewSettings {
             inline_max_documents: 20_000,
             suspect_fit_max_rows: 50_000,
             vectors_in_memory_mb: 128,
+            lease_secs: 120,
         }
     }
 }
@@ -634,6 +638,7 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         self.telemetry.validate()?;
         self.scoring.validate()?;
+        self.review.validate()?;
         self.server.validate()?;
         self.auth.validate()?;
         self.database.validate()?;
@@ -798,6 +803,18 @@ impl InferenceSettings {
             self.max_batch_texts,
             crate::api::limits::MAX_BATCH_TEXTS,
         )
+    }
+}
+
+impl ReviewSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(10..=3600).contains(&self.lease_secs) {
+            return Err(invalid(
+                "review.lease_secs",
+                "must be between 10 and 3600 seconds",
+            ));
+        }
+        Ok(())
     }
 }
 

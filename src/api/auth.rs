@@ -100,6 +100,16 @@ pub const OPERATIONS: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/evaluations/{id}/disagreements", Needs(Read)),
     ("POST", "/api/v1/evaluations/{id}/cancel", Needs(Submit)),
     ("GET", "/api/v1/review-queue", Needs(Read)),
+    ("GET", "/api/v1/me", Public),
+    ("POST", "/api/v1/labelling/next", Needs(Submit)),
+    ("POST", "/api/v1/labelling/answers", Needs(Submit)),
+    ("POST", "/api/v1/labelling/undo", Needs(Submit)),
+    ("GET", "/api/v1/guidelines", Needs(Read)),
+    ("POST", "/api/v1/guidelines", Needs(Admin)),
+    ("GET", "/api/v1/guidelines/{label}", Needs(Read)),
+    ("GET", "/api/v1/sources", Needs(Read)),
+    ("POST", "/api/v1/sources/{source}/settings", Needs(Admin)),
+    ("GET", "/api/v1/agreement", Needs(Read)),
 ];
 
 /// What the table says `method` (upper case) on `template` needs: `admin` when it has no entry
@@ -256,7 +266,11 @@ impl Gate {
                 Needs(Read)
             };
         }
-        if path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/") {
+        if path == "/openapi.json"
+            || path == "/docs"
+            || path.starts_with("/docs/")
+            || super::ui::is_ui_path(path)
+        {
             return Public;
         }
         operation_access(method, path).unwrap_or(AnyToken)

@@ -105,6 +105,10 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         ApiError::Conflict(body("conflict", "conflict_error", message, None))
     }
+    /// 409 with a code that says which state refused the action (`lease_lost`, ...).
+    pub fn conflict_code(code: &str, message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError::Conflict(body(code, "conflict_error", message, param))
+    }
     pub fn too_large(message: impl Into<String>, param: Option<&str>) -> Self {
         ApiError::TooLarge(body("too_large", "invalid_request_error", message, param))
     }

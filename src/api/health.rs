@@ -68,8 +68,12 @@ pub struct Liveness {
 #[derive(Debug, Object)]
 pub struct QueueDepth {
     pub queue: String,
+    /// Jobs that will run: pending, or failed with attempts left.
     pub waiting: i64,
     pub running: i64,
+    /// Since when the longest-waiting job could have run; absent when none waits.
+    #[oai(skip_serializing_if_is_none)]
+    pub oldest_waiting_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Object)]
@@ -215,10 +219,11 @@ impl HealthApi {
             queues: detailed.then(|| {
                 queues
                     .into_iter()
-                    .map(|(queue, waiting, running)| QueueDepth {
-                        queue,
-                        waiting,
-                        running,
+                    .map(|d| QueueDepth {
+                        queue: d.queue,
+                        waiting: d.waiting,
+                        running: d.running,
+                        oldest_waiting_at: d.oldest_waiting_since,
                     })
                     .collect()
             }),

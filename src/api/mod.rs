@@ -7,6 +7,7 @@ pub mod evaluations;
 pub mod health;
 pub mod http_telemetry;
 pub mod jobs;
+pub mod labelling;
 pub mod legacy_v1;
 pub mod limits;
 pub mod models;
@@ -20,6 +21,7 @@ pub mod scoring;
 pub mod tokens;
 pub mod training;
 mod training_schema;
+pub mod ui;
 mod wire_types;
 
 use std::sync::Arc;
@@ -133,6 +135,7 @@ type Apis = (
     scoring::ScoringApi,
     evaluations::EvaluationsApi,
     review::ReviewApi,
+    labelling::LabellingApi,
 );
 
 pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
@@ -151,6 +154,7 @@ pub fn openapi_service(server_url: &str) -> OpenApiService<Apis, ()> {
             scoring::ScoringApi,
             evaluations::EvaluationsApi,
             review::ReviewApi,
+            labelling::LabellingApi,
         ),
         "trainyard",
         env!("CARGO_PKG_VERSION"),
@@ -217,6 +221,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     Route::new()
         .nest("/", api)
         .nest("/docs", docs)
+        .nest("/ui", ui::routes())
         .at("/openapi.json", poem::get(spec))
         .at("/metrics", poem::get(http_telemetry::metrics_endpoint))
         .data(state)
@@ -253,16 +258,17 @@ async fn security_headers<E: Endpoint>(
     req: Request,
 ) -> poem::Result<Response> {
     let docs = req.uri().path() == "/docs" || req.uri().path().starts_with("/docs/");
+    let web_app = ui::is_ui_path(req.uri().path());
     let mut response = ep.call(req).await?.into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         header::HeaderValue::from_static("nosniff"),
     );
-    if docs {
+    if docs || web_app {
         headers.insert(
             header::CONTENT_SECURITY_POLICY,
-            header::HeaderValue::from_static(DOCS_CSP),
+            header::HeaderValue::from_static(if docs { DOCS_CSP } else { ui::UI_CSP }),
         );
         headers.insert(
             header::X_FRAME_OPTIONS,

@@ -493,19 +493,38 @@ pub async fn owned_jobs_progress(
     Ok((row.0 > 0).then(|| (row.1.unwrap_or(0), row.2.unwrap_or(0), row.3)))
 }
 
-/// Jobs waiting per queue, and workers seen within the orphan window.
-pub async fn queue_depths(pool: &PgPool) -> Result<Vec<(String, i64, i64)>, QueueError> {
+/// One queue's depth.
+#[derive(Debug, Clone)]
+pub struct QueueDepth {
+    pub queue: String,
+    /// Jobs that will run (pending, or failed with attempts left).
+    pub waiting: i64,
+    pub running: i64,
+    /// Since when the longest-waiting job could have run (its `run_at`, not in the future);
+    /// None when nothing waits.
+    pub oldest_waiting_since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Jobs waiting and running per queue, and how long the oldest has waited.
+pub async fn queue_depths(pool: &PgPool) -> Result<Vec<QueueDepth>, QueueError> {
     let rows = sqlx::query(
         "SELECT job_type,
                 count(*) FILTER (WHERE status IN ('Pending', 'Queued') OR (status = 'Failed' AND attempts < max_attempts)),
-                count(*) FILTER (WHERE status = 'Running')
+                count(*) FILTER (WHERE status = 'Running'),
+                min(run_at) FILTER (WHERE (status IN ('Pending', 'Queued') OR (status = 'Failed' AND attempts < max_attempts))
+                                      AND run_at <= now())
          FROM apalis.jobs GROUP BY job_type ORDER BY job_type",
     )
     .fetch_all(pool)
     .await?;
     Ok(rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| QueueDepth {
+            queue: r.get(0),
+            waiting: r.get(1),
+            running: r.get(2),
+            oldest_waiting_since: r.get(3),
+        })
         .collect())
 }
 

@@ -215,6 +215,86 @@ fn krippendorff_alpha_nominal(
     }
 }
 
+/// The agreement on one label among the documents of one source.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub label: String,
+    pub source: String,
+    /// Latest votes (one per document and annotator).
+    pub votes: usize,
+    pub agreement: Agreement,
+    /// The same figures over the votes made under each guideline version (None: votes made
+    /// under no guideline), ascending with None first.
+    pub by_guideline: Vec<(Option<i32>, usize, Agreement)>,
+}
+
+/// Agreement per (label, source) over each annotator's latest vote per document and label,
+/// only `source` and `label` when given; ordered by label, then source. Reads the matching
+/// annotations once, in order, holding one group's votes at a time.
+pub async fn by_label_and_source(
+    pool: &sqlx::PgPool,
+    source: Option<&str>,
+    label: Option<&str>,
+) -> Result<Vec<Group>, sqlx::Error> {
+    use futures::TryStreamExt;
+    let mut rows = sqlx::query_as::<_, (String, String, i64, String, bool, Option<i32>)>(
+        "SELECT DISTINCT ON (a.label, d.source, a.document_id, a.annotator)
+                a.label, d.source, a.document_id, a.annotator, a.value, a.guideline_version
+         FROM annotations a JOIN documents d ON d.id = a.document_id
+         WHERE ($1::text IS NULL OR d.source = $1) AND ($2::text IS NULL OR a.label = $2)
+         ORDER BY a.label, d.source, a.document_id, a.annotator, a.annotated_at DESC, a.id DESC",
+    )
+    .bind(source)
+    .bind(label)
+    .fetch(pool);
+    let mut groups = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    let mut votes: Vec<(i64, String, u32, Option<i32>)> = Vec::new();
+    while let Some((label, source, document, annotator, value, guideline)) = rows.try_next().await?
+    {
+        let key = (label, source);
+        if current.as_ref() != Some(&key) {
+            if let Some((label, source)) = current.take() {
+                groups.push(group(label, source, std::mem::take(&mut votes)));
+            }
+            current = Some(key);
+        }
+        votes.push((document, annotator, u32::from(value), guideline));
+    }
+    if let Some((label, source)) = current {
+        groups.push(group(label, source, votes));
+    }
+    Ok(groups)
+}
+
+fn group(label: String, source: String, votes: Vec<(i64, String, u32, Option<i32>)>) -> Group {
+    let all: Vec<(i64, &str, u32)> = votes
+        .iter()
+        .map(|(d, a, c, _)| (*d, a.as_str(), *c))
+        .collect();
+    let mut versions: Vec<Option<i32>> = votes.iter().map(|v| v.3).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    let by_guideline = versions
+        .into_iter()
+        .map(|version| {
+            let of: Vec<(i64, &str, u32)> = votes
+                .iter()
+                .filter(|v| v.3 == version)
+                .map(|(d, a, c, _)| (*d, a.as_str(), *c))
+                .collect();
+            (version, of.len(), agreement(&of))
+        })
+        .collect();
+    Group {
+        label,
+        source,
+        votes: all.len(),
+        agreement: agreement(&all),
+        by_guideline,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

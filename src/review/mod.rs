@@ -13,7 +13,9 @@
 //! a pure function (`rank_*` sort them in memory), so they are tested without a database.
 pub mod agreement;
 pub mod disagreement;
+pub mod guidelines;
 pub mod job;
+pub mod labelling;
 pub mod store;
 pub mod suspect;
 pub mod uncertain;
@@ -330,6 +332,8 @@ pub struct ReviewPage {
     pub items: Vec<ReviewItem>,
     pub total: i64,
     pub ranking: Ranking,
+    /// The stored ranking the page is of (None while none is).
+    pub ranking_id: Option<i64>,
 }
 
 pub(crate) fn document_text(row: &sqlx::postgres::PgRow, max_chars: usize) -> String {
@@ -750,6 +754,7 @@ pub async fn page(
             computed_at: None,
             items: Vec::new(),
             total: 0,
+            ranking_id: None,
             ranking: Ranking {
                 labels: request
                     .label
@@ -774,6 +779,7 @@ pub async fn page(
         computed_at: ranking.computed_at,
         items,
         total: ranking.total,
+        ranking_id: Some(ranking.id),
         ranking: ranking.summary,
     })
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::metrics::{evaluate, tune_thresholds, Metrics};
+use super::metrics::{confusion_matrix, evaluate, pr_curves, tune_thresholds, Metrics};
 use super::webhook::Telemetry;
 use super::TrainingError;
 use crate::artifacts;
@@ -339,7 +339,8 @@ pub(super) fn train_blocking(
         Some(split) => {
             let (val_scores, _) = trainer.evaluate(split)?;
             let thresholds = tune_thresholds(&val_scores, &validation.targets, DEFAULT_THRESHOLD);
-            let metrics = evaluate(&labels, &val_scores, &validation.targets, &thresholds);
+            let mut metrics = evaluate(&labels, &val_scores, &validation.targets, &thresholds);
+            metrics.pr_curves = pr_curves(&labels, &val_scores, &validation.targets, &thresholds);
             (thresholds, Some(metrics))
         }
         None => (vec![DEFAULT_THRESHOLD; labels.len()], None),
@@ -348,7 +349,11 @@ pub(super) fn train_blocking(
         None
     } else {
         let (test_scores, _) = trainer.evaluate(&trainer.prepare(test)?)?;
-        Some(evaluate(&labels, &test_scores, &test.targets, &thresholds))
+        let mut metrics = evaluate(&labels, &test_scores, &test.targets, &thresholds);
+        if ctx.spec.task == crate::datasets::TaskType::MultiClass {
+            metrics.confusion_matrix = Some(confusion_matrix(&labels, &test_scores, &test.targets));
+        }
+        Some(metrics)
     };
     Ok(Outcome {
         spec: ctx.spec.clone(),

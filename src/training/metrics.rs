@@ -43,6 +43,126 @@ pub struct Metrics {
     pub macro_roc_auc: Option<f64>,
     /// Rows with at least one unmasked label.
     pub rows: usize,
+    /// Per label, the precision–recall curve these scores trace and the threshold in use
+    /// (set where thresholds are chosen: a run's validation split).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pr_curves: Vec<PrCurve>,
+    /// Multi-class: the confusion matrix of the most probable class against the annotated one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confusion_matrix: Option<ConfusionMatrix>,
+}
+
+/// One point of a precision–recall curve: predicting positive iff `score >= threshold`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PrPoint {
+    pub threshold: f32,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// A label's precision–recall curve (at most [`PR_POINTS`] points, highest threshold first)
+/// and the threshold chosen.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PrCurve {
+    pub label: String,
+    pub threshold: f32,
+    pub points: Vec<PrPoint>,
+}
+
+/// `counts[i][j]`: rows annotated `classes[i]` whose most probable class is `classes[j]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConfusionMatrix {
+    pub classes: Vec<String>,
+    pub counts: Vec<Vec<u64>>,
+}
+
+/// Most points a stored precision–recall curve keeps (evenly spaced over the distinct scores,
+/// the first and last always kept).
+pub const PR_POINTS: usize = 101;
+
+/// The precision–recall curve of each label: one point per distinct unmasked score (NaN
+/// scores are never predicted positive), thinned to [`PR_POINTS`]; a label without an
+/// unmasked positive has an empty curve.
+pub fn pr_curves(
+    labels: &[String],
+    scores: &[Vec<f32>],
+    targets: &[Vec<Option<bool>>],
+    thresholds: &[f32],
+) -> Vec<PrCurve> {
+    check_shape(scores, targets, labels.len());
+    labels
+        .iter()
+        .zip(thresholds)
+        .enumerate()
+        .map(|(j, (label, &threshold))| PrCurve {
+            label: label.clone(),
+            threshold,
+            points: pr_points(column(scores, targets, j)),
+        })
+        .collect()
+}
+
+fn pr_points(mut cells: Vec<(f32, bool)>) -> Vec<PrPoint> {
+    let positives = cells.iter().filter(|c| c.1).count();
+    if positives == 0 {
+        return Vec::new();
+    }
+    cells.sort_unstable_by(|a, b| cmp_score(b.0, a.0));
+    let mut points = Vec::new();
+    let (mut tp, mut fp, mut i) = (0usize, 0usize, 0);
+    while i < cells.len() && !cells[i].0.is_nan() {
+        let score = cells[i].0;
+        while i < cells.len() && cmp_score(cells[i].0, score) == Ordering::Equal {
+            if cells[i].1 {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            i += 1;
+        }
+        points.push(PrPoint {
+            threshold: score,
+            precision: tp as f64 / (tp + fp) as f64,
+            recall: tp as f64 / positives as f64,
+        });
+    }
+    if points.len() <= PR_POINTS {
+        return points;
+    }
+    let last = points.len() - 1;
+    (0..PR_POINTS)
+        .map(|k| points[k * last / (PR_POINTS - 1)].clone())
+        .collect()
+}
+
+/// The confusion matrix of multi-class rows: the annotated class (the one target that is true;
+/// rows without exactly one are left out) against the most probable class.
+pub fn confusion_matrix(
+    classes: &[String],
+    scores: &[Vec<f32>],
+    targets: &[Vec<Option<bool>>],
+) -> ConfusionMatrix {
+    check_shape(scores, targets, classes.len());
+    let n = classes.len();
+    let mut counts = vec![vec![0u64; n]; n];
+    for (row, target) in scores.iter().zip(targets) {
+        let mut truth = target.iter().enumerate().filter(|(_, t)| **t == Some(true));
+        let (Some((actual, _)), None) = (truth.next(), truth.next()) else {
+            continue;
+        };
+        let predicted = row
+            .iter()
+            .enumerate()
+            .max_by(|a, b| cmp_score(*a.1, *b.1))
+            .map(|(i, _)| i);
+        if let Some(predicted) = predicted {
+            counts[actual][predicted] += 1;
+        }
+    }
+    ConfusionMatrix {
+        classes: classes.to_vec(),
+        counts,
+    }
 }
 
 /// Confusion counts of one label (or pooled over labels).
@@ -196,6 +316,8 @@ pub fn evaluate(
         micro_f1: pooled.f1(),
         macro_roc_auc: mean(&aucs),
         rows,
+        pr_curves: Vec::new(),
+        confusion_matrix: None,
     }
 }
 

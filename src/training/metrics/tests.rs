@@ -349,3 +349,65 @@ fn tune_thresholds_scales() {
     assert_eq!(tuned.len(), 1);
     assert!(start.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[test]
+fn pr_curve_points_are_the_counts_at_each_distinct_score() {
+    // Scores 0.9 (pos), 0.8 (neg), 0.8 (pos), 0.3 (neg), 0.1 (pos), NaN (pos).
+    let labels = vec!["a".to_string()];
+    let scores: Vec<Vec<f32>> = [0.9, 0.8, 0.8, 0.3, 0.1, f32::NAN]
+        .iter()
+        .map(|s| vec![*s])
+        .collect();
+    let targets: Vec<Vec<Option<bool>>> = [true, false, true, false, true, true]
+        .iter()
+        .map(|t| vec![Some(*t)])
+        .collect();
+    let curve = &pr_curves(&labels, &scores, &targets, &[0.8])[0];
+    assert_eq!(curve.threshold, 0.8);
+    let got: Vec<(f32, f64, f64)> = curve
+        .points
+        .iter()
+        .map(|p| (p.threshold, p.precision, p.recall))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0.9, 1.0, 0.25),
+            (0.8, 2.0 / 3.0, 0.5),
+            (0.3, 0.5, 0.5),
+            (0.1, 0.6, 0.75)
+        ]
+    );
+    let none: Vec<Vec<Option<bool>>> = targets.iter().map(|_| vec![Some(false)]).collect();
+    assert!(pr_curves(&labels, &scores, &none, &[0.5])[0]
+        .points
+        .is_empty());
+}
+
+#[test]
+fn long_pr_curves_are_thinned_keeping_both_ends() {
+    let labels = vec!["a".to_string()];
+    let scores: Vec<Vec<f32>> = (0..1000).map(|i| vec![i as f32 / 1000.0]).collect();
+    let targets: Vec<Vec<Option<bool>>> = (0..1000).map(|i| vec![Some(i % 2 == 0)]).collect();
+    let points = &pr_curves(&labels, &scores, &targets, &[0.5])[0].points;
+    assert_eq!(points.len(), PR_POINTS);
+    assert_eq!(points[0].threshold, 0.999);
+    assert_eq!(points[PR_POINTS - 1].threshold, 0.0);
+    assert_eq!(points[PR_POINTS - 1].recall, 1.0);
+}
+
+#[test]
+fn confusion_matrix_counts_annotated_against_most_probable() {
+    let classes: Vec<String> = ["x", "y", "z"].iter().map(|c| c.to_string()).collect();
+    let scores = vec![
+        vec![0.7, 0.2, 0.1],
+        vec![0.1, 0.8, 0.1],
+        vec![0.5, 0.4, 0.1],
+        vec![0.2, 0.2, 0.6],
+        vec![0.3, 0.3, 0.4],
+    ];
+    let t = |i: usize| (0..3).map(|j| Some(j == i)).collect::<Vec<_>>();
+    let targets = vec![t(0), t(1), t(1), t(2), vec![None, None, None]];
+    let m = confusion_matrix(&classes, &scores, &targets);
+    assert_eq!(m.counts, vec![vec![1, 0, 0], vec![1, 1, 0], vec![0, 0, 1]]);
+}
