@@ -900,7 +900,7 @@ async function pageRun(page, id) {
     heading.textContent = `Training run of ${run.model_name}`;
     swap(summary, runSummary(run));
     swap(epochs, epochTable(series));
-    swap(tests, ...testMetricsView(run.test_metrics ?? series.test_metrics));
+    swap(tests, ...testMetricsView(run.test_metrics ?? series.test_metrics, run.validation_metrics));
     await loadCurves(curves, id);
     return ACTIVE_RUN.includes(run.status);
   }, 2000);
@@ -951,7 +951,7 @@ function epochTable(series) {
     { id: "epochs-table", "data-epochs": String(series.epochs.length) });
 }
 
-function testMetricsView(tm) {
+function testMetricsView(tm, vm) {
   if (!tm) return [h("p", {}, "Test metrics appear once the run has finished.")];
   if (tm.test_split === "empty") return [h("h2", {}, "Test metrics"), h("p", {}, EMPTY_SPLIT)];
   const parts = [h("h2", {}, "Test metrics"),
@@ -968,8 +968,11 @@ function testMetricsView(tm) {
       table("Confusion matrix: rows are the true class, columns the predicted one", ["True \\ predicted", ...cm.classes],
         cm.classes.map((c, i) => [c, ...cm.classes.map((p, j) => fig(`confusion:${c}:${p}`, (cm.counts[i] || [])[j]))]), { id: "confusion-matrix" }));
   }
-  if (Array.isArray(tm.pr_curves) && tm.pr_curves.length) {
-    parts.push(h("h3", {}, "Precision–recall curves"), h("div", { class: "pr-grid", id: "pr-curves" }, tm.pr_curves.map(prChart)));
+  // The thresholds are chosen on the validation split: its curves show where each one sits.
+  const curves = vm && Array.isArray(vm.pr_curves) ? vm.pr_curves.filter((c) => c.points && c.points.length) : [];
+  if (curves.length) {
+    parts.push(h("h3", {}, "Precision–recall curves (validation split, where each threshold was chosen)"),
+      h("div", { class: "pr-grid", id: "pr-curves" }, curves.map(prChart)));
   }
   return parts;
 }

@@ -205,6 +205,12 @@ async function one() {
         out.decided_counter_after_undo = Number(await page.$eval('[data-figure="label_decided_session"]', (el) => el.dataset.value));
         continue;
       }
+      if (out.decided.length === 6 && cfg.shots) {
+        // The labelling screen with a document on it, for the README's tour.
+        const file = path.join(cfg.shots, "label-document.png");
+        await page.screenshot({ path: file, fullPage: true });
+        out.screenshot = file;
+      }
       const before = posted.length;
       await decideByKeys(page, st, out.decided.length);
       st = await settle(page, st.seq);
