@@ -13,4 +13,5 @@ bash benches/predict_throughput.sh
 bash benches/hot_swap.sh
 bash benches/telemetry_overhead.sh
 bash benches/batch_scoring.sh   # about 25 minutes on 2 cores (100,000 texts on each side)
+bash benches/labelling.sh 2000 20000   # labelling next/answer per call at two corpus sizes
 bash benches/scale.sh 100000   # every step at 100,000 documents (tiny BERT); compare runs with benches/scale/compare.py

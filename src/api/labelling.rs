@@ -532,14 +532,17 @@ impl LabellingApi {
         let decision = match (body.skip, body.labels) {
             (true, None) => Decision::Skip,
             (false, Some(labels)) => Decision::Labels(labels),
+            // A rule across fields: 422, as the document cannot state it.
             (true, Some(_)) => {
-                return Err(ApiError::bad_request(
+                return Err(ApiError::unprocessable(
+                    "labels_or_skip",
                     "give `labels` or `skip: true`, not both",
                     Some("skip"),
                 ))
             }
             (false, None) => {
-                return Err(ApiError::bad_request(
+                return Err(ApiError::unprocessable(
+                    "labels_or_skip",
                     "give `labels` (a value for every label of the queue) or `skip: true`",
                     Some("labels"),
                 ))

@@ -389,6 +389,7 @@ impl ReviewApi {
             label: label.0.clone(),
             limit: limit as usize,
             offset: offset as usize,
+            reuse_within_secs: None,
         };
         let page = review::page(&state.pool, &state.settings, &resolved, &request).await?;
         let ranking = page.ranking;

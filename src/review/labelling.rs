@@ -25,6 +25,10 @@ pub const ITEM_TEXT_CHARS: usize = 20_000;
 /// "Left in the queue" is counted up to this many documents (then it is a lower bound).
 const LEFT_COUNT_CAP: i64 = 10_000;
 
+/// A queue's ranking is computed again at most this often while people label (each answer
+/// changes the votes; what they answered is filtered out of the older ranking meanwhile).
+const RERANK_SECS: i64 = 30;
+
 /// Candidates examined per query while looking for a document nobody holds.
 const CANDIDATES: i64 = 50;
 
@@ -257,6 +261,7 @@ pub async fn next(
         label: key.label.clone(),
         limit: 1,
         offset: 0,
+        reuse_within_secs: Some(RERANK_SECS),
     };
     // A ranking replaced by a newer one while it was being read (its items are deleted with
     // it) is read again from the newer one.

@@ -176,6 +176,11 @@ pub struct ReviewRequest {
     pub label: Option<String>,
     pub limit: usize,
     pub offset: usize,
+    /// Take the key's ready ranking as it is when it was computed less than this many seconds
+    /// ago, even if the data changed since (`stale`): labelling, where each answer changes the
+    /// votes and the answered documents are filtered out anyway, re-ranks at most this often
+    /// instead of once per answer. None: always the current data (the review-queue API).
+    pub reuse_within_secs: Option<i64>,
 }
 
 /// Why a document is in the queue; one shape per strategy.
@@ -727,9 +732,16 @@ pub async fn page(
         )
     };
     let current = ready.as_ref().is_some_and(|r| r.fingerprint == fingerprint);
-    let as_job = !current && ranked_by_job(pool, settings, &key).await?;
+    let recent = ready.as_ref().is_some_and(|r| {
+        request.reuse_within_secs.is_some_and(|secs| {
+            r.computed_at
+                .is_some_and(|at| Utc::now() - at < chrono::Duration::seconds(secs))
+        })
+    });
+    let as_job = !current && !recent && ranked_by_job(pool, settings, &key).await?;
     let (ranking, status, stale, job_id) = match ready {
         Some(r) if current => (Some(r), PageStatus::Ready, false, None),
+        Some(r) if recent => (Some(r), PageStatus::Ready, true, None),
         ready if as_job => {
             let job_id = job::ensure(pool, &key, &fingerprint, settings).await?;
             (ready, PageStatus::Computing, true, Some(job_id))

@@ -22,6 +22,13 @@ struct Item {
     checksum: String,
 }
 
+/// Plans that stage at once in this process: each holds two connections of the pool (the
+/// staging transaction and the stream it reads), so two of them waiting on each other's second
+/// connection could take the last free ones and stall until the pool's timeout (seen with an
+/// evaluation's two plans and two free connections, 2026-12-07). One at a time needs at most one
+/// connection more than any other job.
+static PLANNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 pub async fn run_plan(
     state: &WorkerState,
     ctx: &JobContext,
@@ -51,6 +58,7 @@ pub async fn run_plan(
     // The covered documents stream into a temporary table (dropped at commit); which of them
     // miss a score, and the chunks, are then worked out by the database: the worker holds one
     // block of documents, never the job.
+    let _one_plan_at_a_time = PLANNING.acquire().await.ok();
     let mut tx = pool.begin().await?;
     sqlx::query(CREATE_STAGING).execute(&mut *tx).await?;
     let (documents, empty) = stage(state, ctx, &target, &mut tx).await?;

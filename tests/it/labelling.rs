@@ -65,26 +65,7 @@ async fn served_spam_and_scored_fresh(app: &TestApp) {
     assert_eq!(status, 202, "{run}");
     let run = wait_training_run(app, run["id"].as_str().unwrap(), Duration::from_secs(300)).await;
     assert_eq!(run["status"], "succeeded", "{run}");
-    let (status, job) = app
-        .post(
-            "/api/v1/scoring-jobs",
-            json!({"model": "spam", "selection": {"sources": ["fresh"]}}),
-        )
-        .await;
-    assert_eq!(status, 202, "{job}");
-    let path = format!("/api/v1/scoring-jobs/{}", job["id"].as_str().unwrap());
-    let start = Instant::now();
-    loop {
-        let job = app.get(&path).await.1;
-        if job["status"] == "done" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300) && job["status"] != "failed",
-            "{job}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    score_source(app, "spam", "fresh", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

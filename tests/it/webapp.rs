@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 use serde_json::{json, Value};
@@ -37,29 +37,6 @@ fn with_token(app: &TestApp, token: &str) -> TestApp {
             .default_headers(headers)
             .build()
             .unwrap(),
-    }
-}
-
-async fn wait_scored(app: &TestApp, source: &str, version: i64) {
-    let (status, job) = app
-        .post(
-            "/api/v1/scoring-jobs",
-            json!({"model": "spam", "version": version, "selection": {"sources": [source]}}),
-        )
-        .await;
-    assert_eq!(status, 202, "{job}");
-    let path = format!("/api/v1/scoring-jobs/{}", job["id"].as_str().unwrap());
-    let start = Instant::now();
-    loop {
-        let job = app.get(&path).await.1;
-        if job["status"] == "done" {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300) && job["status"] != "failed",
-            "{job}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -138,8 +115,26 @@ async fn web_app_in_headless_chromium() {
         assert_eq!(run["status"], "succeeded", "{run}");
     }
     wait_loaded(&app, "spam", 1).await;
-    wait_scored(&app, "fresh", 1).await;
-    wait_scored(&app, "team", 1).await;
+    score_source(&app, "spam", "fresh", Some(1)).await;
+    score_source(&app, "spam", "team", Some(1)).await;
+    // An evaluation of both versions, for the Models page.
+    let (s, ev) = app
+        .post(
+            "/api/v1/evaluations",
+            json!({"model": "spam", "versions": [1, 2], "dataset_id": dataset, "split": "test"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{ev}");
+    let path = format!("/api/v1/evaluations/{}", ev["id"].as_str().unwrap());
+    let started = std::time::Instant::now();
+    while app.get(&path).await.1["status"] != "done" {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "{}",
+            app.get(&path).await.1
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (s, b) = app
         .post("/api/v1/sources/team/settings", json!({"overlap": 2}))
         .await;

@@ -599,3 +599,27 @@ pub fn untar(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
     }
     files
 }
+
+/// Scores `source` with `version` of `model` (the served one when None) through the API and
+/// waits until the scoring job is done.
+pub async fn score_source(app: &TestApp, model: &str, source: &str, version: Option<i64>) {
+    let mut body = json!({"model": model, "selection": {"sources": [source]}});
+    if let Some(v) = version {
+        body["version"] = json!(v);
+    }
+    let (status, job) = app.post("/api/v1/scoring-jobs", body).await;
+    assert_eq!(status, 202, "{job}");
+    let path = format!("/api/v1/scoring-jobs/{}", job["id"].as_str().unwrap());
+    let start = Instant::now();
+    loop {
+        let job = app.get(&path).await.1;
+        if job["status"] == "done" {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300) && job["status"] != "failed",
+            "{job}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
