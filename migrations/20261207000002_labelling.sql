@@ -52,3 +52,14 @@ CREATE INDEX label_answers_latest ON label_answers (queue, annotator, id DESC);
 
 -- Labelling reads a document's reason in the ranking it was given from.
 CREATE INDEX review_ranking_items_document ON review_ranking_items (ranking_id, document_id);
+
+-- Where a search of a ranking starts in a queue: every position before it is decided by
+-- `overlap` people (src/review/labelling.rs, `cursor`). Moved forward as documents are decided;
+-- an undo in the queue resets it.
+CREATE TABLE label_cursors (
+    ranking_id  BIGINT  NOT NULL REFERENCES review_rankings (id) ON DELETE CASCADE,
+    queue       TEXT    NOT NULL,
+    overlap     INTEGER NOT NULL,
+    position    BIGINT  NOT NULL,
+    PRIMARY KEY (ranking_id, queue, overlap)
+);

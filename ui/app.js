@@ -529,9 +529,8 @@ function startSession(view, q) {
     if (t) t.setAttribute("aria-expanded", String(!help.hidden));
   };
   const renderProgress = (p) => {
-    const left = p && p.left_is_lower_bound ? `${fmt(p.left)}+` : undefined;
     progress.replaceChildren("Decided this session: ", fig("label_decided_session", S.decided),
-      " · Left in queue: ", fig("label_left", p && p.left, "Unknown.", left),
+      " · Left in queue: ", fig("label_left", p && p.left, "Unknown."),
       " · In this queue so far you answered ", fig("label_answered_by_you", p && p.answered_by_you),
       " and skipped ", fig("label_skipped_by_you", p && p.skipped_by_you), ".");
   };

@@ -144,10 +144,10 @@ pub struct LabellingProgress {
     /// Documents you decided in this queue (skips not counted).
     pub answered_by_you: i64,
     pub skipped_by_you: i64,
-    /// Documents you could still get in this queue (some may be held by others now).
+    /// Documents of the queue not yet decided by the source's `overlap` people nor answered by
+    /// you (some may be held by others now; documents you annotated outside labelling, which
+    /// you will not be given, are counted too).
     pub left: i64,
-    /// `left` is a lower bound (counted up to 10,000).
-    pub left_is_lower_bound: bool,
 }
 
 #[derive(Debug, Clone, Copy, Enum, PartialEq, Eq)]
@@ -510,7 +510,6 @@ impl LabellingApi {
                 answered_by_you: next.progress.answered,
                 skipped_by_you: next.progress.skipped,
                 left: next.progress.left,
-                left_is_lower_bound: next.progress.left_is_lower_bound,
             },
             hint: next.hint,
         }))

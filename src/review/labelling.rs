@@ -22,9 +22,6 @@ use crate::datasets::TaskType;
 /// Characters of a document's text a labelling item carries.
 pub const ITEM_TEXT_CHARS: usize = 20_000;
 
-/// "Left in the queue" is counted up to this many documents (then it is a lower bound).
-const LEFT_COUNT_CAP: i64 = 10_000;
-
 /// A queue's ranking is computed again at most this often while people label (each answer
 /// changes the votes; what they answered is filtered out of the older ranking meanwhile).
 const RERANK_SECS: i64 = 30;
@@ -115,10 +112,10 @@ pub struct Progress {
     /// Documents this person decided in the queue (skips not counted).
     pub answered: i64,
     pub skipped: i64,
-    /// Documents this person could still get (those held by others included).
+    /// Documents of the ranking not yet decided by `overlap` people in the queue nor answered
+    /// by this person there (those held by others included; documents they annotated outside
+    /// labelling, which they will not be given, too).
     pub left: i64,
-    /// `left` reached the count's cap: there are at least that many.
-    pub left_is_lower_bound: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -266,7 +263,7 @@ pub async fn next(
     // A ranking replaced by a newer one while it was being read (its items are deleted with
     // it) is read again from the newer one.
     let mut attempts = 0;
-    let (ranking_id, chosen, hint) = loop {
+    let (ranking_id, total, chosen, hint) = loop {
         attempts += 1;
         let page = super::page(pool, settings, &version, &request).await?;
         let Some(ranking_id) = page.ranking_id else {
@@ -288,8 +285,9 @@ pub async fn next(
             }
             return Ok(result);
         };
+        let from = cursor(pool, ranking_id, &queue, overlap).await?;
         let chosen = choose(
-            pool, ranking_id, &queue, annotator, &names, overlap, lease_secs,
+            pool, ranking_id, from, &queue, annotator, &names, overlap, lease_secs,
         )
         .await?;
         let replaced = chosen.is_none()
@@ -300,7 +298,7 @@ pub async fn next(
             .fetch_one(pool)
             .await?;
         if !replaced || attempts >= 3 {
-            break (ranking_id, chosen, page.ranking.hint);
+            break (ranking_id, page.total, chosen, page.ranking.hint);
         }
     };
     let mut result = Next {
@@ -312,20 +310,23 @@ pub async fn next(
         progress,
         hint,
     };
-    let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM (SELECT 1 {OPEN_ITEMS} LIMIT {}) t",
-        LEFT_COUNT_CAP + 1
-    )))
-    .bind(ranking_id)
-    .bind(0i64)
-    .bind(annotator)
+    // What is gone from the queue, counted from its answers (they grow with the work done,
+    // not with the corpus), each probed in the ranking by key.
+    let gone: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (
+             SELECT document_id FROM label_answers WHERE queue = $1
+             GROUP BY document_id
+             HAVING count(*) FILTER (WHERE NOT skipped) >= $2 OR bool_or(annotator = $3)) g
+         WHERE EXISTS (SELECT 1 FROM review_ranking_items i
+                       WHERE i.ranking_id = $4 AND i.document_id = g.document_id)",
+    )
     .bind(&queue)
-    .bind(&names)
     .bind(i64::from(overlap))
+    .bind(annotator)
+    .bind(ranking_id)
     .fetch_one(pool)
     .await?;
-    progress.left = left.min(LEFT_COUNT_CAP);
-    progress.left_is_lower_bound = left > LEFT_COUNT_CAP;
+    progress.left = (total - gone).max(0);
     result.progress = progress;
     if let Some(document_id) = chosen {
         result.item = Some(item(pool, settings, ranking_id, document_id, annotator).await?);
@@ -334,11 +335,68 @@ pub async fn next(
     Ok(result)
 }
 
+/// The first position of the ranking whose document `overlap` people have not all decided in
+/// the queue: everything before it is gone for everyone, so a search starts there. Kept per
+/// (ranking, queue, overlap) in `label_cursors` and moved forward over the documents decided
+/// since, so each decided document is stepped over once per ranking, not once per request.
+async fn cursor(
+    pool: &PgPool,
+    ranking_id: i64,
+    queue: &str,
+    overlap: i32,
+) -> Result<i64, sqlx::Error> {
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT position FROM label_cursors WHERE ranking_id = $1 AND queue = $2 AND overlap = $3",
+    )
+    .bind(ranking_id)
+    .bind(queue)
+    .bind(overlap)
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or(0);
+    let first_open: Option<i64> = sqlx::query_scalar(
+        "SELECT i.position FROM review_ranking_items i
+         WHERE i.ranking_id = $1 AND i.position >= $2
+           AND (SELECT count(*) FROM label_answers a
+                WHERE a.queue = $3 AND a.document_id = i.document_id AND NOT a.skipped) < $4
+         ORDER BY i.position LIMIT 1",
+    )
+    .bind(ranking_id)
+    .bind(stored)
+    .bind(queue)
+    .bind(i64::from(overlap))
+    .fetch_optional(pool)
+    .await?;
+    let Some(position) = first_open else {
+        // Everything is decided: past the last position.
+        return Ok(i64::MAX);
+    };
+    if position > stored {
+        // Answers are never taken back below it except by undo, which resets the queue's
+        // cursors; concurrent movers only ever raise it.
+        sqlx::query(
+            "INSERT INTO label_cursors (ranking_id, queue, overlap, position)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (ranking_id, queue, overlap)
+             DO UPDATE SET position = GREATEST(label_cursors.position, EXCLUDED.position)",
+        )
+        .bind(ranking_id)
+        .bind(queue)
+        .bind(overlap)
+        .bind(position)
+        .execute(pool)
+        .await?;
+    }
+    Ok(position)
+}
+
 /// The person's live lease in the queue, renewed; else the first open document of the ranking
 /// that they manage to lease.
+#[allow(clippy::too_many_arguments)]
 async fn choose(
     pool: &PgPool,
     ranking_id: i64,
+    from: i64,
     queue: &str,
     annotator: &str,
     names: &[String],
@@ -363,7 +421,7 @@ async fn choose(
         .bind(queue)
         .execute(pool)
         .await?;
-    let mut from = 0i64;
+    let mut from = from;
     loop {
         let rows: Vec<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT i.position, i.document_id {OPEN_ITEMS}
@@ -817,6 +875,11 @@ pub async fn undo(
     .await?;
     sqlx::query("DELETE FROM label_answers WHERE id = $1")
         .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    // The document may be open again below a cursor of the queue.
+    sqlx::query("DELETE FROM label_cursors WHERE queue = $1")
+        .bind(&queue)
         .execute(&mut *tx)
         .await?;
     sqlx::query("DELETE FROM label_leases WHERE annotator = $1 AND queue = $2")
