@@ -29,6 +29,10 @@ const RERANK_SECS: i64 = 30;
 /// Candidates examined per query while looking for a document nobody holds.
 const CANDIDATES: i64 = 50;
 
+/// Positions of a ranking one search query reads at most: every query over a ranking is a
+/// bounded range of its primary key, whatever plan the statistics of the moment give it.
+const WINDOW: i64 = 500;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LabellingError {
     #[error(transparent)]
@@ -213,12 +217,12 @@ pub async fn set_overlap(
     }))
 }
 
-/// The documents of ranking `$1` from position `$2` on that `$3` (a person) could get in queue
-/// `$4`: not held by someone else, not answered by them in the queue, not annotated by them on
-/// the labels `$5`, decided there by fewer than `$6` people. In ranking order.
+/// The documents of ranking `$1` at positions `$2` to `$7` (excluded) that `$3` (a person) could
+/// get in queue `$4`: not answered by them in the queue, not annotated by them on the labels
+/// `$5`, decided there by fewer than `$6` people. In ranking order.
 const OPEN_ITEMS: &str = "
     FROM review_ranking_items i
-    WHERE i.ranking_id = $1 AND i.position >= $2
+    WHERE i.ranking_id = $1 AND i.position >= $2 AND i.position < $7
       AND NOT EXISTS (SELECT 1 FROM label_answers a
                       WHERE a.queue = $4 AND a.document_id = i.document_id AND a.annotator = $3)
       AND NOT EXISTS (SELECT 1 FROM annotations n
@@ -285,9 +289,15 @@ pub async fn next(
             }
             return Ok(result);
         };
-        let from = cursor(pool, ranking_id, &queue, overlap).await?;
+        let from = cursor(pool, ranking_id, page.total, &queue, overlap).await?;
         let chosen = choose(
-            pool, ranking_id, from, &queue, annotator, &names, overlap, lease_secs,
+            pool,
+            (ranking_id, from, page.total),
+            &queue,
+            annotator,
+            &names,
+            overlap,
+            lease_secs,
         )
         .await?;
         let replaced = chosen.is_none()
@@ -342,6 +352,7 @@ pub async fn next(
 async fn cursor(
     pool: &PgPool,
     ranking_id: i64,
+    total: i64,
     queue: &str,
     overlap: i32,
 ) -> Result<i64, sqlx::Error> {
@@ -354,22 +365,29 @@ async fn cursor(
     .fetch_optional(pool)
     .await?
     .unwrap_or(0);
-    let first_open: Option<i64> = sqlx::query_scalar(
-        "SELECT i.position FROM review_ranking_items i
-         WHERE i.ranking_id = $1 AND i.position >= $2
-           AND (SELECT count(*) FROM label_answers a
-                WHERE a.queue = $3 AND a.document_id = i.document_id AND NOT a.skipped) < $4
-         ORDER BY i.position LIMIT 1",
-    )
-    .bind(ranking_id)
-    .bind(stored)
-    .bind(queue)
-    .bind(i64::from(overlap))
-    .fetch_optional(pool)
-    .await?;
-    let Some(position) = first_open else {
-        // Everything is decided: past the last position.
-        return Ok(i64::MAX);
+    let mut from = stored;
+    let position = loop {
+        if from >= total {
+            break total;
+        }
+        let first_open: Option<i64> = sqlx::query_scalar(
+            "SELECT i.position FROM review_ranking_items i
+             WHERE i.ranking_id = $1 AND i.position >= $2 AND i.position < $5
+               AND (SELECT count(*) FROM label_answers a
+                    WHERE a.queue = $3 AND a.document_id = i.document_id AND NOT a.skipped) < $4
+             ORDER BY i.position LIMIT 1",
+        )
+        .bind(ranking_id)
+        .bind(from)
+        .bind(queue)
+        .bind(i64::from(overlap))
+        .bind(from + WINDOW)
+        .fetch_optional(pool)
+        .await?;
+        match first_open {
+            Some(position) => break position,
+            None => from += WINDOW,
+        }
     };
     if position > stored {
         // Answers are never taken back below it except by undo, which resets the queue's
@@ -392,11 +410,10 @@ async fn cursor(
 
 /// The person's live lease in the queue, renewed; else the first open document of the ranking
 /// that they manage to lease.
-#[allow(clippy::too_many_arguments)]
+/// `ranking`: its id, the position to search from and its total.
 async fn choose(
     pool: &PgPool,
-    ranking_id: i64,
-    from: i64,
+    (ranking_id, from, total): (i64, i64, i64),
     queue: &str,
     annotator: &str,
     names: &[String],
@@ -422,7 +439,8 @@ async fn choose(
         .execute(pool)
         .await?;
     let mut from = from;
-    loop {
+    while from < total {
+        let end = from + WINDOW;
         let rows: Vec<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT i.position, i.document_id {OPEN_ITEMS}
                AND NOT EXISTS (SELECT 1 FROM label_leases l
@@ -436,10 +454,12 @@ async fn choose(
         .bind(queue)
         .bind(names)
         .bind(i64::from(overlap))
+        .bind(end)
         .fetch_all(pool)
         .await?;
         let Some(&(last, _)) = rows.last() else {
-            return Ok(None);
+            from = end;
+            continue;
         };
         for (_, document_id) in rows {
             if take(pool, document_id, annotator, queue, lease_secs).await?
@@ -452,6 +472,7 @@ async fn choose(
         }
         from = last + 1;
     }
+    Ok(None)
 }
 
 /// Leases `document_id` to `annotator` unless someone else holds it; true when they now do.
