@@ -16,7 +16,6 @@ use super::{
     resolve_version, PageStatus, Reason, ReviewError, ReviewRequest, ReviewVersion, Strategy,
 };
 use crate::config::Settings;
-use crate::datasets::text::combine_text;
 use crate::datasets::TaskType;
 
 /// Characters of a document's text a labelling item carries.
@@ -577,14 +576,7 @@ async fn item(
     .bind(annotator)
     .fetch_one(pool)
     .await?;
-    let tags: Vec<String> = row.get("tags");
-    let text = combine_text(
-        row.get::<Option<&str>, _>("title"),
-        row.get::<Option<&str>, _>("description"),
-        row.get::<Option<&str>, _>("body"),
-        &tags,
-        settings.server.max_text_chars,
-    );
+    let text = super::document_text(&row, settings.server.max_text_chars);
     let (text, text_truncated) = match text.char_indices().nth(ITEM_TEXT_CHARS) {
         Some((cut, _)) => (text[..cut].to_string(), true),
         None => (text, false),
