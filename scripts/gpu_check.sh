@@ -17,7 +17,8 @@
 # weights and sentences, and prints both side by side with trainyard/peer ratios.
 # From the device tool: run(command="bash scripts/gpu_check.sh", carry=[".gpu_check"], timeout_s=540).
 # Results (trainyard.json, peer.json, summary.txt) are copied to $GPU_CHECK_OUT, or $OUT if set.
-# Sizes can be overridden: N, BATCH, BUDGET, THREADS, REPEATS, HEAD_STEPS, FINETUNE_STEPS.
+# Sizes can be overridden: N, BATCH, BUDGET, THREADS, REPEATS, HEAD_STEPS, FINETUNE_STEPS; the
+# time limits of each side: OURS_LIMIT, PEER_LIMIT (240/180 s on CUDA, 1200/600 s on CPU).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STAGE="$ROOT/.gpu_check"
@@ -27,7 +28,7 @@ for arg in "$@"; do
     --prepare) mode=prepare ;;
     --cpu) mode=cpu ;;
     --no-build) build=0 ;;
-    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -83,7 +84,15 @@ run_check() {
   local device="$1" py="${PYTHON:-python3}"
   local bin="$STAGE/bin/gpu_check"
   [ -x "$bin" ] || { echo "[gpu_check] $bin is missing: run 'bash scripts/gpu_check.sh --prepare' on the dev machine and carry .gpu_check" >&2; exit 1; }
-  local n batch budget threads repeats head_steps ft_steps dtypes
+  local n batch budget threads repeats head_steps ft_steps dtypes ours_limit peer_limit
+  # Time limits per side: on a GPU machine they keep the whole check inside one device call
+  # (540 s); on CPU the check shares two cores with whatever else runs (CI runs it beside the
+  # other integration tests), so the limits only catch a hang.
+  if [ "$device" = cuda ]; then
+    ours_limit=${OURS_LIMIT:-240} peer_limit=${PEER_LIMIT:-180}
+  else
+    ours_limit=${OURS_LIMIT:-1200} peer_limit=${PEER_LIMIT:-600}
+  fi
   if [ "$device" = cuda ]; then
     n=${N:-2000} batch=${BATCH:-128} budget=${BUDGET:-16384} threads=${THREADS:-4} repeats=${REPEATS:-5}
     head_steps=${HEAD_STEPS:-100} ft_steps=${FINETUNE_STEPS:-20} dtypes=fp32,fp16,bf16
@@ -115,28 +124,34 @@ print("python", sys.version.split()[0], "torch", torch.__version__)')
   "$py" "$STAGE/make_sentences.py" --n "$n" --seed 42 --out "$work/sentences.txt"
   local started=$SECONDS rc_ours=0 rc_peer=0 all_started=$SECONDS
   echo "[gpu_check] trainyard gpu_check --device $device (report follows)"
-  timeout 240 "$bin" --device "$device" --model-dir "$work/model" --sentences "$work/sentences.txt" \
+  timeout "$ours_limit" "$bin" --device "$device" --model-dir "$work/model" --sentences "$work/sentences.txt" \
     --n "$n" --batch-size "$batch" --token-budget "$budget" --threads "$threads" --repeats "$repeats" \
     --head-steps "$head_steps" --finetune-steps "$ft_steps" \
     --dump-embeddings "$work/trainyard_embeddings.json" --families-dir "$STAGE/families" --json >"$work/trainyard.json" || rc_ours=$?
   echo "[gpu_check] trainyard side: exit $rc_ours after $((SECONDS - started))s"
+  [ "$rc_ours" = 124 ] && echo "[gpu_check] trainyard side: stopped at its limit of ${ours_limit}s (OURS_LIMIT)"
   started=$SECONDS
-  timeout 180 "$py" "$STAGE/gpu_check_peer.py" bench --model-dir "$work/model" --sentences "$work/sentences.txt" \
+  timeout "$peer_limit" "$py" "$STAGE/gpu_check_peer.py" bench --model-dir "$work/model" --sentences "$work/sentences.txt" \
     --device "$device" --batch-size "$batch" --repeats "$repeats" --dtypes "$dtypes" \
     $([ "$device" = cpu ] && echo "--threads $threads") \
     --compare "$work/trainyard_embeddings.json" >"$work/peer.json" || rc_peer=$?
   echo "[gpu_check] peer side: exit $rc_peer after $((SECONDS - started))s"
-  "$py" - "$work/trainyard.json" "$work/peer.json" <<'PY' | tee "$work/summary.txt"
-import json, sys
+  [ "$rc_peer" = 124 ] && echo "[gpu_check] peer side: stopped at its limit of ${peer_limit}s (PEER_LIMIT)"
+  RC_OURS=$rc_ours RC_PEER=$rc_peer OURS_LIMIT=$ours_limit PEER_LIMIT=$peer_limit \
+    "$py" - "$work/trainyard.json" "$work/peer.json" <<'PY' | tee "$work/summary.txt"
+import json, os, sys
 
-def load(path):
+def load(path, rc, limit):
+    if rc == "124":
+        return {"error": f"stopped at its time limit of {limit} s before it wrote a report"}
     try:
         with open(path) as f:
             return json.loads(f.read().strip().splitlines()[-1])
     except Exception as e:  # noqa: BLE001 - report whatever came back
-        return {"error": f"no JSON from {path}: {e}"}
+        return {"error": f"no JSON from {path} (exit {rc}): {e}"}
 
-ours, peer = load(sys.argv[1]), load(sys.argv[2])
+ours = load(sys.argv[1], os.environ["RC_OURS"], os.environ["OURS_LIMIT"])
+peer = load(sys.argv[2], os.environ["RC_PEER"], os.environ["PEER_LIMIT"])
 print("\n==== gpu_check summary ====")
 cuda = ours.get("cuda", {})
 print(f"device {ours.get('device')}: tch CUDA available {cuda.get('available')}, devices {cuda.get('device_count')}, "

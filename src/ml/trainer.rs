@@ -375,6 +375,12 @@ impl Trainer {
         out
     }
 
+    /// The last step's gradients by parameter name: unscaled (fp16) and clipped, as the
+    /// optimizer applied them.
+    pub fn last_gradients(&self) -> Vec<(String, Tensor)> {
+        self.optimizer.named_grads()
+    }
+
     pub fn total_steps(&self) -> u64 {
         self.steps_per_epoch * self.hp.epochs as u64
     }
@@ -432,8 +438,8 @@ impl Trainer {
                 let (sum, _) = self.batch_loss(&logits, &micro_targets);
                 let part = sum / count;
                 match loss_scale {
-                    Some(scale) => (&part * scale).backward(),
-                    None => part.backward(),
+                    Some(scale) => self.optimizer.backward(&(&part * scale)),
+                    None => self.optimizer.backward(&part),
                 }
                 value += part.double_value(&[]);
             }

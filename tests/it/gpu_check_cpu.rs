@@ -10,7 +10,10 @@ use serde_json::Value;
 
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let line = text.lines().last().expect("one JSON line");
+    let line = text
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("{} is empty: see the summary above", path.display()));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()))
 }
 
@@ -36,6 +39,10 @@ fn gpu_check_runs_on_cpu_and_says_what_it_skipped() {
         "gpu_check.sh --cpu took {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    // The summary says why a side wrote no report (its time limit, a crash) before any assert.
+    if let Ok(summary) = std::fs::read_to_string(out.join("summary.txt")) {
+        println!("{summary}");
+    }
     let ours = read_json(&out.join("trainyard.json"));
     let peer = read_json(&out.join("peer.json"));
     assert!(status.success(), "gpu_check.sh --cpu failed: {ours}");
