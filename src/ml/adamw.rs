@@ -146,7 +146,7 @@ impl AdamW {
                 // m = b1 m + (1 - b1) g
                 let _ = self.m[i].lerp_(g, 1.0 - self.beta1);
                 // v = b2 v + (1 - b2) g², g² in the scratch buffer
-                let mut buffer = scratch_like(&mut self.scratch, p);
+                let buffer = scratch_like(&mut self.scratch, p);
                 let _ = g.mul_out(&buffer, g);
                 let _ = self.v[i].lerp_(&buffer, 1.0 - self.beta2);
                 if lr == 0.0 {
