@@ -438,8 +438,8 @@ impl Trainer {
                 let (sum, _) = self.batch_loss(&logits, &micro_targets);
                 let part = sum / count;
                 match loss_scale {
-                    Some(scale) => self.optimizer.backward(&(&part * scale)),
-                    None => self.optimizer.backward(&part),
+                    Some(scale) => (&part * scale).backward(),
+                    None => part.backward(),
                 }
                 value += part.double_value(&[]);
             }

@@ -71,7 +71,7 @@ fn adamw_matches_pytorch() {
         opt.zero_grad();
         let loss = (&w * Tensor::from_slice(&gw)).sum(Kind::Float)
             + (&b * Tensor::from_slice(&gb)).sum(Kind::Float);
-        opt.backward(&loss);
+        loss.backward();
         opt.step(&[0.1]);
     }
     let got_w = Vec::<f32>::try_from(w.detach()).unwrap();
@@ -104,7 +104,7 @@ fn blobs_round_trip_and_adamw_state_restores() {
     let loss = a
         .logits(ClassifierInput::Embeddings(&x), Some(&mut rng))
         .sum(Kind::Float);
-    opt.backward(&loss);
+    loss.backward();
     opt.step(&[0.01]);
     let state = tensors_to_blob(&opt.state()).unwrap();
     let mut opt2 = AdamW::new(b.trainable(), 0.01, |_| 0);
