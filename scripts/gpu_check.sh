@@ -85,18 +85,15 @@ run_check() {
   local bin="$STAGE/bin/gpu_check"
   [ -x "$bin" ] || { echo "[gpu_check] $bin is missing: run 'bash scripts/gpu_check.sh --prepare' on the dev machine and carry .gpu_check" >&2; exit 1; }
   local n batch budget threads repeats head_steps ft_steps dtypes ours_limit peer_limit
-  # Time limits per side: on a GPU machine they keep the whole check inside one device call
-  # (540 s); on CPU the check shares two cores with whatever else runs (CI runs it beside the
-  # other integration tests), so the limits only catch a hang.
+  # Sizes, and time limits per side: on a GPU machine they keep the whole check inside one
+  # device call (540 s); on CPU the check shares two cores with whatever else runs (CI runs it
+  # beside the other integration tests), so the limits only catch a hang.
   if [ "$device" = cuda ]; then
     ours_limit=${OURS_LIMIT:-240} peer_limit=${PEER_LIMIT:-180}
-  else
-    ours_limit=${OURS_LIMIT:-1200} peer_limit=${PEER_LIMIT:-600}
-  fi
-  if [ "$device" = cuda ]; then
     n=${N:-2000} batch=${BATCH:-128} budget=${BUDGET:-16384} threads=${THREADS:-4} repeats=${REPEATS:-5}
     head_steps=${HEAD_STEPS:-100} ft_steps=${FINETUNE_STEPS:-20} dtypes=fp32,fp16,bf16
   else
+    ours_limit=${OURS_LIMIT:-1200} peer_limit=${PEER_LIMIT:-600}
     n=${N:-200} batch=${BATCH:-32} budget=${BUDGET:-2048} threads=${THREADS:-2} repeats=${REPEATS:-2}
     head_steps=${HEAD_STEPS:-40} ft_steps=${FINETUNE_STEPS:-6} dtypes=fp32
   fi

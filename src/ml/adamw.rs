@@ -12,7 +12,8 @@ pub struct AdamW {
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     lr_group: Vec<usize>,
-    /// Flat buffer for the update's denominator, grown to the largest parameter on first use.
+    /// Flat buffer for g² and then the update's denominator, grown to the largest parameter on
+    /// first use.
     scratch: Tensor,
     pub step: i64,
     beta1: f64,
@@ -57,15 +58,6 @@ impl AdamW {
     /// The parameters' gradients (undefined tensors for parameters that got none).
     pub fn grads(&self) -> Vec<Tensor> {
         self.params.iter().map(|(_, p)| p.grad()).collect()
-    }
-
-    /// The gradients by parameter name, for parameters that got one.
-    pub fn named_grads(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .map(|(name, p)| (name.clone(), p.grad()))
-            .filter(|(_, g)| g.defined())
-            .collect()
     }
 
     /// Scales gradients so that their global L2 norm is at most `max`; returns the norm.
@@ -169,17 +161,14 @@ impl AdamW {
 /// small or of another dtype or device.
 fn scratch_like(scratch: &mut Tensor, p: &Tensor) -> Tensor {
     let numel = p.numel() as i64;
-    let fits = scratch.defined()
-        && scratch.numel() as i64 >= numel
-        && scratch.kind() == p.kind()
-        && scratch.device() == p.device();
-    if !fits {
-        let size =
-            if scratch.defined() && scratch.kind() == p.kind() && scratch.device() == p.device() {
-                numel.max(scratch.numel() as i64)
-            } else {
-                numel
-            };
+    let same_kind =
+        scratch.defined() && scratch.kind() == p.kind() && scratch.device() == p.device();
+    if !same_kind || (scratch.numel() as i64) < numel {
+        let size = if same_kind {
+            numel.max(scratch.numel() as i64)
+        } else {
+            numel
+        };
         *scratch = Tensor::empty([size], (p.kind(), p.device()));
     }
     scratch.narrow(0, 0, numel).view(p.size().as_slice())

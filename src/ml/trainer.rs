@@ -375,12 +375,6 @@ impl Trainer {
         out
     }
 
-    /// The last step's gradients by parameter name: unscaled (fp16) and clipped, as the
-    /// optimizer applied them.
-    pub fn last_gradients(&self) -> Vec<(String, Tensor)> {
-        self.optimizer.named_grads()
-    }
-
     pub fn total_steps(&self) -> u64 {
         self.steps_per_epoch * self.hp.epochs as u64
     }

@@ -411,7 +411,12 @@ fn mixed_precision_steps_match_pytorch_autocast() {
     use trainyard::ml::trainer::Trainer;
     let fixture = StepFixture::new();
     let grads = |trainer: &Trainer| -> std::collections::HashMap<String, tch::Tensor> {
-        trainer.last_gradients().into_iter().collect()
+        trainer
+            .model
+            .saved_variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.grad()))
+            .collect()
     };
     for (family, dir) in &fixture.folders {
         let spec = step_spec(dir);
